@@ -1,0 +1,920 @@
+/*
+** lua/binding.c -- the Lua module glia.core: tensor userdata, the generic
+** op dispatcher driven by the registry's signatures, indexing, printing,
+** and memory pressure on Lua's GC.
+**
+** Ownership: a tensor userdata ("box") holds one reference to a glia_tensor
+** (NULL once freed or before it is filled). Every C resource is owned by a
+** box or by the binding state before anything that can raise runs, so a
+** Lua error never leaks. Lua positions are 1-based; converting them to the
+** C API's 0-based dims and indices happens here and nowhere else.
+*/
+#include "binding.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define TENSOR_MT "glia.tensor"
+#define STATE_KEY "glia.binding_state"
+
+/* ====================================================== state, boxes */
+
+/* Per Lua state: the context and the outputs of an op not yet boxed. */
+typedef struct binding_state {
+  glia_ctx *G;
+  int owns_ctx;
+  glia_tensor *pending[GLIA_MAX_OUTS];
+  size_t gc_trigger; /* full collection when live bytes pass this */
+} binding_state;
+
+static binding_state *state_of(lua_State *L) {
+  return (binding_state *)lua_touserdata(L, lua_upvalueindex(1));
+}
+
+glia_ctx *glia_lua_ctx(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  binding_state *B = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return B ? B->G : NULL;
+}
+
+static void release_pending(binding_state *B) {
+  for (int i = 0; i < GLIA_MAX_OUTS; i++) {
+    glia_tensor_release(B->pending[i]);
+    B->pending[i] = NULL;
+  }
+}
+
+static int state_gc(lua_State *L) {
+  binding_state *B = lua_touserdata(L, 1);
+  release_pending(B);
+  if (B->owns_ctx) glia_ctx_release(B->G);
+  B->G = NULL;
+  return 0;
+}
+
+glia_tensor **glia_lua_push_box(lua_State *L) {
+  glia_tensor **box = compat_newuserdata(L, sizeof *box);
+  *box = NULL;
+  luaL_setmetatable(L, TENSOR_MT);
+  return box;
+}
+
+/* Boxes t (taking its reference). Safe against a Lua memory error: t is
+** parked in the state until its box exists. */
+void glia_lua_push_tensor(lua_State *L, glia_tensor *t) {
+  glia_ctx *G = t->G;
+  (void)G;
+  lua_getfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  binding_state *B = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  B->pending[GLIA_MAX_OUTS - 1] = t;
+  glia_tensor **box = glia_lua_push_box(L);
+  *box = t;
+  B->pending[GLIA_MAX_OUTS - 1] = NULL;
+}
+
+glia_tensor *glia_lua_test_tensor(lua_State *L, int idx) {
+  glia_tensor **box = luaL_testudata(L, idx, TENSOR_MT);
+  return box ? *box : NULL;
+}
+
+glia_tensor *glia_lua_check_tensor(lua_State *L, int idx) {
+  glia_tensor **box = luaL_testudata(L, idx, TENSOR_MT);
+  if (!box) {
+    const char *got = luaL_typename(L, idx);
+    luaL_error(L, "bad argument #%d: expected a tensor, got %s", idx, got);
+  }
+  if (!*box || !(*box)->storage) luaL_error(L, "bad argument #%d: tensor was freed", idx);
+  return *box;
+}
+
+int glia_lua_raise(lua_State *L, glia_ctx *G) {
+  return luaL_error(L, "%s", glia_ctx_errmsg(G));
+}
+
+/* After an op that allocated: collect once live bytes pass the trigger,
+** so loops of temporaries stay flat without user calls to collectgarbage. */
+static void gc_pressure(lua_State *L, binding_state *B) {
+  if (glia_ctx_live_bytes(B->G) <= B->gc_trigger) return;
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  size_t live = glia_ctx_live_bytes(B->G);
+  B->gc_trigger = live * 2 > ((size_t)64 << 20) ? live * 2 : ((size_t)64 << 20);
+}
+
+/* ================================================== argument helpers */
+
+/* An integer argument; rejects non-integral numbers on every Lua. */
+int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname, const char *what) {
+  if (compat_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER)
+    luaL_error(L, "%s: %s must be an integer, got %s", fname, what, luaL_typename(L, idx));
+  lua_Number n = lua_tonumber(L, idx);
+  if (!(n == floor(n)) || fabs(n) > 9.007199254740992e15)
+    luaL_error(L, "%s: %s must be an integer, got %f", fname, what, (double)n);
+  return (int64_t)n;
+}
+
+/* Reads sizes from a table at idx, or from consecutive integers starting at
+** idx. Returns the index after the last argument consumed. */
+int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, int64_t *size) {
+  int n = 0;
+  if (lua_istable(L, idx)) {
+    int len = (int)compat_rawlen(L, idx);
+    if (len > GLIA_MAX_DIMS)
+      luaL_error(L, "%s: at most %d dims are supported, got %d", fname, GLIA_MAX_DIMS, len);
+    for (int i = 1; i <= len; i++) {
+      lua_rawgeti(L, idx, i);
+      size[n++] = glia_lua_check_int(L, -1, fname, "size");
+      lua_pop(L, 1);
+    }
+    idx++;
+  } else {
+    while (lua_type(L, idx) == LUA_TNUMBER) {
+      if (n == GLIA_MAX_DIMS)
+        luaL_error(L, "%s: at most %d dims are supported", fname, GLIA_MAX_DIMS);
+      size[n++] = glia_lua_check_int(L, idx, fname, "size");
+      idx++;
+    }
+  }
+  for (int i = 0; i < n; i++)
+    if (size[i] < 0) luaL_error(L, "%s: size must be >= 0, got %lld", fname, (long long)size[i]);
+  *ndim = n;
+  return idx;
+}
+
+/* 1-based (or negative) Lua dim -> 0-based, for a tensor of ndim dims.
+** extra=1 accepts ndim+1 positions (for unsqueeze). */
+int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname) {
+  int n = ndim + extra;
+  int64_t r = d > 0 ? d - 1 : d < 0 ? n + d : -1;
+  if (d == 0)
+    luaL_error(L, "%s: dims are 1-based (got 0)", fname);
+  if (r < 0 || r >= n || (n == 0))
+    luaL_error(L, "%s: dim %lld out of range for a %d-D tensor", fname, (long long)d, ndim);
+  return (int)r;
+}
+
+/* ===================================================== op dispatcher */
+
+/* Upvalues: 1 = binding state, 2 = the op (light userdata). */
+static int call_op(lua_State *L) {
+  binding_state *B = state_of(L);
+  const glia_op *op = lua_touserdata(L, lua_upvalueindex(2));
+  glia_ctx *G = B->G;
+  char fname[64];
+  snprintf(fname, sizeof fname, "glia.%s", op->name);
+  glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
+  int top = lua_gettop(L), na = 0, idx = 1, optional = 0;
+  glia_tensor *ref = NULL; /* the first tensor argument: dims refer to it */
+  int last_dim = -1;
+  for (const char *s = op->sig; *s; s++) {
+    if (*s == '|') {
+      optional = 1;
+      continue;
+    }
+    glia_value *a = &args[na++];
+    a->kind = GLIA_VAL_NONE;
+    int absent = idx > top || lua_isnil(L, idx);
+    if (absent && *s != 'I') {
+      if (!optional && *s != 't') luaL_error(L, "%s: missing argument #%d", fname, idx);
+      idx++;
+      continue;
+    }
+    switch (*s) {
+    case 'T':
+    case 't':
+      a->kind = GLIA_VAL_TENSOR;
+      a->u.t = glia_lua_test_tensor(L, idx);
+      if (!a->u.t)
+        luaL_error(L, "%s: argument #%d must be a tensor, got %s", fname, idx,
+                   luaL_typename(L, idx));
+      break;
+    case 'S':
+      if (lua_type(L, idx) == LUA_TNUMBER) {
+        a->kind = GLIA_VAL_NUMBER;
+        a->u.num = lua_tonumber(L, idx);
+      } else if (lua_isboolean(L, idx)) {
+        a->kind = GLIA_VAL_NUMBER;
+        a->u.num = lua_toboolean(L, idx);
+      } else {
+        a->kind = GLIA_VAL_TENSOR;
+        a->u.t = glia_lua_test_tensor(L, idx);
+        if (!a->u.t)
+          luaL_error(L, "%s: argument #%d must be a tensor or a number, got %s", fname, idx,
+                     luaL_typename(L, idx));
+      }
+      break;
+    case 'd':
+    case 'e': {
+      if (!ref) luaL_error(L, "%s: a dim needs a tensor argument first", fname);
+      int64_t d = glia_lua_check_int(L, idx, fname, "dim");
+      a->kind = GLIA_VAL_INT;
+      a->u.i = last_dim = glia_lua_dim(L, d, ref->ndim, *s == 'e', fname);
+      break;
+    }
+    case 'D':
+      if (!ref) luaL_error(L, "%s: dims need a tensor argument first", fname);
+      a->kind = GLIA_VAL_INTS;
+      a->u.ints.n = 0;
+      if (lua_istable(L, idx)) {
+        int len = (int)compat_rawlen(L, idx);
+        if (len > GLIA_MAX_DIMS) luaL_error(L, "%s: too many dims (%d)", fname, len);
+        for (int i = 1; i <= len; i++) {
+          lua_rawgeti(L, idx, i);
+          int64_t d = glia_lua_check_int(L, -1, fname, "dim");
+          lua_pop(L, 1);
+          a->u.ints.v[a->u.ints.n++] = glia_lua_dim(L, d, ref->ndim, 0, fname);
+        }
+      } else {
+        int64_t d = glia_lua_check_int(L, idx, fname, "dim");
+        a->u.ints.v[a->u.ints.n++] = last_dim = glia_lua_dim(L, d, ref->ndim, 0, fname);
+      }
+      break;
+    case 'p': {
+      int64_t p = glia_lua_check_int(L, idx, fname, "index");
+      if (p == 0) luaL_error(L, "%s: indices are 1-based (got 0)", fname);
+      int64_t dimsize = ref && last_dim >= 0 ? ref->size[last_dim] : 0;
+      a->kind = GLIA_VAL_INT;
+      a->u.i = p > 0 ? p - 1 : dimsize + p;
+      break;
+    }
+    case 'i':
+      a->kind = GLIA_VAL_INT;
+      a->u.i = glia_lua_check_int(L, idx, fname, "argument");
+      break;
+    case 'n':
+      a->kind = GLIA_VAL_NUMBER;
+      a->u.num = luaL_checknumber(L, idx);
+      break;
+    case 'b':
+      a->kind = GLIA_VAL_BOOL;
+      a->u.b = lua_toboolean(L, idx);
+      break;
+    case 's':
+      a->kind = GLIA_VAL_STRING;
+      a->u.s = lua_tostring(L, idx);
+      if (!a->u.s || lua_type(L, idx) != LUA_TSTRING)
+        luaL_error(L, "%s: argument #%d must be a string, got %s", fname, idx,
+                   luaL_typename(L, idx));
+      break;
+    case 'I': {
+      int nd;
+      a->kind = GLIA_VAL_INTS;
+      if (idx > top || lua_isnil(L, idx)) {
+        a->u.ints.n = 0;
+        if (!optional && idx <= top) luaL_error(L, "%s: missing sizes", fname);
+        idx++;
+        continue;
+      }
+      idx = glia_lua_check_sizes(L, idx, fname, &nd, a->u.ints.v);
+      a->u.ints.n = nd;
+      continue; /* idx already advanced */
+    }
+    default:
+      luaL_error(L, "%s: bad signature", fname);
+    }
+    if (a->kind == GLIA_VAL_TENSOR && !ref) ref = a->u.t;
+    if (a->kind == GLIA_VAL_TENSOR && !a->u.t->storage)
+      luaL_error(L, "%s: argument #%d: tensor was freed", fname, idx);
+    idx++;
+  }
+  if (top >= idx && !lua_isnil(L, top))
+    luaL_error(L, "%s: too many arguments (expected at most %d, got %d)", fname, idx - 1, top);
+  int nouts = 0;
+  release_pending(B);
+  glia_status st = glia_op_call(G, op, na, args, &nouts, outs);
+  if (st == GLIA_ENOMEM) { /* a full collection may free enough */
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    glia_ctx_trim(G);
+    st = glia_op_call(G, op, na, args, &nouts, outs);
+  }
+  if (st != GLIA_OK) return glia_lua_raise(L, G);
+  for (int k = 0; k < nouts; k++)
+    if (outs[k].kind == GLIA_VAL_TENSOR) B->pending[k] = outs[k].u.t;
+  for (int k = 0; k < nouts; k++) {
+    switch (outs[k].kind) {
+    case GLIA_VAL_TENSOR: {
+      glia_tensor **box = glia_lua_push_box(L);
+      *box = B->pending[k];
+      B->pending[k] = NULL;
+      break;
+    }
+    case GLIA_VAL_NUMBER: lua_pushnumber(L, outs[k].u.num); break;
+    case GLIA_VAL_INT: lua_pushinteger(L, (lua_Integer)outs[k].u.i); break;
+    case GLIA_VAL_BOOL: lua_pushboolean(L, outs[k].u.b); break;
+    default: lua_pushnil(L); break;
+    }
+  }
+  gc_pressure(L, B);
+  return nouts;
+}
+
+/* ==================================================== tensor methods */
+
+static glia_tensor *self_tensor(lua_State *L) { return glia_lua_check_tensor(L, 1); }
+
+static int t_size(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (lua_gettop(L) >= 2) {
+    int64_t d = glia_lua_check_int(L, 2, "glia.size", "dim");
+    lua_pushinteger(L, (lua_Integer)t->size[glia_lua_dim(L, d, t->ndim, 0, "glia.size")]);
+    return 1;
+  }
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushinteger(L, (lua_Integer)t->size[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int t_stride(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (lua_gettop(L) >= 2) {
+    int64_t d = glia_lua_check_int(L, 2, "glia.stride", "dim");
+    lua_pushinteger(L, (lua_Integer)t->stride[glia_lua_dim(L, d, t->ndim, 0, "glia.stride")]);
+    return 1;
+  }
+  lua_createtable(L, t->ndim, 0);
+  for (int i = 0; i < t->ndim; i++) {
+    lua_pushinteger(L, (lua_Integer)t->stride[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  return 1;
+}
+
+static int t_dim(lua_State *L) {
+  lua_pushinteger(L, self_tensor(L)->ndim);
+  return 1;
+}
+
+static int t_numel(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)glia_tensor_numel(self_tensor(L)));
+  return 1;
+}
+
+static int t_dtype(lua_State *L) {
+  lua_pushstring(L, glia_dtype_name(self_tensor(L)->dtype));
+  return 1;
+}
+
+static int t_is_contiguous(lua_State *L) {
+  lua_pushboolean(L, glia_tensor_is_contiguous(self_tensor(L)));
+  return 1;
+}
+
+/* Pushes element at p (of dtype dt) as a Lua number/integer/boolean. */
+static void push_elem(lua_State *L, const char *p, glia_dtype dt) {
+  switch (dt) {
+  case GLIA_DTYPE_F32: lua_pushnumber(L, *(const float *)p); break;
+  case GLIA_DTYPE_F64: lua_pushnumber(L, *(const double *)p); break;
+  case GLIA_DTYPE_I64: lua_pushinteger(L, (lua_Integer) * (const int64_t *)p); break;
+  case GLIA_DTYPE_I32: lua_pushinteger(L, *(const int32_t *)p); break;
+  case GLIA_DTYPE_U8: lua_pushinteger(L, *(const uint8_t *)p); break;
+  case GLIA_DTYPE_BOOL: lua_pushboolean(L, *(const uint8_t *)p != 0); break;
+  default: lua_pushnil(L);
+  }
+}
+
+static int t_item(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (glia_tensor_numel(t) != 1)
+    return luaL_error(L, "glia.item: expected a 1-element tensor, got %s", glia_shape_str(t));
+  push_elem(L, glia_ptr(t), t->dtype);
+  return 1;
+}
+
+static void totable_rec(lua_State *L, const glia_tensor *t, int d, const char *p) {
+  size_t es = glia_dtype_size(t->dtype);
+  lua_createtable(L, (int)t->size[d], 0);
+  for (int64_t i = 0; i < t->size[d]; i++) {
+    const char *q = p + i * t->stride[d] * (int64_t)es;
+    if (d == t->ndim - 1)
+      push_elem(L, q, t->dtype);
+    else
+      totable_rec(L, t, d + 1, q);
+    lua_rawseti(L, -2, (int)i + 1);
+  }
+}
+
+static int t_totable(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (t->ndim == 0) {
+    push_elem(L, glia_ptr(t), t->dtype);
+    return 1;
+  }
+  luaL_checkstack(L, t->ndim + 4, "glia.totable");
+  totable_rec(L, t, 0, glia_ptr(t));
+  return 1;
+}
+
+static int t_requires_grad(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  glia_ctx *G = state_of(L)->G;
+  int on = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
+  if (glia_tensor_set_requires_grad(G, t, on) != GLIA_OK) return glia_lua_raise(L, G);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int t_backward(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  glia_ctx *G = state_of(L)->G;
+  glia_tensor *g = lua_isnoneornil(L, 2) ? NULL : glia_lua_check_tensor(L, 2);
+  int keep = lua_toboolean(L, 3);
+  if (glia_backward(G, t, g, keep) != GLIA_OK) return glia_lua_raise(L, G);
+  return 0;
+}
+
+static int t_zero_grad(lua_State *L) {
+  glia_tensor_zero_grad(self_tensor(L));
+  return 0;
+}
+
+static int t_free(lua_State *L) {
+  glia_tensor **box = luaL_checkudata(L, 1, TENSOR_MT);
+  glia_tensor_release(*box);
+  *box = NULL;
+  return 0;
+}
+
+static int t_gc(lua_State *L) {
+  glia_tensor **box = luaL_checkudata(L, 1, TENSOR_MT);
+  glia_tensor_release(*box);
+  *box = NULL;
+  return 0;
+}
+
+static int t_len(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  lua_pushinteger(L, t->ndim ? (lua_Integer)t->size[0] : 0);
+  return 1;
+}
+
+static int t_grad_mode_is(lua_State *L) {
+  lua_pushboolean(L, glia_tensor_requires_grad(self_tensor(L)));
+  return 1;
+}
+
+/* ========================================================= printing */
+
+static double elem_as_double(const char *p, glia_dtype dt) {
+  switch (dt) {
+  case GLIA_DTYPE_F32: return *(const float *)p;
+  case GLIA_DTYPE_F64: return *(const double *)p;
+  case GLIA_DTYPE_I64: return (double)*(const int64_t *)p;
+  case GLIA_DTYPE_I32: return *(const int32_t *)p;
+  default: return *(const uint8_t *)p;
+  }
+}
+
+typedef struct {
+  luaL_Buffer *b;
+  const glia_tensor *t;
+  int edge;      /* items shown at each end of a summarized dim, 0 = all */
+  char fmt[16];  /* per-element format */
+  int width;
+} print_ctx;
+
+static void print_rec(print_ctx *P, int d, const char *p, int indent) {
+  const glia_tensor *t = P->t;
+  size_t es = glia_dtype_size(t->dtype);
+  luaL_addchar(P->b, '[');
+  int64_t n = t->size[d];
+  for (int64_t i = 0; i < n; i++) {
+    if (P->edge && n > 2 * P->edge && i == P->edge) {
+      luaL_addstring(P->b, d == t->ndim - 1 ? " ...," : "...,\n");
+      if (d != t->ndim - 1)
+        for (int k = 0; k <= indent; k++) luaL_addchar(P->b, ' ');
+      i = n - P->edge - 1;
+      continue;
+    }
+    const char *q = p + i * t->stride[d] * (int64_t)es;
+    if (d == t->ndim - 1) {
+      char buf[64];
+      double v = elem_as_double(q, t->dtype);
+      if (t->dtype == GLIA_DTYPE_BOOL)
+        snprintf(buf, sizeof buf, "%*s", P->width, v != 0 ? "true" : "false");
+      else
+        snprintf(buf, sizeof buf, P->fmt, P->width, v);
+      luaL_addchar(P->b, ' ');
+      luaL_addstring(P->b, buf);
+    } else {
+      print_rec(P, d + 1, q, indent + 1);
+      if (i + 1 < n) {
+        luaL_addstring(P->b, ",\n");
+        for (int k = 0; k <= indent; k++) luaL_addchar(P->b, ' ');
+      }
+    }
+  }
+  luaL_addstring(P->b, d == t->ndim - 1 ? " ]" : "]");
+}
+
+/* Picks a shared format: integers as %d, floats in fixed or scientific. */
+static void choose_format(print_ctx *P) {
+  const glia_tensor *t = P->t;
+  int64_t n = glia_tensor_numel(t);
+  bool is_float = t->dtype == GLIA_DTYPE_F32 || t->dtype == GLIA_DTYPE_F64;
+  double maxabs = 0;
+  bool all_int = true;
+  int64_t idx[GLIA_MAX_DIMS] = {0};
+  size_t es = glia_dtype_size(t->dtype);
+  for (int64_t k = 0; k < n && k < 100000; k++) {
+    const char *q = glia_ptr(t);
+    for (int d = 0; d < t->ndim; d++) q += idx[d] * t->stride[d] * (int64_t)es;
+    double v = elem_as_double(q, t->dtype);
+    if (isfinite(v)) {
+      if (fabs(v) > maxabs) maxabs = fabs(v);
+      if (v != floor(v)) all_int = false;
+    }
+    for (int d = t->ndim - 1; d >= 0; d--) {
+      if (++idx[d] < t->size[d]) break;
+      idx[d] = 0;
+    }
+  }
+  if (t->dtype == GLIA_DTYPE_BOOL) {
+    strcpy(P->fmt, "%*s");
+    P->width = 5;
+  } else if (!is_float || (all_int && maxabs < 1e9)) {
+    strcpy(P->fmt, is_float ? "%*.0f." : "%*.0f");
+    P->width = maxabs >= 1 ? (int)log10(maxabs) + 2 : 2;
+  } else if (maxabs >= 1e5 || (maxabs < 1e-4 && maxabs > 0)) {
+    strcpy(P->fmt, "%*.4e");
+    P->width = 11;
+  } else {
+    strcpy(P->fmt, "%*.4f");
+    P->width = maxabs >= 1 ? (int)log10(maxabs) + 7 : 7;
+  }
+}
+
+static int t_tostring(lua_State *L) {
+  glia_tensor **box = luaL_checkudata(L, 1, TENSOR_MT);
+  glia_tensor *t = *box;
+  if (!t || !t->storage) {
+    lua_pushstring(L, "glia.tensor (freed)");
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  char head[160];
+  snprintf(head, sizeof head, "glia.tensor %s %s%s", glia_dtype_name(t->dtype),
+           glia_shape_str(t), glia_tensor_requires_grad(t) ? " requires_grad" : "");
+  int64_t n = glia_tensor_numel(t);
+  print_ctx P = {&b, t, n > 1000 ? 3 : 0, "", 0};
+  if (t->ndim == 0) {
+    choose_format(&P);
+    char buf[64];
+    double v = elem_as_double(glia_ptr(t), t->dtype);
+    if (t->dtype == GLIA_DTYPE_BOOL)
+      snprintf(buf, sizeof buf, "%s", v != 0 ? "true" : "false");
+    else
+      snprintf(buf, sizeof buf, P.fmt, 1, v);
+    luaL_addstring(&b, buf);
+    luaL_addchar(&b, '\n');
+  } else if (n > 0) {
+    choose_format(&P);
+    print_rec(&P, 0, glia_ptr(t), 0);
+    luaL_addchar(&b, '\n');
+  }
+  luaL_addstring(&b, head);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* ================================================= tensor from table */
+
+static void infer_shape(lua_State *L, int idx, int d, int *ndim, int64_t *size) {
+  if (lua_type(L, idx) != LUA_TTABLE) {
+    if (d < *ndim || *ndim == -1) {
+      if (*ndim == -1) *ndim = d;
+      else if (*ndim != d) luaL_error(L, "glia.tensor: ragged nested table");
+    }
+    return;
+  }
+  if (d >= GLIA_MAX_DIMS) luaL_error(L, "glia.tensor: more than %d nested levels", GLIA_MAX_DIMS);
+  int64_t len = (int64_t)compat_rawlen(L, idx);
+  if (*ndim != -1 && d >= *ndim) luaL_error(L, "glia.tensor: ragged nested table");
+  if (*ndim == -1 || d < *ndim) {
+    if (size[d] == -1) size[d] = len;
+    else if (size[d] != len)
+      luaL_error(L, "glia.tensor: ragged nested table (length %lld vs %lld at depth %d)",
+                 (long long)len, (long long)size[d], d + 1);
+  }
+  if (len == 0 && *ndim == -1) *ndim = d + 1;
+  for (int64_t i = 1; i <= len; i++) {
+    lua_rawgeti(L, idx, (int)i);
+    infer_shape(L, lua_gettop(L), d + 1, ndim, size);
+    lua_pop(L, 1);
+  }
+}
+
+static void fill_rec(lua_State *L, int idx, int d, const glia_tensor *t, char **p) {
+  if (d == t->ndim) {
+    int ty = lua_type(L, idx);
+    double v = 0;
+    if (ty == LUA_TBOOLEAN) v = lua_toboolean(L, idx);
+    else if (ty == LUA_TNUMBER) v = lua_tonumber(L, idx);
+    else luaL_error(L, "glia.tensor: expected numbers, found a %s", lua_typename(L, ty));
+    switch (t->dtype) {
+    case GLIA_DTYPE_F32: *(float *)*p = (float)v; break;
+    case GLIA_DTYPE_F64: *(double *)*p = v; break;
+    case GLIA_DTYPE_I64: *(int64_t *)*p = (int64_t)v; break;
+    case GLIA_DTYPE_I32: *(int32_t *)*p = (int32_t)v; break;
+    case GLIA_DTYPE_BOOL: *(uint8_t *)*p = v != 0; break;
+    default: *(uint8_t *)*p = (uint8_t)v; break;
+    }
+    *p += glia_dtype_size(t->dtype);
+    return;
+  }
+  for (int64_t i = 1; i <= t->size[d]; i++) {
+    lua_rawgeti(L, idx, (int)i);
+    fill_rec(L, lua_gettop(L), d + 1, t, p);
+    lua_pop(L, 1);
+  }
+}
+
+/* glia.tensor(table_or_number [, dtype]) */
+static int m_tensor(lua_State *L) {
+  glia_ctx *G = state_of(L)->G;
+  glia_dtype dt = GLIA_DTYPE_F32;
+  if (!lua_isnoneornil(L, 2)) {
+    const char *name = luaL_checkstring(L, 2);
+    if (glia_dtype_parse(name, &dt) != GLIA_OK)
+      return luaL_error(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)", name);
+  }
+  int ty = lua_type(L, 1);
+  if (ty != LUA_TTABLE && ty != LUA_TNUMBER && ty != LUA_TBOOLEAN)
+    return luaL_error(L, "glia.tensor: expected a nested table or a number, got %s",
+                      luaL_typename(L, 1));
+  int ndim = -1;
+  int64_t size[GLIA_MAX_DIMS];
+  for (int i = 0; i < GLIA_MAX_DIMS; i++) size[i] = -1;
+  luaL_checkstack(L, GLIA_MAX_DIMS + 4, "glia.tensor");
+  infer_shape(L, 1, 0, &ndim, size);
+  if (ndim < 0) ndim = 0;
+  for (int i = 0; i < ndim; i++)
+    if (size[i] < 0) size[i] = 0;
+  glia_tensor **box = glia_lua_push_box(L);
+  if (glia_tensor_new(G, dt, ndim, size, box) != GLIA_OK) return glia_lua_raise(L, G);
+  char *p = glia_ptr(*box);
+  fill_rec(L, 1, 0, *box, &p);
+  return 1;
+}
+
+/* ==================================================== module functions */
+
+static int m_set_num_threads(lua_State *L) {
+  glia_ctx *G = state_of(L)->G;
+  int64_t n = glia_lua_check_int(L, 1, "glia.set_num_threads", "thread count");
+  if (glia_ctx_set_num_threads(G, n < 1 || n > 1024 ? -1 : (int)n) != GLIA_OK)
+    return glia_lua_raise(L, G);
+  return 0;
+}
+
+static int m_num_threads(lua_State *L) {
+  lua_pushinteger(L, glia_ctx_num_threads(state_of(L)->G));
+  return 1;
+}
+
+static int m_manual_seed(lua_State *L) {
+  int64_t s = glia_lua_check_int(L, 1, "glia.manual_seed", "seed");
+  glia_ctx_seed(state_of(L)->G, (uint64_t)s);
+  return 0;
+}
+
+static int m_rng_state(lua_State *L) {
+  uint64_t seed, off;
+  glia_ctx_rng_state(state_of(L)->G, &seed, &off);
+  lua_pushinteger(L, (lua_Integer)seed);
+  lua_pushinteger(L, (lua_Integer)off);
+  return 2;
+}
+
+static int m_set_rng_state(lua_State *L) {
+  int64_t seed = glia_lua_check_int(L, 1, "glia.set_rng_state", "seed");
+  int64_t off = glia_lua_check_int(L, 2, "glia.set_rng_state", "offset");
+  glia_ctx_set_rng_state(state_of(L)->G, (uint64_t)seed, (uint64_t)off);
+  return 0;
+}
+
+static int m_set_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, glia_ctx_set_grad_mode(state_of(L)->G, lua_toboolean(L, 1)));
+  return 1;
+}
+
+static int m_is_grad_enabled(lua_State *L) {
+  lua_pushboolean(L, glia_ctx_grad_mode(state_of(L)->G));
+  return 1;
+}
+
+static int m_is_tensor(lua_State *L) {
+  lua_pushboolean(L, luaL_testudata(L, 1, TENSOR_MT) != NULL);
+  return 1;
+}
+
+static int m_memory(lua_State *L) {
+  glia_ctx *G = state_of(L)->G;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)glia_ctx_live_bytes(G));
+  lua_setfield(L, -2, "live");
+  lua_pushinteger(L, (lua_Integer)glia_ctx_peak_bytes(G));
+  lua_setfield(L, -2, "peak");
+  lua_pushinteger(L, (lua_Integer)glia_ctx_cached_bytes(G));
+  lua_setfield(L, -2, "cached");
+  return 1;
+}
+
+static int m_trim(lua_State *L) {
+  glia_ctx_trim(state_of(L)->G);
+  return 0;
+}
+
+static int m_fail_alloc_after(lua_State *L) {
+  int64_t n = glia_lua_check_int(L, 1, "glia.fail_alloc_after", "count");
+  glia_ctx_fail_alloc_after(state_of(L)->G, n);
+  return 0;
+}
+
+static const luaL_Reg tensor_methods[] = {
+    {"size", t_size},
+    {"shape", t_size},
+    {"stride", t_stride},
+    {"dim", t_dim},
+    {"numel", t_numel},
+    {"dtype", t_dtype},
+    {"is_contiguous", t_is_contiguous},
+    {"item", t_item},
+    {"totable", t_totable},
+    {"requires_grad", t_requires_grad},
+    {"needs_grad", t_grad_mode_is},
+    {"backward", t_backward},
+    {"zero_grad", t_zero_grad},
+    {"free", t_free},
+    {NULL, NULL},
+};
+
+static const luaL_Reg module_funcs[] = {
+    {"tensor", m_tensor},
+    {"set_num_threads", m_set_num_threads},
+    {"num_threads", m_num_threads},
+    {"manual_seed", m_manual_seed},
+    {"rng_state", m_rng_state},
+    {"set_rng_state", m_set_rng_state},
+    {"set_grad_enabled", m_set_grad_enabled},
+    {"is_grad_enabled", m_is_grad_enabled},
+    {"is_tensor", m_is_tensor},
+    {"memory", m_memory},
+    {"trim", m_trim},
+    {"fail_alloc_after", m_fail_alloc_after},
+    {NULL, NULL},
+};
+
+/* =================================================== indexing, metas */
+
+/* __index: methods first, then .grad, then integer and table indexing. */
+static int t_index(lua_State *L) {
+  int ty = lua_type(L, 2);
+  if (ty == LUA_TSTRING) {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(2)); /* methods */
+    if (!lua_isnil(L, -1)) return 1;
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "grad") == 0) {
+      glia_tensor *t = self_tensor(L);
+      if (!t->grad) return 0;
+      glia_lua_push_tensor(L, glia_tensor_retain(t->grad));
+      return 1;
+    }
+    return 0;
+  }
+  return glia_lua_index(L, state_of(L)->G);
+}
+
+static int t_newindex(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "grad") == 0) {
+      glia_tensor *t = self_tensor(L);
+      glia_tensor *g = lua_isnil(L, 3) ? NULL : glia_lua_check_tensor(L, 3);
+      glia_tensor_release(t->grad);
+      t->grad = glia_tensor_retain(g);
+      return 0;
+    }
+    return luaL_error(L, "glia.tensor: cannot set field '%s'", k);
+  }
+  return glia_lua_newindex(L, state_of(L)->G);
+}
+
+/* Arithmetic metamethods go through the registry ops. */
+static int arith(lua_State *L, const char *opname) {
+  lua_settop(L, 2);
+  lua_getfield(L, lua_upvalueindex(2), opname);
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+static int mt_add(lua_State *L) { return arith(L, "add"); }
+static int mt_sub(lua_State *L) { return arith(L, "sub"); }
+static int mt_mul(lua_State *L) { return arith(L, "mul"); }
+static int mt_div(lua_State *L) { return arith(L, "div"); }
+static int mt_pow(lua_State *L) { return arith(L, "pow"); }
+static int mt_unm(lua_State *L) {
+  lua_settop(L, 1);
+  lua_getfield(L, lua_upvalueindex(2), "neg");
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* ====================================================== open module */
+
+static void set_op_closure(lua_State *L, int state_idx, const glia_op *op) {
+  lua_pushvalue(L, state_idx);
+  lua_pushlightuserdata(L, (void *)op);
+  lua_pushcclosure(L, call_op, 2);
+}
+
+int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
+  binding_state *B = compat_newuserdata(L, sizeof *B);
+  memset(B, 0, sizeof *B);
+  B->G = G;
+  B->owns_ctx = owns_ctx;
+  B->gc_trigger = (size_t)64 << 20;
+  int state_idx = lua_gettop(L);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, state_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, state_idx);
+  lua_pushvalue(L, state_idx);
+  lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+
+  lua_newtable(L); /* module */
+  int mod_idx = lua_gettop(L);
+  lua_newtable(L); /* methods */
+  int meth_idx = lua_gettop(L);
+
+  lua_pushvalue(L, state_idx);
+  luaL_setfuncs(L, tensor_methods, 1);
+  lua_pushvalue(L, mod_idx);
+  lua_pushvalue(L, state_idx);
+  luaL_setfuncs(L, module_funcs, 1);
+  lua_pop(L, 1);
+
+  for (const glia_op *const *fam = glia_op_families(); *fam; fam++)
+    for (const glia_op *op = *fam; op->name; op++) {
+      set_op_closure(L, state_idx, op);
+      lua_setfield(L, mod_idx, op->name);
+      if (op->method) {
+        set_op_closure(L, state_idx, op);
+        lua_setfield(L, meth_idx, op->name);
+      }
+    }
+
+  /* tensor metatable: upvalue 1 = state, 2 = methods (for __index) or module */
+  luaL_newmetatable(L, TENSOR_MT);
+  int mt_idx = lua_gettop(L);
+  lua_pushvalue(L, state_idx);
+  lua_pushvalue(L, meth_idx);
+  lua_pushcclosure(L, t_index, 2);
+  lua_setfield(L, mt_idx, "__index");
+  lua_pushvalue(L, state_idx);
+  lua_pushvalue(L, meth_idx);
+  lua_pushcclosure(L, t_newindex, 2);
+  lua_setfield(L, mt_idx, "__newindex");
+  static const luaL_Reg arith_metas[] = {{"__add", mt_add}, {"__sub", mt_sub}, {"__mul", mt_mul},
+                                         {"__div", mt_div}, {"__pow", mt_pow}, {"__unm", mt_unm},
+                                         {NULL, NULL}};
+  lua_pushvalue(L, state_idx);
+  lua_pushvalue(L, mod_idx);
+  luaL_setfuncs(L, arith_metas, 2);
+  static const luaL_Reg plain_metas[] = {{"__gc", t_gc},
+                                         {"__tostring", t_tostring},
+                                         {"__len", t_len},
+#if COMPAT_HAS_CLOSE
+                                         {"__close", t_free},
+#endif
+                                         {NULL, NULL}};
+  lua_pushvalue(L, state_idx);
+  luaL_setfuncs(L, plain_metas, 1);
+  lua_pushliteral(L, "glia.tensor");
+  lua_setfield(L, mt_idx, "__name");
+  lua_pop(L, 1);
+
+  lua_pushvalue(L, meth_idx);
+  lua_setfield(L, mod_idx, "_methods");
+  lua_pushliteral(L, GLIA_VERSION);
+  lua_setfield(L, mod_idx, "version");
+  lua_pushvalue(L, mod_idx);
+  lua_replace(L, state_idx);
+  lua_settop(L, state_idx);
+  return 1;
+}
+
+/* require "glia.core" from a stock lua5.4/luajit: the module owns its ctx. */
+GLIA_API int luaopen_glia_core(lua_State *L) {
+  glia_ctx *G = glia_ctx_new();
+  if (!G) return luaL_error(L, "glia: out of memory creating a context");
+  return glia_lua_open(L, G, 1);
+}

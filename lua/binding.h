@@ -1,0 +1,40 @@
+/*
+** lua/binding.h -- what the binding's files share: boxing tensors, checking
+** arguments, raising errors. Only lua/ includes Lua headers.
+*/
+#ifndef GLIA_BINDING_H
+#define GLIA_BINDING_H
+
+#include "compat.h"
+#include "glia_impl.h"
+
+/* Opens the glia.core module table on the stack over context G. */
+GLIAI_FUNC int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx);
+GLIAI_FUNC glia_ctx *glia_lua_ctx(lua_State *L);
+
+/* A new empty box (tensor userdata) on the stack; fill *box to own a tensor. */
+GLIAI_FUNC glia_tensor **glia_lua_push_box(lua_State *L);
+/* Boxes t, taking over its reference. */
+GLIAI_FUNC void glia_lua_push_tensor(lua_State *L, glia_tensor *t);
+GLIAI_FUNC glia_tensor *glia_lua_test_tensor(lua_State *L, int idx);
+GLIAI_FUNC glia_tensor *glia_lua_check_tensor(lua_State *L, int idx);
+/* Raises the context's last message as a Lua error. */
+GLIAI_FUNC int glia_lua_raise(lua_State *L, glia_ctx *G);
+
+GLIAI_FUNC int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname,
+                                      const char *what);
+GLIAI_FUNC int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim,
+                                    int64_t *size);
+GLIAI_FUNC int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname);
+
+/* t[k] and t[k] = v for integer and table keys (lua/index.c). */
+GLIAI_FUNC int glia_lua_index(lua_State *L, glia_ctx *G);
+GLIAI_FUNC int glia_lua_newindex(lua_State *L, glia_ctx *G);
+
+/* The vm's Lua state, and a pcall with traceback that records the message
+** in the vm (lua/embed.c); the REPL (lua/repl.c). */
+GLIAI_FUNC lua_State *glia_vm_lua(glia_vm *vm);
+GLIAI_FUNC int glia_vm_pcall(glia_vm *vm, int nargs, int nres);
+GLIAI_FUNC int glia_repl(glia_vm *vm);
+
+#endif

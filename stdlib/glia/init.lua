@@ -1,0 +1,96 @@
+-- glia -- what `require "glia"` returns: the C core (glia.core) plus the
+-- helpers written in Lua: no_grad and gradcheck.
+local core = require "glia.core"
+
+local glia = core
+local pcall, error, select, type, ipairs = pcall, error, select, type, ipairs
+local abs, max = math.abs, math.max
+local unpack = table.unpack or unpack
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- Runs fn(...) with grad mode off; restores the old mode even on error.
+function glia.no_grad(fn, ...)
+  local old = core.set_grad_enabled(false)
+  local res = pack(pcall(fn, ...))
+  core.set_grad_enabled(old)
+  if not res[1] then error(res[2], 0) end
+  return unpack(res, 2, res.n)
+end
+
+-- Multi-indices of a shape, in row-major order, as 1-based tables.
+local function each_index(shape)
+  local idx, n = {}, #shape
+  for d = 1, n do
+    if shape[d] == 0 then return function() return nil end end
+    idx[d] = 1
+  end
+  idx[n] = 0
+  if n == 0 then
+    local done = false
+    return function() if done then return nil end done = true return {} end
+  end
+  return function()
+    for d = n, 1, -1 do
+      if idx[d] < shape[d] then
+        idx[d] = idx[d] + 1
+        return idx
+      end
+      idx[d] = 1
+    end
+    return nil
+  end
+end
+
+local function flatten(v, out)
+  if type(v) ~= "table" then out[#out + 1] = v return out end
+  for _, x in ipairs(v) do flatten(x, out) end
+  return out
+end
+
+-- Checks the gradients autograd gives fn at `inputs` (a list of f32 tensors)
+-- against central differences of sum(fn(...) * w) for a fixed random w.
+-- opts: eps (1e-3), atol (1e-2), rtol (1e-2). Returns true, or false and a
+-- message naming the input, the element and both values.
+function glia.gradcheck(fn, inputs, opts)
+  opts = opts or {}
+  local eps, atol, rtol = opts.eps or 1e-3, opts.atol or 1e-2, opts.rtol or 1e-2
+  for _, x in ipairs(inputs) do x:zero_grad() x:requires_grad() end
+  local out = fn(unpack(inputs))
+  local w = glia.randn(out:shape())
+  local wv = flatten(w:totable(), {})
+  out:mul(w):sum():backward()
+  local function objective()
+    local o = glia.no_grad(fn, unpack(inputs))
+    local ov, s = flatten(o:totable(), {}), 0
+    for i = 1, #ov do s = s + ov[i] * wv[i] end
+    return s
+  end
+  for k, x in ipairs(inputs) do
+    local g = x.grad
+    for idx in each_index(x:shape()) do
+      local key = { unpack(idx) }
+      local analytic = g and (x:dim() == 0 and g:item() or g[key]) or 0
+      local v0 = x:dim() == 0 and x:item() or x[key]
+      glia.no_grad(function()
+        if x:dim() == 0 then x:fill_(v0 + eps) else x[key] = v0 + eps end
+      end)
+      local fp = objective()
+      glia.no_grad(function()
+        if x:dim() == 0 then x:fill_(v0 - eps) else x[key] = v0 - eps end
+      end)
+      local fm = objective()
+      glia.no_grad(function()
+        if x:dim() == 0 then x:fill_(v0) else x[key] = v0 end
+      end)
+      local numeric = (fp - fm) / (2 * eps)
+      if abs(numeric - analytic) > atol + rtol * max(abs(numeric), abs(analytic)) then
+        return false, string.format("gradcheck: input %d at {%s}: numeric %.6g, autograd %.6g",
+                                    k, table.concat(key, ","), numeric, analytic)
+      end
+    end
+  end
+  return true
+end
+
+return glia

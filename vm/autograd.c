@@ -1,0 +1,251 @@
+/*
+** vm/autograd.c -- define-by-run reverse-mode autograd.
+**
+** Every differentiable op run in grad mode on an input that needs grad
+** attaches a node to its output (t->grad_fn). A node holds a reference to
+** each forward input (so the graph is a DAG owned by the tensors that
+** survive: dropping the last output frees its history) and detached aliases
+** of what it saved, with the storage version at save time. Backward counts
+** each node's consumers, then runs nodes in dependency order, reduces each
+** input gradient to the input's shape, and accumulates it into the next
+** node's gout or into a leaf's .grad. Without keep_graph, each node drops
+** its inputs and saved tensors once it has run.
+*/
+#include "glia_impl.h"
+
+#include <stdlib.h>
+
+bool glia_tensor_needs_grad(const glia_tensor *t) {
+  return t && (t->requires_grad || t->grad_fn != NULL);
+}
+
+glia_node *glia_node_begin(glia_ctx *G, const char *name, glia_backward_fn bw, int n,
+                           glia_tensor *const *in, glia_status *st) {
+  *st = GLIA_OK;
+  if (!G->grad_mode) return NULL;
+  bool any = false;
+  for (int i = 0; i < n; i++) any |= glia_tensor_needs_grad(in[i]);
+  if (!any) return NULL;
+  glia_node *node = glia_malloc(G, sizeof *node);
+  if (!node) {
+    *st = glia_fail_nomem(G, sizeof *node, name);
+    return NULL;
+  }
+  memset(node, 0, sizeof *node);
+  node->refcount = 1;
+  node->name = name;
+  node->backward = bw;
+  node->ninputs = n;
+  node->seq = ++G->node_seq;
+  for (int i = 0; i < n; i++) {
+    node->input[i] = glia_tensor_retain(in[i]);
+    node->needs[i] = glia_tensor_needs_grad(in[i]);
+  }
+  return node;
+}
+
+glia_status glia_node_save(glia_ctx *G, glia_node *node, glia_tensor *t) {
+  if (GLIA_NEVER(node->nsaved >= GLIA_NODE_MAX_SAVED))
+    return glia_fail(G, GLIA_EINTERNAL, "%s: too many saved tensors", node->name);
+  glia_tensor *a = NULL;
+  if (t) TRY(glia_tensor_detach(G, t, &a));
+  node->saved_version[node->nsaved] = t && t->storage ? t->storage->version : 0;
+  node->saved[node->nsaved++] = a;
+  return GLIA_OK;
+}
+
+void glia_node_finish(glia_node *node, glia_tensor *out) {
+  node->out_ndim = out->ndim;
+  memcpy(node->out_size, out->size, sizeof out->size);
+  glia_node_release(out->grad_fn);
+  out->grad_fn = node;
+}
+
+static void node_drop_history(glia_node *node) {
+  for (int i = 0; i < node->ninputs; i++) {
+    glia_tensor_release(node->input[i]);
+    node->input[i] = NULL;
+  }
+  for (int i = 0; i < node->nsaved; i++) {
+    glia_tensor_release(node->saved[i]);
+    node->saved[i] = NULL;
+  }
+  node->ninputs = -1; /* marks a freed graph */
+  node->nsaved = 0;
+  free(node->extra);
+  node->extra = NULL;
+}
+
+void glia_node_release(glia_node *node) {
+  if (!node || --node->refcount > 0) return;
+  node_drop_history(node);
+  glia_tensor_release(node->gout);
+  free(node);
+}
+
+glia_status glia_node_saved(glia_ctx *G, glia_node *node, int i, glia_tensor **out) {
+  glia_tensor *t = node->saved[i];
+  if (t && t->storage && t->storage->version != node->saved_version[i])
+    return glia_fail(G, GLIA_EGRAD,
+                     "%s: a tensor saved for backward was modified in place "
+                     "(version %llu, saved at %llu)",
+                     node->name, (unsigned long long)t->storage->version,
+                     (unsigned long long)node->saved_version[i]);
+  *out = t;
+  return GLIA_OK;
+}
+
+/* ========================================================= backward */
+
+typedef struct {
+  glia_node **v;
+  size_t n, cap;
+} node_vec;
+
+static bool vec_push(glia_ctx *G, node_vec *s, glia_node *node) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    glia_node **v = realloc(s->v, cap * sizeof *v);
+    if (!v || (G->fail_countdown > 0 && --G->fail_countdown == 0)) {
+      if (v) s->v = v;
+      return false;
+    }
+    s->v = v;
+    s->cap = cap;
+  }
+  s->v[s->n++] = node;
+  return true;
+}
+
+/* Routes one input gradient: reduced to the input's shape, then added into
+** the producing node's gout or the leaf's grad. */
+static glia_status route_grad(glia_ctx *G, glia_tensor *in, glia_tensor *g, node_vec *ready) {
+  glia_tensor *r;
+  TRY(glia_sum_to_size(G, g, in->ndim, in->size, &r));
+  glia_status st = GLIA_OK;
+  if (in->grad_fn) {
+    glia_node *nx = in->grad_fn;
+    st = glia_accumulate(G, &nx->gout, r);
+    if (st == GLIA_OK && --nx->pending == 0 && !vec_push(G, ready, nx))
+      st = glia_fail_nomem(G, 0, "backward");
+  } else if (in->requires_grad) {
+    st = glia_accumulate(G, &in->grad, r);
+  }
+  glia_tensor_release(r);
+  return st;
+}
+
+static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gout,
+                                int keep_graph, node_vec *all, node_vec *ready) {
+  glia_node *rn = root->grad_fn;
+  /* Pass 1: reach every node, counting consumers (pending). */
+  if (rn->ninputs < 0)
+    return glia_fail(G, GLIA_EGRAD,
+                     "glia.backward: the graph was already freed by an earlier "
+                     "backward (pass keep_graph to backward twice)");
+  if (!vec_push(G, all, rn)) return glia_fail_nomem(G, 0, "backward");
+  rn->pending = 0;
+  rn->seq |= (uint64_t)1 << 63; /* visited mark, cleared below */
+  for (size_t k = 0; k < all->n; k++) {
+    glia_node *node = all->v[k];
+    for (int i = 0; i < node->ninputs; i++) {
+      glia_tensor *in = node->input[i];
+      if (!node->needs[i] || !in || !in->grad_fn) continue;
+      glia_node *nx = in->grad_fn;
+      if (nx->ninputs < 0)
+        return glia_fail(G, GLIA_EGRAD,
+                         "glia.backward: part of the graph (%s) was already freed by "
+                         "an earlier backward",
+                         nx->name);
+      if (!(nx->seq >> 63)) {
+        nx->seq |= (uint64_t)1 << 63;
+        nx->pending = 0;
+        if (!vec_push(G, all, nx)) return glia_fail_nomem(G, 0, "backward");
+      }
+      nx->pending++;
+    }
+  }
+  /* Pass 2: run nodes whose consumers are all done. */
+  glia_tensor_release(rn->gout);
+  rn->gout = glia_tensor_retain(gout);
+  if (!vec_push(G, ready, rn)) return glia_fail_nomem(G, 0, "backward");
+  while (ready->n > 0) {
+    glia_node *node = ready->v[--ready->n];
+    glia_tensor *din[GLIA_NODE_MAX_IN] = {0};
+    glia_tensor *g = node->gout;
+    node->gout = NULL;
+    glia_status st = node->backward(G, node, g, din);
+    for (int i = 0; i < node->ninputs && st == GLIA_OK; i++) {
+      if (node->needs[i] && din[i]) st = route_grad(G, node->input[i], din[i], ready);
+    }
+    for (int i = 0; i < GLIA_NODE_MAX_IN; i++) glia_tensor_release(din[i]);
+    glia_tensor_release(g);
+    if (st != GLIA_OK) return st;
+    if (!keep_graph) node_drop_history(node);
+  }
+  return GLIA_OK;
+}
+
+glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int keep_graph) {
+  TRY(glia_check_live(G, "glia.backward", t));
+  if (!glia_tensor_needs_grad(t))
+    return glia_fail(G, GLIA_EGRAD,
+                     "glia.backward: tensor %s does not require grad (no input of its "
+                     "graph called requires_grad())",
+                     glia_shape_str(t));
+  glia_tensor *g = NULL;
+  if (gout) {
+    if (gout->ndim != t->ndim || memcmp(gout->size, t->size, sizeof(int64_t) * t->ndim))
+      return glia_fail(G, GLIA_ESHAPE, "glia.backward: gradient %s does not match tensor %s",
+                       glia_shape_str(gout), glia_shape_str(t));
+    TRY(glia_tensor_contiguous_as(G, gout, GLIA_DTYPE_F32, &g));
+  } else {
+    if (glia_tensor_numel(t) != 1)
+      return glia_fail(G, GLIA_ESHAPE,
+                       "glia.backward: implicit gradient needs a 1-element tensor, got %s "
+                       "(pass a gradient)",
+                       glia_shape_str(t));
+    TRY(glia_tensor_new(G, GLIA_DTYPE_F32, t->ndim, t->size, &g));
+    *(float *)g->storage->data = 1.0f;
+  }
+  glia_status st = GLIA_OK;
+  int old = glia_ctx_set_grad_mode(G, 0);
+  if (!t->grad_fn) {
+    st = glia_accumulate(G, &t->grad, g);
+  } else {
+    node_vec all = {0}, ready = {0};
+    st = run_backward(G, t, g, keep_graph, &all, &ready);
+    for (size_t k = 0; k < all.n; k++) {
+      glia_node *node = all.v[k];
+      node->seq &= ~((uint64_t)1 << 63);
+      glia_tensor_release(node->gout);
+      node->gout = NULL;
+    }
+    free(all.v);
+    free(ready.v);
+  }
+  glia_ctx_set_grad_mode(G, old);
+  glia_tensor_release(g);
+  return st;
+}
+
+/* ================================================ tensor grad flags */
+
+glia_status glia_tensor_set_requires_grad(glia_ctx *G, glia_tensor *t, int on) {
+  if (t->grad_fn && !on)
+    return glia_fail(G, GLIA_EGRAD,
+                     "glia.requires_grad: a non-leaf tensor always requires grad (use detach)");
+  if (on && t->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE,
+                     "glia.requires_grad: only f32 tensors can require grad, got %s",
+                     glia_dtype_name(t->dtype));
+  if (!t->grad_fn) t->requires_grad = on != 0;
+  return GLIA_OK;
+}
+
+int glia_tensor_requires_grad(const glia_tensor *t) { return glia_tensor_needs_grad(t); }
+glia_tensor *glia_tensor_grad(glia_tensor *t) { return t->grad; }
+void glia_tensor_zero_grad(glia_tensor *t) {
+  glia_tensor_release(t->grad);
+  t->grad = NULL;
+}

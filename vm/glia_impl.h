@@ -1,0 +1,296 @@
+/*
+** vm/glia_impl.h -- internal declarations shared by vm/, ops/ and lua/.
+**
+** Holds the layout of the context, storage, tensor and autograd node, plus
+** the helpers every op uses: failing with a message, allocating outputs,
+** broadcasting, strided iteration, the thread pool and tape recording.
+** Nothing here is part of the installed contract (that is glia.h).
+*/
+#ifndef GLIA_IMPL_H
+#define GLIA_IMPL_H
+
+#include "glia.h"
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+
+#define GLIAI_FUNC __attribute__((visibility("hidden")))
+
+#ifdef NDEBUG
+#define GLIA_ALWAYS(x) (x)
+#define GLIA_NEVER(x) (x)
+#else
+#include <assert.h>
+#define GLIA_ALWAYS(x) ((x) ? 1 : (assert(0), 0))
+#define GLIA_NEVER(x) ((x) ? (assert(0), 1) : 0)
+#endif
+
+#define GLIA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define GLIA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Propagates a failing status. */
+#define TRY(expr)                                                           \
+  do {                                                                      \
+    glia_status st_ = (expr);                                               \
+    if (GLIA_UNLIKELY(st_ != GLIA_OK)) return st_;                          \
+  } while (0)
+
+typedef struct glia_node glia_node;
+typedef struct glia_pool glia_pool;
+
+/* ---------------------------------------------------------------- storage */
+
+/* The bytes behind one or more views. `version` counts in-place writes so
+** the tape can detect a saved tensor modified before backward. */
+typedef struct glia_storage {
+  int64_t refcount;
+  size_t nbytes;
+  void *data;
+  glia_ctx *G;
+  uint64_t version;
+  void (*host_release)(void *ud, void *data); /* set for wrapped memory */
+  void *host_ud;
+  int from_host;
+} glia_storage;
+
+struct glia_tensor {
+  int64_t refcount;
+  glia_ctx *G;
+  glia_storage *storage; /* NULL after t:free() */
+  glia_dtype dtype;
+  int ndim;
+  int64_t size[GLIA_MAX_DIMS];
+  int64_t stride[GLIA_MAX_DIMS]; /* in elements */
+  int64_t offset;                /* in elements */
+  bool requires_grad;            /* leaves only: accumulate into grad */
+  glia_tensor *grad;             /* owned */
+  glia_node *grad_fn;            /* owned; NULL for leaves */
+  glia_tensor *free_next;        /* struct cache link */
+};
+
+/* ------------------------------------------------------------------- tape */
+
+#define GLIA_NODE_MAX_IN 4
+#define GLIA_NODE_MAX_SAVED 6
+
+/* Fills din[i] (owned by the engine afterwards) for every i with
+** node->needs[i]; din may have the broadcast shape of the forward op: the
+** engine reduces it to the input's shape. */
+typedef glia_status (*glia_backward_fn)(glia_ctx *G, glia_node *node,
+                                        glia_tensor *dout, glia_tensor **din);
+
+struct glia_node {
+  int64_t refcount;
+  const char *name;
+  glia_backward_fn backward;
+  int ninputs;
+  glia_tensor *input[GLIA_NODE_MAX_IN]; /* references to forward inputs */
+  bool needs[GLIA_NODE_MAX_IN];
+  int nsaved;
+  glia_tensor *saved[GLIA_NODE_MAX_SAVED]; /* detached aliases */
+  uint64_t saved_version[GLIA_NODE_MAX_SAVED];
+  int64_t iarg[GLIA_MAX_DIMS * 2];
+  double farg[4];
+  int out_ndim;
+  int64_t out_size[GLIA_MAX_DIMS];
+  void *extra; /* op-private, freed with free() if set */
+  /* backward bookkeeping */
+  glia_tensor *gout;
+  int64_t pending;
+  uint64_t seq;
+};
+
+/* Returns a node recording op `name` if grad mode is on and any of the n
+** inputs requires grad, else NULL (and on allocation failure sets *st). */
+GLIAI_FUNC glia_node *glia_node_begin(glia_ctx *G, const char *name,
+                                      glia_backward_fn bw, int n,
+                                      glia_tensor *const *in, glia_status *st);
+/* Saves a detached alias of t in the node (refcounted, version recorded). */
+GLIAI_FUNC glia_status glia_node_save(glia_ctx *G, glia_node *node, glia_tensor *t);
+/* Attaches the node as out's grad_fn (consumes the node reference). */
+GLIAI_FUNC void glia_node_finish(glia_node *node, glia_tensor *out);
+GLIAI_FUNC void glia_node_release(glia_node *node);
+/* Borrowed saved tensor i, or fails if it was modified in place since. */
+GLIAI_FUNC glia_status glia_node_saved(glia_ctx *G, glia_node *node, int i,
+                                       glia_tensor **out);
+GLIAI_FUNC bool glia_tensor_needs_grad(const glia_tensor *t);
+
+/* ---------------------------------------------------------------- context */
+
+#define GLIA_ERRMSG_MAX 512
+#define GLIA_CACHE_CLASSES 168
+
+typedef struct glia_block {
+  struct glia_block *next;
+} glia_block;
+
+struct glia_ctx {
+  char errmsg[GLIA_ERRMSG_MAX];
+  glia_pool *pool;
+  int nthreads;
+  uint64_t seed, rng_offset;
+  int grad_mode;
+  /* allocator */
+  size_t live_bytes, peak_bytes, cached_bytes, cache_limit;
+  glia_block *cache[GLIA_CACHE_CLASSES];
+  int64_t fail_countdown;
+  glia_tensor *free_tensors; /* recycled tensor structs */
+  int nfree_tensors;
+  uint64_t node_seq;
+  void *lua; /* the binding's back pointer, never touched by vm/ */
+};
+
+/* Records a formatted message and returns st. */
+GLIAI_FUNC glia_status glia_fail(glia_ctx *G, glia_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+GLIAI_FUNC glia_status glia_fail_nomem(glia_ctx *G, size_t nbytes, const char *what);
+/* "{2,3}" into a buffer from a small rotating set (valid for a few calls). */
+GLIAI_FUNC const char *glia_shape_str(const glia_tensor *t);
+GLIAI_FUNC const char *glia_sizes_str(int ndim, const int64_t *size);
+
+/* ------------------------------------------------------------- allocator */
+
+/* 64-byte aligned blocks, cached by size class. NULL on failure (no message). */
+GLIAI_FUNC void *glia_alloc(glia_ctx *G, size_t nbytes);
+GLIAI_FUNC void glia_free(glia_ctx *G, void *p, size_t nbytes);
+/* Plain small allocations through the context (counted for fault tests). */
+GLIAI_FUNC void *glia_malloc(glia_ctx *G, size_t n);
+
+/* ----------------------------------------------------------------- tensors */
+
+GLIAI_FUNC int64_t glia_numel_of(int ndim, const int64_t *size);
+GLIAI_FUNC glia_status glia_check_sizes(glia_ctx *G, const char *op, int ndim,
+                                        const int64_t *size);
+/* New contiguous tensor with the dtype and shape of `like`. */
+GLIAI_FUNC glia_status glia_tensor_new_like(glia_ctx *G, const glia_tensor *like,
+                                            glia_dtype dt, glia_tensor **out);
+GLIAI_FUNC glia_status glia_tensor_zeros(glia_ctx *G, glia_dtype dt, int ndim,
+                                         const int64_t *size, glia_tensor **out);
+/* A view of t's storage with the given geometry (no grad history). */
+GLIAI_FUNC glia_status glia_tensor_view_raw(glia_ctx *G, glia_tensor *t, int ndim,
+                                            const int64_t *size, const int64_t *stride,
+                                            int64_t offset, glia_tensor **out);
+/* Same view, same storage, no grad history. */
+GLIAI_FUNC glia_status glia_tensor_detach(glia_ctx *G, glia_tensor *t, glia_tensor **out);
+GLIAI_FUNC void glia_contiguous_strides(int ndim, const int64_t *size, int64_t *stride);
+static inline char *glia_ptr(const glia_tensor *t) {
+  return (char *)t->storage->data + t->offset * (int64_t)glia_dtype_size(t->dtype);
+}
+GLIAI_FUNC glia_status glia_check_live(glia_ctx *G, const char *op, const glia_tensor *t);
+/* Marks an in-place write on t's storage. */
+GLIAI_FUNC void glia_tensor_bump_version(glia_tensor *t);
+/* Copies src into dst (same shape, or src broadcastable), converting dtypes. */
+GLIAI_FUNC glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor *src);
+/* t itself (retained) if contiguous with dtype dt, else a contiguous copy. */
+GLIAI_FUNC glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t,
+                                                 glia_dtype dt, glia_tensor **out);
+/* Reduces g (a broadcast of shape `size`) back to `size` by summing. */
+GLIAI_FUNC glia_status glia_sum_to_size(glia_ctx *G, glia_tensor *g, int ndim,
+                                        const int64_t *size, glia_tensor **out);
+/* Adds src into *acc (allocating *acc as a copy when NULL). */
+GLIAI_FUNC glia_status glia_accumulate(glia_ctx *G, glia_tensor **acc, glia_tensor *src);
+
+/* ------------------------------------------------------------ broadcasting */
+
+/* Broadcast shape of a and b (NumPy rules), or GLIA_ESHAPE naming op. */
+GLIAI_FUNC glia_status glia_broadcast_shape(glia_ctx *G, const char *op, int na,
+                                            const int64_t *a, int nb, const int64_t *b,
+                                            int *nout, int64_t *out);
+
+/* ------------------------------------------------------------ iteration */
+
+/* Inner loop: n elements; p[k] points at operand k; s[k] is its byte stride. */
+typedef void (*glia_loop_fn)(int64_t n, char **p, const int64_t *s, void *ud);
+
+#define GLIA_ITER_MAX_OPS 4
+/* Runs fn over the shape of op[0] (the output), every other operand
+** broadcast to it. Dims are coalesced; the range is split across the pool
+** when numel >= grain. */
+GLIAI_FUNC void glia_iter(glia_ctx *G, int nops, glia_tensor *const *op,
+                          glia_loop_fn fn, void *ud, int64_t grain);
+/* The same over an explicit shape that every operand broadcasts to. With
+** an operand broadcast over a dim it writes (a reduction), pass
+** grain = INT64_MAX so it runs on one thread. */
+GLIAI_FUNC void glia_iter_shape(glia_ctx *G, int ndim, const int64_t *size, int nops,
+                                glia_tensor *const *op, glia_loop_fn fn, void *ud,
+                                int64_t grain);
+
+/* ------------------------------------------------------------------ pool */
+
+/* fn(begin, end, ud) over [0, n) split into at most nthreads chunks of at
+** least grain items; runs inline when n < 2*grain or one thread. */
+typedef void (*glia_range_fn)(int64_t begin, int64_t end, void *ud);
+GLIAI_FUNC void glia_parallel_for(glia_ctx *G, int64_t n, int64_t grain,
+                                  glia_range_fn fn, void *ud);
+GLIAI_FUNC glia_pool *glia_pool_new(int nthreads);
+GLIAI_FUNC void glia_pool_release(glia_pool *p);
+/* OpenBLAS thread count (1 inside pool tasks, nthreads otherwise). */
+GLIAI_FUNC void glia_blas_set_threads(int n);
+
+/* ------------------------------------------------------------------- rng */
+
+/* Philox4x32-10: four 32-bit words for (seed, counter). */
+GLIAI_FUNC void glia_philox(uint64_t seed, uint64_t counter, uint32_t out[4]);
+/* Reserves n counters from the context stream; returns the first. */
+GLIAI_FUNC uint64_t glia_rng_reserve(glia_ctx *G, uint64_t n);
+
+/* ------------------------------------------------------------ op registry */
+
+typedef glia_status (*glia_op_fn)(glia_ctx *G, int nargs, glia_value *args,
+                                  int *nouts, glia_value *outs);
+
+/* One registry line. `sig` tells the binding how to convert Lua arguments:
+**   T tensor        S tensor or number     t tensor or nil
+**   d dim (1-based in Lua, checked against the first tensor)
+**   D dims: one dim, a table of dims, or nil for all
+**   p position (1-based in Lua -> 0-based, negative counts from the end of
+**     the dim named by the previous 'd' argument)
+**   i integer       n number    b boolean     s string    I sizes (rest, varargs or table)
+**   | marks the start of optional arguments (passed as GLIA_VAL_NONE)
+** `method` says whether t:name(...) exists besides glia.name(...). */
+struct glia_op {
+  const char *name;
+  const char *sig;
+  glia_op_fn fn;
+  int method;
+};
+
+/* The ops of each family, each array ending with a {NULL} line. */
+#define GLIA_OP_FAMILIES(X) \
+  X(creation) X(view) X(elementwise) X(unary) X(reduce) X(matmul) X(index) X(join) X(loss) X(norm)
+#define GLIA_X(f) extern const glia_op glia_ops_##f[];
+GLIA_OP_FAMILIES(GLIA_X)
+#undef GLIA_X
+/* All families, for enumeration by the binding. */
+GLIAI_FUNC const glia_op *const *glia_op_families(void);
+
+/* Argument helpers for op functions. */
+static inline glia_tensor *arg_t(glia_value *a) {
+  return a->kind == GLIA_VAL_TENSOR ? a->u.t : NULL;
+}
+static inline bool arg_present(const glia_value *a) { return a->kind != GLIA_VAL_NONE; }
+static inline double arg_num(const glia_value *a, double dflt) {
+  return a->kind == GLIA_VAL_NUMBER ? a->u.num
+       : a->kind == GLIA_VAL_INT    ? (double)a->u.i
+       : a->kind == GLIA_VAL_BOOL   ? a->u.b : dflt;
+}
+static inline int64_t arg_int(const glia_value *a, int64_t dflt) {
+  return a->kind == GLIA_VAL_INT ? a->u.i
+       : a->kind == GLIA_VAL_NUMBER ? (int64_t)a->u.num : dflt;
+}
+static inline int arg_bool(const glia_value *a, int dflt) {
+  return a->kind == GLIA_VAL_BOOL ? a->u.b : a->kind == GLIA_VAL_NONE ? dflt : 1;
+}
+static inline glia_status out1(int *nouts, glia_value *outs, glia_tensor *t) {
+  *nouts = 1;
+  outs[0].kind = GLIA_VAL_TENSOR;
+  outs[0].u.t = t;
+  return GLIA_OK;
+}
+
+/* Calls an op by its C function with tensors and returns its first output.
+** Convenience for backward functions and composite ops. */
+GLIAI_FUNC glia_status glia_call(glia_ctx *G, const char *name, glia_tensor **out,
+                                 const char *fmt, ...);
+
+#endif
