@@ -259,6 +259,26 @@ static int call_op(lua_State *L) {
         luaL_error(L, "%s: argument #%d must be a string, got %s", fname, idx,
                    luaL_typename(L, idx));
       break;
+    case 'L': {
+      if (!lua_istable(L, idx))
+        luaL_error(L, "%s: argument #%d must be a list of tensors, got %s", fname, idx,
+                   luaL_typename(L, idx));
+      int len = (int)compat_rawlen(L, idx);
+      /* scratch array, anchored on the stack top until the call returns */
+      glia_tensor **v = compat_newuserdata(L, sizeof *v * (size_t)(len ? len : 1));
+      for (int i = 1; i <= len; i++) {
+        lua_rawgeti(L, idx, i);
+        v[i - 1] = glia_lua_test_tensor(L, -1);
+        lua_pop(L, 1);
+        if (!v[i - 1] || !v[i - 1]->storage)
+          luaL_error(L, "%s: element %d of argument #%d is not a live tensor", fname, i, idx);
+      }
+      a->kind = GLIA_VAL_TENSORS;
+      a->u.list.n = len;
+      a->u.list.v = v;
+      if (!ref && len > 0) ref = v[0];
+      break;
+    }
     case 'I': {
       int nd;
       a->kind = GLIA_VAL_INTS;

@@ -154,7 +154,8 @@ typedef enum {
   GLIA_VAL_INT,
   GLIA_VAL_BOOL,
   GLIA_VAL_STRING,
-  GLIA_VAL_INTS
+  GLIA_VAL_INTS,
+  GLIA_VAL_TENSORS /* a borrowed array of tensors (cat, stack) */
 } glia_val_kind;
 
 typedef struct glia_value {
@@ -166,6 +167,7 @@ typedef struct glia_value {
     int b;
     const char *s;
     struct { int n; int64_t v[GLIA_MAX_DIMS]; } ints;
+    struct { int n; glia_tensor **v; } list;
   } u;
 } glia_value;
 

@@ -246,6 +246,7 @@ typedef glia_status (*glia_op_fn)(glia_ctx *G, int nargs, glia_value *args,
 **   p position (1-based in Lua -> 0-based, negative counts from the end of
 **     the dim named by the previous 'd' argument)
 **   i integer       n number    b boolean     s string    I sizes (rest, varargs or table)
+**   L a table (list) of tensors; dims after it refer to its first tensor
 **   | marks the start of optional arguments (passed as GLIA_VAL_NONE)
 ** `method` says whether t:name(...) exists besides glia.name(...). */
 struct glia_op {
