@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #define TENSOR_MT "glia.tensor"
 #define STATE_KEY "glia.binding_state"
@@ -158,13 +159,13 @@ int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname
 
 /* ===================================================== op dispatcher */
 
-/* Upvalues: 1 = binding state, 2 = the op (light userdata). */
+/* Upvalues: 1 = binding state, 2 = the op (light userdata), 3 = its
+** Lua-facing name ("glia.add") for messages. */
 static int call_op(lua_State *L) {
   binding_state *B = state_of(L);
   const glia_op *op = lua_touserdata(L, lua_upvalueindex(2));
   glia_ctx *G = B->G;
-  char fname[64];
-  snprintf(fname, sizeof fname, "glia.%s", op->name);
+  const char *fname = lua_tostring(L, lua_upvalueindex(3));
   glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
   int top = lua_gettop(L), na = 0, idx = 1, optional = 0;
   glia_tensor *ref = NULL; /* the first tensor argument: dims refer to it */
@@ -746,6 +747,14 @@ static int m_memory(lua_State *L) {
   return 1;
 }
 
+/* Monotonic wall-clock seconds, for timing scripts and benchmarks. */
+static int m_clock(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
 static int m_trim(lua_State *L) {
   glia_ctx_trim(state_of(L)->G);
   return 0;
@@ -787,6 +796,7 @@ static const luaL_Reg module_funcs[] = {
     {"is_tensor", m_is_tensor},
     {"memory", m_memory},
     {"trim", m_trim},
+    {"clock", m_clock},
     {"fail_alloc_after", m_fail_alloc_after},
     {NULL, NULL},
 };
@@ -853,7 +863,8 @@ static int mt_unm(lua_State *L) {
 static void set_op_closure(lua_State *L, int state_idx, const glia_op *op) {
   lua_pushvalue(L, state_idx);
   lua_pushlightuserdata(L, (void *)op);
-  lua_pushcclosure(L, call_op, 2);
+  lua_pushfstring(L, "glia.%s", op->name);
+  lua_pushcclosure(L, call_op, 3);
 }
 
 int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
