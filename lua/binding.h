@@ -27,6 +27,9 @@ GLIAI_FUNC int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, in
                                     int64_t *size);
 GLIAI_FUNC int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname);
 
+/* Adds glia.save / glia.load to the module table at mod_idx (lua/io.c). */
+GLIAI_FUNC void glia_lua_open_io(lua_State *L, int mod_idx);
+
 /* t[k] and t[k] = v for integer and table keys (lua/index.c). */
 GLIAI_FUNC int glia_lua_index(lua_State *L, glia_ctx *G);
 GLIAI_FUNC int glia_lua_newindex(lua_State *L, glia_ctx *G);

@@ -180,6 +180,32 @@ GLIA_API const glia_op *glia_op_find(const char *name);
 GLIA_API glia_status glia_op_call(glia_ctx *G, const glia_op *op, int nargs,
                                   glia_value *args, int *nouts, glia_value *outs);
 
+/* ------------------------------------------------------------ safetensors */
+
+/* Writes n tensors (any strides) and nmeta string pairs to path atomically:
+** a temporary file in the same directory, fsync, rename. On failure the old
+** file at path is untouched. */
+GLIA_API glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n,
+                                           const char *const *names,
+                                           glia_tensor *const *tensors, int nmeta,
+                                           const char *const *meta_keys,
+                                           const char *const *meta_vals);
+
+/* An opened, fully validated safetensors file (memory-mapped). */
+typedef struct glia_st_file glia_st_file;
+GLIA_API glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **out);
+/* Drops the opener's reference; the map stays while mapped tensors live. */
+GLIA_API void glia_safetensors_close(glia_st_file *f);
+GLIA_API int glia_safetensors_count(const glia_st_file *f);
+GLIA_API const char *glia_safetensors_name(const glia_st_file *f, int i);
+GLIA_API int glia_safetensors_meta_count(const glia_st_file *f);
+GLIA_API const char *glia_safetensors_meta_key(const glia_st_file *f, int i);
+GLIA_API const char *glia_safetensors_meta_value(const glia_st_file *f, int i);
+/* Tensor i: a copy (F16/BF16 become f32, I8/I16 become i32), or with map=1
+** and a natively stored, aligned dtype, a copy-on-write view of the map. */
+GLIA_API glia_status glia_safetensors_tensor(glia_ctx *G, glia_st_file *f, int i, int map,
+                                             glia_tensor **out);
+
 /* ------------------------------------------------------- embedding (Lua) */
 
 /* A VM with its Lua state, for host programs. */
