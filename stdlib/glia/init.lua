@@ -93,4 +93,43 @@ function glia.gradcheck(fn, inputs, opts)
   return true
 end
 
+-- Views along dim (default 1): split takes a chunk length or a table of
+-- lengths; chunk takes a number of chunks (the last may be shorter).
+function glia.split(x, size, dim)
+  dim = dim or 1
+  local n, parts, start = x:size(dim), {}, 1
+  if type(size) == "table" then
+    local total = 0
+    for _, len in ipairs(size) do total = total + len end
+    if total ~= n then
+      error(string.format("glia.split: lengths sum to %d, but dim %d has size %d", total, dim, n), 2)
+    end
+    for i, len in ipairs(size) do
+      parts[i] = x:narrow(dim, start, len)
+      start = start + len
+    end
+    return parts
+  end
+  if type(size) ~= "number" or size < 1 or size ~= math.floor(size) then
+    error("glia.split: chunk length must be a positive integer, got " .. tostring(size), 2)
+  end
+  while start <= n do
+    local len = math.min(size, n - start + 1)
+    parts[#parts + 1] = x:narrow(dim, start, len)
+    start = start + len
+  end
+  return parts
+end
+
+function glia.chunk(x, chunks, dim)
+  if type(chunks) ~= "number" or chunks < 1 or chunks ~= math.floor(chunks) then
+    error("glia.chunk: number of chunks must be a positive integer, got " .. tostring(chunks), 2)
+  end
+  local n = x:size(dim or 1)
+  return glia.split(x, math.max(1, math.ceil(n / chunks)), dim)
+end
+
+glia._methods.split = glia.split
+glia._methods.chunk = glia.chunk
+
 return glia
