@@ -102,14 +102,11 @@ typedef struct {
   size_t n, cap;
 } node_vec;
 
-static bool vec_push(glia_ctx *G, node_vec *s, glia_node *node) {
+static bool vec_push(node_vec *s, glia_node *node) {
   if (s->n == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 64;
     glia_node **v = realloc(s->v, cap * sizeof *v);
-    if (!v || (G->fail_countdown > 0 && --G->fail_countdown == 0)) {
-      if (v) s->v = v;
-      return false;
-    }
+    if (!v) return false;
     s->v = v;
     s->cap = cap;
   }
@@ -126,7 +123,7 @@ static glia_status route_grad(glia_ctx *G, glia_tensor *in, glia_tensor *g, node
   if (in->grad_fn) {
     glia_node *nx = in->grad_fn;
     st = glia_accumulate(G, &nx->gout, r);
-    if (st == GLIA_OK && --nx->pending == 0 && !vec_push(G, ready, nx))
+    if (st == GLIA_OK && --nx->pending == 0 && !vec_push(ready, nx))
       st = glia_fail_nomem(G, 0, "backward");
   } else if (in->requires_grad) {
     st = glia_accumulate(G, &in->grad, r);
@@ -143,7 +140,7 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     return glia_fail(G, GLIA_EGRAD,
                      "glia.backward: the graph was already freed by an earlier "
                      "backward (pass keep_graph to backward twice)");
-  if (!vec_push(G, all, rn)) return glia_fail_nomem(G, 0, "backward");
+  if (!vec_push(all, rn)) return glia_fail_nomem(G, 0, "backward");
   rn->pending = 0;
   rn->seq |= (uint64_t)1 << 63; /* visited mark, cleared below */
   for (size_t k = 0; k < all->n; k++) {
@@ -160,7 +157,7 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
       if (!(nx->seq >> 63)) {
         nx->seq |= (uint64_t)1 << 63;
         nx->pending = 0;
-        if (!vec_push(G, all, nx)) return glia_fail_nomem(G, 0, "backward");
+        if (!vec_push(all, nx)) return glia_fail_nomem(G, 0, "backward");
       }
       nx->pending++;
     }
@@ -168,7 +165,7 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
   /* Pass 2: run nodes whose consumers are all done. */
   glia_tensor_release(rn->gout);
   rn->gout = glia_tensor_retain(gout);
-  if (!vec_push(G, ready, rn)) return glia_fail_nomem(G, 0, "backward");
+  if (!vec_push(ready, rn)) return glia_fail_nomem(G, 0, "backward");
   while (ready->n > 0) {
     glia_node *node = ready->v[--ready->n];
     glia_tensor *din[GLIA_NODE_MAX_IN] = {0};

@@ -99,9 +99,15 @@ static int size_class(size_t n, size_t *rounded) {
   return 1 + (b - 6) * 4 + (k - 1);
 }
 
+/* Fault injection: once the countdown reaches its n-th allocation, that one
+** and every later one fail until the hook is reset. */
 static bool should_fail(glia_ctx *G) {
-  if (G->fail_countdown > 0 && --G->fail_countdown == 0) return true;
-  return false;
+  if (G->fail_countdown <= 0) return false;
+  if (G->fail_countdown > 1) {
+    G->fail_countdown--;
+    return false;
+  }
+  return true;
 }
 
 void *glia_alloc(glia_ctx *G, size_t nbytes) {

@@ -102,7 +102,8 @@ GLIA_API size_t glia_ctx_cached_bytes(const glia_ctx *G);
 GLIA_API size_t glia_ctx_peak_bytes(const glia_ctx *G);
 /* Returns every cached block to the system. */
 GLIA_API void glia_ctx_trim(glia_ctx *G);
-/* Test hook: make the n-th allocation from now fail (0 disables). */
+/* Test hook: the n-th allocation from now and every later one fail, until
+** called again with 0. */
 GLIA_API void glia_ctx_fail_alloc_after(glia_ctx *G, int64_t n);
 
 /* ----------------------------------------------------------------- tensors */
