@@ -139,9 +139,7 @@ int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, in
       idx++;
     }
   }
-  for (int i = 0; i < n; i++)
-    if (size[i] < 0) luaL_error(L, "%s: size must be >= 0, got %lld", fname, (long long)size[i]);
-  *ndim = n;
+  *ndim = n; /* negative sizes are the op's to judge (view takes -1) */
   return idx;
 }
 
