@@ -71,9 +71,17 @@ $(OBJDIR)/%.o: %.c
 	@echo "CC $<"
 	@$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-bin/glia: $(MAIN_OBJ) $(LIB_OBJ) $(STAMP)
-	@mkdir -p bin
+# Each flavor links its own executable; bin/glia is a copy of the last one
+# built (replaced atomically), while `make test` runs the flavor's own.
+GLIA_BIN := $(OBJDIR)/bin/glia
+
+$(GLIA_BIN): $(MAIN_OBJ) $(LIB_OBJ)
+	@mkdir -p $(dir $@)
 	$(CC) $(SANLD) -rdynamic -o $@ $(MAIN_OBJ) $(LIB_OBJ) $(LDLIBS)
+
+bin/glia: $(GLIA_BIN) $(STAMP)
+	@mkdir -p bin
+	@cp $(GLIA_BIN) bin/.glia.tmp && mv bin/.glia.tmp bin/glia
 
 lib/libglia.a: $(LIB_OBJ) $(STAMP)
 	@mkdir -p lib
@@ -93,7 +101,7 @@ $(OBJDIR)/t/%.t: t/c/%.c $(LIB_OBJ) t/c/tap.h
 	$(CC) $(ALL_CFLAGS) $(SANLD) -It/c -o $@ $< $(LIB_OBJ) $(LDLIBS)
 
 test: all
-	GLIA_TEST_LUA=$(LUA) prove -f --exec t/run t/*.t $(CTEST_BIN)
+	GLIA_TEST_LUA=$(LUA) GLIA_TEST_SAN=$(SAN) GLIA_BIN=$(GLIA_BIN) prove -f --exec t/run t/*.t $(CTEST_BIN)
 
 bench: all
 	bench/run
