@@ -1,6 +1,339 @@
-/* ops/norm.c -- placeholder until the family lands. */
+/*
+** ops/norm.c -- normalization over the last dim (layer_norm, rms_norm) and
+** dropout, each with its backward right after its forward.
+**
+** Shape letters: R rows (every leading dim, flattened), C features (the
+** last dim).
+**
+** layer_norm and rms_norm share one row kernel: rms_norm is layer_norm
+** without centering and without bias. Forward saves the per-row mean (layer
+** norm only) and rstd, so backward never recomputes statistics. Backward
+** sums dweight/dbias per fixed block of NORM_BLOCK rows, then adds the
+** blocks in order: results do not depend on the thread count.
+**
+** dropout draws its mask from the context's Philox stream: element i (in
+** row-major order) uses word i%4 of counter first+i/4, so the mask is a
+** function of (seed, offset, i) alone. Backward regenerates it from the
+** saved counter instead of storing it.
+*/
+#include "glia_impl.h"
 #include "ops.h"
 
+#include <math.h>
+
+#define GRAIN (1 << 15) /* elements per task, at least */
+#define NORM_BLOCK 64   /* rows per dweight/dbias partial (fixed: determinism) */
+
+/* Items per task so that a task touches at least GRAIN elements. */
+static int64_t task_grain(int64_t elems_per_item) {
+  return elems_per_item > 0 && elems_per_item < GRAIN ? GRAIN / elems_per_item : 1;
+}
+
+/* ============================================== layer_norm, rms_norm */
+
+typedef struct {
+  const float *x;     /* {R, C} */
+  const float *w, *b; /* {C}, or NULL for 1 and 0 */
+  float *y;           /* {R, C} out */
+  float *mean;        /* {R} out, or NULL: no centering (rms_norm) */
+  float *rstd;        /* {R} out */
+  int64_t C;
+  double eps;
+} norm_fwd_arg;
+
+static void norm_fwd_rows(int64_t begin, int64_t end, void *ud) {
+  const norm_fwd_arg *k = ud;
+  const int64_t C = k->C;
+  for (int64_t r = begin; r < end; r++) {
+    const float *x = k->x + r * C;
+    float *y = k->y + r * C;
+    double m = 0, v = 0;
+    if (k->mean) {
+      for (int64_t c = 0; c < C; c++) m += x[c];
+      m /= (double)C;
+    }
+    for (int64_t c = 0; c < C; c++) v += ((double)x[c] - m) * ((double)x[c] - m);
+    float mf = (float)m, rs = (float)(1.0 / sqrt(v / (double)C + k->eps));
+    if (k->mean) k->mean[r] = mf;
+    k->rstd[r] = rs;
+    for (int64_t c = 0; c < C; c++) {
+      float h = (x[c] - mf) * rs;
+      y[c] = h * (k->w ? k->w[c] : 1.0f) + (k->b ? k->b[c] : 0.0f);
+    }
+  }
+}
+
+typedef struct {
+  const float *x, *w, *dy; /* {R, C}, {C} or NULL, {R, C} */
+  const float *mean, *rstd; /* {R} (mean NULL for rms_norm) */
+  float *dx;                /* {R, C} out, or NULL */
+  float *dw, *db;           /* {nblocks, C} partials out, or NULL */
+  int64_t R, C;
+} norm_bwd_arg;
+
+/* With h = (x - mean) * rstd and dh = dy * w:
+**   dx = rstd * (dh - mean(dh) - h * mean(dh * h))   (no mean(dh) for rms)
+**   dw += dy * h,  db += dy */
+static void norm_bwd_blocks(int64_t begin, int64_t end, void *ud) {
+  const norm_bwd_arg *k = ud;
+  const int64_t C = k->C;
+  for (int64_t blk = begin; blk < end; blk++) {
+    float *pw = k->dw ? k->dw + blk * C : NULL, *pb = k->db ? k->db + blk * C : NULL;
+    if (pw) memset(pw, 0, (size_t)C * sizeof *pw);
+    if (pb) memset(pb, 0, (size_t)C * sizeof *pb);
+    int64_t hi = (blk + 1) * NORM_BLOCK < k->R ? (blk + 1) * NORM_BLOCK : k->R;
+    for (int64_t r = blk * NORM_BLOCK; r < hi; r++) {
+      const float *x = k->x + r * C, *dy = k->dy + r * C;
+      float m = k->mean ? k->mean[r] : 0.0f, rs = k->rstd[r];
+      if (k->dx) {
+        float *dx = k->dx + r * C;
+        double sdh = 0, sdhh = 0;
+        for (int64_t c = 0; c < C; c++) {
+          float h = (x[c] - m) * rs, dh = dy[c] * (k->w ? k->w[c] : 1.0f);
+          sdh += dh;
+          sdhh += (double)dh * h;
+        }
+        float a = k->mean ? (float)(sdh / (double)C) : 0.0f, bb = (float)(sdhh / (double)C);
+        for (int64_t c = 0; c < C; c++) {
+          float h = (x[c] - m) * rs, dh = dy[c] * (k->w ? k->w[c] : 1.0f);
+          dx[c] = rs * (dh - a - h * bb);
+        }
+      }
+      if (pw)
+        for (int64_t c = 0; c < C; c++) pw[c] += dy[c] * (x[c] - m) * rs;
+      if (pb)
+        for (int64_t c = 0; c < C; c++) pb[c] += dy[c];
+    }
+  }
+}
+
+/* Sums the nb rows of part {nb, C} into a new {C} tensor, in row order. */
+static glia_status sum_partials(glia_ctx *G, const float *part, int64_t nb, int64_t C,
+                                glia_tensor **out) {
+  TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, 1, &C, out));
+  float *o = (float *)glia_ptr(*out);
+  for (int64_t b = 0; b < nb; b++)
+    for (int64_t c = 0; c < C; c++) o[c] += part[b * C + c];
+  return GLIA_OK;
+}
+
+/* Inputs: x, weight, bias. Saved: x (contiguous), weight (contiguous or
+** NULL), mean (NULL for rms_norm), rstd. */
+static glia_status norm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  glia_tensor *xc, *wc, *mean, *rstd, *dy, *part = NULL;
+  TRY(glia_node_saved(G, n, 0, &xc));
+  TRY(glia_node_saved(G, n, 1, &wc));
+  TRY(glia_node_saved(G, n, 2, &mean));
+  TRY(glia_node_saved(G, n, 3, &rstd));
+  int64_t C = xc->size[xc->ndim - 1], R = rstd->size[0];
+  int64_t nb = (R + NORM_BLOCK - 1) / NORM_BLOCK, psize[2] = {nb, C};
+  bool need_w = n->needs[1], need_b = n->ninputs > 2 && n->needs[2];
+  TRY(glia_tensor_contiguous_as(G, g, GLIA_DTYPE_F32, &dy));
+  glia_status st = GLIA_OK;
+  if (n->needs[0]) st = glia_tensor_new_like(G, xc, GLIA_DTYPE_F32, &din[0]);
+  if (st == GLIA_OK && (need_w || need_b)) {
+    psize[0] = nb * (need_w + need_b);
+    st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, psize, &part);
+  }
+  if (st == GLIA_OK) {
+    float *pw = need_w ? (float *)glia_ptr(part) : NULL;
+    float *pb = need_b ? (float *)glia_ptr(part) + (need_w ? nb * C : 0) : NULL;
+    norm_bwd_arg k = {(const float *)glia_ptr(xc), wc ? (const float *)glia_ptr(wc) : NULL,
+                      (const float *)glia_ptr(dy),
+                      mean ? (const float *)glia_ptr(mean) : NULL,
+                      (const float *)glia_ptr(rstd),
+                      n->needs[0] ? (float *)glia_ptr(din[0]) : NULL, pw, pb, R, C};
+    glia_parallel_for(G, nb, task_grain(C * NORM_BLOCK), norm_bwd_blocks, &k);
+    if (need_w) st = sum_partials(G, pw, nb, C, &din[1]);
+    if (st == GLIA_OK && need_b) st = sum_partials(G, pb, nb, C, &din[2]);
+  }
+  glia_tensor_release(part);
+  glia_tensor_release(dy);
+  return st;
+}
+
+/* Checks that p (weight or bias) is an f32 {C} for x's last dim. */
+static glia_status check_param(glia_ctx *G, const char *name, const char *what,
+                               glia_tensor *p, glia_tensor *x) {
+  if (!p) return GLIA_OK;
+  if (p->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", name, what,
+                     glia_dtype_name(p->dtype), glia_shape_str(p));
+  if (p->ndim != 1 || p->size[0] != x->size[x->ndim - 1])
+    return glia_fail(G, GLIA_ESHAPE, "%s: %s %s does not match the last dim of input %s",
+                     name, what, glia_shape_str(p), glia_shape_str(x));
+  return GLIA_OK;
+}
+
+/* The shared forward: layer norm when center, rms norm (bias NULL) when not. */
+static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_tensor *x,
+                            glia_tensor *w, glia_tensor *b, double eps, glia_tensor **out) {
+  if (x->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: input must be f32, got %s %s", name,
+                     glia_dtype_name(x->dtype), glia_shape_str(x));
+  if (x->ndim < 1)
+    return glia_fail(G, GLIA_ESHAPE, "%s: input must have at least 1 dim, got %s", name,
+                     glia_shape_str(x));
+  TRY(check_param(G, name, "weight", w, x));
+  TRY(check_param(G, name, "bias", b, x));
+  if (!(eps >= 0))
+    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", name, eps);
+  int64_t C = x->size[x->ndim - 1], R = C > 0 ? glia_tensor_numel(x) / C : 0;
+  glia_tensor *xc = NULL, *wc = NULL, *bc = NULL, *y = NULL, *mean = NULL, *rstd = NULL;
+  glia_status st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc);
+  if (st == GLIA_OK && w) st = glia_tensor_contiguous_as(G, w, GLIA_DTYPE_F32, &wc);
+  if (st == GLIA_OK && b) st = glia_tensor_contiguous_as(G, b, GLIA_DTYPE_F32, &bc);
+  if (st == GLIA_OK) st = glia_tensor_new_like(G, x, GLIA_DTYPE_F32, &y);
+  if (st == GLIA_OK && center) st = glia_tensor_new(G, GLIA_DTYPE_F32, 1, &R, &mean);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 1, &R, &rstd);
+  if (st == GLIA_OK) {
+    norm_fwd_arg k = {(const float *)glia_ptr(xc), wc ? (const float *)glia_ptr(wc) : NULL,
+                      bc ? (const float *)glia_ptr(bc) : NULL, (float *)glia_ptr(y),
+                      mean ? (float *)glia_ptr(mean) : NULL, (float *)glia_ptr(rstd), C, eps};
+    glia_parallel_for(G, R, task_grain(C), norm_fwd_rows, &k);
+    glia_tensor *in[3] = {x, w, b};
+    glia_node *node = glia_node_begin(G, name, norm_bwd, center ? 3 : 2, in, &st);
+    if (node) {
+      glia_tensor *save[4] = {xc, wc, mean, rstd};
+      for (int i = 0; i < 4 && st == GLIA_OK; i++) st = glia_node_save(G, node, save[i]);
+      if (st != GLIA_OK) glia_node_release(node);
+      else glia_node_finish(node, y);
+    }
+  }
+  glia_tensor_release(xc);
+  glia_tensor_release(wc);
+  glia_tensor_release(bc);
+  glia_tensor_release(mean);
+  glia_tensor_release(rstd);
+  if (st != GLIA_OK) {
+    glia_tensor_release(y);
+    return st;
+  }
+  *out = y;
+  return GLIA_OK;
+}
+
+glia_status glia_layer_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,
+                            glia_tensor *bias, double eps, glia_tensor **out) {
+  return norm_fwd(G, "glia.layer_norm", true, x, weight, bias, eps, out);
+}
+
+glia_status glia_rms_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight, double eps,
+                          glia_tensor **out) {
+  return norm_fwd(G, "glia.rms_norm", false, x, weight, NULL, eps, out);
+}
+
+/* ========================================================== dropout */
+
+typedef struct {
+  const float *x; /* contiguous input (forward) or upstream gradient (backward) */
+  float *y;       /* contiguous output */
+  int64_t n;
+  uint64_t seed, first;
+  double p;
+  float scale; /* 1/(1-p) */
+} dropout_arg;
+
+/* Each task handles whole groups of 4 elements: one Philox call each. */
+static void dropout_groups(int64_t begin, int64_t end, void *ud) {
+  const dropout_arg *k = ud;
+  for (int64_t gi = begin; gi < end; gi++) {
+    uint32_t r[4];
+    glia_philox(k->seed, k->first + (uint64_t)gi, r);
+    for (int j = 0; j < 4; j++) {
+      int64_t i = gi * 4 + j;
+      if (i >= k->n) break;
+      double u = (double)(r[j] >> 8) * 0x1p-24; /* uniform in [0, 1) */
+      k->y[i] = u >= k->p ? k->x[i] * k->scale : 0.0f;
+    }
+  }
+}
+
+/* Runs the mask over the contiguous f32 src into a new tensor shaped like src. */
+static glia_status dropout_apply(glia_ctx *G, glia_tensor *src, uint64_t seed, uint64_t first,
+                                 double p, glia_tensor **out) {
+  glia_tensor *sc, *y;
+  TRY(glia_tensor_contiguous_as(G, src, GLIA_DTYPE_F32, &sc));
+  glia_status st = glia_tensor_new_like(G, src, GLIA_DTYPE_F32, &y);
+  if (st == GLIA_OK) {
+    int64_t n = glia_tensor_numel(sc);
+    dropout_arg k = {(const float *)glia_ptr(sc), (float *)glia_ptr(y), n, seed, first, p,
+                     p < 1 ? (float)(1.0 / (1.0 - p)) : 0.0f};
+    glia_parallel_for(G, (n + 3) / 4, task_grain(4), dropout_groups, &k);
+    *out = y;
+  }
+  glia_tensor_release(sc);
+  return st;
+}
+
+/* The same mask (seed iarg[0], first counter iarg[1]) times the gradient. */
+static glia_status dropout_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  return dropout_apply(G, g, (uint64_t)n->iarg[0], (uint64_t)n->iarg[1], n->farg[0], &din[0]);
+}
+
+glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train, glia_tensor **out) {
+  if (x->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "glia.dropout: input must be f32, got %s %s",
+                     glia_dtype_name(x->dtype), glia_shape_str(x));
+  if (!(p >= 0 && p <= 1))
+    return glia_fail(G, GLIA_EARG, "glia.dropout: p must be in [0, 1], got %g", p);
+  if (!train || p == 0) {
+    *out = glia_tensor_retain(x);
+    return GLIA_OK;
+  }
+  int64_t n = glia_tensor_numel(x);
+  uint64_t seed = G->seed, first = glia_rng_reserve(G, (uint64_t)(n + 3) / 4);
+  glia_tensor *y;
+  TRY(dropout_apply(G, x, seed, first, p, &y));
+  glia_status st;
+  glia_node *node = glia_node_begin(G, "glia.dropout", dropout_bwd, 1, &x, &st);
+  if (node) {
+    node->iarg[0] = (int64_t)seed;
+    node->iarg[1] = (int64_t)first;
+    node->farg[0] = p;
+    glia_node_finish(node, y);
+  }
+  if (st != GLIA_OK) {
+    glia_tensor_release(y);
+    return st;
+  }
+  *out = y;
+  return GLIA_OK;
+}
+
+/* ========================================================= registry */
+
+/* layer_norm(x [, weight [, bias [, eps]]]) */
+static glia_status op_layer_norm(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                 glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_layer_norm(G, args[0].u.t, arg_t(&args[1]), arg_t(&args[2]), arg_num(&args[3], 1e-5),
+                      &r));
+  return out1(nouts, outs, r);
+}
+
+/* rms_norm(x [, weight [, eps]]) */
+static glia_status op_rms_norm(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                               glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_rms_norm(G, args[0].u.t, arg_t(&args[1]), arg_num(&args[2], 1e-6), &r));
+  return out1(nouts, outs, r);
+}
+
+/* dropout(x, p [, train = true]) */
+static glia_status op_dropout(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                              glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_dropout(G, args[0].u.t, arg_num(&args[1], 0.5), arg_bool(&args[2], 1), &r));
+  return out1(nouts, outs, r);
+}
+
 const glia_op glia_ops_norm[] = {
+    {"layer_norm", "Ttt|n", op_layer_norm, 1},
+    {"rms_norm", "Tt|n", op_rms_norm, 1},
+    {"dropout", "Tn|b", op_dropout, 1},
     {NULL, NULL, NULL, 0},
 };

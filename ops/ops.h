@@ -59,11 +59,41 @@ typedef enum {
   GLIA_UN_COUNT
 } glia_unop;
 
+/* out = op(x) for an f32 x of any strides (GLIA_EDTYPE otherwise). */
 GLIAI_FUNC glia_status glia_unary(glia_ctx *G, glia_unop op, glia_tensor *x, glia_tensor **out);
+/* x = op(x); refused when x needs grad in grad mode; bumps x's version. */
 GLIAI_FUNC glia_status glia_unary_(glia_ctx *G, glia_unop op, glia_tensor *x);
-/* clamp(x, lo, hi); either bound may be NAN meaning "none". */
+/* clamp(x, lo, hi); either bound may be NAN meaning "none". The gradient is
+** 1 where lo <= x <= hi, else 0. */
 GLIAI_FUNC glia_status glia_clamp(glia_ctx *G, glia_tensor *x, double lo, double hi,
                                   glia_tensor **out);
+
+/* exp(x) in f32 to ~1 ulp, branch-free so that gcc vectorizes loops calling
+** it (libm's expf is an opaque call that keeps a loop scalar). Exact at the
+** edges: NaN -> NaN, +inf and x > 88.73 -> +inf, -inf -> 0, subnormal
+** results are rounded, not flushed. Method: x = n ln2 + r, |r| <= ln2/2,
+** a degree-6 polynomial for e^r (Cephes expf), times 2^n applied as two
+** factors so that 2^n never leaves the normal range. */
+static inline float glia_expf(float x) {
+  float xc = x < -104.0f ? -104.0f : x; /* e^-104 rounds to 0, e^89 to inf; */
+  xc = xc > 89.0f ? 89.0f : xc;         /* NaN fails both tests and stays */
+  float t = xc * 1.44269504088896341f + 12582912.0f; /* 1.5*2^23: rounds to an integer */
+  float n = t - 12582912.0f;
+  float r = xc - n * 0.693359375f; /* ln2 split in two: the first part is exact */
+  r = r - n * -2.12194440e-4f;
+  float p = (((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
+               4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * r * r +
+            r + 1.0f;
+  uint32_t bits;
+  memcpy(&bits, &t, sizeof bits);
+  int32_t ni = (int32_t)(bits - 0x4B400000u); /* n, read from t's mantissa */
+  int32_t n1 = ni / 2, n2 = ni - n1;
+  uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+  float s1, s2;
+  memcpy(&s1, &b1, sizeof s1);
+  memcpy(&s2, &b2, sizeof s2);
+  return p * s1 * s2;
+}
 
 /* ---------------------------------------------------- ops/view.c */
 
@@ -112,5 +142,39 @@ GLIAI_FUNC glia_status glia_log_softmax(glia_ctx *G, glia_tensor *x, int dim,
 /* NumPy matmul semantics: 1-D, 2-D, batched with broadcast batch dims. */
 GLIAI_FUNC glia_status glia_matmul(glia_ctx *G, glia_tensor *a, glia_tensor *b,
                                    glia_tensor **out);
+
+/* ------------------------------------------------------ ops/loss.c */
+
+typedef enum { GLIA_LOSS_MEAN, GLIA_LOSS_SUM, GLIA_LOSS_NONE } glia_loss_reduction;
+
+/* Cross entropy of logits {..., C} (f32, classes in the last dim) against
+** target {...} (i64 or i32 class indices counted from 1, Lua's convention).
+** Rows whose target equals ignore_index count for nothing; label_smoothing
+** in [0, 1] mixes in the uniform distribution. MEAN averages over the rows
+** not ignored and is 0 (zero gradient) when there are none. The result is
+** 0-D, or target's shape for GLIA_LOSS_NONE. */
+GLIAI_FUNC glia_status glia_cross_entropy(glia_ctx *G, glia_tensor *logits,
+                                          glia_tensor *target, int64_t ignore_index,
+                                          double label_smoothing, glia_loss_reduction red,
+                                          glia_tensor **out);
+/* (a - b)^2 with a and b broadcast together; MEAN over the broadcast shape
+** (0 when it is empty). 0-D, or the broadcast shape for GLIA_LOSS_NONE. */
+GLIAI_FUNC glia_status glia_mse(glia_ctx *G, glia_tensor *a, glia_tensor *b,
+                                glia_loss_reduction red, glia_tensor **out);
+
+/* ------------------------------------------------------ ops/norm.c */
+
+/* Normalizes x {..., C} over its last dim: (x - mean) * rstd * weight + bias.
+** weight and bias are {C} or NULL. */
+GLIAI_FUNC glia_status glia_layer_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,
+                                       glia_tensor *bias, double eps, glia_tensor **out);
+/* x * rsqrt(mean(x^2) + eps) * weight over the last dim; weight {C} or NULL. */
+GLIAI_FUNC glia_status glia_rms_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,
+                                     double eps, glia_tensor **out);
+/* Zeroes each element with probability p (from the context's Philox stream:
+** the mask depends only on seed, offset and element index) and scales the
+** rest by 1/(1-p). With train = 0 or p = 0, *out is x itself (retained). */
+GLIAI_FUNC glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train,
+                                    glia_tensor **out);
 
 #endif
