@@ -140,7 +140,10 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     return glia_fail(G, GLIA_EGRAD,
                      "glia.backward: the graph was already freed by an earlier "
                      "backward (pass keep_graph to backward twice)");
+  /* `all` holds a reference to each node: dropping a node's history may
+  ** release the last tensor that owned an upstream node. */
   if (!vec_push(all, rn)) return glia_fail_nomem(G, 0, "backward");
+  rn->refcount++;
   rn->pending = 0;
   rn->seq |= (uint64_t)1 << 63; /* visited mark, cleared below */
   for (size_t k = 0; k < all->n; k++) {
@@ -158,6 +161,7 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
         nx->seq |= (uint64_t)1 << 63;
         nx->pending = 0;
         if (!vec_push(all, nx)) return glia_fail_nomem(G, 0, "backward");
+        nx->refcount++;
       }
       nx->pending++;
     }
@@ -217,6 +221,7 @@ glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int ke
       node->seq &= ~((uint64_t)1 << 63);
       glia_tensor_release(node->gout);
       node->gout = NULL;
+      glia_node_release(node);
     }
     free(all.v);
     free(ready.v);

@@ -1,0 +1,97 @@
+-- t/autograd.t -- the tape: accumulation, graph freeing, no_grad, in-place
+-- safety, broadcasting reductions, detach.
+local t = require "t.tap"
+local glia = require "glia"
+
+local function ones_like(x) return glia.ones_like(x) end
+
+do -- accumulation over two backward passes
+  local x = glia.tensor{1, 2, 3}:requires_grad()
+  local y = x * x
+  y:backward(ones_like(y))
+  t.near(x.grad, {2, 4, 6}, 1e-6, "backward of x*x gives 2x")
+  local z = x * 3
+  z:backward(ones_like(z))
+  t.near(x.grad, {5, 7, 9}, 1e-6, "a second backward accumulates into .grad")
+  x:zero_grad()
+  t.is(x.grad, nil, "zero_grad clears .grad")
+end
+
+do -- the diamond: x used on two paths
+  local x = glia.tensor{1, -2}:requires_grad()
+  local y = x * x + x * 3
+  y:backward(ones_like(y))
+  t.near(x.grad, {5, -1}, 1e-6, "gradients from two paths add up (2x + 3)")
+end
+
+do -- broadcasting reduces the gradient to each input's shape
+  local a = glia.ones(3, 1):requires_grad()
+  local b = glia.ones(1, 4):requires_grad()
+  local c = a + b
+  c:backward(ones_like(c))
+  t.is(table.concat(a.grad:shape(), ","), "3,1", "broadcast gradient keeps the {3,1} input shape")
+  t.near(a.grad, {{4}, {4}, {4}}, 1e-6, "broadcast gradient sums over the expanded dim")
+  t.near(b.grad, {{3, 3, 3, 3}}, 1e-6, "broadcast gradient sums over the other expanded dim")
+end
+
+do -- graph freeing and keep_graph
+  local x = glia.tensor{2}:requires_grad()
+  local y = x * x
+  y:backward()
+  t.error_like(function() y:backward() end, "already freed",
+               "a second backward through a freed graph is an error")
+  local x2 = glia.tensor{2}:requires_grad()
+  local y2 = x2 * x2
+  y2:backward(nil, true)
+  y2:backward()
+  t.near(x2.grad, {8}, 1e-6, "keep_graph allows a second backward")
+end
+
+do -- implicit gradient needs one element
+  local x = glia.ones(2, 2):requires_grad()
+  local y = x * 2
+  t.error_like(function() y:backward() end, "1%-element", "backward of a non-scalar without a gradient is an error")
+  t.error_like(function() glia.ones(2):backward() end, "does not require grad",
+               "backward of a tensor without history is an error")
+  t.error_like(function() y:backward(glia.ones(3)) end, "does not match",
+               "backward with a wrongly shaped gradient is an error")
+end
+
+do -- no_grad, detach, requires_grad rules
+  local x = glia.ones(2):requires_grad()
+  local y = glia.no_grad(function() return x * 2 end)
+  t.ok(not y:needs_grad(), "results computed under no_grad carry no history")
+  t.ok(glia.is_grad_enabled(), "no_grad restores grad mode")
+  pcall(glia.no_grad, function() error("boom") end)
+  t.ok(glia.is_grad_enabled(), "no_grad restores grad mode after an error")
+  local d = (x * 2):detach()
+  t.ok(not d:needs_grad(), "detach drops history")
+  t.error_like(function() glia.ones(2, "i64"):requires_grad() end, "only f32",
+               "an i64 tensor cannot require grad")
+end
+
+do -- in-place safety
+  local x = glia.ones(3):requires_grad()
+  t.error_like(function() x:add_(1) end, "in%-place", "in-place op on a tensor that requires grad is refused")
+  local w = glia.ones(3):requires_grad()
+  local a = glia.tensor{1, 2, 3}
+  local y = w * a -- saves a
+  a:add_(1)
+  t.error_like(function() y:backward(glia.ones(3)) end, "modified in place",
+               "backward after an in-place change to a saved tensor is an error")
+  glia.no_grad(function() x:add_(1) end)
+  t.near(x, {2, 2, 2}, 0, "in-place ops are allowed under no_grad")
+end
+
+do -- a long chain does not overflow anything on backward or release
+  local x = glia.tensor{1}:requires_grad()
+  local y = x
+  for _ = 1, 5000 do y = y + 1 end
+  y:backward()
+  t.near(x.grad, {1}, 0, "backward through a 5000-op chain")
+  y = nil
+  collectgarbage()
+  t.ok(true, "a 5000-op graph is released without trouble")
+end
+
+t.done()
