@@ -1,6 +1,440 @@
-/* ops/matmul.c -- placeholder until the family lands. */
+/*
+** ops/matmul.c -- matrix products: matmul (NumPy semantics), addmm and
+** linear, forward and backward, all through OpenBLAS cblas_sgemm.
+**
+** Every product here is one batched GEMM problem
+**     C[b] = alpha * A[b] B[b] + beta * C[b]      A[b]: m x k, B[b]: k x n
+** over a batch shape that the operands broadcast to (stride 0 where an
+** operand is broadcast). Operands are described as strided matrix views
+** (mview) of tensors, never copied when a transpose flag and a leading
+** dimension can express their strides; a view that BLAS cannot read (e.g.
+** an expanded matrix) is made contiguous first. Backward is the same
+** problem with other views: dA = G B^T, dB = A^T G, where a gradient whose
+** operand was broadcast over a batch dim accumulates over that dim (beta 1
+** after the first visit), so it arrives already in the input's shape.
+**
+** Shape letters: N rows of a, K the inner size, M columns of b; batch dims
+** lead. The invariant: an mview handed to gemm_run is BLAS-readable
+** (blas_layout succeeds on it), which operand_of guarantees.
+*/
+#include "glia_impl.h"
 #include "ops.h"
 
+#include <cblas.h>
+#include <limits.h>
+
+/* Below this many multiply-adds per matrix, a batch runs its GEMMs on our
+** pool (OpenBLAS single-threaded in each task) instead of one GEMM at a
+** time on OpenBLAS's threads. Measured with bench/ops.lua bmm_*. */
+#define PAR_MNK_MAX ((int64_t)1 << 22)
+
+/* ================================================= strided matrices */
+
+/* Element [b][i][j] of a batched matrix sits at
+** p + sum_d idx_d * bs[d] + i * rs + j * cs   (in floats). */
+typedef struct {
+  float *p;
+  int64_t rows, cols, rs, cs;
+  int64_t bs[GLIA_MAX_DIMS]; /* per batch dim of the problem; 0 = broadcast */
+} mview;
+
+static mview mview_t(mview v) {
+  int64_t r = v.rows, s = v.rs;
+  v.rows = v.cols, v.rs = v.cs;
+  v.cols = r, v.cs = s;
+  return v;
+}
+
+/* A view of t as a batch of matrices aligned to the problem's nb batch dims
+** (t's batch dims aligned right). has_rows/has_cols say whether t's last
+** dims carry rows and columns: a 1-D a is one row {1,K}, a 1-D b one column
+** {K,1}, and the result loses those dims. `trans` swaps rows and columns. */
+static mview mview_of(glia_tensor *t, bool has_rows, bool has_cols, bool trans, int nb) {
+  mview v;
+  int nm = has_rows + has_cols, tb = t->ndim - nm;
+  v.p = (float *)glia_ptr(t);
+  v.rows = has_rows ? t->size[tb] : 1;
+  v.rs = has_rows ? t->stride[tb] : 0;
+  v.cols = has_cols ? t->size[t->ndim - 1] : 1;
+  v.cs = has_cols ? t->stride[t->ndim - 1] : 0;
+  for (int d = 0; d < nb; d++) {
+    int td = d - (nb - tb);
+    v.bs[d] = td >= 0 && t->size[td] != 1 ? t->stride[td] : 0;
+  }
+  return trans ? mview_t(v) : v;
+}
+
+/* How BLAS reads an r x c matrix with strides (rs, cs): row-major with
+** leading dimension ld (NoTrans), or as the transpose of a row-major c x r
+** matrix (Trans). A size-1 dim may have any stride. False when neither
+** works (an expanded or overlapping matrix): the caller copies. */
+static bool blas_layout(int64_t r, int64_t c, int64_t rs, int64_t cs, CBLAS_TRANSPOSE *tr,
+                        int64_t *ld) {
+  int64_t c1 = c > 1 ? c : 1, r1 = r > 1 ? r : 1;
+  if (r == 0 || c == 0 || ((c <= 1 || cs == 1) && (r <= 1 || rs >= c1))) {
+    *tr = CblasNoTrans;
+    *ld = r <= 1 || c == 0 ? c1 : rs;
+    return true;
+  }
+  if ((r <= 1 || rs == 1) && (c <= 1 || cs >= r1)) {
+    *tr = CblasTrans;
+    *ld = c <= 1 ? r1 : cs;
+    return true;
+  }
+  return false;
+}
+
+/* Sets *v to the view of t (see mview_of), first replacing t with a
+** contiguous copy held in *hold when BLAS cannot read its strides. The
+** caller releases *hold (NULL when no copy was made). */
+static glia_status operand_of(glia_ctx *G, glia_tensor *t, bool has_rows, bool has_cols,
+                              bool trans, int nb, mview *v, glia_tensor **hold) {
+  CBLAS_TRANSPOSE tr;
+  int64_t ld;
+  *hold = NULL;
+  *v = mview_of(t, has_rows, has_cols, trans, nb);
+  if (blas_layout(v->rows, v->cols, v->rs, v->cs, &tr, &ld)) return GLIA_OK;
+  TRY(glia_tensor_contiguous_as(G, t, GLIA_DTYPE_F32, hold));
+  *v = mview_of(*hold, has_rows, has_cols, trans, nb);
+  return GLIA_OK;
+}
+
+/* ========================================================= the GEMM */
+
+typedef struct {
+  int nb;
+  int64_t bsize[GLIA_MAX_DIMS], nbatch;
+  int64_t m, n, k;
+  float alpha, beta;
+  mview a, b, c;
+  CBLAS_TRANSPOSE ta, tb;
+  int64_t lda, ldb, ldc;
+  bool accumulates; /* c is broadcast over some batch dim */
+} gemm_plan;
+
+/* Element offsets of batch i in a, b, c; *first says whether this is the
+** first batch writing its block of c (the others add to it). */
+static void batch_offsets(const gemm_plan *P, int64_t i, int64_t *oa, int64_t *ob,
+                          int64_t *oc, bool *first) {
+  *oa = *ob = *oc = 0;
+  *first = true;
+  for (int d = P->nb - 1; d >= 0; d--) {
+    int64_t x = i % P->bsize[d];
+    i /= P->bsize[d];
+    *oa += x * P->a.bs[d];
+    *ob += x * P->b.bs[d];
+    *oc += x * P->c.bs[d];
+    if (P->c.bs[d] == 0 && x != 0) *first = false;
+  }
+}
+
+static void gemm_batch(const gemm_plan *P, int64_t i) {
+  int64_t oa, ob, oc;
+  bool first;
+  batch_offsets(P, i, &oa, &ob, &oc, &first);
+  float beta = first ? P->beta : 1.0f;
+  float *c = P->c.p + oc;
+  if (P->k == 0) { /* an empty sum: C = beta C, without reading C when beta is 0 */
+    for (int64_t r = 0; r < P->m; r++)
+      for (int64_t j = 0; j < P->n; j++)
+        c[r * P->ldc + j] = beta == 0.0f ? 0.0f : beta * c[r * P->ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, P->ta, P->tb, (int)P->m, (int)P->n, (int)P->k, P->alpha,
+              P->a.p + oa, (int)P->lda, P->b.p + ob, (int)P->ldb, beta, c, (int)P->ldc);
+}
+
+static void gemm_range(int64_t begin, int64_t end, void *ud) {
+  for (int64_t i = begin; i < end; i++) gemm_batch(ud, i);
+}
+
+/* Folds the innermost batch dim into the rows of A and C (B broadcast over
+** it, A and C rows continuing across it) or into the inner size (C
+** broadcast over it: the batch sum becomes a longer dot product). */
+static bool fold_last(gemm_plan *P) {
+  int d = P->nb - 1;
+  int64_t s = P->bsize[d];
+  if (P->b.bs[d] == 0 && P->ta == CblasNoTrans && P->a.bs[d] == P->m * P->lda &&
+      P->c.bs[d] == P->m * P->ldc && P->m * s <= INT_MAX) {
+    P->m *= s;
+  } else if (P->c.bs[d] == 0 && P->ta == CblasTrans && P->a.bs[d] == P->k * P->lda &&
+             P->tb == CblasNoTrans && P->b.bs[d] == P->k * P->ldb && P->k * s <= INT_MAX) {
+    P->k *= s;
+  } else {
+    return false;
+  }
+  P->nb--;
+  return true;
+}
+
+/* C = alpha A B + beta C over the batch shape (nb, bsize), where every
+** operand is BLAS-readable (see operand_of) and C does not overlap A or B.
+** Fails only when a matrix exceeds BLAS's int sizes. */
+static glia_status gemm_run(glia_ctx *G, const char *name, int nb, const int64_t *bsize,
+                            double alpha, double beta, mview a, mview b, mview c) {
+  gemm_plan P;
+  CBLAS_TRANSPOSE tc;
+  int64_t ldc;
+  blas_layout(c.rows, c.cols, c.rs, c.cs, &tc, &ldc);
+  if (tc == CblasTrans) { /* BLAS writes row-major C: compute C^T = B^T A^T */
+    mview t = a;
+    a = mview_t(b), b = mview_t(t), c = mview_t(c);
+  }
+  P.a = a, P.b = b, P.c = c;
+  P.m = c.rows, P.n = c.cols, P.k = a.cols;
+  P.alpha = (float)alpha, P.beta = (float)beta;
+  blas_layout(a.rows, a.cols, a.rs, a.cs, &P.ta, &P.lda);
+  blas_layout(b.rows, b.cols, b.rs, b.cs, &P.tb, &P.ldb);
+  blas_layout(c.rows, c.cols, c.rs, c.cs, &tc, &P.ldc);
+  /* keep the batch dims that are not 1; an empty batch computes nothing */
+  P.nb = 0;
+  P.nbatch = 1;
+  for (int d = 0; d < nb; d++) {
+    P.nbatch *= bsize[d];
+    if (bsize[d] == 1) continue;
+    P.bsize[P.nb] = bsize[d];
+    P.a.bs[P.nb] = a.bs[d], P.b.bs[P.nb] = b.bs[d], P.c.bs[P.nb] = c.bs[d];
+    P.nb++;
+  }
+  if (P.nbatch == 0 || P.m == 0 || P.n == 0) return GLIA_OK;
+  if (P.m > INT_MAX || P.n > INT_MAX || P.k > INT_MAX || P.lda > INT_MAX ||
+      P.ldb > INT_MAX || P.ldc > INT_MAX)
+    return glia_fail(G, GLIA_ESHAPE, "%s: matrices too large for BLAS (%lld x %lld x %lld)",
+                     name, (long long)P.m, (long long)P.k, (long long)P.n);
+  while (P.nb > 0 && fold_last(&P)) P.nbatch /= P.bsize[P.nb];
+  P.accumulates = false;
+  for (int d = 0; d < P.nb; d++) P.accumulates |= P.c.bs[d] == 0;
+  if (P.nbatch > 1 && G->nthreads > 1 && !P.accumulates &&
+      (double)P.m * (double)P.n * (double)P.k <= (double)PAR_MNK_MAX) {
+    /* one owner of the cores: our pool, with OpenBLAS single-threaded inside */
+    glia_blas_set_threads(1);
+    glia_parallel_for(G, P.nbatch, 1, gemm_range, &P);
+    glia_blas_set_threads(G->nthreads);
+  } else {
+    gemm_range(0, P.nbatch, &P);
+  }
+  return GLIA_OK;
+}
+
+/* ============================================== shapes of a product */
+
+typedef enum { MM_MATMUL, MM_ADDMM, MM_LINEAR } mm_kind;
+
+static const char *const mm_names[] = {"glia.matmul", "glia.addmm", "glia.linear"};
+
+/* The geometry of a @ b (for linear, b is the weight {out,in}, used
+** transposed): which operand dims exist, the broadcast batch shape, the
+** result's shape. */
+typedef struct {
+  bool a_rows, b_cols, b_trans;
+  int nb;
+  int64_t bsize[GLIA_MAX_DIMS];
+  int out_ndim;
+  int64_t out_size[GLIA_MAX_DIMS];
+} mm_geom;
+
+static glia_status mm_shape(glia_ctx *G, mm_kind kind, glia_tensor *a, glia_tensor *b,
+                            mm_geom *g) {
+  const char *name = mm_names[kind];
+  if (a->dtype != GLIA_DTYPE_F32 || b->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: expected f32 tensors, got %s %s x %s %s", name,
+                     glia_dtype_name(a->dtype), glia_shape_str(a), glia_dtype_name(b->dtype),
+                     glia_shape_str(b));
+  if (a->ndim == 0 || b->ndim == 0)
+    return glia_fail(G, GLIA_ESHAPE, "%s: operands must be at least 1-D, got %s x %s", name,
+                     glia_shape_str(a), glia_shape_str(b));
+  if (kind == MM_ADDMM && (a->ndim != 2 || b->ndim != 2))
+    return glia_fail(G, GLIA_ESHAPE, "%s: expected 2-D matrices, got %s x %s", name,
+                     glia_shape_str(a), glia_shape_str(b));
+  if (kind == MM_LINEAR && b->ndim != 2)
+    return glia_fail(G, GLIA_ESHAPE, "%s: weight must be 2-D {out,in}, got %s for input %s",
+                     name, glia_shape_str(b), glia_shape_str(a));
+  g->a_rows = a->ndim >= 2;
+  g->b_cols = b->ndim >= 2; /* always, for linear's 2-D weight */
+  g->b_trans = kind == MM_LINEAR;
+  int ka = a->ndim - 1; /* a's inner dim; b's is its first matrix dim, or 1 for linear */
+  int kb = kind == MM_LINEAR ? 1 : b->ndim >= 2 ? b->ndim - 2 : 0;
+  if (a->size[ka] != b->size[kb])
+    return glia_fail(G, GLIA_ESHAPE, "%s: size mismatch, %s x %s", name, glia_shape_str(a),
+                     glia_shape_str(b));
+  int nba = a->ndim - 1 - g->a_rows, nbb = g->b_trans ? 0 : b->ndim - 1 - g->b_cols;
+  g->nb = nba > nbb ? nba : nbb;
+  for (int d = 0; d < g->nb; d++) {
+    int da = d - (g->nb - nba), db = d - (g->nb - nbb);
+    int64_t sa = da >= 0 ? a->size[da] : 1, sb = db >= 0 ? b->size[db] : 1;
+    if (sa != sb && sa != 1 && sb != 1)
+      return glia_fail(G, GLIA_ESHAPE, "%s: batch dims do not broadcast, %s x %s", name,
+                       glia_shape_str(a), glia_shape_str(b));
+    g->bsize[d] = sa == 1 ? sb : sa;
+  }
+  memcpy(g->out_size, g->bsize, (size_t)g->nb * sizeof *g->bsize);
+  g->out_ndim = g->nb;
+  if (g->a_rows) g->out_size[g->out_ndim++] = a->size[a->ndim - 2];
+  if (g->b_cols) g->out_size[g->out_ndim++] = b->size[g->b_trans ? 0 : b->ndim - 1];
+  return GLIA_OK;
+}
+
+/* out = alpha * a @ b + beta * out over geometry g; out has g's result shape. */
+static glia_status mm_run(glia_ctx *G, mm_kind kind, const mm_geom *g, glia_tensor *a,
+                          glia_tensor *b, glia_tensor *out, double alpha, double beta) {
+  mview va, vb;
+  glia_tensor *ha = NULL, *hb = NULL;
+  glia_status st = operand_of(G, a, g->a_rows, true, false, g->nb, &va, &ha);
+  if (st == GLIA_OK) st = operand_of(G, b, true, g->b_cols, g->b_trans, g->nb, &vb, &hb);
+  if (st == GLIA_OK)
+    st = gemm_run(G, mm_names[kind], g->nb, g->bsize, alpha, beta, va, vb,
+                  mview_of(out, g->a_rows, g->b_cols, false, g->nb));
+  glia_tensor_release(ha);
+  glia_tensor_release(hb);
+  return st;
+}
+
+/* ======================================================== backward */
+
+/* Gradients of out = alpha a @ b + beta c (b transposed for linear):
+**     da = alpha g @ b^T        db = alpha a^T @ g        dc = beta g
+** da and db are computed straight into the inputs' shapes. */
+static glia_status mm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  mm_kind kind = (mm_kind)n->iarg[0];
+  const char *name = mm_names[kind];
+  double alpha = n->farg[0], beta = n->farg[1];
+  glia_tensor *a, *b;
+  TRY(glia_node_saved(G, n, 0, &a));
+  TRY(glia_node_saved(G, n, 1, &b));
+  mm_geom geo;
+  TRY(mm_shape(G, kind, n->input[0], n->input[1], &geo));
+  mview vg;
+  glia_tensor *hg = NULL, *h = NULL;
+  TRY(operand_of(G, g, geo.a_rows, geo.b_cols, false, geo.nb, &vg, &hg));
+  glia_status st = GLIA_OK;
+  if (n->needs[0]) { /* needs b */
+    mview vb;
+    st = glia_tensor_new(G, GLIA_DTYPE_F32, n->input[0]->ndim, n->input[0]->size, &din[0]);
+    if (st == GLIA_OK) st = operand_of(G, b, true, geo.b_cols, geo.b_trans, geo.nb, &vb, &h);
+    if (st == GLIA_OK)
+      st = gemm_run(G, name, geo.nb, geo.bsize, alpha, 0.0, vg, mview_t(vb),
+                    mview_of(din[0], geo.a_rows, true, false, geo.nb));
+    glia_tensor_release(h);
+    h = NULL;
+  }
+  if (st == GLIA_OK && n->needs[1]) { /* needs a */
+    mview va;
+    st = glia_tensor_new(G, GLIA_DTYPE_F32, n->input[1]->ndim, n->input[1]->size, &din[1]);
+    if (st == GLIA_OK) st = operand_of(G, a, geo.a_rows, true, false, geo.nb, &va, &h);
+    if (st == GLIA_OK)
+      st = gemm_run(G, name, geo.nb, geo.bsize, alpha, 0.0, mview_t(va), vg,
+                    mview_of(din[1], true, geo.b_cols, geo.b_trans, geo.nb));
+    glia_tensor_release(h);
+  }
+  if (st == GLIA_OK && n->ninputs > 2 && n->needs[2]) /* the engine sums it to c's shape */
+    st = beta == 1.0 ? (din[2] = glia_tensor_retain(g), GLIA_OK)
+                     : glia_ts(G, GLIA_BIN_MUL, g, beta, &din[2]);
+  glia_tensor_release(hg);
+  return st;
+}
+
+/* ========================================================= forward */
+
+/* out = alpha * (a @ b) + beta * c, with c (optional, broadcast to the
+** result) and b transposed for linear. Records the node. */
+static glia_status mm_forward(glia_ctx *G, mm_kind kind, glia_tensor *a, glia_tensor *b,
+                              glia_tensor *c, double alpha, double beta, glia_tensor **out) {
+  const char *name = mm_names[kind];
+  mm_geom geo;
+  TRY(glia_check_live(G, name, a));
+  TRY(glia_check_live(G, name, b));
+  TRY(mm_shape(G, kind, a, b, &geo));
+  if (c) {
+    TRY(glia_check_live(G, name, c));
+    if (c->dtype != GLIA_DTYPE_F32)
+      return glia_fail(G, GLIA_EDTYPE, "%s: expected an f32 %s, got %s %s", name,
+                       kind == MM_LINEAR ? "bias" : "input", glia_dtype_name(c->dtype),
+                       glia_shape_str(c));
+    int nd;
+    int64_t bshape[GLIA_MAX_DIMS];
+    bool fits = kind == MM_LINEAR ? c->ndim == 1 && c->size[0] == b->size[0]
+              : glia_broadcast_shape(G, name, c->ndim, c->size, geo.out_ndim, geo.out_size,
+                                     &nd, bshape) == GLIA_OK &&
+                    nd == geo.out_ndim &&
+                    memcmp(bshape, geo.out_size, (size_t)nd * sizeof *bshape) == 0;
+    if (!fits)
+      return glia_fail(G, GLIA_ESHAPE, "%s: %s %s does not match the product %s x %s", name,
+                       kind == MM_LINEAR ? "bias" : "input", glia_shape_str(c),
+                       glia_shape_str(a), glia_shape_str(b));
+  }
+  glia_tensor *r;
+  TRY(glia_tensor_new(G, GLIA_DTYPE_F32, geo.out_ndim, geo.out_size, &r));
+  bool add_c = c && beta != 0.0; /* beta 0 ignores c, even its NaNs */
+  glia_status st = add_c ? glia_copy_into(G, r, c) : GLIA_OK;
+  if (st == GLIA_OK) st = mm_run(G, kind, &geo, a, b, r, alpha, add_c ? beta : 0.0);
+  glia_tensor *in[3] = {a, b, c};
+  glia_node *node = st == GLIA_OK ? glia_node_begin(G, name, mm_bwd, c ? 3 : 2, in, &st) : NULL;
+  if (node) {
+    node->iarg[0] = kind;
+    node->farg[0] = alpha;
+    node->farg[1] = beta;
+    /* da needs b and db needs a: save only what backward will read */
+    st = glia_node_save(G, node, node->needs[1] ? a : NULL);
+    if (st == GLIA_OK) st = glia_node_save(G, node, node->needs[0] ? b : NULL);
+    if (st == GLIA_OK)
+      glia_node_finish(node, r);
+    else
+      glia_node_release(node);
+  }
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+glia_status glia_matmul(glia_ctx *G, glia_tensor *a, glia_tensor *b, glia_tensor **out) {
+  return mm_forward(G, MM_MATMUL, a, b, NULL, 1.0, 0.0, out);
+}
+
+glia_status glia_addmm(glia_ctx *G, glia_tensor *c, glia_tensor *a, glia_tensor *b,
+                       double beta, double alpha, glia_tensor **out) {
+  return mm_forward(G, MM_ADDMM, a, b, c, alpha, beta, out);
+}
+
+glia_status glia_linear(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor *bias,
+                        glia_tensor **out) {
+  return mm_forward(G, MM_LINEAR, x, w, bias, 1.0, 1.0, out);
+}
+
+/* ======================================================== registry */
+
+/* matmul(a, b) */
+static glia_status op_matmul(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                             glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_matmul(G, args[0].u.t, args[1].u.t, &r));
+  return out1(nouts, outs, r);
+}
+
+/* addmm(c, a, b [, beta [, alpha]]) = beta c + alpha a @ b */
+static glia_status op_addmm(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                            glia_value *outs) {
+  glia_tensor *r;
+  double beta = nargs > 3 ? arg_num(&args[3], 1.0) : 1.0;
+  double alpha = nargs > 4 ? arg_num(&args[4], 1.0) : 1.0;
+  TRY(glia_addmm(G, args[0].u.t, args[1].u.t, args[2].u.t, beta, alpha, &r));
+  return out1(nouts, outs, r);
+}
+
+/* linear(x, w [, bias]) = x @ w^T + bias */
+static glia_status op_linear(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                             glia_value *outs) {
+  glia_tensor *r;
+  TRY(glia_linear(G, args[0].u.t, args[1].u.t, nargs > 2 ? arg_t(&args[2]) : NULL, &r));
+  return out1(nouts, outs, r);
+}
+
 const glia_op glia_ops_matmul[] = {
+    {"matmul", "TT", op_matmul, 1},
+    {"addmm", "TTT|nn", op_addmm, 1},
+    {"linear", "TT|t", op_linear, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -142,6 +142,13 @@ GLIAI_FUNC glia_status glia_log_softmax(glia_ctx *G, glia_tensor *x, int dim,
 /* NumPy matmul semantics: 1-D, 2-D, batched with broadcast batch dims. */
 GLIAI_FUNC glia_status glia_matmul(glia_ctx *G, glia_tensor *a, glia_tensor *b,
                                    glia_tensor **out);
+/* beta * c + alpha * (a @ b) for 2-D a, b; c broadcasts to the result (beta 0
+** ignores c's values). */
+GLIAI_FUNC glia_status glia_addmm(glia_ctx *G, glia_tensor *c, glia_tensor *a, glia_tensor *b,
+                                  double beta, double alpha, glia_tensor **out);
+/* x @ w^T + bias: x {..., in}, w {out, in}, bias {out} or NULL; result {..., out}. */
+GLIAI_FUNC glia_status glia_linear(glia_ctx *G, glia_tensor *x, glia_tensor *w,
+                                   glia_tensor *bias, glia_tensor **out);
 
 /* ------------------------------------------------------ ops/loss.c */
 
