@@ -115,7 +115,7 @@ static glia_status finish(glia_ctx *G, const char *name, glia_backward_fn bw, gl
   glia_status st;
   glia_node *node = glia_node_begin(G, name, bw, 1, &x, &st);
   if (node) {
-    memcpy(node->iarg, iarg, (size_t)niarg * sizeof *iarg);
+    for (int i = 0; i < niarg; i++) node->iarg[i] = iarg[i];
     glia_node_finish(node, v);
   } else if (st != GLIA_OK) {
     glia_tensor_release(v);
