@@ -91,6 +91,15 @@ glia_tensor *glia_lua_check_tensor(lua_State *L, int idx) {
   return *box;
 }
 
+int glia_lua_errorf(lua_State *L, const char *fmt, ...) {
+  char msg[GLIA_ERRMSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return luaL_error(L, "%s", msg);
+}
+
 int glia_lua_raise(lua_State *L, glia_ctx *G) {
   return luaL_error(L, "%s", glia_ctx_errmsg(G));
 }
@@ -151,8 +160,18 @@ int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname
   if (d == 0)
     luaL_error(L, "%s: dims are 1-based (got 0)", fname);
   if (r < 0 || r >= n || (n == 0))
-    luaL_error(L, "%s: dim %lld out of range for a %d-D tensor", fname, (long long)d, ndim);
+    glia_lua_errorf(L, "%s: dim %lld out of range for a %d-D tensor", fname, (long long)d, ndim);
   return (int)r;
+}
+
+/* A tensor argument, or a clear error naming what was there instead. */
+static glia_tensor *op_tensor_arg(lua_State *L, int idx, const char *fname, int or_number) {
+  glia_tensor **box = luaL_testudata(L, idx, TENSOR_MT);
+  if (box && !*box) glia_lua_errorf(L, "%s: argument #%d: tensor was freed", fname, idx);
+  if (!box)
+    luaL_error(L, "%s: argument #%d must be a tensor%s, got %s", fname, idx,
+               or_number ? " or a number" : "", luaL_typename(L, idx));
+  return *box;
 }
 
 /* ===================================================== op dispatcher */
@@ -185,10 +204,7 @@ static int call_op(lua_State *L) {
     case 'T':
     case 't':
       a->kind = GLIA_VAL_TENSOR;
-      a->u.t = glia_lua_test_tensor(L, idx);
-      if (!a->u.t)
-        luaL_error(L, "%s: argument #%d must be a tensor, got %s", fname, idx,
-                   luaL_typename(L, idx));
+      a->u.t = op_tensor_arg(L, idx, fname, 0);
       break;
     case 'S':
       if (lua_type(L, idx) == LUA_TNUMBER) {
@@ -199,10 +215,7 @@ static int call_op(lua_State *L) {
         a->u.num = lua_toboolean(L, idx);
       } else {
         a->kind = GLIA_VAL_TENSOR;
-        a->u.t = glia_lua_test_tensor(L, idx);
-        if (!a->u.t)
-          luaL_error(L, "%s: argument #%d must be a tensor or a number, got %s", fname, idx,
-                     luaL_typename(L, idx));
+        a->u.t = op_tensor_arg(L, idx, fname, 1);
       }
       break;
     case 'd':
@@ -618,7 +631,7 @@ static void infer_shape(lua_State *L, int idx, int d, int *ndim, int64_t *size) 
   if (*ndim == -1 || d < *ndim) {
     if (size[d] == -1) size[d] = len;
     else if (size[d] != len)
-      luaL_error(L, "glia.tensor: ragged nested table (length %lld vs %lld at depth %d)",
+      glia_lua_errorf(L, "glia.tensor: ragged nested table (length %lld vs %lld at depth %d)",
                  (long long)len, (long long)size[d], d + 1);
   }
   if (len == 0 && *ndim == -1) *ndim = d + 1;

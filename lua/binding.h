@@ -18,6 +18,10 @@ GLIAI_FUNC glia_tensor **glia_lua_push_box(lua_State *L);
 GLIAI_FUNC void glia_lua_push_tensor(lua_State *L, glia_tensor *t);
 GLIAI_FUNC glia_tensor *glia_lua_test_tensor(lua_State *L, int idx);
 GLIAI_FUNC glia_tensor *glia_lua_check_tensor(lua_State *L, int idx);
+/* luaL_error with the full printf format (%lld, %zu...), which
+** lua_pushfstring lacks. */
+GLIAI_FUNC int glia_lua_errorf(lua_State *L, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Raises the context's last message as a Lua error. */
 GLIAI_FUNC int glia_lua_raise(lua_State *L, glia_ctx *G);
 

@@ -18,7 +18,7 @@ static int64_t norm_index(lua_State *L, int idx, int64_t size, int dim, int incl
   int64_t r = i > 0 ? i - 1 : size + i;
   if (i == 0) luaL_error(L, "glia.index: indices are 1-based (got 0 for dim %d)", dim + 1);
   if (r < 0 || r > size - (inclusive_end ? 0 : 1))
-    luaL_error(L, "glia.index: index %lld out of range for dim %d of size %lld", (long long)i,
+    glia_lua_errorf(L, "glia.index: index %lld out of range for dim %d of size %lld", (long long)i,
                dim + 1, (long long)size);
   return r;
 }
@@ -34,7 +34,7 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
     if (cur->ndim == 0) luaL_error(L, "glia.index: cannot index a 0-D tensor");
     int64_t i = norm_index(L, k, cur->size[0], 0, 0);
     if (glia_select(G, cur, 0, i, &next) != GLIA_OK) glia_lua_raise(L, G);
-    *anchor = next;
+    *anchor = NULL; /* the caller owns next */
     glia_tensor_release(cur);
     lua_remove(L, anchor_idx);
     return next;
@@ -71,14 +71,14 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
         lua_pop(L, 1);
         b = i > 0 ? i : size + i + 1; /* inclusive end -> exclusive */
         if (i == 0 || b < a || b > size)
-          luaL_error(L, "glia.index: range end %lld out of range for dim %d of size %lld",
+          glia_lua_errorf(L, "glia.index: range end %lld out of range for dim %d of size %lld",
                      (long long)i, dim + 1, (long long)size);
       }
       if (len >= 3) {
         lua_rawgeti(L, ent, 3);
         step = glia_lua_check_int(L, -1, "glia.index", "step");
         lua_pop(L, 1);
-        if (step < 1) luaL_error(L, "glia.index: step must be >= 1, got %lld", (long long)step);
+        if (step < 1) glia_lua_errorf(L, "glia.index: step must be >= 1, got %lld", (long long)step);
       }
       if (len > 3) luaL_error(L, "glia.index: a range has at most 3 entries {first, last, step}");
       st = glia_slice(G, cur, dim, a, b, step, &next);

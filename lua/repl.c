@@ -1,49 +1,425 @@
 /*
 ** lua/repl.c -- the interactive loop of the glia executable.
 **
-** Reads a line (libedit), tries it as an expression ("return <line>") and
-** prints the values, else runs it as a statement. Errors are printed and
-** the session goes on.
+** Reads a chunk (libedit on a terminal, plain lines otherwise), tries it
+** first as an expression ("return <chunk>") so values print, then as
+** statements; a syntax error that ends at <eof> means the chunk is not
+** finished, so another line is read under the continuation prompt (the rule
+** lua.c uses). Errors are printed and the session goes on. On a terminal the
+** REPL also keeps a capped history file, completes names with Tab, and turns
+** Ctrl-C during a statement into a Lua error instead of killing the session.
+**
+** The whole loop runs inside one lua_pcall (like lua.c's pmain), so even an
+** out-of-memory error from the Lua API cannot escape as a panic. libedit's
+** completion hooks and signal handlers take no user data: one REPL runs per
+** process, and `active` points at it while it runs.
 */
 #include "binding.h"
 
+#include <editline/readline.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <editline/readline.h>
+#include <time.h>
+#include <unistd.h>
 
-static void print_results(lua_State *L, int n) {
+#define PROMPT "glia> "
+#define PROMPT_MORE "  ...> "
+#define HISTORY_MAX 1000
+#define COMPLETER_KEY "glia.repl.completer"
+#define MATCHES_KEY "glia.repl.matches"
+
+typedef struct {
+  glia_vm *vm;
+  lua_State *L;
+  int tty;          /* stdin is a terminal: prompts, history, completion */
+  int timing;       /* .time on: print each statement's wall time */
+  char *history;    /* history file (malloc'ed), NULL when disabled */
+  char *last_entry; /* the last history entry, to skip repeats */
+  int next_match;   /* completion: the next candidate to hand to libedit */
+} repl;
+
+static repl *active;
+
+/* Prints a message on stderr after whatever stdout still holds, so piped
+** output keeps its order. */
+static void report(const char *msg) {
+  fflush(stdout);
+  fprintf(stderr, "%s\n", msg);
+  fflush(stderr);
+}
+
+/* ========================================================== input */
+
+/* The next line without its newline (malloc'ed; the caller frees), or NULL
+** at end of input. */
+static char *read_line(repl *R, const char *prompt) {
+  if (R->tty) return readline(prompt);
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, stdin);
+  if (n < 0) {
+    free(line);
+    return NULL;
+  }
+  if (n > 0 && line[n - 1] == '\n') line[n - 1] = 0;
+  return line;
+}
+
+/* The history file: $GLIA_HISTORY (empty disables it), else ~/.glia_history. */
+static void history_open(repl *R) {
+  const char *path = getenv("GLIA_HISTORY");
+  if (path) {
+    R->history = *path ? strdup(path) : NULL;
+  } else {
+    const char *home = getenv("HOME");
+    if (!home || !*home) return;
+    size_t n = strlen(home) + sizeof "/.glia_history";
+    R->history = malloc(n);
+    if (R->history) snprintf(R->history, n, "%s/.glia_history", home);
+  }
+  using_history();
+  stifle_history(HISTORY_MAX);
+  if (R->history) read_history(R->history);
+}
+
+/* Adds a typed line to the history and saves the file at once, so a session
+** that ends badly keeps what was typed. Blank lines and repeats are not kept. */
+static void remember(repl *R, const char *line) {
+  if (!R->tty || !*line || (R->last_entry && strcmp(R->last_entry, line) == 0)) return;
+  add_history(line);
+  free(R->last_entry);
+  R->last_entry = strdup(line);
+  if (R->history) write_history(R->history);
+}
+
+/* ================================================= loading chunks */
+
+/* A syntax error at the end of the input means the chunk is unfinished:
+** Lua 5.4 says "near <eof>", LuaJIT "near '<eof>'". */
+static int incomplete(lua_State *L, int status) {
+  if (status != LUA_ERRSYNTAX) return 0;
+  size_t len;
+  const char *msg = lua_tolstring(L, -1, &len);
+  return (len >= 5 && strcmp(msg + len - 5, "<eof>") == 0) ||
+         (len >= 7 && strcmp(msg + len - 7, "'<eof>'") == 0);
+}
+
+/* Loads code as an expression whose values print, else as statements.
+** Pushes the function or the syntax error; returns the load status. */
+static int load_chunk(lua_State *L, const char *code, size_t len) {
+  const char *expr = lua_pushfstring(L, "return %s;", code);
+  int status = luaL_loadbuffer(L, expr, strlen(expr), "=stdin");
+  lua_remove(L, -2);
+  if (status == LUA_OK) return status;
+  lua_pop(L, 1);
+  return luaL_loadbuffer(L, code, len, "=stdin");
+}
+
+/* Loads the chunk that starts with `first` (already on the stack), reading
+** continuation lines while it is unfinished. Replaces it with the function
+** or the error message; returns the load status. End of input in the middle
+** of a chunk reports the chunk's syntax error. */
+static int read_rest(repl *R) {
+  lua_State *L = R->L;
+  for (;;) {
+    size_t len;
+    const char *code = lua_tolstring(L, -1, &len);
+    int status = load_chunk(L, code, len);
+    char *line = incomplete(L, status) ? read_line(R, PROMPT_MORE) : NULL;
+    if (!line) {
+      lua_remove(L, -2);
+      return status;
+    }
+    lua_pop(L, 1);
+    remember(R, line);
+    lua_pushliteral(L, "\n");
+    lua_pushstring(L, line);
+    free(line);
+    lua_concat(L, 3);
+  }
+}
+
+/* ================================================ running chunks */
+
+/* Ctrl-C while a statement runs: arm a hook that raises at the next Lua
+** instruction (lua_sethook is safe in a signal handler). The handler
+** uninstalls itself, so a second Ctrl-C kills a stuck C loop. */
+static void interrupted(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void on_sigint(int sig) {
+  signal(sig, SIG_DFL);
+  lua_sethook(active->L, interrupted, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Prints the values above `base` with print(), which calls tostring: a
+** tensor prints summarized with its dtype and shape. */
+static void print_values(lua_State *L, int base) {
+  int n = lua_gettop(L) - base;
+  if (n == 0) return;
+  luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
   lua_getglobal(L, "print");
-  lua_insert(L, -n - 1);
-  lua_pcall(L, n, 0, 0);
+  lua_insert(L, base + 1);
+  if (lua_pcall(L, n, 0, 0) != LUA_OK) {
+    report(lua_pushfstring(L, "error calling 'print' (%s)", lua_tostring(L, -1)));
+    lua_pop(L, 2);
+  }
+}
+
+/* Runs the function on top of the stack and prints its values or error. */
+static void run_chunk(repl *R) {
+  lua_State *L = R->L;
+  int base = lua_gettop(L) - 1;
+  struct sigaction old, sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  if (R->tty) sigaction(SIGINT, &sa, &old);
+  double t0 = now();
+  int status = glia_vm_pcall(R->vm, 0, LUA_MULTRET);
+  double dt = now() - t0;
+  if (R->tty) sigaction(SIGINT, &old, NULL);
+  lua_sethook(L, NULL, 0, 0); /* a Ctrl-C that came after the last instruction */
+  if (status != LUA_OK)
+    report(glia_vm_errmsg(R->vm));
+  else
+    print_values(L, base);
+  if (R->timing) {
+    if (dt < 1.0)
+      printf("time: %.3f ms\n", dt * 1e3);
+    else
+      printf("time: %.3f s\n", dt);
+  }
+  lua_settop(L, base);
+}
+
+/* ================================================== REPL commands */
+
+static const char help_text[] =
+    "  .time on|off   print the wall time of each statement\n"
+    "  .help          this text\n"
+    "Expressions print their values; Tab completes globals, fields (t.x) and\n"
+    "methods (t:x); Ctrl-C interrupts a statement; Ctrl-D exits.\n";
+
+/* Handles a REPL command (".time on"); returns 0 when line is not one, so
+** Lua still gets lines like ".5". */
+static int run_command(repl *R, const char *line) {
+  while (*line == ' ' || *line == '\t') line++;
+  char cmd[16], arg[16];
+  int n = sscanf(line, ".%15s %15s", cmd, arg);
+  if (n < 1) return 0;
+  if (strcmp(cmd, "help") == 0 && n == 1) {
+    fputs(help_text, stdout);
+  } else if (strcmp(cmd, "time") == 0 && n == 1) {
+    printf("timing is %s\n", R->timing ? "on" : "off");
+  } else if (strcmp(cmd, "time") == 0 && (strcmp(arg, "on") == 0 || strcmp(arg, "off") == 0)) {
+    R->timing = strcmp(arg, "on") == 0;
+  } else {
+    return 0;
+  }
+  return 1;
+}
+
+/* ===================================================== completion */
+
+/* Candidates for the word before the cursor, sorted: globals and keywords;
+** after "a.b." the fields of a.b; after "a.b:" its methods. Fields come from
+** the value itself (a table) and from the tables on its metatables' __index
+** chain; a tensor's __index is a function, so its methods come from the
+** module's method table. Paths are resolved with rawget only: completing
+** never runs user code. */
+static const char completer_src[] =
+    "local G, loaded = _G, package.loaded\n"
+    "local type, rawget, getmetatable = type, rawget, getmetatable\n"
+    "local pairs, ipairs, sort = pairs, ipairs, table.sort\n"
+    "local keywords = {'and', 'break', 'do', 'else', 'elseif', 'end', 'false',\n"
+    "  'for', 'function', 'goto', 'if', 'in', 'local', 'nil', 'not', 'or',\n"
+    "  'repeat', 'return', 'then', 'true', 'until', 'while'}\n"
+    "local function sources(v)\n"
+    "  local list = {}\n"
+    "  for _ = 1, 16 do\n"
+    "    if type(v) == 'table' then list[#list + 1] = v end\n"
+    "    local mt = getmetatable(v)\n"
+    "    if type(mt) ~= 'table' then break end\n"
+    "    local index = rawget(mt, '__index')\n"
+    "    if type(index) ~= 'table' then\n"
+    "      local core = loaded['glia.core']\n"
+    "      if rawget(mt, '__name') == 'glia.tensor' and type(core) == 'table' then\n"
+    "        list[#list + 1] = rawget(core, '_methods')\n"
+    "      end\n"
+    "      break\n"
+    "    end\n"
+    "    v = index\n"
+    "  end\n"
+    "  return list\n"
+    "end\n"
+    "local function field(v, k)\n"
+    "  for _, t in ipairs(sources(v)) do\n"
+    "    local x = rawget(t, k)\n"
+    "    if x ~= nil then return x end\n"
+    "  end\n"
+    "end\n"
+    "return function(text)\n"
+    "  local head, sep, part = text:match('^(.-)([.:])([%w_]*)$')\n"
+    "  local v = G\n"
+    "  if head then\n"
+    "    for name in (head .. '.'):gmatch('(.-)%.') do\n"
+    "      if not name:match('^[%a_][%w_]*$') then return {} end\n"
+    "      v = field(v, name)\n"
+    "    end\n"
+    "  else\n"
+    "    head, sep, part = '', '', text\n"
+    "  end\n"
+    "  local seen, out = {}, {}\n"
+    "  local function add(name, value)\n"
+    "    if type(name) == 'string' and not seen[name] and name:sub(1, #part) == part\n"
+    "       and name:match('^[%a_][%w_]*$') and (sep ~= ':' or type(value) == 'function') then\n"
+    "      seen[name] = true\n"
+    "      out[#out + 1] = head .. sep .. name\n"
+    "    end\n"
+    "  end\n"
+    "  for _, t in ipairs(sources(v)) do\n"
+    "    for k, x in pairs(t) do add(k, x) end\n"
+    "  end\n"
+    "  if sep == '' then\n"
+    "    for _, k in ipairs(keywords) do add(k, true) end\n"
+    "  end\n"
+    "  sort(out)\n"
+    "  return out\n"
+    "end\n";
+
+/* Under pcall: runs the completer on the text (argument 1) and keeps the
+** candidate list in the registry for next_match. */
+static int collect_matches(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, MATCHES_KEY);
+  return 0;
+}
+
+/* libedit's generator: one candidate per call (malloc'ed, libedit frees
+** it), NULL when there are no more. */
+static char *next_match(const char *text, int state) {
+  (void)text;
+  lua_State *L = active->L;
+  if (state == 0) active->next_match = 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, MATCHES_KEY);
+  char *m = NULL;
+  if (lua_istable(L, -1)) {
+    lua_rawgeti(L, -1, active->next_match++);
+    if (lua_isstring(L, -1)) m = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return m;
+}
+
+static char **complete(const char *text, int start, int end) {
+  (void)start, (void)end;
+  lua_State *L = active->L;
+  rl_attempted_completion_over = 1; /* never fall back to file names */
+  rl_completion_append_character = '\0';
+  lua_pushcfunction(L, collect_matches);
+  lua_pushstring(L, text);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  char **matches = rl_completion_matches(text, next_match);
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, MATCHES_KEY);
+  return matches;
+}
+
+/* Loads the completer and hooks it into libedit. Dots and colons are not
+** word breaks, so "glia.ze" reaches the completer whole. */
+static void completion_open(repl *R) {
+  lua_State *L = R->L;
+  if (luaL_loadbuffer(L, completer_src, sizeof completer_src - 1, "=repl completer") != LUA_OK ||
+      lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    report(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY);
+  rl_readline_name = "glia";
+  rl_basic_word_break_characters = " \t\n\"'`@$><=;|&{}()[],+-*/%^~#";
+  rl_attempted_completion_function = complete;
+}
+
+/* ========================================================== the loop */
+
+/* The global `glia`, so users can type glia.randn(3, 3) at once. */
+static void preload_glia(repl *R) {
+  lua_State *L = R->L;
+  lua_getglobal(L, "glia");
+  int present = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (present) return;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "glia");
+  if (glia_vm_pcall(R->vm, 1, 1) != LUA_OK) {
+    report(glia_vm_errmsg(R->vm));
+    return;
+  }
+  lua_setglobal(L, "glia");
+}
+
+static int repl_main(lua_State *L) {
+  repl *R = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  preload_glia(R);
+  if (R->tty) {
+    history_open(R);
+    completion_open(R);
+    printf("glia %s (%s) -- .help for help, Ctrl-D to exit\n", GLIA_VERSION, GLIA_LUA_NAME);
+  }
+  char *line;
+  while ((line = read_line(R, PROMPT)) != NULL) {
+    remember(R, line);
+    if (run_command(R, line)) {
+      free(line);
+      continue;
+    }
+    lua_pushstring(L, line);
+    free(line);
+    if (read_rest(R) == LUA_OK) {
+      run_chunk(R);
+    } else {
+      report(lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    fflush(stdout);
+  }
+  if (R->tty) putchar('\n'); /* Ctrl-D leaves the cursor after the prompt */
+  return 0;
 }
 
 int glia_repl(glia_vm *vm) {
-  lua_State *L = glia_vm_lua(vm);
-  char *line;
-  while ((line = readline("glia> ")) != NULL) {
-    if (*line) add_history(line);
-    int top = lua_gettop(L);
-    lua_pushfstring(L, "return %s", line);
-    size_t len;
-    const char *code = lua_tolstring(L, -1, &len);
-    int rc = luaL_loadbuffer(L, code, len, "=stdin");
-    lua_remove(L, -2);
-    if (rc != LUA_OK) {
-      lua_pop(L, 1);
-      rc = luaL_loadbuffer(L, line, strlen(line), "=stdin");
-    }
-    free(line);
-    if (rc != LUA_OK) {
-      fprintf(stderr, "%s\n", lua_tostring(L, -1));
-      lua_settop(L, top);
-      continue;
-    }
-    if (glia_vm_pcall(vm, 0, LUA_MULTRET) != LUA_OK) {
-      fprintf(stderr, "%s\n", glia_vm_errmsg(vm));
-    } else if (lua_gettop(L) > top) {
-      print_results(L, lua_gettop(L) - top);
-    }
-    lua_settop(L, top);
+  repl R = {vm, glia_vm_lua(vm), isatty(STDIN_FILENO), 0, NULL, NULL, 0};
+  repl *outer = active;
+  active = &R;
+  lua_State *L = R.L;
+  lua_pushcfunction(L, repl_main);
+  lua_pushlightuserdata(L, &R);
+  int status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK) {
+    report(lua_tostring(L, -1));
+    lua_pop(L, 1);
   }
-  return 0;
+  active = outer;
+  free(R.history);
+  free(R.last_entry);
+  return status == LUA_OK ? 0 : 1;
 }
