@@ -22,6 +22,7 @@
 #ifndef LUA_OK
 #define LUA_OK 0
 #endif
+#define lua_pushglobaltable(L) lua_pushvalue((L), LUA_GLOBALSINDEX)
 #endif
 
 #endif
