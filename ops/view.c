@@ -353,7 +353,7 @@ glia_status glia_expand(glia_ctx *G, glia_tensor *x, int ndim, const int64_t *si
 ** geometry of a zero tensor shaped like the input. */
 static glia_status slice_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
   const glia_tensor *in = n->input[0];
-  glia_tensor *z, *v;
+  glia_tensor *z, *v = NULL;
   TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, in->ndim, in->size, &z));
   geom s = slice_geom(z, (int)n->iarg[0], n->iarg[1], n->iarg[2], n->iarg[3], (int)n->iarg[4]);
   glia_status st = glia_tensor_view_raw(G, z, s.ndim, s.size, s.stride, s.offset, &v);

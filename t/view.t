@@ -78,6 +78,25 @@ local function skip_unless(cond, desc, why)
   return false
 end
 
+-- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
+-- until it succeeds: every failure must be a clean out-of-memory error.
+local function survives_oom(fn)
+  for n = 1, 100 do
+    glia.fail_alloc_after(n)
+    local ok, err = pcall(fn)
+    glia.fail_alloc_after(0)
+    if ok then return true end
+    if not tostring(err):find("out of memory") then return false, err end
+  end
+  return false, "never succeeded"
+end
+
+local function oom_ok(desc, fn)
+  local ok, err = survives_oom(fn)
+  t.ok(ok, desc)
+  if not ok then t.diag(err) end
+end
+
 glia.manual_seed(7)
 t.diag("seed 7")
 
@@ -294,6 +313,20 @@ do
        "views made under no_grad record no history")
   t.error_like(function() x:narrow(1, 1, 1):fill_(0) end, "glia%.fill_: in%-place op on a tensor that requires grad",
                "writing through a view of a tensor that requires grad is refused")
+end
+
+-- ============================================== allocation failure
+do
+  local x = glia.randn(3, 4):requires_grad()
+  oom_ok("views and their backward fail cleanly at any failing allocation", function()
+    local y = x:t():reshape(12):view(3, 4):narrow(1, 2, 2):select(2, 1):expand(5, 2)
+    y:backward(glia.ones(5, 2))
+  end)
+  oom_ok("indexing fails cleanly at any failing allocation", function()
+    local z = glia.zeros(4, 6)
+    z[{ {}, {1, 6, 2} }] = glia.ones(3)
+    return z[2][{ {2, 4} }]
+  end)
 end
 
 -- ======================================================= indexing
