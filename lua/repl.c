@@ -17,6 +17,7 @@
 #include "binding.h"
 
 #include <editline/readline.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,19 +52,56 @@ static void report(const char *msg) {
 
 /* ========================================================== input */
 
-/* The next line without its newline (malloc'ed; the caller frees), or NULL
-** at end of input. */
-static char *read_line(repl *R, const char *prompt) {
-  if (R->tty) return readline(prompt);
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t n = getline(&line, &cap, stdin);
-  if (n < 0) {
-    free(line);
-    return NULL;
+/* What read_line found: a line, the end of input, or Ctrl-C at the prompt
+** (the partial line or chunk is dropped and a fresh prompt follows). */
+enum { LINE_OK, LINE_EOF, LINE_CANCEL };
+
+static volatile sig_atomic_t prompt_interrupted;
+
+static void on_sigint_at_prompt(int sig) {
+  (void)sig;
+  prompt_interrupted = 1;
+}
+
+/* libedit's input function: one byte of stdin. Ctrl-C interrupts the read;
+** ending the line as Enter would lets readline return normally (terminal
+** restored), and read_line then drops the line. */
+static int getc_interruptible(FILE *f) {
+  (void)f;
+  for (;;) {
+    unsigned char c;
+    ssize_t n = read(STDIN_FILENO, &c, 1);
+    if (n == 1) return c;
+    if (n == 0 || errno != EINTR) return -1;
+    if (prompt_interrupted) return '\n';
   }
-  if (n > 0 && line[n - 1] == '\n') line[n - 1] = 0;
-  return line;
+}
+
+/* Sets *line to the next line without its newline (malloc'ed; the caller
+** frees it) when LINE_OK is returned. */
+static int read_line(repl *R, const char *prompt, char **line) {
+  if (!R->tty) {
+    size_t cap = 0;
+    *line = NULL;
+    ssize_t n = getline(line, &cap, stdin);
+    if (n < 0) {
+      free(*line);
+      return LINE_EOF;
+    }
+    if (n > 0 && (*line)[n - 1] == '\n') (*line)[n - 1] = 0;
+    return LINE_OK;
+  }
+  struct sigaction sa, old;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint_at_prompt; /* no SA_RESTART: read() must return */
+  sigemptyset(&sa.sa_mask);
+  prompt_interrupted = 0;
+  sigaction(SIGINT, &sa, &old);
+  *line = readline(prompt);
+  sigaction(SIGINT, &old, NULL);
+  if (!prompt_interrupted) return *line ? LINE_OK : LINE_EOF;
+  free(*line);
+  return LINE_CANCEL;
 }
 
 /* The history file: $GLIA_HISTORY (empty disables it), else ~/.glia_history. */
@@ -78,7 +116,6 @@ static void history_open(repl *R) {
     R->history = malloc(n);
     if (R->history) snprintf(R->history, n, "%s/.glia_history", home);
   }
-  using_history();
   stifle_history(HISTORY_MAX);
   if (R->history) read_history(R->history);
 }
@@ -116,18 +153,26 @@ static int load_chunk(lua_State *L, const char *code, size_t len) {
   return luaL_loadbuffer(L, code, len, "=stdin");
 }
 
-/* Loads the chunk that starts with `first` (already on the stack), reading
-** continuation lines while it is unfinished. Replaces it with the function
-** or the error message; returns the load status. End of input in the middle
-** of a chunk reports the chunk's syntax error. */
+#define CHUNK_CANCELLED (-1)
+
+/* Loads the chunk whose first line is on the stack, reading continuation
+** lines while it is unfinished. Replaces the text with the function or the
+** error message and returns the load status; end of input in the middle of
+** a chunk reports the chunk's syntax error. Ctrl-C pops the text and
+** returns CHUNK_CANCELLED. */
 static int read_rest(repl *R) {
   lua_State *L = R->L;
   for (;;) {
     size_t len;
     const char *code = lua_tolstring(L, -1, &len);
     int status = load_chunk(L, code, len);
-    char *line = incomplete(L, status) ? read_line(R, PROMPT_MORE) : NULL;
-    if (!line) {
+    char *line = NULL;
+    int got = incomplete(L, status) ? read_line(R, PROMPT_MORE, &line) : LINE_EOF;
+    if (got == LINE_CANCEL) {
+      lua_pop(L, 2);
+      return CHUNK_CANCELLED;
+    }
+    if (got == LINE_EOF) {
       lua_remove(L, -2);
       return status;
     }
@@ -342,8 +387,7 @@ static char **complete(const char *text, int start, int end) {
   return matches;
 }
 
-/* Loads the completer and hooks it into libedit. Dots and colons are not
-** word breaks, so "glia.ze" reaches the completer whole. */
+/* Loads the completer into the registry. */
 static void completion_open(repl *R) {
   lua_State *L = R->L;
   if (luaL_loadbuffer(L, completer_src, sizeof completer_src - 1, "=repl completer") != LUA_OK ||
@@ -353,9 +397,18 @@ static void completion_open(repl *R) {
     return;
   }
   lua_setfield(L, LUA_REGISTRYINDEX, COMPLETER_KEY);
+}
+
+/* Configures libedit before its first use (rl_initialize reads these).
+** Dots and colons are not word breaks, so "glia.ze" reaches the completer
+** whole. */
+static void editline_open(repl *R) {
   rl_readline_name = "glia";
+  rl_getc_function = getc_interruptible;
   rl_basic_word_break_characters = " \t\n\"'`@$><=;|&{}()[],+-*/%^~#";
   rl_attempted_completion_function = complete;
+  rl_initialize();
+  history_open(R);
 }
 
 /* ========================================================== the loop */
@@ -381,12 +434,14 @@ static int repl_main(lua_State *L) {
   lua_settop(L, 0);
   preload_glia(R);
   if (R->tty) {
-    history_open(R);
     completion_open(R);
+    editline_open(R);
     printf("glia %s (%s) -- .help for help, Ctrl-D to exit\n", GLIA_VERSION, GLIA_LUA_NAME);
   }
   char *line;
-  while ((line = read_line(R, PROMPT)) != NULL) {
+  int got;
+  while ((got = read_line(R, PROMPT, &line)) != LINE_EOF) {
+    if (got == LINE_CANCEL) continue;
     remember(R, line);
     if (run_command(R, line)) {
       free(line);
@@ -394,9 +449,10 @@ static int repl_main(lua_State *L) {
     }
     lua_pushstring(L, line);
     free(line);
-    if (read_rest(R) == LUA_OK) {
+    int status = read_rest(R);
+    if (status == LUA_OK) {
       run_chunk(R);
-    } else {
+    } else if (status != CHUNK_CANCELLED) {
       report(lua_tostring(L, -1));
       lua_pop(L, 1);
     }
