@@ -23,10 +23,6 @@
 #include <cblas.h>
 #include <limits.h>
 
-/* Below this many multiply-adds per matrix, a batch runs its GEMMs on our
-** pool (OpenBLAS single-threaded in each task) instead of one GEMM at a
-** time on OpenBLAS's threads. Measured with bench/ops.lua bmm_*. */
-#define PAR_MNK_MAX ((int64_t)1 << 22)
 
 /* ================================================= strided matrices */
 
@@ -167,6 +163,17 @@ static bool fold_last(gemm_plan *P) {
   return true;
 }
 
+/* Whether nbatch GEMMs split over nt threads keep every thread busy to
+** within 1/8. Then one GEMM per thread beats one GEMM at a time on
+** OpenBLAS's threads, by up to 2x for small or thin matrices (attention's
+** per-head products) and evenly for large ones; with an uneven split
+** (3 GEMMs on 2 threads) OpenBLAS's threads win. Measured with
+** bench/ops.lua bmm_* on 2 cores. */
+static bool balanced(int64_t nbatch, int nt) {
+  int64_t per_thread = (nbatch + nt - 1) / nt;
+  return nt > 1 && nbatch > 1 && per_thread * nt * 8 <= nbatch * 9;
+}
+
 /* C = alpha A B + beta C over the batch shape (nb, bsize), where every
 ** operand is BLAS-readable (see operand_of) and C does not overlap A or B.
 ** Fails only when a matrix exceeds BLAS's int sizes. */
@@ -204,8 +211,7 @@ static glia_status gemm_run(glia_ctx *G, const char *name, int nb, const int64_t
   while (P.nb > 0 && fold_last(&P)) P.nbatch /= P.bsize[P.nb];
   P.accumulates = false;
   for (int d = 0; d < P.nb; d++) P.accumulates |= P.c.bs[d] == 0;
-  if (P.nbatch > 1 && G->nthreads > 1 && !P.accumulates &&
-      (double)P.m * (double)P.n * (double)P.k <= (double)PAR_MNK_MAX) {
+  if (!P.accumulates && balanced(P.nbatch, G->nthreads)) {
     /* one owner of the cores: our pool, with OpenBLAS single-threaded inside */
     glia_blas_set_threads(1);
     glia_parallel_for(G, P.nbatch, 1, gemm_range, &P);

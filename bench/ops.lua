@@ -1,0 +1,104 @@
+-- bench/ops.lua -- op-level workloads (WORKLOADS.md) timed inside glia.
+--
+-- Usage: glia bench/ops.lua WORKLOAD...      (bench/run calls it)
+-- Prints one line per workload: "name median_ms rate unit". Times are wall
+-- clock (glia.clock, monotonic), medians over several runs after a warm-up.
+-- Results are freed at once (r:free()), as PyTorch frees by refcount.
+local glia = require "glia"
+local clock, floor, fmt = glia.clock, math.floor, string.format
+
+local function median(ts)
+  table.sort(ts)
+  return ts[floor(#ts / 2) + 1]
+end
+
+-- Median wall seconds of fn() over reps runs, after one warm-up run.
+local function time(fn, reps)
+  fn()
+  local ts = {}
+  for i = 1, reps do
+    local t0 = clock()
+    fn()
+    ts[i] = clock() - t0
+  end
+  return median(ts)
+end
+
+local function report(name, sec, rate, unit)
+  io.write(fmt("%s %.3f %.2f %s\n", name, sec * 1e3, rate, unit))
+end
+
+local W = {}
+
+-- gemm_N: C = A B, square f32.
+for _, n in ipairs({256, 1024, 2048}) do
+  W["gemm_" .. n] = function(name)
+    local a, b = glia.randn(n, n), glia.randn(n, n)
+    local s = time(function() glia.matmul(a, b):free() end, n <= 256 and 50 or n <= 1024 and 15 or 7)
+    report(name, s, 2 * n ^ 3 / s * 1e-9, "GFLOP/s")
+  end
+end
+
+-- Batched products: per-head GEMMs of attention and an uneven batch. They
+-- decide when ops/matmul.c runs a batch on its pool (see balanced()).
+local bmm = {
+  bmm_64x64x64_b64 = {64, 64, 64, 64},
+  bmm_256x64x256_b16 = {16, 256, 64, 256},
+  bmm_1024x64x1024_b4 = {4, 1024, 64, 1024},
+  bmm_512x512x512_b3 = {3, 512, 512, 512},
+}
+for name, s in pairs(bmm) do
+  W[name] = function()
+    local B, N, K, M = s[1], s[2], s[3], s[4]
+    local a, b = glia.randn(B, N, K), glia.randn(B, K, M)
+    local sec = time(function() glia.matmul(a, b):free() end, 20)
+    report(name, sec, 2 * B * N * K * M / sec * 1e-9, "GFLOP/s")
+  end
+end
+
+-- linear_fwd / linear_fwdbwd: the GPT MLP's first layer, 4096 tokens, 256 -> 1024.
+W.linear_fwd = function(name)
+  local x, w, b = glia.randn(16, 256, 256), glia.randn(1024, 256), glia.randn(1024)
+  local s = time(function() glia.linear(x, w, b):free() end, 20)
+  report(name, s, 2 * 4096 * 256 * 1024 / s * 1e-9, "GFLOP/s")
+end
+W.linear_fwdbwd = function(name)
+  local x = glia.randn(16, 256, 256):requires_grad()
+  local w, b = glia.randn(1024, 256):requires_grad(), glia.randn(1024):requires_grad()
+  local g = glia.randn(16, 256, 1024)
+  local s = time(function()
+    local y = glia.linear(x, w, b)
+    y:backward(g)
+    y:free()
+  end, 10)
+  report(name, s, 3 * 2 * 4096 * 256 * 1024 / s * 1e-9, "GFLOP/s")
+end
+
+-- add_16M: a + b, b broadcast over rows. gelu_16M: the tanh form (glia's
+-- default); gelu_erf_16M: the exact form (PyTorch's default).
+local function stream(f)
+  return function(name)
+    local a, b = glia.randn(4096, 4096), glia.randn(4096)
+    local s = time(function() f(a, b):free() end, 10)
+    report(name, s, 2 * 4 * 4096 * 4096 / s * 1e-9, "GB/s")
+  end
+end
+W.add_16M = stream(function(a, b) return a + b end)
+W.gelu_16M = stream(function(a) return glia.gelu(a) end)
+W.gelu_erf_16M = stream(function(a) return glia.gelu(a, "erf") end)
+
+-- op_add_4: the cost of one tiny op called from Lua ({4} + {4}), in us.
+W.op_add_4 = function(name)
+  local x, y = glia.tensor{1, 2, 3, 4}, glia.tensor{5, 6, 7, 8}
+  local n = 200000
+  local s = time(function()
+    for _ = 1, n do local _ = x + y end
+  end, 5)
+  report(name, s, s / n * 1e6, "us/op")
+end
+
+for _, name in ipairs(arg) do
+  local f = W[name]
+  if not f then error("bench/ops.lua: unknown workload " .. name, 0) end
+  f(name)
+end
