@@ -1,6 +1,841 @@
-/* ops/index.c -- placeholder until the family lands. */
+/*
+** ops/index.c -- ops that address elements through index tensors
+** (index_select, gather, scatter_add, scatter_add_, embedding, one_hot), the
+** ops that produce indices (sort, argsort, topk), and cumsum.
+**
+** Indices: index tensors are i64 or i32 of any layout. From Lua they count
+** from 1 (Torch7's convention, also what glia's argmax, sort and topk
+** return, so results feed straight back in); the registry lines pass
+** base = 1, C callers base 0. Negative indices count from the end. Every
+** index is checked, and made 0-based into a private contiguous i64 copy,
+** before anything is written: an index out of range fails with GLIA_ERANGE
+** naming the op, the index and the size of its dim.
+**
+** Layout: around the dim an op works along, a tensor is seen as
+** [outer, len, inner] (outer: product of the sizes before dim; inner: after).
+** The kernels address contiguous operands; a strided input is first copied
+** to a contiguous one (the general path), a contiguous one is used as is.
+** Threads split rows (o, j) or columns (o, c) so that no two threads write
+** one element, and each element sums its terms in index order: results are
+** the same for any thread count.
+*/
+#include "glia_impl.h"
 #include "ops.h"
 
+#include <math.h>
+
+#define GRAIN (1 << 15)
+
+/* ================================================== shared helpers */
+
+/* [outer, inner] around dim for a shape. */
+static void split_at(int ndim, const int64_t *size, int dim, int64_t *outer, int64_t *inner) {
+  *outer = glia_numel_of(dim, size);
+  *inner = glia_numel_of(ndim - dim - 1, size + dim + 1);
+}
+
+/* Items of `work` elements each, so a parallel chunk holds about GRAIN. */
+static int64_t grain_for(int64_t work) { return work > 0 && work < GRAIN ? GRAIN / work : 1; }
+
+static glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x, int dim) {
+  if (dim < 0 || dim >= x->ndim)
+    return glia_fail(G, GLIA_EARG, "%s: dim %d out of range for %s", name, dim + 1,
+                     glia_shape_str(x));
+  return GLIA_OK;
+}
+
+static glia_status check_f32(glia_ctx *G, const char *name, const char *what,
+                             const glia_tensor *t) {
+  if (t->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", name, what,
+                     glia_dtype_name(t->dtype), glia_shape_str(t));
+  return GLIA_OK;
+}
+
+/* Shapes a and b agree in every dim but `dim` (and have equal ndim). */
+static bool same_but(const glia_tensor *a, const glia_tensor *b, int dim) {
+  if (a->ndim != b->ndim) return false;
+  for (int d = 0; d < a->ndim; d++)
+    if (d != dim && a->size[d] != b->size[d]) return false;
+  return true;
+}
+
+/* Sets *out to a new contiguous f32 tensor of the given shape holding only
+** zeros. Backward's starting point for scattered gradients. */
+static glia_status zeros_of(glia_ctx *G, int ndim, const int64_t *size, glia_tensor **out) {
+  return glia_tensor_zeros(G, GLIA_DTYPE_F32, ndim, size, out);
+}
+
+/* Records node `name` on out: inputs in[0..n), `saved` (may be NULL) saved,
+** dim in iarg[0], aux in iarg[1]. A no-op when no input needs grad. */
+static glia_status record(glia_ctx *G, const char *name, glia_backward_fn bw, int n,
+                          glia_tensor *const *in, glia_tensor *saved, int dim, int64_t aux,
+                          glia_tensor *out) {
+  glia_status st;
+  glia_node *node = glia_node_begin(G, name, bw, n, in, &st);
+  if (!node) return st;
+  node->iarg[0] = dim;
+  node->iarg[1] = aux;
+  if (saved) st = glia_node_save(G, node, saved);
+  if (st != GLIA_OK) {
+    glia_node_release(node);
+    return st;
+  }
+  glia_node_finish(node, out);
+  return GLIA_OK;
+}
+
+/* ================================================ index normalization */
+
+static glia_status check_index(glia_ctx *G, const char *name, const glia_tensor *idx) {
+  if (idx->dtype != GLIA_DTYPE_I64 && idx->dtype != GLIA_DTYPE_I32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: index must be i64 or i32, got %s %s", name,
+                     glia_dtype_name(idx->dtype), glia_shape_str(idx));
+  return GLIA_OK;
+}
+
+/* Sets *out to a new contiguous i64 tensor of idx's shape holding idx's
+** indices made 0-based in [0, size): base subtracted, negatives counted from
+** the end. `dim` (0-based) only names the dim in the message. Fails with
+** GLIA_ERANGE on the first index out of range in row-major order; the
+** caller then holds nothing. */
+static glia_status normalize_index(glia_ctx *G, const char *name, glia_tensor *idx, int dim,
+                                   int64_t size, int base, glia_tensor **out) {
+  TRY(check_index(G, name, idx));
+  glia_tensor *r;
+  TRY(glia_tensor_new(G, GLIA_DTYPE_I64, idx->ndim, idx->size, &r));
+  glia_status st = glia_copy_into(G, r, idx);
+  int64_t *p = (int64_t *)glia_ptr(r), n = glia_tensor_numel(r);
+  for (int64_t i = 0; i < n && st == GLIA_OK; i++) {
+    int64_t v = p[i], k = v < 0 ? v + size : v - base;
+    if (GLIA_LIKELY(k >= 0 && k < size)) {
+      p[i] = k;
+      continue;
+    }
+    st = glia_fail(G, GLIA_ERANGE, "%s: index %lld out of range for dim %d of size %lld%s", name,
+                   (long long)v, dim + base, (long long)size,
+                   base == 1 && v == 0 ? " (indices are 1-based)" : "");
+  }
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* ==================================================== indexed kernels */
+
+/* The addressing shared by gather and scatter-add. Positions (o, j, c) of
+** an [outer, n, inner] index space; idx(o, j, c) (0-based) picks a row of
+** the [outer, V, inner] `table`; `flat` is the [outer, n, inner] tensor
+** addressed directly. Index strides of 0 reuse one index along that axis:
+** index_select and embedding have one index per row j. Both tensors are
+** contiguous; es is the element size in bytes. */
+typedef struct {
+  int64_t outer, n, inner, V;
+  const int64_t *idx;
+  int64_t is_o, is_j, is_c;
+  char *table, *flat;
+  int64_t es;
+} indexed;
+
+/* table {.., V, ..} and flat {.., n, ..} agree except along dim. ix holds
+** one index per j (per_row) or one per element of flat. */
+static indexed make_indexed(glia_tensor *table, glia_tensor *flat, int dim, glia_tensor *ix,
+                            bool per_row) {
+  indexed K;
+  split_at(table->ndim, table->size, dim, &K.outer, &K.inner);
+  K.n = flat->size[dim];
+  K.V = table->size[dim];
+  K.idx = (const int64_t *)glia_ptr(ix);
+  K.is_o = per_row ? 0 : K.n * K.inner;
+  K.is_j = per_row ? 1 : K.inner;
+  K.is_c = per_row ? 0 : 1;
+  K.table = glia_ptr(table);
+  K.flat = glia_ptr(flat);
+  K.es = (int64_t)glia_dtype_size(table->dtype);
+  return K;
+}
+
+/* flat[o, j, c] = table[o, idx(o, j, c), c] for the rows r = o*n + j in
+** [begin, end). A row with one index copies one block. */
+#define GATHER_ROW(T)                                                       \
+  for (int64_t c = 0; c < K->inner; c++)                                    \
+    ((T *)dst)[c] = ((const T *)src)[ix[c] * K->inner + c];
+
+static void gather_rows(int64_t begin, int64_t end, void *ud) {
+  const indexed *K = ud;
+  for (int64_t r = begin; r < end; r++) {
+    int64_t o = r / K->n, j = r % K->n;
+    const int64_t *ix = K->idx + o * K->is_o + j * K->is_j;
+    char *dst = K->flat + r * K->inner * K->es;
+    const char *src = K->table + o * K->V * K->inner * K->es;
+    if (K->is_c == 0) {
+      memcpy(dst, src + ix[0] * K->inner * K->es, (size_t)(K->inner * K->es));
+      continue;
+    }
+    switch (K->es) {
+    case 8: GATHER_ROW(uint64_t) break;
+    case 4: GATHER_ROW(uint32_t) break;
+    default: GATHER_ROW(uint8_t) break;
+    }
+  }
+}
+
+static void run_gather(glia_ctx *G, const indexed *K) {
+  glia_parallel_for(G, K->outer * K->n, grain_for(K->inner), gather_rows, (void *)K);
+}
+
+/* Column kernels take a range [begin, end) of the outer*inner columns
+** (o, c); within outer row o they cover the columns [c0, c1). */
+static inline void column_span(int64_t o, int64_t inner, int64_t begin, int64_t end,
+                               int64_t *c0, int64_t *c1) {
+  *c0 = begin > o * inner ? begin - o * inner : 0;
+  *c1 = end < (o + 1) * inner ? end - o * inner : inner;
+}
+
+/* table[o, idx(o, j, c), c] += flat[o, j, c] (f32) for the columns (o, c)
+** in [begin, end), j in order: each table element has one writer, which
+** adds its terms in index order. */
+static void scatter_add_columns(int64_t begin, int64_t end, void *ud) {
+  const indexed *K = ud;
+  int64_t inner = K->inner;
+  for (int64_t o = begin / inner; o * inner < end; o++) {
+    int64_t c0, c1;
+    column_span(o, inner, begin, end, &c0, &c1);
+    float *tab = (float *)K->table + o * K->V * inner;
+    const float *fl = (const float *)K->flat + o * K->n * inner;
+    for (int64_t j = 0; j < K->n; j++) {
+      const int64_t *ix = K->idx + o * K->is_o + j * K->is_j;
+      const float *s = fl + j * inner;
+      if (K->is_c == 0) {
+        float *d = tab + ix[0] * inner;
+        for (int64_t c = c0; c < c1; c++) d[c] += s[c];
+      } else {
+        for (int64_t c = c0; c < c1; c++) tab[ix[c] * inner + c] += s[c];
+      }
+    }
+  }
+}
+
+static void run_scatter_add(glia_ctx *G, const indexed *K) {
+  glia_parallel_for(G, K->outer * K->inner, grain_for(K->n), scatter_add_columns, (void *)K);
+}
+
+/* Sets *out to zeros of `size` with g scattered (added) into it along dim
+** through the 0-based ix: the gradient of every gathering op. g is made
+** contiguous first. */
+static glia_status scatter_into_zeros(glia_ctx *G, glia_tensor *g, int dim, glia_tensor *ix,
+                                      bool per_row, int ndim, const int64_t *size,
+                                      glia_tensor **out) {
+  glia_tensor *gc, *dx = NULL;
+  TRY(glia_tensor_contiguous_as(G, g, GLIA_DTYPE_F32, &gc));
+  glia_status st = zeros_of(G, ndim, size, &dx);
+  if (st == GLIA_OK) {
+    indexed K = make_indexed(dx, gc, dim, ix, per_row);
+    run_scatter_add(G, &K);
+    *out = dx;
+  }
+  glia_tensor_release(gc);
+  return st;
+}
+
+/* ====================================================== index_select */
+
+static glia_status index_select_bwd(glia_ctx *G, glia_node *n, glia_tensor *g,
+                                    glia_tensor **din) {
+  glia_tensor *ix, *x = n->input[0];
+  TRY(glia_node_saved(G, n, 0, &ix));
+  return scatter_into_zeros(G, g, (int)n->iarg[0], ix, true, x->ndim, x->size, &din[0]);
+}
+
+glia_status glia_index_select(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, int base,
+                              glia_tensor **out) {
+  static const char name[] = "glia.index_select";
+  TRY(check_dim(G, name, x, dim));
+  TRY(check_index(G, name, idx));
+  if (idx->ndim != 1)
+    return glia_fail(G, GLIA_ESHAPE, "%s: index must be 1-D, got %s", name, glia_shape_str(idx));
+  glia_tensor *ix, *xc = NULL, *r = NULL;
+  TRY(normalize_index(G, name, idx, dim, x->size[dim], base, &ix));
+  int64_t size[GLIA_MAX_DIMS];
+  memcpy(size, x->size, sizeof size);
+  size[dim] = idx->size[0];
+  glia_status st = glia_tensor_contiguous_as(G, x, x->dtype, &xc);
+  if (st == GLIA_OK) st = glia_tensor_new(G, x->dtype, x->ndim, size, &r);
+  if (st == GLIA_OK) {
+    indexed K = make_indexed(xc, r, dim, ix, true);
+    run_gather(G, &K);
+    st = record(G, name, index_select_bwd, 1, &x, ix, dim, 0, r);
+  }
+  glia_tensor_release(ix);
+  glia_tensor_release(xc);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* ============================================================ gather */
+
+static glia_status gather_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  glia_tensor *ix, *x = n->input[0];
+  TRY(glia_node_saved(G, n, 0, &ix));
+  return scatter_into_zeros(G, g, (int)n->iarg[0], ix, false, x->ndim, x->size, &din[0]);
+}
+
+/* idx has x's ndim and x's sizes except along dim. */
+static glia_status check_index_shape(glia_ctx *G, const char *name, const glia_tensor *x,
+                                     int dim, const glia_tensor *idx) {
+  if (!same_but(x, idx, dim))
+    return glia_fail(G, GLIA_ESHAPE,
+                     "%s: index %s must have the shape of %s except along dim %d", name,
+                     glia_shape_str(idx), glia_shape_str(x), dim + 1);
+  return GLIA_OK;
+}
+
+/* Gathers along dim through the 0-based ix (already checked); no node. */
+static glia_status gather_fwd(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *ix,
+                              glia_tensor **out) {
+  glia_tensor *xc, *r;
+  TRY(glia_tensor_contiguous_as(G, x, x->dtype, &xc));
+  glia_status st = glia_tensor_new(G, x->dtype, ix->ndim, ix->size, &r);
+  if (st == GLIA_OK) {
+    indexed K = make_indexed(xc, r, dim, ix, false);
+    run_gather(G, &K);
+    *out = r;
+  }
+  glia_tensor_release(xc);
+  return st;
+}
+
+glia_status glia_gather(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, int base,
+                        glia_tensor **out) {
+  static const char name[] = "glia.gather";
+  TRY(check_dim(G, name, x, dim));
+  TRY(check_index(G, name, idx));
+  TRY(check_index_shape(G, name, x, dim, idx));
+  glia_tensor *ix, *r = NULL;
+  TRY(normalize_index(G, name, idx, dim, x->size[dim], base, &ix));
+  glia_status st = gather_fwd(G, x, dim, ix, &r);
+  if (st == GLIA_OK) st = record(G, name, gather_bwd, 1, &x, ix, dim, 0, r);
+  glia_tensor_release(ix);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* ======================================================= scatter_add */
+
+/* dx = g; dsrc = gather(g, dim, idx). */
+static glia_status scatter_add_bwd(glia_ctx *G, glia_node *n, glia_tensor *g,
+                                   glia_tensor **din) {
+  glia_tensor *ix;
+  TRY(glia_node_saved(G, n, 0, &ix));
+  if (n->needs[0]) din[0] = glia_tensor_retain(g);
+  if (n->needs[1]) TRY(gather_fwd(G, g, (int)n->iarg[0], ix, &din[1]));
+  return GLIA_OK;
+}
+
+/* Checks a scatter's operands and sets *ix to the 0-based indices. */
+static glia_status scatter_prepare(glia_ctx *G, const char *name, glia_tensor *x, int dim,
+                                   glia_tensor *idx, glia_tensor *src, int base,
+                                   glia_tensor **ix) {
+  TRY(check_dim(G, name, x, dim));
+  TRY(check_f32(G, name, "x", x));
+  TRY(check_f32(G, name, "src", src));
+  TRY(check_index(G, name, idx));
+  TRY(check_index_shape(G, name, x, dim, idx));
+  if (!same_but(idx, src, -1))
+    return glia_fail(G, GLIA_ESHAPE, "%s: src %s must have the shape of index %s", name,
+                     glia_shape_str(src), glia_shape_str(idx));
+  return normalize_index(G, name, idx, dim, x->size[dim], base, ix);
+}
+
+/* Adds src into the contiguous f32 tensor t through ix. */
+static glia_status scatter_add_into(glia_ctx *G, glia_tensor *t, int dim, glia_tensor *ix,
+                                    glia_tensor *src) {
+  glia_tensor *sc;
+  TRY(glia_tensor_contiguous_as(G, src, GLIA_DTYPE_F32, &sc));
+  indexed K = make_indexed(t, sc, dim, ix, false);
+  run_scatter_add(G, &K);
+  glia_tensor_release(sc);
+  return GLIA_OK;
+}
+
+glia_status glia_scatter_add(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx,
+                             glia_tensor *src, int base, glia_tensor **out) {
+  static const char name[] = "glia.scatter_add";
+  glia_tensor *ix, *r = NULL;
+  TRY(scatter_prepare(G, name, x, dim, idx, src, base, &ix));
+  glia_status st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &r);
+  if (st == GLIA_OK) st = glia_copy_into(G, r, x);
+  if (st == GLIA_OK) st = scatter_add_into(G, r, dim, ix, src);
+  glia_tensor *in[2] = {x, src};
+  if (st == GLIA_OK) st = record(G, name, scatter_add_bwd, 2, in, ix, dim, 0, r);
+  glia_tensor_release(ix);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* In place on x. Refused when x needs grad (glia_check_inplace) and when
+** src does: the gradient to src would be lost. A strided x is worked on
+** through a contiguous copy, copied back. */
+static glia_status scatter_add_inplace(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx,
+                                       glia_tensor *src, int base) {
+  static const char name[] = "glia.scatter_add_";
+  TRY(glia_check_inplace(G, name, x));
+  if (G->grad_mode && glia_tensor_needs_grad(src))
+    return glia_fail(G, GLIA_EGRAD,
+                     "%s: src %s requires grad, which an in-place op would drop (use "
+                     "glia.scatter_add)",
+                     name, glia_shape_str(src));
+  glia_tensor *ix, *work = NULL;
+  TRY(scatter_prepare(G, name, x, dim, idx, src, base, &ix));
+  glia_status st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &work);
+  if (st == GLIA_OK) st = scatter_add_into(G, work, dim, ix, src);
+  if (st == GLIA_OK && work != x) st = glia_copy_into(G, x, work);
+  if (st == GLIA_OK) glia_tensor_bump_version(x);
+  glia_tensor_release(work);
+  glia_tensor_release(ix);
+  return st;
+}
+
+/* ========================================================= embedding */
+
+/* A view of the contiguous t as a matrix {numel / cols, cols}. */
+static glia_status as_rows(glia_ctx *G, glia_tensor *t, int64_t cols, glia_tensor **out) {
+  int64_t size[2] = {cols ? glia_tensor_numel(t) / cols : 0, cols}, stride[2] = {cols, 1};
+  return glia_tensor_view_raw(G, t, 2, size, stride, t->offset, out);
+}
+
+/* dweight[idx[j]] += g[j] row by row; threads split the D columns, so each
+** element of dweight sums its rows in token order. */
+static glia_status embedding_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  glia_tensor *ix, *w = n->input[0], *gc, *g2 = NULL;
+  TRY(glia_node_saved(G, n, 0, &ix));
+  TRY(glia_tensor_contiguous_as(G, g, GLIA_DTYPE_F32, &gc));
+  glia_status st = as_rows(G, gc, w->size[1], &g2);
+  if (st == GLIA_OK) st = scatter_into_zeros(G, g2, 0, ix, true, 2, w->size, &din[0]);
+  glia_tensor_release(g2);
+  glia_tensor_release(gc);
+  return st;
+}
+
+glia_status glia_embedding(glia_ctx *G, glia_tensor *idx, glia_tensor *weight, int base,
+                           glia_tensor **out) {
+  static const char name[] = "glia.embedding";
+  TRY(check_index(G, name, idx));
+  if (weight->ndim != 2)
+    return glia_fail(G, GLIA_ESHAPE, "%s: weight must be 2-D {V,D}, got %s", name,
+                     glia_shape_str(weight));
+  if (idx->ndim + 1 > GLIA_MAX_DIMS)
+    return glia_fail(G, GLIA_ESHAPE, "%s: index %s has too many dims", name,
+                     glia_shape_str(idx));
+  glia_tensor *ix, *wc = NULL, *r = NULL, *r2 = NULL;
+  TRY(normalize_index(G, name, idx, 0, weight->size[0], base, &ix));
+  int64_t size[GLIA_MAX_DIMS];
+  memcpy(size, idx->size, sizeof(int64_t) * (size_t)idx->ndim);
+  size[idx->ndim] = weight->size[1];
+  glia_status st = glia_tensor_contiguous_as(G, weight, weight->dtype, &wc);
+  if (st == GLIA_OK) st = glia_tensor_new(G, weight->dtype, idx->ndim + 1, size, &r);
+  if (st == GLIA_OK) st = as_rows(G, r, weight->size[1], &r2);
+  if (st == GLIA_OK) {
+    indexed K = make_indexed(wc, r2, 0, ix, true);
+    run_gather(G, &K);
+    st = record(G, name, embedding_bwd, 1, &weight, ix, 0, 0, r);
+  }
+  glia_tensor_release(r2);
+  glia_tensor_release(wc);
+  glia_tensor_release(ix);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* =========================================================== one_hot */
+
+glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes, int base,
+                         glia_tensor **out) {
+  static const char name[] = "glia.one_hot";
+  if (num_classes < 0)
+    return glia_fail(G, GLIA_EARG, "%s: num_classes must be >= 0, got %lld", name,
+                     (long long)num_classes);
+  if (idx->ndim + 1 > GLIA_MAX_DIMS)
+    return glia_fail(G, GLIA_ESHAPE, "%s: index %s has too many dims", name,
+                     glia_shape_str(idx));
+  glia_tensor *ix, *r;
+  TRY(normalize_index(G, name, idx, idx->ndim, num_classes, base, &ix));
+  int64_t size[GLIA_MAX_DIMS];
+  memcpy(size, idx->size, sizeof(int64_t) * (size_t)idx->ndim);
+  size[idx->ndim] = num_classes;
+  glia_status st = zeros_of(G, idx->ndim + 1, size, &r);
+  if (st == GLIA_OK) {
+    const int64_t *p = (const int64_t *)glia_ptr(ix);
+    float *o = (float *)glia_ptr(r);
+    for (int64_t i = 0, n = glia_tensor_numel(ix); i < n; i++) o[i * num_classes + p[i]] = 1.0f;
+    *out = r;
+  }
+  glia_tensor_release(ix);
+  return st;
+}
+
+/* ===================================================== sort and topk */
+
+/* True when a must come before b; NaN counts as the largest value. */
+static inline bool before(float a, float b, int desc) {
+  if (desc) return a > b || (isnan(a) && !isnan(b));
+  return a < b || (isnan(b) && !isnan(a));
+}
+
+#define SORT_RUN 16
+
+/* Sorts the permutation p[0..n) of positions in key stably by key: runs
+** of SORT_RUN by insertion, then bottom-up merges through tmp (room for
+** n). Returns the array that holds the result, p or tmp. */
+static int64_t *stable_sort(const float *key, int64_t *p, int64_t *tmp, int64_t n, int desc) {
+  for (int64_t lo = 0; lo < n; lo += SORT_RUN) {
+    int64_t hi = lo + SORT_RUN < n ? lo + SORT_RUN : n;
+    for (int64_t i = lo + 1; i < hi; i++) {
+      int64_t v = p[i], j = i;
+      for (; j > lo && before(key[v], key[p[j - 1]], desc); j--) p[j] = p[j - 1];
+      p[j] = v;
+    }
+  }
+  for (int64_t w = SORT_RUN; w < n; w *= 2) {
+    for (int64_t lo = 0; lo < n; lo += 2 * w) {
+      int64_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+      int64_t i = lo, j = mid, o = lo;
+      while (i < mid && j < hi) tmp[o++] = before(key[p[j]], key[p[i]], desc) ? p[j++] : p[i++];
+      while (i < mid) tmp[o++] = p[i++];
+      while (j < hi) tmp[o++] = p[j++];
+    }
+    int64_t *t = p;
+    p = tmp;
+    tmp = t;
+  }
+  return p;
+}
+
+/* Lines (o, c) of the contiguous x {outer, len, inner}; the first k of each
+** sorted line go to val and ind {outer, k, inner}. Lines are split into
+** nchunks chunks, chunk w with its own workspace at ws + w * ws_stride. */
+typedef struct {
+  const float *x;
+  float *val;
+  int64_t *ind;
+  int64_t inner, len, k, nlines, nchunks, base;
+  int desc;
+  char *ws;
+  size_t ws_stride;
+} sort_job;
+
+static void sort_chunks(int64_t w0, int64_t w1, void *ud) {
+  const sort_job *J = ud;
+  int64_t len = J->len, inner = J->inner;
+  for (int64_t w = w0; w < w1; w++) {
+    float *key = (float *)(J->ws + (size_t)w * J->ws_stride);
+    int64_t *perm = (int64_t *)(key + len + (len & 1)), *tmp = perm + len;
+    for (int64_t l = J->nlines * w / J->nchunks; l < J->nlines * (w + 1) / J->nchunks; l++) {
+      int64_t o = l / inner, c = l % inner;
+      const float *src = J->x + o * len * inner + c;
+      for (int64_t j = 0; j < len; j++) {
+        key[j] = src[j * inner];
+        perm[j] = j;
+      }
+      const int64_t *s = stable_sort(key, perm, tmp, len, J->desc);
+      float *dv = J->val + o * J->k * inner + c;
+      int64_t *di = J->ind + o * J->k * inner + c;
+      for (int64_t j = 0; j < J->k; j++) {
+        dv[j * inner] = key[s[j]];
+        di[j * inner] = s[j] + J->base;
+      }
+    }
+  }
+}
+
+/* dx = zeros with g put back at the positions the indices name. */
+static glia_status sorted_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  glia_tensor *ind, *ix, *x = n->input[0];
+  int dim = (int)n->iarg[0];
+  TRY(glia_node_saved(G, n, 0, &ind));
+  TRY(normalize_index(G, n->name, ind, dim, x->size[dim], (int)n->iarg[1], &ix));
+  glia_status st = scatter_into_zeros(G, g, dim, ix, false, x->ndim, x->size, &din[0]);
+  glia_tensor_release(ix);
+  return st;
+}
+
+/* The first k of x sorted along dim (descending when desc), with indices. */
+static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64_t k, int dim,
+                            int desc, int base, glia_tensor **values, glia_tensor **indices) {
+  TRY(check_f32(G, name, "x", x));
+  if (x->ndim == 0)
+    return glia_fail(G, GLIA_ESHAPE, "%s: expected at least 1 dim, got %s", name,
+                     glia_shape_str(x));
+  TRY(check_dim(G, name, x, dim));
+  int64_t len = x->size[dim];
+  if (k < 0 || k > len)
+    return glia_fail(G, GLIA_ERANGE, "%s: k = %lld out of range for dim %d of size %lld", name,
+                     (long long)k, dim + 1, (long long)len);
+  int64_t size[GLIA_MAX_DIMS];
+  memcpy(size, x->size, sizeof size);
+  size[dim] = k;
+  glia_tensor *xc = NULL, *v = NULL, *ind = NULL;
+  glia_status st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, size, &v);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, x->ndim, size, &ind);
+  sort_job J = {0};
+  split_at(x->ndim, x->size, dim, &J.nlines, &J.inner);
+  J.nlines *= J.inner;
+  if (st == GLIA_OK && J.nlines > 0 && k > 0) {
+    int64_t worth = J.nlines * len / GRAIN + 1; /* chunks of about GRAIN elements */
+    J.nchunks = glia_ctx_num_threads(G);
+    if (J.nchunks > worth) J.nchunks = worth;
+    if (J.nchunks > J.nlines) J.nchunks = J.nlines;
+    /* key (padded to 8 bytes), perm and tmp */
+    J.ws_stride = (size_t)(len + (len & 1)) * sizeof(float) + 2 * (size_t)len * sizeof(int64_t);
+    size_t nbytes = J.ws_stride * (size_t)J.nchunks;
+    J.ws = glia_alloc(G, nbytes);
+    if (!J.ws) st = glia_fail_nomem(G, nbytes, name);
+    if (st == GLIA_OK) {
+      J.x = (const float *)glia_ptr(xc);
+      J.val = (float *)glia_ptr(v);
+      J.ind = (int64_t *)glia_ptr(ind);
+      J.len = len;
+      J.k = k;
+      J.base = base;
+      J.desc = desc;
+      glia_parallel_for(G, J.nchunks, 1, sort_chunks, &J);
+      glia_free(G, J.ws, nbytes);
+    }
+  }
+  if (st == GLIA_OK) st = record(G, name, sorted_bwd, 1, &x, ind, dim, base, v);
+  glia_tensor_release(xc);
+  if (st != GLIA_OK) {
+    glia_tensor_release(v);
+    glia_tensor_release(ind);
+    return st;
+  }
+  *values = v;
+  *indices = ind;
+  return GLIA_OK;
+}
+
+glia_status glia_topk(glia_ctx *G, glia_tensor *x, int64_t k, int dim, int largest, int base,
+                      glia_tensor **values, glia_tensor **indices) {
+  return sorted_k(G, "glia.topk", x, k, dim, largest, base, values, indices);
+}
+
+glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending, int base,
+                      glia_tensor **values, glia_tensor **indices) {
+  int64_t len = dim >= 0 && dim < x->ndim ? x->size[dim] : 0;
+  return sorted_k(G, "glia.sort", x, len, dim, descending, base, values, indices);
+}
+
+/* ============================================================ cumsum */
+
+/* Running sums along the middle axis of contiguous {outer, len, inner}:
+** forward (out[j] = x[0] + ... + x[j]) or reversed (out[j] = x[j] + ... +
+** x[len-1], cumsum's backward). Threads split the columns (o, c). */
+typedef struct {
+  const float *x;
+  float *out;
+  int64_t len, inner;
+  int reverse;
+} cumsum_job;
+
+static void cumsum_columns(int64_t begin, int64_t end, void *ud) {
+  const cumsum_job *J = ud;
+  int64_t len = J->len, inner = J->inner;
+  for (int64_t o = begin / inner; o * inner < end; o++) {
+    int64_t c0, c1;
+    column_span(o, inner, begin, end, &c0, &c1);
+    const float *x = J->x + o * len * inner;
+    float *y = J->out + o * len * inner;
+    for (int64_t t = 0; t < len; t++) {
+      int64_t j = J->reverse ? len - 1 - t : t, prev = J->reverse ? j + 1 : j - 1;
+      if (t == 0)
+        for (int64_t c = c0; c < c1; c++) y[j * inner + c] = x[j * inner + c];
+      else
+        for (int64_t c = c0; c < c1; c++) y[j * inner + c] = y[prev * inner + c] + x[j * inner + c];
+    }
+  }
+}
+
+/* A new tensor with the running sums of x along dim; no node. */
+static glia_status cumsum_fwd(glia_ctx *G, glia_tensor *x, int dim, int reverse,
+                              glia_tensor **out) {
+  glia_tensor *xc, *r;
+  TRY(glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc));
+  glia_status st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &r);
+  if (st == GLIA_OK) {
+    cumsum_job J = {(const float *)glia_ptr(xc), (float *)glia_ptr(r), x->size[dim], 0, reverse};
+    int64_t outer;
+    split_at(x->ndim, x->size, dim, &outer, &J.inner);
+    glia_parallel_for(G, outer * J.inner, grain_for(J.len), cumsum_columns, &J);
+    *out = r;
+  }
+  glia_tensor_release(xc);
+  return st;
+}
+
+static glia_status cumsum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  return cumsum_fwd(G, g, (int)n->iarg[0], 1, &din[0]);
+}
+
+glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out) {
+  static const char name[] = "glia.cumsum";
+  TRY(check_f32(G, name, "x", x));
+  TRY(check_dim(G, name, x, dim));
+  glia_tensor *r;
+  TRY(cumsum_fwd(G, x, dim, 0, &r));
+  glia_status st = record(G, name, cumsum_bwd, 1, &x, NULL, dim, 0, r);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
+}
+
+/* ========================================================== registry */
+
+/* Lua-facing entries: indices count from 1. Optional dims default to the
+** last dim. */
+#define LUA_BASE 1
+
+static int opt_dim(const glia_value *a, const glia_tensor *x) {
+  return arg_present(a) ? (int)a->u.i : x->ndim - 1;
+}
+
+/* index_select(x, dim, idx) */
+static glia_status op_index_select(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                   glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_index_select(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  return out1(nouts, outs, r);
+}
+
+/* gather(x, dim, idx) */
+static glia_status op_gather(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                             glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_gather(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  return out1(nouts, outs, r);
+}
+
+/* scatter_add(x, dim, idx, src) */
+static glia_status op_scatter_add(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                  glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_scatter_add(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE,
+                       &r));
+  return out1(nouts, outs, r);
+}
+
+/* scatter_add_(x, dim, idx, src) returns x */
+static glia_status op_scatter_add_(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                   glia_value *outs) {
+  (void)nargs;
+  glia_tensor *x = args[0].u.t;
+  TRY(scatter_add_inplace(G, x, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE));
+  return out1(nouts, outs, glia_tensor_retain(x));
+}
+
+/* embedding(idx, weight) */
+static glia_status op_embedding(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_embedding(G, args[0].u.t, args[1].u.t, LUA_BASE, &r));
+  return out1(nouts, outs, r);
+}
+
+/* one_hot(idx, num_classes) */
+static glia_status op_one_hot(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                              glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, LUA_BASE, &r));
+  return out1(nouts, outs, r);
+}
+
+static glia_status out2(int *nouts, glia_value *outs, glia_tensor *a, glia_tensor *b) {
+  out1(nouts, outs, a);
+  *nouts = 2;
+  outs[1].kind = GLIA_VAL_TENSOR;
+  outs[1].u.t = b;
+  return GLIA_OK;
+}
+
+/* topk(x, k [, dim [, largest = true [, sorted = true]]]) -> values, indices.
+** Results always come sorted, which also satisfies sorted = false. */
+static glia_status op_topk(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                           glia_value *outs) {
+  (void)nargs;
+  glia_tensor *x = args[0].u.t, *v, *i;
+  TRY(glia_topk(G, x, args[1].u.i, opt_dim(&args[2], x), arg_bool(&args[3], 1), LUA_BASE, &v,
+                &i));
+  return out2(nouts, outs, v, i);
+}
+
+/* sort(x [, dim [, descending = false]]) -> values, indices */
+static glia_status op_sort(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                           glia_value *outs) {
+  (void)nargs;
+  glia_tensor *x = args[0].u.t, *v, *i;
+  TRY(glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i));
+  return out2(nouts, outs, v, i);
+}
+
+/* argsort(x [, dim [, descending = false]]) -> indices */
+static glia_status op_argsort(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                              glia_value *outs) {
+  (void)nargs;
+  glia_tensor *x = args[0].u.t, *v, *i;
+  int old = glia_ctx_set_grad_mode(G, 0); /* indices carry no gradient */
+  glia_status st = glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i);
+  glia_ctx_set_grad_mode(G, old);
+  TRY(st);
+  glia_tensor_release(v);
+  return out1(nouts, outs, i);
+}
+
+/* cumsum(x, dim) */
+static glia_status op_cumsum(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                             glia_value *outs) {
+  (void)nargs;
+  glia_tensor *r;
+  TRY(glia_cumsum(G, args[0].u.t, (int)args[1].u.i, &r));
+  return out1(nouts, outs, r);
+}
+
 const glia_op glia_ops_index[] = {
+    {"index_select", "TdT", op_index_select, 1},
+    {"gather", "TdT", op_gather, 1},
+    {"scatter_add", "TdTT", op_scatter_add, 1},
+    {"scatter_add_", "TdTT", op_scatter_add_, 1},
+    {"embedding", "TT", op_embedding, 0},
+    {"one_hot", "Ti", op_one_hot, 1},
+    {"topk", "Ti|dbb", op_topk, 1},
+    {"sort", "T|db", op_sort, 1},
+    {"argsort", "T|db", op_argsort, 1},
+    {"cumsum", "Td", op_cumsum, 1},
     {NULL, NULL, NULL, 0},
 };

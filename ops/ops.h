@@ -150,6 +150,50 @@ GLIAI_FUNC glia_status glia_addmm(glia_ctx *G, glia_tensor *c, glia_tensor *a, g
 GLIAI_FUNC glia_status glia_linear(glia_ctx *G, glia_tensor *x, glia_tensor *w,
                                    glia_tensor *bias, glia_tensor **out);
 
+/* ----------------------------------------------------- ops/index.c */
+
+/* Index tensors are i64 or i32 of any layout. `base` says how they count:
+** 1 for Lua-facing (1-based) indices, 0 for C callers; negative indices
+** count from the end. An index out of range fails with GLIA_ERANGE before
+** anything is written. Indices these ops return are i64 counted from base. */
+
+/* x's slices idx[j] along dim; idx is 1-D. Any dtype. */
+GLIAI_FUNC glia_status glia_index_select(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx,
+                                         int base, glia_tensor **out);
+/* out[..j..] = x[..idx[..j..]..] along dim; idx has x's shape except along
+** dim; out has idx's shape. Any dtype. */
+GLIAI_FUNC glia_status glia_gather(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx,
+                                   int base, glia_tensor **out);
+/* A copy of x with src[..j..] added at x[..idx[..j..]..] along dim; idx as
+** for gather, src of idx's shape; f32. */
+GLIAI_FUNC glia_status glia_scatter_add(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx,
+                                        glia_tensor *src, int base, glia_tensor **out);
+/* Rows of weight {V,D} picked by idx (any shape): out is idx's shape + {D}. */
+GLIAI_FUNC glia_status glia_embedding(glia_ctx *G, glia_tensor *idx, glia_tensor *weight,
+                                      int base, glia_tensor **out);
+/* f32 idx's shape + {num_classes}: 1 at each index, 0 elsewhere. */
+GLIAI_FUNC glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes,
+                                    int base, glia_tensor **out);
+/* The k largest (or smallest) elements of f32 x along dim, in order, with
+** their indices; ties keep their original order, NaN counts as largest. */
+GLIAI_FUNC glia_status glia_topk(glia_ctx *G, glia_tensor *x, int64_t k, int dim, int largest,
+                                 int base, glia_tensor **values, glia_tensor **indices);
+/* Stable sort of f32 x along dim (NaN last ascending, first descending). */
+GLIAI_FUNC glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending,
+                                 int base, glia_tensor **values, glia_tensor **indices);
+/* Inclusive running sum of f32 x along dim. */
+GLIAI_FUNC glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
+
+/* ------------------------------------------------------ ops/join.c */
+
+/* Joins n >= 1 tensors of one dtype along an existing dim (cat: shapes
+** equal except along dim) or a new dim at position dim (stack: shapes
+** equal). Any number of members gets gradients. */
+GLIAI_FUNC glia_status glia_cat(glia_ctx *G, int n, glia_tensor *const *xs, int dim,
+                                glia_tensor **out);
+GLIAI_FUNC glia_status glia_stack(glia_ctx *G, int n, glia_tensor *const *xs, int dim,
+                                  glia_tensor **out);
+
 /* ------------------------------------------------------ ops/loss.c */
 
 typedef enum { GLIA_LOSS_MEAN, GLIA_LOSS_SUM, GLIA_LOSS_NONE } glia_loss_reduction;
