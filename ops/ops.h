@@ -198,14 +198,32 @@ GLIAI_FUNC glia_status glia_stack(glia_ctx *G, int n, glia_tensor *const *xs, in
 
 typedef enum { GLIA_LOSS_MEAN, GLIA_LOSS_SUM, GLIA_LOSS_NONE } glia_loss_reduction;
 
+/* out = the sum of EXPR for i in [0, n), kept in GLIA_LANES interleaved
+** float accumulators that are added in a fixed order: gcc vectorizes it
+** without -ffast-math (one float accumulator must keep its order), and the
+** result never depends on how rows are split across threads. EXPR reads
+** the index variable named by i. Used by the row kernels of loss.c, norm.c. */
+#define GLIA_LANES 16
+#define GLIA_LANE_SUM(out, n, i, EXPR)                                        \
+  do {                                                                        \
+    float lane_[GLIA_LANES] = {0}, sum_ = 0;                                  \
+    int64_t n_ = (n), full_ = n_ - n_ % GLIA_LANES;                           \
+    for (int64_t b_ = 0; b_ < full_; b_ += GLIA_LANES)                        \
+      for (int64_t i = b_; i < b_ + GLIA_LANES; i++) lane_[i - b_] += (EXPR); \
+    for (int64_t i = full_; i < n_; i++) sum_ += (EXPR);                      \
+    for (int j_ = 0; j_ < GLIA_LANES; j_++) sum_ += lane_[j_];                \
+    (out) = sum_;                                                             \
+  } while (0)
+
 /* Cross entropy of logits {..., C} (f32, classes in the last dim) against
-** target {...} (i64 or i32 class indices counted from 1, Lua's convention).
-** Rows whose target equals ignore_index count for nothing; label_smoothing
-** in [0, 1] mixes in the uniform distribution. MEAN averages over the rows
-** not ignored and is 0 (zero gradient) when there are none. The result is
-** 0-D, or target's shape for GLIA_LOSS_NONE. */
+** target {...} (i64 or i32 class indices counted from base: 1 from Lua, 0
+** for C callers, as in ops/index.c; no negatives). Rows whose target
+** equals ignore_index (compared as stored) count for nothing;
+** label_smoothing in [0, 1] mixes in the uniform distribution. MEAN
+** averages over the rows not ignored and is 0 (zero gradient) when there
+** are none. The result is 0-D, or target's shape for GLIA_LOSS_NONE. */
 GLIAI_FUNC glia_status glia_cross_entropy(glia_ctx *G, glia_tensor *logits,
-                                          glia_tensor *target, int64_t ignore_index,
+                                          glia_tensor *target, int base, int64_t ignore_index,
                                           double label_smoothing, glia_loss_reduction red,
                                           glia_tensor **out);
 /* (a - b)^2 with a and b broadcast together; MEAN over the broadcast shape
