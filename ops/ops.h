@@ -128,11 +128,35 @@ GLIAI_FUNC glia_status glia_fill_(glia_ctx *G, glia_tensor *x, double v);
 
 /* ---------------------------------------------------- ops/reduce.c */
 
-/* Reduces over the dims flagged in mask (bit d = dim d); mask 0 = all. */
+/* Reductions of an f32 x over the dims flagged in mask (bit d = dim d;
+** mask 0 = all dims), keeping them as size 1 when keepdim. Reducing every
+** dim without keepdim gives a 0-d tensor. An empty reduction gives 0 (sum),
+** NaN (mean, var), -inf (logsumexp). Results do not depend on the thread
+** count. */
 GLIAI_FUNC glia_status glia_sum(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
                                 glia_tensor **out);
 GLIAI_FUNC glia_status glia_mean(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
                                  glia_tensor **out);
+/* Sum of squared deviations / max(0, N - correction); correction 1 = Bessel. */
+GLIAI_FUNC glia_status glia_var(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
+                                double correction, glia_tensor **out);
+GLIAI_FUNC glia_status glia_std(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
+                                double correction, glia_tensor **out);
+/* log(sum(exp(x))), computed stably (the max is subtracted first). */
+GLIAI_FUNC glia_status glia_logsumexp(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
+                                      glia_tensor **out);
+/* (sum |x|^p)^(1/p) for p > 0; p = INFINITY gives max |x|. */
+GLIAI_FUNC glia_status glia_norm(glia_ctx *G, glia_tensor *x, double p, unsigned mask,
+                                 int keepdim, glia_tensor **out);
+/* Max/min along dim with 0-based i64 indices of the first extreme (NaN
+** counts as the extreme). dim < 0 reduces all elements to 0-d (indices are
+** then row-major positions). values (recorded for autograd) and indices
+** may each be NULL: values NULL is argmax/argmin. */
+GLIAI_FUNC glia_status glia_max(glia_ctx *G, glia_tensor *x, int dim, int keepdim,
+                                glia_tensor **values, glia_tensor **indices);
+GLIAI_FUNC glia_status glia_min(glia_ctx *G, glia_tensor *x, int dim, int keepdim,
+                                glia_tensor **values, glia_tensor **indices);
+/* Stable, fused softmax / log_softmax along dim; the output is contiguous. */
 GLIAI_FUNC glia_status glia_softmax(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
 GLIAI_FUNC glia_status glia_log_softmax(glia_ctx *G, glia_tensor *x, int dim,
                                         glia_tensor **out);
