@@ -450,10 +450,10 @@ static void where_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   }
 }
 
-/* out = cond ? a : b, each of a/b a tensor or a number. */
-static glia_status where_fwd(glia_ctx *G, glia_tensor *cond, const glia_value *a,
-                             const glia_value *b, glia_tensor **out) {
-  static const char name[] = "glia.where";
+/* out = cond ? a : b, each of a/b a tensor or a number; errors name op
+** `name` (where, or masked_fill built on it). */
+static glia_status where_fwd(glia_ctx *G, const char *name, glia_tensor *cond,
+                             const glia_value *a, const glia_value *b, glia_tensor **out) {
   TRY(check_mask(G, name, cond));
   TRY(check_f32(G, name, a, 2));
   TRY(check_f32(G, name, b, 3));
@@ -478,16 +478,16 @@ static glia_status where_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_ten
   glia_value zero = {.kind = GLIA_VAL_NUMBER, .u.num = 0};
   glia_value vg = {.kind = GLIA_VAL_TENSOR, .u.t = g};
   /* input 0 is the condition: no gradient */
-  if (n->needs[1]) TRY(where_fwd(G, cond, &vg, &zero, &din[1]));
-  if (n->needs[2]) TRY(where_fwd(G, cond, &zero, &vg, &din[2]));
+  if (n->needs[1]) TRY(where_fwd(G, n->name, cond, &vg, &zero, &din[1]));
+  if (n->needs[2]) TRY(where_fwd(G, n->name, cond, &zero, &vg, &din[2]));
   return GLIA_OK;
 }
 
-static glia_status record_where(glia_ctx *G, glia_tensor *cond, glia_tensor *a, glia_tensor *b,
-                                glia_tensor *r) {
+static glia_status record_where(glia_ctx *G, const char *name, glia_tensor *cond, glia_tensor *a,
+                                glia_tensor *b, glia_tensor *r) {
   glia_tensor *in[3] = {cond, a, b};
   glia_status st;
-  glia_node *node = glia_node_begin(G, "glia.where", where_bwd, 3, in, &st);
+  glia_node *node = glia_node_begin(G, name, where_bwd, 3, in, &st);
   if (!node) return st;
   st = glia_node_save(G, node, cond);
   if (st != GLIA_OK) {
@@ -504,8 +504,8 @@ static glia_status op_where(glia_ctx *G, int nargs, glia_value *args, int *nouts
                             glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(where_fwd(G, args[0].u.t, &args[1], &args[2], &r));
-  glia_status st = record_where(G, args[0].u.t, arg_t(&args[1]), arg_t(&args[2]), r);
+  TRY(where_fwd(G, "glia.where", args[0].u.t, &args[1], &args[2], &r));
+  glia_status st = record_where(G, "glia.where", args[0].u.t, arg_t(&args[1]), arg_t(&args[2]), r);
   if (st != GLIA_OK) {
     glia_tensor_release(r);
     return st;
@@ -527,13 +527,14 @@ glia_status glia_masked_fill(glia_ctx *G, glia_tensor *x, glia_tensor *mask, dou
   glia_value vx = {.kind = GLIA_VAL_TENSOR, .u.t = x};
   glia_value vv = {.kind = GLIA_VAL_NUMBER, .u.num = value};
   glia_tensor *r;
-  TRY(where_fwd(G, mask, &vv, &vx, &r));
+  TRY(check_f32(G, "glia.masked_fill", &vx, 1)); /* where_fwd would call x argument 3 */
+  TRY(where_fwd(G, "glia.masked_fill", mask, &vv, &vx, &r));
   if (r->ndim != x->ndim || memcmp(r->size, x->size, sizeof(int64_t) * x->ndim) != 0) {
     glia_tensor_release(r);
     return glia_fail(G, GLIA_ESHAPE, "glia.masked_fill: mask %s does not broadcast to %s",
                      glia_shape_str(mask), glia_shape_str(x));
   }
-  glia_status st = record_where(G, mask, NULL, x, r);
+  glia_status st = record_where(G, "glia.masked_fill", mask, NULL, x, r);
   if (st != GLIA_OK) {
     glia_tensor_release(r);
     return st;
