@@ -127,6 +127,20 @@ do -- strided logits: the transpose of a {C, N} tensor
   if not ok then t.diag(err) end
 end
 
+do -- expanded (stride 0) logits: every row is the same
+  local row = glia.randn(1, 4)
+  local x = row:expand(3, 4)
+  local yl = { 1, 4, 2 }
+  local r = row:totable()[1]
+  local loss = ce_ref({ r, r, r }, yl)
+  t.near(value(glia.cross_entropy(x, glia.tensor(yl, "i64"))), reduce(loss, 3, "mean"), 1e-5,
+         "cross_entropy reads expanded logits with a stride-0 dim")
+  local ok, err = glia.gradcheck(function(a) return glia.cross_entropy(a:expand(3, 4), glia.tensor(yl, "i64")) end,
+                                 { row })
+  t.ok(ok, "gradcheck passes for cross_entropy through expand (gradients summed back)")
+  if not ok then t.diag(err) end
+end
+
 do -- leading dims are flattened: logits {2, 3, C}, target {2, 3}
   local C = 5
   local x = glia.randn(2, 3, C)

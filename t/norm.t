@@ -92,6 +92,9 @@ do
   local flat = norm_ref(rows, w:totable(), b:totable(), 1e-5, true)
   t.near(glia.layer_norm(x3, w, b), { { flat[1], flat[2], flat[3] }, { flat[4], flat[5], flat[6] } },
          1e-5, "layer_norm normalizes the last dim of a 3-D input")
+  local xe = glia.randn(1, 6):expand(3, 6)
+  t.near(glia.layer_norm(xe, w, b), norm_ref(xe:totable(), w:totable(), b:totable(), 1e-5, true), 1e-5,
+         "layer_norm reads an expanded (stride 0) input")
   t.is(glia.layer_norm(glia.zeros(0, 6), w, b):numel(), 0, "layer_norm of zero rows is empty")
   local c = glia.layer_norm(glia.ones(2, 5) * 7)
   t.near(c, glia.zeros(2, 5), 0, "a constant row normalizes to 0 (eps keeps it finite)")
@@ -104,6 +107,9 @@ do
   local xt = glia.randn(5, 3)
   gradcheck("gradcheck passes for layer_norm on a transposed x with weight",
             function(p, q) return glia.layer_norm(p:t(), q) end, { xt, w })
+  gradcheck("gradcheck passes for layer_norm through expand, with a bias and no weight",
+            function(p, q) return glia.layer_norm(p:expand(3, 5), nil, q) end,
+            { glia.randn(1, 5), glia.randn(5) })
   gradcheck("gradcheck passes for layer_norm without weight and bias",
             function(p) return glia.layer_norm(p) end, { glia.randn(4, 3) })
 end
@@ -255,6 +261,12 @@ do
   local a = glia.dropout(xt, 0.5)
   glia.manual_seed(9)
   local b = glia.dropout(xt:contiguous(), 0.5)
+  glia.manual_seed(9)
+  local e = glia.dropout(glia.ones(1, 400):expand(3, 400), 0.5)
+  local m = mask_of(e)
+  local differ = false
+  for i = 1, 400 do if m[i] ~= m[400 + i] then differ = true end end
+  t.ok(differ, "an expanded input gets an independent mask per element, not per stored value")
   t.is(t.maxdiff(a, b), 0, "a strided input gets the mask of its row-major element order")
   t.near(mask_of(a), mask_of(b), 0, "dropout of a transposed input keeps its shape and values")
 end
