@@ -8,13 +8,14 @@
 ** of the output gradient: a view, no copy.
 **
 ** A tape node holds at most GLIA_NODE_MAX_IN inputs, so a join of more
-** members is recorded as a chain: the node on the output takes the first
-** three members plus a "rest" tensor, a view of the output region that holds
-** the other members, whose own node does the same. The rest tensor is a
-** genuine cat of the members after it, so every node of the chain is an
-** ordinary join node with the same backward: cut the gradient into its
-** inputs' regions. The chain has about n/3 nodes and costs one copy of each
-** rest region's gradient (the engine accumulates it).
+** members is recorded as a tree: the node on the output takes up to four
+** balanced groups of members, and a group of two or more enters that node as
+** a "group" tensor, a view of the output region that holds the group, whose
+** own node does the same. A group tensor is a genuine join of its members,
+** so every node is an ordinary join node with the same backward: cut the
+** gradient into its inputs' regions. The tree is log4(n) deep, and each
+** level costs one copy of the gradient (the engine accumulates each group
+** tensor's gradient before its node runs).
 */
 #include "glia_impl.h"
 #include "ops.h"
@@ -57,48 +58,47 @@ static glia_status join_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tens
   return GLIA_OK;
 }
 
-/* Records the join of xs[0..n) into out as a chain of nodes (see the file
-** header), built from the tail so each node can take the rest tensor of
-** the node after it. A no-op when no member needs grad. */
+static bool any_needs_grad(int n, glia_tensor *const *xs) {
+  for (int i = 0; i < n; i++)
+    if (glia_tensor_needs_grad(xs[i])) return true;
+  return false;
+}
+
+/* Records the join of xs[0..n) into `out` (the op's output, or a group
+** region of it) as a tree (see the file header): up to GLIA_NODE_MAX_IN
+** members, or that many balanced groups, each group of two or more becoming
+** a region view of out with a subtree of its own. A group that needs no
+** grad keeps its region as a plain input, so later inputs keep their
+** offsets. */
 static glia_status record_join(glia_ctx *G, const char *name, glia_tensor *out, int n,
                                glia_tensor *const *xs, int dim) {
-  bool any = false;
-  for (int i = 0; i < n; i++) any |= glia_tensor_needs_grad(xs[i]);
-  if (!G->grad_mode || !any) return GLIA_OK;
-  const int per = GLIA_NODE_MAX_IN - 1; /* members per node, besides the rest */
-  int qlast = 0;
-  while (n - per * qlast > GLIA_NODE_MAX_IN) qlast++; /* it takes [per*qlast, n) */
-  int q = qlast;
-  int64_t off = 0;                            /* where node q's members start */
-  for (int i = 0; i < per * q; i++) off += member_len(xs[i], dim, out->ndim);
-  glia_tensor *rest = NULL; /* the region of the nodes after q, with its node */
-  for (; q >= 0; q--) {
-    int first = per * q, last = q == qlast ? n : first + per;
-    glia_tensor *in[GLIA_NODE_MAX_IN];
-    int m = 0;
-    for (int i = first; i < last; i++) in[m++] = xs[i];
-    if (rest) in[m++] = rest;
-    glia_tensor *reg = out;
-    glia_status st = GLIA_OK;
-    if (q > 0) st = region(G, out, dim, off, out->size[dim] - off, false, &reg);
-    glia_node *node = st == GLIA_OK ? glia_node_begin(G, name, join_bwd, m, in, &st) : NULL;
-    glia_tensor_release(rest); /* the node holds its own reference */
-    rest = NULL;
-    if (st != GLIA_OK) {
-      if (reg != out) glia_tensor_release(reg);
-      return st;
+  glia_tensor *in[GLIA_NODE_MAX_IN] = {0};
+  bool owned[GLIA_NODE_MAX_IN] = {0};
+  int m = n < GLIA_NODE_MAX_IN ? n : GLIA_NODE_MAX_IN;
+  glia_status st = GLIA_OK;
+  int64_t off = 0;
+  for (int k = 0; k < m && st == GLIA_OK; k++) {
+    int lo = n * k / m, hi = n * (k + 1) / m;
+    int64_t len = 0;
+    for (int i = lo; i < hi; i++) len += member_len(xs[i], dim, out->ndim);
+    if (hi - lo == 1) {
+      in[k] = xs[lo];
+    } else {
+      owned[k] = true;
+      st = region(G, out, dim, off, len, false, &in[k]);
+      if (st == GLIA_OK && any_needs_grad(hi - lo, xs + lo))
+        st = record_join(G, name, in[k], hi - lo, xs + lo, dim);
     }
-    if (node) {
-      node->iarg[0] = dim;
-      glia_node_finish(node, reg);
-    }
-    if (q > 0) {
-      if (node) rest = reg;
-      else glia_tensor_release(reg);
-      for (int i = per * (q - 1); i < per * q; i++) off -= member_len(xs[i], dim, out->ndim);
-    }
+    off += len;
   }
-  return GLIA_OK;
+  glia_node *node = st == GLIA_OK ? glia_node_begin(G, name, join_bwd, m, in, &st) : NULL;
+  for (int k = 0; k < m; k++)
+    if (owned[k]) glia_tensor_release(in[k]); /* the node holds its own references */
+  if (node) {
+    node->iarg[0] = dim;
+    glia_node_finish(node, out);
+  }
+  return st;
 }
 
 /* =========================================================== forward */
@@ -161,7 +161,8 @@ static glia_status join(glia_ctx *G, const char *name, int n, glia_tensor *const
     glia_tensor_release(v);
     off += len;
   }
-  if (st == GLIA_OK) st = record_join(G, name, r, n, xs, dim);
+  if (st == GLIA_OK && G->grad_mode && any_needs_grad(n, xs))
+    st = record_join(G, name, r, n, xs, dim);
   if (st != GLIA_OK) {
     glia_tensor_release(r);
     return st;

@@ -120,9 +120,10 @@ do
   end, { glia.randn(3, 2), glia.randn(3, 1), glia.randn(3, 3), glia.randn(3, 2) },
   "cat gradient for 7 members, 3 of them constant, matches central differences")
 
-  -- Ten members, each 1..3 rows: every member gets exactly its slice.
+  -- 40 members of 1..3 rows (a tree of nodes 3 levels deep): every member
+  -- gets exactly its slice.
   local members, sizes, off = {}, {}, 0
-  for i = 1, 10 do
+  for i = 1, 40 do
     sizes[i] = (i % 3) + 1
     members[i] = glia.randn(sizes[i], 2):requires_grad()
   end
@@ -130,11 +131,11 @@ do
   local g = glia.randn(y:shape())
   y:backward(g)
   local all = true
-  for i = 1, 10 do
+  for i = 1, 40 do
     all = all and members[i].grad ~= nil and equal(members[i].grad, g:narrow(1, off + 1, sizes[i]))
     off = off + sizes[i]
   end
-  t.ok(all, "cat of 10 members hands each member its slice of the gradient")
+  t.ok(all, "cat of 40 members hands each member its slice of the gradient")
 
   -- Only one member requires grad, at the head, in the middle or at the tail.
   for _, pos in ipairs({ 1, 5, 9 }) do
@@ -183,6 +184,35 @@ do
   local k = glia.randn(3)
   gradcheck(function(p, q) return glia.stack({ k, p, k, k, q, k }, 1) end, { glia.randn(3), glia.randn(3) },
             "stack gradient for 6 members, 4 constant, matches central differences")
+end
+
+-- ====================================================== out of memory
+
+-- Runs fn with the n-th and later allocations failing, n = 1, 2, ... until
+-- it succeeds: every failure must be a clean out-of-memory error.
+local function oom_ok(fn, desc)
+  for n = 1, 200 do
+    glia.fail_alloc_after(n)
+    local ok, err = pcall(fn)
+    glia.fail_alloc_after(0)
+    if ok then return t.ok(true, desc) end
+    if not tostring(err):find("out of memory") then
+      t.ok(false, desc)
+      return t.diag(err)
+    end
+  end
+  t.ok(false, desc)
+  t.diag("never succeeded")
+end
+
+do
+  local xs, g = {}, glia.randn(3, 14)
+  for i = 1, 7 do xs[i] = glia.randn(3, 2) end
+  for i = 1, 7, 2 do xs[i]:requires_grad() end
+  oom_ok(function() glia.cat(xs, 2):backward(g) end,
+         "cat of 7 members and its backward fail cleanly at every allocation")
+  oom_ok(function() glia.stack(xs, 1):backward(glia.randn(7, 3, 2)) end,
+         "stack of 7 members and its backward fail cleanly at every allocation")
 end
 
 t.done()
