@@ -270,4 +270,25 @@ GLIAI_FUNC glia_status glia_rms_norm(glia_ctx *G, glia_tensor *x, glia_tensor *w
 GLIAI_FUNC glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train,
                                     glia_tensor **out);
 
+/* ------------------------------------------------- ops/attention.c */
+
+/* softmax(scale * q k^T + mask) v, exact, in O(N) extra memory. q {B,H,N,D},
+** k {B,K,M,D}, v {B,K,M,E} with H % K == 0 (GQA/MQA: query head h reads kv
+** head h / (H/K)); any strides. causal is bottom-right aligned (row i sees
+** keys j <= i + M - N). mask (NULL: none) broadcasts to {B,H,N,M}: bool/u8
+** true = take part, f32 is added to the scaled scores (and differentiable).
+** scale NAN means 1/sqrt(D). *out is {B,H,N,E}; rows that see no key are 0.
+** lse (NULL: not wanted) receives the {B,H,N} log-sum-exp of each row (+inf
+** for rows that see no key), without gradient. */
+GLIAI_FUNC glia_status glia_attention(glia_ctx *G, glia_tensor *q, glia_tensor *k,
+                                      glia_tensor *v, glia_tensor *mask, int causal,
+                                      double scale, glia_tensor **out, glia_tensor **lse);
+/* Inference against a KV cache: kc {B,K,T,D}, vc {B,K,T,E} (T = capacity),
+** sequence b using its first lens[b] positions, q {B,H,n,D} being the last
+** n of them (causal, bottom-right). Fails with GLIA_EGRAD when an input
+** requires grad in grad mode. */
+GLIAI_FUNC glia_status glia_attention_decode(glia_ctx *G, glia_tensor *q, glia_tensor *kc,
+                                             glia_tensor *vc, const int64_t *lens,
+                                             double scale, glia_tensor **out);
+
 #endif
