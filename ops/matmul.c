@@ -297,6 +297,35 @@ static glia_status mm_run(glia_ctx *G, mm_kind kind, const mm_geom *g, glia_tens
 
 /* ======================================================== backward */
 
+/* Column sums of a contiguous g {rows, cols}, threaded over columns: each
+** column is summed in row order whatever the thread count. */
+typedef struct {
+  const float *g;
+  float *db;
+  int64_t rows, cols;
+} colsum_arg;
+
+static void colsum_range(int64_t j0, int64_t j1, void *ud) {
+  const colsum_arg *k = ud;
+  float *restrict db = k->db;
+  for (int64_t j = j0; j < j1; j++) db[j] = 0;
+  for (int64_t r = 0; r < k->rows; r++) {
+    const float *restrict row = k->g + r * k->cols;
+    for (int64_t j = j0; j < j1; j++) db[j] += row[j];
+  }
+}
+
+/* The bias gradient of linear, {out}: g summed over all its leading dims. */
+static glia_status bias_grad(glia_ctx *G, glia_tensor *g, glia_tensor **db) {
+  int64_t cols = g->ndim ? g->size[g->ndim - 1] : 1;
+  TRY(glia_tensor_new(G, GLIA_DTYPE_F32, 1, &cols, db));
+  colsum_arg k = {(const float *)glia_ptr(g), (float *)glia_ptr(*db), 0, cols};
+  k.rows = cols ? glia_tensor_numel(g) / cols : 0;
+  int64_t grain = k.rows ? (1 << 15) / k.rows : cols;
+  glia_parallel_for(G, cols, grain > 16 ? grain : 16, colsum_range, &k);
+  return GLIA_OK;
+}
+
 /* Gradients of out = alpha a @ b + beta c (b transposed for linear):
 **     da = alpha g @ b^T        db = alpha a^T @ g        dc = beta g
 ** da and db are computed straight into the inputs' shapes. */
@@ -332,9 +361,13 @@ static glia_status mm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor
                     mview_of(din[1], true, geo.b_cols, geo.b_trans, geo.nb));
     glia_tensor_release(h);
   }
-  if (st == GLIA_OK && n->ninputs > 2 && n->needs[2]) /* the engine sums it to c's shape */
-    st = beta == 1.0 ? (din[2] = glia_tensor_retain(g), GLIA_OK)
-                     : glia_ts(G, GLIA_BIN_MUL, g, beta, &din[2]);
+  if (st == GLIA_OK && n->ninputs > 2 && n->needs[2]) {
+    if (kind == MM_LINEAR && glia_tensor_is_contiguous(g))
+      st = bias_grad(G, g, &din[2]);
+    else /* the engine sums it to c's shape */
+      st = beta == 1.0 ? (din[2] = glia_tensor_retain(g), GLIA_OK)
+                       : glia_ts(G, GLIA_BIN_MUL, g, beta, &din[2]);
+  }
   glia_tensor_release(hg);
   return st;
 }

@@ -274,6 +274,16 @@ do
        "a broadcast batched matmul and its gradients are identical with 1 and 2 threads")
   x, y = randn(300, 200), randn(200, 250)
   t.is(t.maxdiff(run(1, x, y), run(2, x, y)), 0, "a large matmul is identical with 1 and 2 threads")
+  local function run_linear(n, xs, w, bias)
+    glia.set_num_threads(n)
+    local xr, wr, br = xs:detach():requires_grad(), w:detach():requires_grad(), bias:detach():requires_grad()
+    local r = glia.linear(xr, wr, br)
+    r:backward(glia.ones_like(r))
+    return {r:totable(), xr.grad:totable(), wr.grad:totable(), br.grad:totable()}
+  end
+  local xs, w, bias = randn(4, 64, 32), randn(1024, 32), randn(1024)
+  t.is(t.maxdiff(run_linear(1, xs, w, bias), run_linear(2, xs, w, bias)), 0,
+       "linear and its gradients (bias column sums included) are identical with 1 and 2 threads")
   glia.set_num_threads(old)
 end
 
