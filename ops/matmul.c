@@ -23,7 +23,6 @@
 #include <cblas.h>
 #include <limits.h>
 
-
 /* ================================================= strided matrices */
 
 /* Element [b][i][j] of a batched matrix sits at
