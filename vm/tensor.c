@@ -255,13 +255,21 @@ typedef struct {
     *(DT *)(p[0] + i * s[0]) = (DT)(EXPR);                                   \
   }
 
+/* Float to integer saturates (NaN gives 0): a plain C cast of an
+** out-of-range float is undefined behaviour. Integer sources pass through. */
+static inline double sat(double v, double lo, double hi) {
+  return v != v ? 0 : v < lo ? lo : v > hi ? hi : v;
+}
+#define TO_INT(T, v, lo, hi) ((T)sat((double)(v), (lo), (hi)))
+
 #define CONVERT_FROM(ST)                                                     \
   switch (a->dst) {                                                          \
   case GLIA_DTYPE_F32: CONVERT_LOOP(float, ST, v) break;                     \
   case GLIA_DTYPE_F64: CONVERT_LOOP(double, ST, v) break;                    \
-  case GLIA_DTYPE_I64: CONVERT_LOOP(int64_t, ST, v) break;                   \
-  case GLIA_DTYPE_I32: CONVERT_LOOP(int32_t, ST, v) break;                   \
-  case GLIA_DTYPE_U8: CONVERT_LOOP(uint8_t, ST, v) break;                    \
+  case GLIA_DTYPE_I64:                                                       \
+    CONVERT_LOOP(int64_t, ST, TO_INT(int64_t, v, -9.2233720368547758e18, 9.2233720368547748e18)) break; \
+  case GLIA_DTYPE_I32: CONVERT_LOOP(int32_t, ST, TO_INT(int32_t, v, -2147483648.0, 2147483647.0)) break; \
+  case GLIA_DTYPE_U8: CONVERT_LOOP(uint8_t, ST, TO_INT(uint8_t, v, 0.0, 255.0)) break; \
   case GLIA_DTYPE_BOOL: CONVERT_LOOP(uint8_t, ST, v != 0) break;             \
   default: break;                                                            \
   }
