@@ -43,7 +43,7 @@ LDLIBS  := $(BLAS_LIBS) $(LUA_LIBS) -ledit -lz -lm -pthread
 SANLD   := $(if $(SAN),$(SANFLAGS))
 
 CORE_SRC := $(wildcard vm/*.c) $(wildcard ops/*.c)
-BIND_SRC := lua/binding.c lua/index.c lua/io.c lua/embed.c lua/repl.c
+BIND_SRC := lua/binding.c lua/index.c lua/io.c lua/data.c lua/embed.c lua/repl.c
 MAIN_SRC := lua/main.c
 LIB_OBJ  := $(patsubst %.c,$(OBJDIR)/%.o,$(CORE_SRC) $(BIND_SRC))
 MAIN_OBJ := $(patsubst %.c,$(OBJDIR)/%.o,$(MAIN_SRC))

@@ -945,6 +945,7 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_pop(L, 1);
 
   glia_lua_open_io(L, mod_idx);
+  glia_lua_open_data(L, mod_idx);
   lua_pushvalue(L, meth_idx);
   lua_setfield(L, mod_idx, "_methods");
   lua_pushliteral(L, GLIA_VERSION);

@@ -33,6 +33,8 @@ GLIAI_FUNC int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const 
 
 /* Adds glia.save / glia.load to the module table at mod_idx (lua/io.c). */
 GLIAI_FUNC void glia_lua_open_io(lua_State *L, int mod_idx);
+/* Adds the data-loading functions (lua/data.c). */
+GLIAI_FUNC void glia_lua_open_data(lua_State *L, int mod_idx);
 
 /* t[k] and t[k] = v for integer and table keys (lua/index.c). */
 GLIAI_FUNC int glia_lua_index(lua_State *L, glia_ctx *G);
