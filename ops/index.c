@@ -60,12 +60,6 @@ static bool same_but(const glia_tensor *a, const glia_tensor *b, int dim) {
   return true;
 }
 
-/* Sets *out to a new contiguous f32 tensor of the given shape holding only
-** zeros. Backward's starting point for scattered gradients. */
-static glia_status zeros_of(glia_ctx *G, int ndim, const int64_t *size, glia_tensor **out) {
-  return glia_tensor_zeros(G, GLIA_DTYPE_F32, ndim, size, out);
-}
-
 /* Records node `name` on out: inputs in[0..n), `saved` (may be NULL) saved,
 ** dim in iarg[0], aux in iarg[1]. A no-op when no input needs grad. */
 static glia_status record(glia_ctx *G, const char *name, glia_backward_fn bw, int n,
@@ -231,7 +225,7 @@ static glia_status scatter_into_zeros(glia_ctx *G, glia_tensor *g, int dim, glia
                                       glia_tensor **out) {
   glia_tensor *gc, *dx = NULL;
   TRY(glia_tensor_contiguous_as(G, g, GLIA_DTYPE_F32, &gc));
-  glia_status st = zeros_of(G, ndim, size, &dx);
+  glia_status st = glia_tensor_zeros(G, GLIA_DTYPE_F32, ndim, size, &dx);
   if (st == GLIA_OK) {
     indexed K = make_indexed(dx, gc, dim, ix, per_row);
     run_scatter_add(G, &K);
@@ -482,7 +476,7 @@ glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes, int
   int64_t size[GLIA_MAX_DIMS];
   memcpy(size, idx->size, sizeof(int64_t) * (size_t)idx->ndim);
   size[idx->ndim] = num_classes;
-  glia_status st = zeros_of(G, idx->ndim + 1, size, &r);
+  glia_status st = glia_tensor_zeros(G, GLIA_DTYPE_F32, idx->ndim + 1, size, &r);
   if (st == GLIA_OK) {
     const int64_t *p = (const int64_t *)glia_ptr(ix);
     float *o = (float *)glia_ptr(r);
@@ -495,73 +489,126 @@ glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes, int
 
 /* ===================================================== sort and topk */
 
-/* True when a must come before b; NaN counts as the largest value. */
-static inline bool before(float a, float b, int desc) {
-  if (desc) return a > b || (isnan(a) && !isnan(b));
-  return a < b || (isnan(b) && !isnan(a));
+/* Lines are sorted through unique 64-bit keys: the value's order as an
+** unsigned integer in the high half (NaN above +inf, -0 equal to +0,
+** complemented for descending order), the position along the line in the
+** low half. Plain integer order on the keys is then the stable order of
+** the values, and a key names its element. Lines are therefore limited to
+** 2^32 - 1 elements. */
+#define SORT_MAX_LEN ((int64_t)UINT32_MAX)
+
+static inline uint64_t sort_key(float v, int64_t j, int desc) {
+  uint32_t u;
+  if (isnan(v)) {
+    u = UINT32_MAX;
+  } else {
+    if (v == 0) v = 0; /* -0 sorts as +0 */
+    memcpy(&u, &v, sizeof u);
+    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
+  }
+  if (desc) u = ~u;
+  return (uint64_t)u << 32 | (uint64_t)j;
 }
 
 #define SORT_RUN 16
 
-/* Sorts the permutation p[0..n) of positions in key stably by key: runs
-** of SORT_RUN by insertion, then bottom-up merges through tmp (room for
-** n). Returns the array that holds the result, p or tmp. */
-static int64_t *stable_sort(const float *key, int64_t *p, int64_t *tmp, int64_t n, int desc) {
+/* Sorts a[0..n) ascending: runs of SORT_RUN by insertion, then bottom-up
+** merges through tmp (room for n). Returns the array holding the result. */
+static uint64_t *merge_sort(uint64_t *a, uint64_t *tmp, int64_t n) {
   for (int64_t lo = 0; lo < n; lo += SORT_RUN) {
     int64_t hi = lo + SORT_RUN < n ? lo + SORT_RUN : n;
     for (int64_t i = lo + 1; i < hi; i++) {
-      int64_t v = p[i], j = i;
-      for (; j > lo && before(key[v], key[p[j - 1]], desc); j--) p[j] = p[j - 1];
-      p[j] = v;
+      uint64_t v = a[i];
+      int64_t j = i;
+      for (; j > lo && v < a[j - 1]; j--) a[j] = a[j - 1];
+      a[j] = v;
     }
   }
   for (int64_t w = SORT_RUN; w < n; w *= 2) {
     for (int64_t lo = 0; lo < n; lo += 2 * w) {
       int64_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
       int64_t i = lo, j = mid, o = lo;
-      while (i < mid && j < hi) tmp[o++] = before(key[p[j]], key[p[i]], desc) ? p[j++] : p[i++];
-      while (i < mid) tmp[o++] = p[i++];
-      while (j < hi) tmp[o++] = p[j++];
+      while (i < mid && j < hi) tmp[o++] = a[j] < a[i] ? a[j++] : a[i++];
+      while (i < mid) tmp[o++] = a[i++];
+      while (j < hi) tmp[o++] = a[j++];
     }
-    int64_t *t = p;
-    p = tmp;
+    uint64_t *t = a;
+    a = tmp;
     tmp = t;
   }
-  return p;
+  return a;
+}
+
+static void sift_down(uint64_t *h, int64_t n, int64_t i) {
+  uint64_t v = h[i];
+  for (;;) {
+    int64_t c = 2 * i + 1;
+    if (c >= n) break;
+    if (c + 1 < n && h[c + 1] > h[c]) c++;
+    if (h[c] <= v) break;
+    h[i] = h[c];
+    i = c;
+  }
+  h[i] = v;
 }
 
 /* Lines (o, c) of the contiguous x {outer, len, inner}; the first k of each
 ** sorted line go to val and ind {outer, k, inner}. Lines are split into
-** nchunks chunks, chunk w with its own workspace at ws + w * ws_stride. */
+** nchunks chunks, chunk w with its own workspace (2 * len keys) at
+** ws + w * 2 * len. */
 typedef struct {
   const float *x;
   float *val;
   int64_t *ind;
   int64_t inner, len, k, nlines, nchunks, base;
   int desc;
-  char *ws;
-  size_t ws_stride;
+  uint64_t *ws;
 } sort_job;
+
+/* Sets key[0..k) to the k smallest keys of the line, ascending. A small k
+** keeps a max-heap of the best k seen (one comparison per element once
+** it fills); otherwise the whole line is merge sorted. Returns the array
+** holding the result (key or tmp). */
+static uint64_t *smallest_keys(const sort_job *J, const float *src, uint64_t *key,
+                               uint64_t *tmp) {
+  int64_t len = J->len, k = J->k, inner = J->inner;
+  if (k * 8 > len) {
+    for (int64_t j = 0; j < len; j++) key[j] = sort_key(src[j * inner], j, J->desc);
+    return merge_sort(key, tmp, len);
+  }
+  for (int64_t j = 0; j < k; j++) key[j] = sort_key(src[j * inner], j, J->desc);
+  for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(key, k, i);
+  for (int64_t j = k; j < len; j++) {
+    uint64_t q = sort_key(src[j * inner], j, J->desc);
+    if (q < key[0]) {
+      key[0] = q;
+      sift_down(key, k, 0);
+    }
+  }
+  for (int64_t m = k - 1; m > 0; m--) { /* heapsort: largest to the back */
+    uint64_t t = key[0];
+    key[0] = key[m];
+    key[m] = t;
+    sift_down(key, m, 0);
+  }
+  return key;
+}
 
 static void sort_chunks(int64_t w0, int64_t w1, void *ud) {
   const sort_job *J = ud;
   int64_t len = J->len, inner = J->inner;
   for (int64_t w = w0; w < w1; w++) {
-    float *key = (float *)(J->ws + (size_t)w * J->ws_stride);
-    int64_t *perm = (int64_t *)(key + len + (len & 1)), *tmp = perm + len;
+    uint64_t *key = J->ws + w * 2 * len, *tmp = key + len;
     for (int64_t l = J->nlines * w / J->nchunks; l < J->nlines * (w + 1) / J->nchunks; l++) {
       int64_t o = l / inner, c = l % inner;
       const float *src = J->x + o * len * inner + c;
-      for (int64_t j = 0; j < len; j++) {
-        key[j] = src[j * inner];
-        perm[j] = j;
-      }
-      const int64_t *s = stable_sort(key, perm, tmp, len, J->desc);
+      const uint64_t *s = smallest_keys(J, src, key, tmp);
       float *dv = J->val + o * J->k * inner + c;
       int64_t *di = J->ind + o * J->k * inner + c;
       for (int64_t j = 0; j < J->k; j++) {
-        dv[j * inner] = key[s[j]];
-        di[j * inner] = s[j] + J->base;
+        int64_t p = (int64_t)(s[j] & UINT32_MAX);
+        dv[j * inner] = src[p * inner];
+        di[j * inner] = p + J->base;
       }
     }
   }
@@ -590,6 +637,9 @@ static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64
   if (k < 0 || k > len)
     return glia_fail(G, GLIA_ERANGE, "%s: k = %lld out of range for dim %d of size %lld", name,
                      (long long)k, dim + 1, (long long)len);
+  if (len > SORT_MAX_LEN)
+    return glia_fail(G, GLIA_ESHAPE, "%s: dim %d of %s is too long to sort (at most %lld)", name,
+                     dim + 1, glia_shape_str(x), (long long)SORT_MAX_LEN);
   int64_t size[GLIA_MAX_DIMS];
   memcpy(size, x->size, sizeof size);
   size[dim] = k;
@@ -605,9 +655,7 @@ static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64
     J.nchunks = glia_ctx_num_threads(G);
     if (J.nchunks > worth) J.nchunks = worth;
     if (J.nchunks > J.nlines) J.nchunks = J.nlines;
-    /* key (padded to 8 bytes), perm and tmp */
-    J.ws_stride = (size_t)(len + (len & 1)) * sizeof(float) + 2 * (size_t)len * sizeof(int64_t);
-    size_t nbytes = J.ws_stride * (size_t)J.nchunks;
+    size_t nbytes = (size_t)J.nchunks * 2 * (size_t)len * sizeof(uint64_t);
     J.ws = glia_alloc(G, nbytes);
     if (!J.ws) st = glia_fail_nomem(G, nbytes, name);
     if (st == GLIA_OK) {

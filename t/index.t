@@ -391,6 +391,22 @@ do
   t.ok(equal(tv, { 3, 3 }) and equal(ti, { 1, 3 }), "topk breaks ties by position")
   tv, ti = glia.tensor { 1, nan, 2 }:topk(1)
   t.ok(equal(tv, { nan }) and equal(ti, { 2 }), "topk counts NaN as the largest")
+  -- k much smaller than the dim (a heap keeps the best k): ties and NaNs.
+  local tl = {}
+  for r = 1, 5 do
+    tl[r] = {}
+    for j = 1, 64 do tl[r][j] = (r + j * 7) % 13 == 0 and nan or ((r * j * 5) % 11) - 5 end
+  end
+  local xh = glia.tensor(tl)
+  for _, largest in ipairs({ true, false }) do
+    tv, ti = xh:topk(5, 2, largest)
+    rv, ri = ref_topk(T(xh), 5, 2, largest)
+    t.ok(equal(tv, rv) and equal(ti, ri),
+         "topk of 5 among 64 with ties and NaNs matches the stable reference (largest = " .. tostring(largest) .. ")")
+  end
+  local zs = glia.tensor { 0, -0.0, 0 }
+  t.ok(equal(select(2, zs:sort()), { 1, 2, 3 }) and equal(select(2, zs:sort(1, true)), { 1, 2, 3 }),
+       "sort treats -0 and +0 as equal and keeps their order")
   tv, ti = x:topk(0)
   t.ok(same_shape(tv, { 4, 0 }) and same_shape(ti, { 4, 0 }), "topk with k = 0 gives empty results")
   tv = glia.zeros(0, 5):sort(2)
