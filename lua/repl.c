@@ -6,8 +6,9 @@
 ** statements; a syntax error that ends at <eof> means the chunk is not
 ** finished, so another line is read under the continuation prompt (the rule
 ** lua.c uses). Errors are printed and the session goes on. On a terminal the
-** REPL also keeps a capped history file, completes names with Tab, and turns
-** Ctrl-C during a statement into a Lua error instead of killing the session.
+** REPL also keeps a capped history file, completes names with Tab, drops the
+** typed line on Ctrl-C at the prompt, and turns Ctrl-C during a statement
+** into a Lua error instead of killing the session.
 **
 ** The whole loop runs inside one lua_pcall (like lua.c's pmain), so even an
 ** out-of-memory error from the Lua API cannot escape as a panic. libedit's
@@ -18,6 +19,7 @@
 
 #include <editline/readline.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,9 +40,19 @@ typedef struct {
   char *history;    /* history file (malloc'ed), NULL when disabled */
   char *last_entry; /* the last history entry, to skip repeats */
   int next_match;   /* completion: the next candidate to hand to libedit */
+  pthread_t thread; /* the thread reading input and running statements */
 } repl;
 
 static repl *active;
+
+/* A process-directed signal may land on any thread (the pool's workers,
+** OpenBLAS's); handlers pass it on to the REPL's thread, whose read() or
+** Lua code it must interrupt. Returns 1 when the signal was passed on. */
+static int pass_to_repl_thread(int sig) {
+  if (pthread_equal(pthread_self(), active->thread)) return 0;
+  pthread_kill(active->thread, sig);
+  return 1;
+}
 
 /* Prints a message on stderr after whatever stdout still holds, so piped
 ** output keeps its order. */
@@ -59,8 +71,10 @@ enum { LINE_OK, LINE_EOF, LINE_CANCEL };
 static volatile sig_atomic_t prompt_interrupted;
 
 static void on_sigint_at_prompt(int sig) {
-  (void)sig;
+  int saved = errno;
   prompt_interrupted = 1;
+  pass_to_repl_thread(sig);
+  errno = saved;
 }
 
 /* libedit's input function: one byte of stdin. Ctrl-C interrupts the read;
@@ -69,11 +83,11 @@ static void on_sigint_at_prompt(int sig) {
 static int getc_interruptible(FILE *f) {
   (void)f;
   for (;;) {
+    if (prompt_interrupted) return '\n'; /* also when it came between reads */
     unsigned char c;
     ssize_t n = read(STDIN_FILENO, &c, 1);
     if (n == 1) return c;
     if (n == 0 || errno != EINTR) return -1;
-    if (prompt_interrupted) return '\n';
   }
 }
 
@@ -197,8 +211,12 @@ static void interrupted(lua_State *L, lua_Debug *ar) {
 }
 
 static void on_sigint(int sig) {
-  signal(sig, SIG_DFL);
-  lua_sethook(active->L, interrupted, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  int saved = errno;
+  if (!pass_to_repl_thread(sig)) {
+    signal(sig, SIG_DFL);
+    lua_sethook(active->L, interrupted, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  }
+  errno = saved;
 }
 
 static double now(void) {
@@ -463,7 +481,7 @@ static int repl_main(lua_State *L) {
 }
 
 int glia_repl(glia_vm *vm) {
-  repl R = {vm, glia_vm_lua(vm), isatty(STDIN_FILENO), 0, NULL, NULL, 0};
+  repl R = {vm, glia_vm_lua(vm), isatty(STDIN_FILENO), 0, NULL, NULL, 0, pthread_self()};
   repl *outer = active;
   active = &R;
   lua_State *L = R.L;
