@@ -707,7 +707,10 @@ static glia_status new_outputs(glia_ctx *G, const attn_plan *p, glia_tensor **o,
   int64_t osz[4] = {p->B, p->H, p->N, p->E};
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, 4, osz, o));
   glia_status st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, osz, lse);
-  if (st != GLIA_OK) glia_tensor_release(*o);
+  if (st != GLIA_OK) {
+    glia_tensor_release(*o);
+    *o = NULL;
+  }
   return st;
 }
 

@@ -326,7 +326,7 @@ do
     local qq, kk, vv = glia.randn(B, H, 150, 64), glia.randn(B, K, 170, 64), glia.randn(B, K, 170, 64)
     local dout = glia.randn(B, H, 150, 64)
     local res = {}
-    for _, nt in ipairs({ 1, 2 }) do
+    for _, nt in ipairs({ 1, 2, 3 }) do
       glia.set_num_threads(nt)
       qq:zero_grad() kk:zero_grad() vv:zero_grad()
       qq:requires_grad() kk:requires_grad() vv:requires_grad()
@@ -335,8 +335,8 @@ do
       res[nt] = { o, qq.grad, kk.grad, vv.grad }
     end
     local ok = true
-    for i = 1, 4 do ok = ok and same(res[1][i], res[2][i]) end
-    t.ok(ok, string.format("1 and 2 threads give bitwise equal output, dq, dk, dv (B=%d Hkv=%d)", B, K))
+    for i = 1, 4 do ok = ok and same(res[1][i], res[2][i]) and same(res[1][i], res[3][i]) end
+    t.ok(ok, string.format("1, 2 and 3 threads give bitwise equal output, dq, dk, dv (B=%d Hkv=%d)", B, K))
   end
   glia.set_num_threads(old)
 end
@@ -457,6 +457,50 @@ do
   t.ok(t.maxdiff(qa:narrow(1, 1, 1), o1) <= 1e-6, "attention_decode with a number length equals the causal forward")
   t.error_like(function() glia.attention_decode(q, k, v, 24) end, "attention_decode.*outside",
                "a length past the cache capacity is an error")
+end
+
+-- ---------------------------------------------------- allocation failure
+-- Fails the n-th allocation for n = 1, 2, ... until forward+backward
+-- succeeds: every failure must be a clean out-of-memory error (and, under
+-- the sanitizers, leak nothing).
+do
+  local q, k, v = glia.randn(1, 4, 40, 16), glia.randn(1, 2, 50, 16), glia.randn(1, 2, 50, 16)
+  local mask, dout = glia.randn(40, 50), glia.randn(1, 4, 40, 16)
+  for _, x in ipairs({ q, k, v, mask }) do x:requires_grad() end
+  local done, err = false, "never succeeded"
+  for n = 1, 300 do
+    glia.fail_alloc_after(n)
+    local ok, e = pcall(function()
+      local o = glia.attention(q, k, v, true, nil, mask, 16, 16, 2)
+      o:backward(dout)
+    end)
+    glia.fail_alloc_after(0)
+    if ok then done = true break end
+    if not tostring(e):find("out of memory") then err = e break end
+  end
+  if not t.ok(done, "every allocation failure in attention forward+backward is a clean out-of-memory error") then
+    t.diag(err)
+  end
+end
+
+-- ---------------------------------------------------------- convexity
+do
+  local q, k, v = glia.randn(1, 2, 30, 16), glia.randn(1, 2, 40, 16), glia.randn(1, 2, 40, 8)
+  local o = glia.attention(q, k, v, true, nil, nil, 8, 8):totable()
+  local vt, ok = v:totable(), true
+  for h = 1, 2 do
+    for i = 1, 30 do
+      for c = 1, 8 do
+        local lo, hi = inf, -inf
+        for j = 1, i + 10 do
+          lo, hi = math.min(lo, vt[1][h][j][c]), max(hi, vt[1][h][j][c])
+        end
+        local x = o[1][h][i][c]
+        ok = ok and x >= lo - 1e-6 and x <= hi + 1e-6
+      end
+    end
+  end
+  t.ok(ok, "every output lies within the per-column range of the value rows its query sees")
 end
 
 -- -------------------------------------------------------------- errors
