@@ -115,10 +115,13 @@ static bool vec_push(node_vec *s, glia_node *node) {
 }
 
 /* Routes one input gradient: reduced to the input's shape, then added into
-** the producing node's gout or the leaf's grad. */
+** the producing node's gout or the leaf's grad. Consumes the reference g
+** (so an unshared gradient can be adopted instead of copied). */
 static glia_status route_grad(glia_ctx *G, glia_tensor *in, glia_tensor *g, node_vec *ready) {
   glia_tensor *r;
-  TRY(glia_sum_to_size(G, g, in->ndim, in->size, &r));
+  glia_status rs = glia_sum_to_size(G, g, in->ndim, in->size, &r);
+  glia_tensor_release(g);
+  TRY(rs);
   glia_status st = GLIA_OK;
   if (in->grad_fn) {
     glia_node *nx = in->grad_fn;
@@ -177,7 +180,10 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     node->gout = NULL;
     glia_status st = node->backward(G, node, g, din);
     for (int i = 0; i < node->ninputs && st == GLIA_OK; i++) {
-      if (node->needs[i] && din[i]) st = route_grad(G, node->input[i], din[i], ready);
+      if (node->needs[i] && din[i]) {
+        st = route_grad(G, node->input[i], din[i], ready);
+        din[i] = NULL;
+      }
     }
     for (int i = 0; i < GLIA_NODE_MAX_IN; i++) glia_tensor_release(din[i]);
     glia_tensor_release(g);

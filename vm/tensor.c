@@ -370,6 +370,12 @@ static void add_into_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 }
 
 glia_status glia_accumulate(glia_ctx *G, glia_tensor **acc, glia_tensor *src) {
+  if (!*acc && src->refcount == 1 && src->storage->refcount == 1 && !src->grad_fn &&
+      src->dtype == GLIA_DTYPE_F32 && glia_tensor_is_contiguous(src)) {
+    /* the caller's reference is the only one: adopt it instead of copying */
+    *acc = glia_tensor_retain(src);
+    return GLIA_OK;
+  }
   if (!*acc) {
     glia_tensor *c;
     TRY(glia_tensor_new(G, GLIA_DTYPE_F32, src->ndim, src->size, &c));
