@@ -1,0 +1,78 @@
+-- t/stock_lua.t -- `require "glia"` from a stock interpreter (lua5.4 or
+-- luajit, whichever this build is for) once `glia --env` set LUA_PATH and
+-- LUA_CPATH. A sanitizer build's module needs the ASan runtime loaded first,
+-- which a stock interpreter does not do: those checks are skipped there.
+local t = require "t.tap"
+local glia = require "glia"
+
+local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- stdout and exit status of a shell command.
+local function sh(cmd)
+  local f = io.popen(cmd .. "; echo \"exit=$?\"")
+  local out = f:read("*a")
+  f:close()
+  local body, code = out:match("^(.-)exit=(%d+)\n$")
+  return body, tonumber(code)
+end
+
+local root = sh("pwd"):gsub("\n$", "")
+local interp = os.getenv("GLIA_TEST_LUA") or (jit and "luajit" or "lua5.4")
+local module = root .. "/lib/lua/" .. (interp == "luajit" and "5.1" or "5.4") .. "/glia/core.so"
+
+local function skip_all(why)
+  t.ok(true, "# skip " .. why)
+  t.done()
+  os.exit(0)
+end
+
+if select(2, sh("command -v " .. interp .. " >/dev/null")) ~= 0 then
+  skip_all(interp .. " is not installed")
+end
+if os.getenv("GLIA_TEST_SAN") or sh("ldd " .. sh_quote(module) .. " 2>/dev/null"):find("asan") then
+  skip_all("a sanitizer build's module cannot load into a stock " .. interp)
+end
+
+local env = sh(sh_quote(root .. "/bin/glia") .. " --env")
+t.ok(env:find("export LUA_PATH=") and env:find("export LUA_CPATH="),
+     "glia --env prints LUA_PATH and LUA_CPATH exports")
+
+-- Runs code under the stock interpreter from another directory, with only
+-- the exports of glia --env telling it where glia lives.
+local function stock(code)
+  return sh("cd /tmp && unset LUA_PATH_5_4 LUA_CPATH_5_4 LUA_INIT LUA_INIT_5_4; eval "
+            .. sh_quote(env) .. "; " .. interp .. " -e " .. sh_quote(code) .. " 2>&1")
+end
+
+local out, code = stock([[
+local glia = require "glia"
+local x = glia.tensor({{1, 2, 3}, {4, 5, 6}})
+local y = x * 2 + 1
+print(glia.version, y:dtype(), table.concat(y:size(), "x"), ("%g"):format(y[2][3]))
+]])
+t.is(out, glia.version .. "\tf32\t2x3\t13\n",
+     interp .. " requires glia and computes with tensors through its own C API")
+t.is(code, 0, interp .. " exits cleanly after using glia (the module closes with the state)")
+
+out = stock([[print(package.searchpath("glia.core", package.cpath))]])
+t.is(out, module .. "\n", interp .. " finds the module built for its ABI under lib/lua")
+
+out = stock([[
+local glia = require "glia"
+local ok, err = pcall(glia.add, glia.tensor({1, 2, 3}), glia.tensor({1, 2}))
+print(ok, err)
+]])
+t.ok(out:find("^false\t.-glia%.add.-do not broadcast"),
+     "an op error in a stock interpreter is a catchable Lua error with the op's message")
+
+out = stock([[
+local glia = require "glia"
+local x = glia.tensor({1, 2, 3})
+x:requires_grad()
+glia.sum(x * x):backward()
+local g = x.grad:totable()
+print(("%g,%g,%g"):format(g[1], g[2], g[3]))
+]])
+t.is(out, "2,4,6\n", "autograd works from a stock interpreter (d(x*x)/dx = 2x)")
+
+t.done()
