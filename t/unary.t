@@ -214,14 +214,26 @@ do
        "exp rounds subnormal results instead of flushing them to 0")
 end
 
--- A dense sweep of exp and tanh over [-20, 20], where they are used most.
+-- Dense sweeps of the functions glia computes itself instead of calling
+-- libm: over [-20, 20], where they are used most, and for log and sqrt over
+-- every binade from the subnormals to the largest floats.
 do
   local v = {}
   for i = 0, 4000 do v[#v + 1] = -20 + i * 0.01 end
   local x = glia.tensor(v)
-  ok_ref(x:exp(), x, REF.exp, "exp is within 1e-6 relative of the reference on a dense sweep")
-  ok_ref(x:tanh(), x, REF.tanh, "tanh is within 1e-6 of the reference on a dense sweep")
-  ok_ref(x:gelu(), x, REF.gelu, "gelu is within 1e-6 of the reference on a dense sweep")
+  for _, name in ipairs({ "exp", "tanh", "sigmoid", "gelu", "silu" }) do
+    ok_ref(x[name](x), x, REF[name], name .. " is within the stated tolerance of the reference on [-20, 20]")
+  end
+  ok_ref(x:gelu("none"), x, REF.gelu_erf, 'gelu "none" is within the stated tolerance of the reference on [-20, 20]')
+  local p = {}
+  for e = -149, 127 do
+    for j = 0, 6 do p[#p + 1] = 2 ^ e * (1 + j / 7) end
+  end
+  for i = -50, 50 do p[#p + 1] = 1 + i * 1e-3 end -- log near 1, where it is small
+  local y = glia.tensor(p)
+  ok_ref(y:log(), y, REF.log, "log is within 1e-6 relative of the reference from subnormals to 2^127")
+  ok_ref(y:sqrt(), y, REF.sqrt, "sqrt is within 1e-6 relative of the reference from subnormals to 2^127")
+  ok_ref(y:rsqrt(), y, REF.rsqrt, "rsqrt is within 1e-6 relative of the reference from subnormals to 2^127")
 end
 
 -- ===================================== bit-identical layouts and threads
