@@ -886,7 +886,10 @@ static glia_status op_attention_decode(glia_ctx *G, int nargs, glia_value *args,
   if (!lens) return glia_fail_nomem(G, bytes, name);
   glia_status st = GLIA_OK;
   if (!len) {
-    for (int64_t b = 0; b < B; b++) lens[b] = arg_int(&args[3], 0);
+    double n = arg_num(&args[3], 0);
+    if (n != floor(n))
+      st = glia_fail(G, GLIA_EARG, "%s: length must be an integer, got %g", name, n);
+    for (int64_t b = 0; b < B; b++) lens[b] = (int64_t)n;
   } else if ((len->dtype != GLIA_DTYPE_I64 && len->dtype != GLIA_DTYPE_I32) || len->ndim != 1 ||
              len->size[0] != B) {
     st = glia_fail(G, GLIA_ESHAPE, "%s: lengths must be a number or an integer tensor {%lld}, got %s %s",

@@ -457,6 +457,8 @@ do
   t.ok(t.maxdiff(qa:narrow(1, 1, 1), o1) <= 1e-6, "attention_decode with a number length equals the causal forward")
   t.error_like(function() glia.attention_decode(q, k, v, 24) end, "attention_decode.*outside",
                "a length past the cache capacity is an error")
+  t.error_like(function() glia.attention_decode(q, k, v, 2.5) end, "attention_decode: length must be an integer",
+               "a fractional length is an error")
 end
 
 -- ---------------------------------------------------- allocation failure
