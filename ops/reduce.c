@@ -37,7 +37,8 @@
 #define LANES 16        /* accumulators per vectorized reduction */
 #define CH (1 << 14)    /* row layout: elements per chunk */
 #define CHR 1024        /* column layout: rows per chunk */
-#define WB 256          /* column layout: outputs per block */
+#define WB 8192         /* column layout: outputs per block */
+#define GROUP4 1024     /* column layout: wider blocks add four rows at a time */
 #define MAXOPS 3
 
 #define INLINE static inline __attribute__((always_inline))
@@ -114,23 +115,38 @@ static void cursor_next(cursor *c, const dimset *D, int nops) {
 #define BETTER_MAX(a, b) ((a) > (b) || (a) != (a))
 #define BETTER_MIN(a, b) ((a) < (b) || (a) != (a))
 
-/* RESULT = sum of EXPR (a double expression of the index J) for J in
-** [0, n), in LANES accumulators folded pairwise: a fixed order that gcc
-** vectorizes. Unlike GLIA_LANE_SUM (float lanes, for short rows) these
-** lanes are double: a reduction may run over millions of elements. */
+/* Loops below are written in blocks of LANES with a fixed inner loop:
+** gcc's -O2 cost model vectorizes those, not loops of unknown length. */
+
+/* RESULT = sum of EXPR (a float expression of the index J) for J in
+** [0, n), in LANES double accumulators folded pairwise: a fixed order.
+** Unlike GLIA_LANE_SUM (float lanes, for short rows) the lanes are double:
+** a reduction may run over millions of elements. */
 #define LANE_SUM(RESULT, n, J, EXPR)                                          \
   do {                                                                        \
     double l_[LANES] = {0}, t_ = 0;                                           \
     int64_t e_ = (n) - (n) % LANES;                                           \
-    for (int64_t b_ = 0; b_ < e_; b_ += LANES)                                \
+    for (int64_t b_ = 0; b_ < e_; b_ += LANES) {                              \
+      float v_[LANES];                                                        \
       for (int k_ = 0; k_ < LANES; k_++) {                                    \
         int64_t J = b_ + k_;                                                  \
-        l_[k_] += (EXPR);                                                     \
+        v_[k_] = (EXPR);                                                      \
       }                                                                       \
+      for (int k_ = 0; k_ < LANES; k_++) l_[k_] += v_[k_];                    \
+    }                                                                         \
     for (int64_t J = e_; J < (n); J++) t_ += (EXPR);                          \
     for (int w_ = LANES / 2; w_ > 0; w_ /= 2)                                 \
       for (int k_ = 0; k_ < w_; k_++) l_[k_] += l_[k_ + w_];                  \
     RESULT = l_[0] + t_;                                                      \
+  } while (0)
+
+/* The statement after J for J in [0, n). */
+#define LANE_FOR(n, J, ...)                                                   \
+  do {                                                                        \
+    int64_t e_ = (n) - (n) % LANES;                                           \
+    for (int64_t b_ = 0; b_ < e_; b_ += LANES)                                \
+      for (int64_t J = b_; J < b_ + LANES; J++) __VA_ARGS__;                  \
+    for (int64_t J = e_; J < (n); J++) __VA_ARGS__;                           \
   } while (0)
 
 /* RESULT = the element of EXPR (a float expression of J) that BETTER picks,
@@ -236,15 +252,15 @@ static inline float finish(const reduce_plan *P, double t, double c) {
 INLINE double run_reduce(red_kind kind, const float *x, int64_t n, int64_t s, double c,
                          double p) {
   double r = 0;
-  float cf = (float)c, m;
+  float cf = (float)c, pf = (float)p, m;
   switch (kind) {
-  case R_SUM: LANE_SUM(r, n, j, (double)x[j * s]); break;
-  case R_SQDEV: LANE_SUM(r, n, j, ((double)x[j * s] - c) * ((double)x[j * s] - c)); break;
-  case R_ABS: LANE_SUM(r, n, j, (double)fabsf(x[j * s])); break;
-  case R_SQ: LANE_SUM(r, n, j, (double)x[j * s] * (double)x[j * s]); break;
-  case R_POW: LANE_SUM(r, n, j, pow(fabs((double)x[j * s]), p)); break;
-  case R_EXPDEV: LANE_SUM(r, n, j, (double)glia_expf(x[j * s] - cf)); break;
-  case R_EQ: LANE_SUM(r, n, j, fabsf(x[j * s]) == cf ? 1.0 : 0.0); break;
+  case R_SUM: LANE_SUM(r, n, j, x[j * s]); break;
+  case R_SQDEV: LANE_SUM(r, n, j, (x[j * s] - cf) * (x[j * s] - cf)); break;
+  case R_ABS: LANE_SUM(r, n, j, fabsf(x[j * s])); break;
+  case R_SQ: LANE_SUM(r, n, j, x[j * s] * x[j * s]); break;
+  case R_POW: LANE_SUM(r, n, j, powf(fabsf(x[j * s]), pf)); break;
+  case R_EXPDEV: LANE_SUM(r, n, j, glia_expf(x[j * s] - cf)); break;
+  case R_EQ: LANE_SUM(r, n, j, fabsf(x[j * s]) == cf ? 1.0f : 0.0f); break;
   case R_MAX: LANE_PICK(m, n, j, x[j * s], -INFINITY, BETTER_MAX); r = m; break;
   case R_MIN: LANE_PICK(m, n, j, x[j * s], INFINITY, BETTER_MIN); r = m; break;
   case R_AMAX: LANE_PICK(m, n, j, fabsf(x[j * s]), 0.0f, BETTER_MAX); r = m; break;
@@ -296,14 +312,41 @@ static void row_range(int64_t b, int64_t e, void *ud) {
 }
 
 /* --- columns: acc[j] over rows of chunk q, for w outputs starting at xb */
-#define COL_LOOP(STEP)                                                        \
-  for (int64_t r = r0; r < r1; r++, cursor_next(&cur, &P->red, 1)) {          \
-    const float *xr = xb + cur.off[0];                                        \
-    for (int64_t j = 0; j < w; j++) {                                         \
-      double v = xr[j];                                                       \
-      STEP;                                                                   \
+/* acc[j] = ADD(acc[j], F(x, j)) over the rows of the chunk. Past GROUP4
+** outputs acc no longer fits in L1 and rows go four at a time (ADD-ed
+** pairwise first): acc is then loaded and stored once per four rows. The
+** grouping depends only on the shape. */
+#define COL_LOOP(F, ADD)                                                      \
+  do {                                                                        \
+    int64_t r = r0;                                                           \
+    for (; w > GROUP4 && r + 4 <= r1; r += 4) {                               \
+      const float *x0 = xb + cur.off[0], *x1, *x2, *x3;                       \
+      cursor_next(&cur, &P->red, 1), x1 = xb + cur.off[0];                    \
+      cursor_next(&cur, &P->red, 1), x2 = xb + cur.off[0];                    \
+      cursor_next(&cur, &P->red, 1), x3 = xb + cur.off[0];                    \
+      cursor_next(&cur, &P->red, 1);                                          \
+      LANE_FOR(w, j, {                                                        \
+        double a_ = F(x0, j), b_ = F(x1, j), c_ = F(x2, j), d_ = F(x3, j);    \
+        acc[j] = ADD(acc[j], ADD(ADD(a_, b_), ADD(c_, d_)));                  \
+      });                                                                     \
     }                                                                         \
-  }
+    for (; r < r1; r++, cursor_next(&cur, &P->red, 1)) {                      \
+      const float *x0 = xb + cur.off[0];                                      \
+      LANE_FOR(w, j, acc[j] = ADD(acc[j], F(x0, j)));                         \
+    }                                                                         \
+  } while (0)
+
+#define F_SUM(x, j) ((double)x[j])
+#define F_SQDEV(x, j) (((double)x[j] - cen[j]) * ((double)x[j] - cen[j]))
+#define F_ABS(x, j) ((double)fabsf(x[j]))
+#define F_SQ(x, j) ((double)x[j] * x[j])
+#define F_POW(x, j) pow(fabs((double)x[j]), p)
+#define F_EXPDEV(x, j) ((double)glia_expf(x[j] - cen[j]))
+#define F_EQ(x, j) (fabsf(x[j]) == cen[j] ? 1.0 : 0.0)
+#define F_AMAX F_ABS
+#define ADD_SUM(a, b) ((a) + (b))
+#define ADD_MAX(a, b) (BETTER_MAX(b, a) ? (b) : (a))
+#define ADD_MIN(a, b) (BETTER_MIN(b, a) ? (b) : (a))
 
 static void col_chunk(const reduce_plan *P, const float *xb, int64_t w, int64_t q,
                       const float *cen, double *restrict acc) {
@@ -313,16 +356,16 @@ static void col_chunk(const reduce_plan *P, const float *xb, int64_t w, int64_t 
   double id = identity(P->S.kind), p = P->S.p;
   for (int64_t j = 0; j < w; j++) acc[j] = id;
   switch (P->S.kind) {
-  case R_SUM: COL_LOOP(acc[j] += v) break;
-  case R_SQDEV: COL_LOOP(acc[j] += (v - cen[j]) * (v - cen[j])) break;
-  case R_ABS: COL_LOOP(acc[j] += fabs(v)) break;
-  case R_SQ: COL_LOOP(acc[j] += v * v) break;
-  case R_POW: COL_LOOP(acc[j] += pow(fabs(v), p)) break;
-  case R_EXPDEV: COL_LOOP(acc[j] += glia_expf((float)v - cen[j])) break;
-  case R_EQ: COL_LOOP(acc[j] += (float)fabs(v) == cen[j] ? 1.0 : 0.0) break;
-  case R_MAX: COL_LOOP(acc[j] = BETTER_MAX(v, acc[j]) ? v : acc[j]) break;
-  case R_MIN: COL_LOOP(acc[j] = BETTER_MIN(v, acc[j]) ? v : acc[j]) break;
-  case R_AMAX: COL_LOOP(acc[j] = BETTER_MAX(fabs(v), acc[j]) ? fabs(v) : acc[j]) break;
+  case R_SUM: COL_LOOP(F_SUM, ADD_SUM); break;
+  case R_SQDEV: COL_LOOP(F_SQDEV, ADD_SUM); break;
+  case R_ABS: COL_LOOP(F_ABS, ADD_SUM); break;
+  case R_SQ: COL_LOOP(F_SQ, ADD_SUM); break;
+  case R_POW: COL_LOOP(F_POW, ADD_SUM); break;
+  case R_EXPDEV: COL_LOOP(F_EXPDEV, ADD_SUM); break;
+  case R_EQ: COL_LOOP(F_EQ, ADD_SUM); break;
+  case R_MAX: COL_LOOP(F_SUM, ADD_MAX); break;
+  case R_MIN: COL_LOOP(F_SUM, ADD_MIN); break;
+  case R_AMAX: COL_LOOP(F_AMAX, ADD_MAX); break;
   }
 }
 
@@ -769,6 +812,23 @@ typedef struct {
 #define ARG_BETTER(is_min, v, m) \
   (((v) != (v) && (m) == (m)) || ((is_min) ? (v) < (m) : (v) > (m)))
 
+/* The first extreme of n >= 1 elements at stride s: the extreme value by
+** vectorized lanes, then its first position. */
+INLINE void arg_chunk(const float *x, int64_t n, int64_t s, int is_min, float *value,
+                      int64_t *at) {
+  float m;
+  if (is_min)
+    LANE_PICK(m, n, j, x[j * s], INFINITY, BETTER_MIN);
+  else
+    LANE_PICK(m, n, j, x[j * s], -INFINITY, BETTER_MAX);
+  int64_t j = 0;
+  if (m != m)
+    while (x[j * s] == x[j * s]) j++;
+  else
+    while (x[j * s] != m) j++;
+  *value = m, *at = j;
+}
+
 static void arg_range(int64_t b, int64_t e, void *ud) {
   const arg_plan *A = ud;
   int64_t k = b / A->Q;
@@ -777,12 +837,13 @@ static void arg_range(int64_t b, int64_t e, void *ud) {
   for (int64_t i = b; i < e; k++, cursor_next(&cur, &A->keep, 1)) {
     const float *x = A->x + cur.off[0];
     for (int64_t q = i - k * A->Q; q < A->Q && i < e; q++, i++) {
-      int64_t j0 = q * CH, j1 = min64(A->n, j0 + CH), at = j0;
-      float m = x[j0 * A->s];
-      for (int64_t j = j0 + 1; j < j1; j++) {
-        float v = x[j * A->s];
-        if (ARG_BETTER(A->is_min, v, m)) m = v, at = j;
-      }
+      int64_t j0 = q * CH, at;
+      float m;
+      if (A->s == 1)
+        arg_chunk(x + j0, min64(CH, A->n - j0), 1, A->is_min, &m, &at);
+      else
+        arg_chunk(x + j0 * A->s, min64(CH, A->n - j0), A->s, A->is_min, &m, &at);
+      at += j0;
       if (A->pidx) {
         A->pval[q * A->K + k] = m, A->pidx[q * A->K + k] = at;
       } else {
@@ -976,14 +1037,14 @@ INLINE void softmax_row(float *o, int64_t so, const float *x, int64_t sx, int64_
   double sum;
   LANE_PICK(m, n, j, x[j * sx], -INFINITY, BETTER_MAX);
   if (is_log) {
-    LANE_SUM(sum, n, j, (double)glia_expf(x[j * sx] - m));
-    float lse = (float)(isinf(m) ? m : m + log(sum));
-    for (int64_t j = 0; j < n; j++) o[j * so] = x[j * sx] - lse;
+    LANE_SUM(sum, n, j, glia_expf(x[j * sx] - m));
+    float ls = (float)log(sum); /* x - m is exact near the max: subtract it first */
+    LANE_FOR(n, j, o[j * so] = x[j * sx] - m - ls);
     return;
   }
-  LANE_SUM(sum, n, j, (double)(o[j * so] = glia_expf(x[j * sx] - m)));
+  LANE_SUM(sum, n, j, o[j * so] = glia_expf(x[j * sx] - m));
   float inv = (float)(1.0 / sum);
-  for (int64_t j = 0; j < n; j++) o[j * so] *= inv;
+  LANE_FOR(n, j, o[j * so] *= inv);
 }
 
 /* softmax: dx = y (g - sum(g y));  log_softmax: dx = g - exp(y) sum(g). */
@@ -991,14 +1052,14 @@ INLINE void softmax_bwd_row(float *dx, int64_t sd, const float *y, int64_t sy, c
                             int64_t sg, int64_t n, int is_log) {
   double sum;
   if (is_log) {
-    LANE_SUM(sum, n, j, (double)g[j * sg]);
+    LANE_SUM(sum, n, j, g[j * sg]);
     float s = (float)sum;
-    for (int64_t j = 0; j < n; j++) dx[j * sd] = g[j * sg] - glia_expf(y[j * sy]) * s;
+    LANE_FOR(n, j, dx[j * sd] = g[j * sg] - glia_expf(y[j * sy]) * s);
     return;
   }
-  LANE_SUM(sum, n, j, (double)g[j * sg] * y[j * sy]);
+  LANE_SUM(sum, n, j, g[j * sg] * y[j * sy]);
   float s = (float)sum;
-  for (int64_t j = 0; j < n; j++) dx[j * sd] = y[j * sy] * (g[j * sg] - s);
+  LANE_FOR(n, j, dx[j * sd] = y[j * sy] * (g[j * sg] - s));
 }
 
 static void soft_fwd_range(int64_t b, int64_t e, void *ud) {
