@@ -1,0 +1,30 @@
+-- glia.nn -- neural-network layers as Lua classes: `local nn = require "glia.nn"`.
+--
+--   nn.Module                   base class (nn/module.lua): nn.Module:extend("Name")
+--   nn.Parameter(t)             mark a tensor as a parameter for field assignment
+--   nn.Linear(in, out, {bias})  nn.Embedding(n, dim)
+--   nn.LayerNorm(dim, {eps, elementwise_affine, bias})  nn.RMSNorm(dim, {eps, elementwise_affine})
+--   nn.BatchNorm1d(C, {eps, momentum, affine, track_running_stats})
+--   nn.Dropout(p)  nn.ReLU()  nn.GELU(approximate)  nn.SiLU()  nn.Identity()
+--   nn.Sequential(...)  nn.ModuleList(...)  nn.ModuleDict(t)  nn.Residual(inner)
+--   nn.CausalSelfAttention(d_model, n_heads, {dropout, bias, fused})
+--   nn.init                     initializers (nn/initializers.lua)
+--   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
+local Module = require "glia.nn.module"
+
+local pairs, ipairs, require = pairs, ipairs, require
+
+local nn = {
+  Module = Module,
+  Parameter = Module.Parameter,
+  is_module = Module.is_module,
+  init = require "glia.nn.initializers",
+  functional = require "glia.nn.functional",
+}
+nn.F = nn.functional
+
+for _, family in ipairs { "linear", "activation", "norm", "container", "attention" } do
+  for name, cls in pairs(require("glia.nn." .. family)) do nn[name] = cls end
+end
+
+return nn
