@@ -191,6 +191,7 @@ glia_status glia_binary_(glia_ctx *G, glia_binop op, glia_tensor *t, const glia_
   TRY(check_f32(G, d->name, &a, 1));
   TRY(check_f32(G, d->name, b, 2));
   TRY(glia_check_inplace(G, d->name, t));
+  TRY(glia_check_no_overlap(G, d->name, t));
   if (b->kind == GLIA_VAL_TENSOR) {
     int nd;
     int64_t shape[GLIA_MAX_DIMS];
@@ -211,6 +212,16 @@ glia_status glia_check_inplace(glia_ctx *G, const char *name, glia_tensor *t) {
                      "%s: in-place op on a tensor that requires grad %s (use glia.no_grad, "
                      "or the out-of-place form)",
                      name, glia_shape_str(t));
+  return GLIA_OK;
+}
+
+glia_status glia_check_no_overlap(glia_ctx *G, const char *name, const glia_tensor *t) {
+  for (int d = 0; d < t->ndim; d++)
+    if (t->stride[d] == 0 && t->size[d] > 1)
+      return glia_fail(G, GLIA_EARG,
+                       "%s: in-place op on an expanded tensor %s, whose elements share memory "
+                       "(make a copy with :contiguous() first)",
+                       name, glia_shape_str(t));
   return GLIA_OK;
 }
 
@@ -552,6 +563,7 @@ static glia_status op_masked_fill_(glia_ctx *G, int nargs, glia_value *args, int
   glia_value vx = {.kind = GLIA_VAL_TENSOR, .u.t = x};
   TRY(check_f32(G, name, &vx, 1));
   TRY(glia_check_inplace(G, name, x));
+  TRY(glia_check_no_overlap(G, name, x));
   int nd;
   int64_t shape[GLIA_MAX_DIMS];
   TRY(glia_broadcast_shape(G, name, x->ndim, x->size, mask->ndim, mask->size, &nd, shape));

@@ -40,6 +40,10 @@ GLIAI_FUNC glia_status glia_masked_fill(glia_ctx *G, glia_tensor *x, glia_tensor
                                         double value, glia_tensor **out);
 /* Fails when an in-place write to t would break autograd. */
 GLIAI_FUNC glia_status glia_check_inplace(glia_ctx *G, const char *name, glia_tensor *t);
+/* Fails when elements of t share memory (an expanded view, stride 0): an
+** in-place op would update them more than once. */
+GLIAI_FUNC glia_status glia_check_no_overlap(glia_ctx *G, const char *name,
+                                             const glia_tensor *t);
 
 /* ---------------------------------------------------- ops/unary.c */
 

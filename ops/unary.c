@@ -343,12 +343,14 @@ static glia_status unary_new(glia_ctx *G, int op, glia_tensor *x, unary_arg k,
   return GLIA_OK;
 }
 
-/* x = op(x). Refused when x takes part in autograd; bumps x's version so a
-** node that saved x fails in backward instead of using the new values. */
+/* x = op(x). Refused when x takes part in autograd or is expanded (its
+** elements share memory); bumps x's version so that a node that saved x
+** fails in backward instead of using the new values. */
 static glia_status unary_inplace(glia_ctx *G, int op, glia_tensor *x, unary_arg k) {
   const unary_def *d = &unary_defs[op];
   TRY(check_f32(G, d->name_, x));
   TRY(glia_check_inplace(G, d->name_, x));
+  TRY(glia_check_no_overlap(G, d->name_, x));
   run_blocks(G, d->fwd, x, x, NULL, k);
   glia_tensor_bump_version(x);
   return GLIA_OK;

@@ -450,6 +450,12 @@ do
   t.error_like(function() glia.ones(2):to("i64"):masked_fill(glia.ones(2):gt(0), 1) end,
                "glia%.masked_fill: argument 1 must be f32, got i64 {2}",
                "masked_fill on an i64 tensor names the op, the argument and the dtype")
+  t.error_like(function() glia.ones(4):expand(3, 4):add_(1) end,
+               "glia%.add: in%-place op on an expanded tensor {3,4}",
+               "add_ refuses an expanded tensor, whose elements would be updated three times")
+  t.error_like(function() glia.ones(4):expand(3, 4):masked_fill_(glia.eye(3, 4):gt(0), 0) end,
+               "glia%.masked_fill_: in%-place op on an expanded tensor {3,4}",
+               "masked_fill_ refuses an expanded tensor, whose elements share memory")
   local leaf = glia.ones(2):requires_grad()
   t.error_like(function() leaf:masked_fill_(glia.ones(2):gt(0), 0) end,
                "glia%.masked_fill_: in%-place op on a tensor that requires grad",

@@ -322,6 +322,12 @@ do
   local z = glia.no_grad(function() return y:relu_() end)
   t.ok(z:totable()[2] == 4, "in-place ops on tensors that need grad are allowed under no_grad")
 
+  t.error_like(function() glia.ones(1, 4):expand(3, 4):exp_() end,
+               "glia%.exp_: in%-place op on an expanded tensor {3,4}",
+               "in-place exp_ refuses an expanded tensor, whose elements share memory")
+  local one = glia.tensor({ { 1, 2 } }):expand(1, 2):exp_()
+  t.ok(abs(one:totable()[1][2] - exp(2)) < 1e-5, "a size-1 dim of stride 0 does not count as shared memory")
+
   local a = glia.tensor({ 0.5, 1.5 }):requires_grad()
   local e = glia.exp(a) -- saves its output
   glia.no_grad(function() e:neg_() end)
