@@ -25,7 +25,7 @@ local function time(fn, reps)
 end
 
 local function report(name, sec, rate, unit)
-  io.write(fmt("%s %.3f %.2f %s\n", name, sec * 1e3, rate, unit))
+  io.write(fmt("%s %.4f %.2f %s\n", name, sec * 1e3, rate, unit))
 end
 
 local W = {}
@@ -72,6 +72,16 @@ W.linear_fwdbwd = function(name)
     y:free()
   end, 10)
   report(name, s, 3 * 2 * 4096 * 256 * 1024 / s * 1e-9, "GFLOP/s")
+end
+
+-- linear_row_*: one token through a layer, as in decoding (matrix-vector).
+for name, s in pairs({linear_row_256x1024 = {256, 1024}, linear_row_1024x256 = {1024, 256},
+                      linear_row_768x3072 = {768, 3072}}) do
+  W[name] = function()
+    local x, w, b = glia.randn(1, s[1]), glia.randn(s[2], s[1]), glia.randn(s[2])
+    local sec = time(function() glia.linear(x, w, b):free() end, 200)
+    report(name, sec, 2 * s[1] * s[2] / sec * 1e-9, "GFLOP/s")
+  end
 end
 
 -- add_16M: a + b, b broadcast over rows. gelu_16M in its two forms:

@@ -116,6 +116,33 @@ check_matmul(randn(3, 2, 4):transpose(1, 2), randn(4, 5),
 check_matmul(randn(6):narrow(1, 2, 4), randn(8, 3):narrow(1, 3, 4),
              "a narrowed vector gives the naive product")
 
+-- One row or column of output on a matrix of >= 2^17 elements goes to sgemv.
+local function check_big(x, y, desc)
+  local want, shape = ref_matmul(x, y)
+  same(glia.matmul(x, y), want, shape, 1e-3, desc)
+end
+check_big(randn(512), randn(512, 256), "vector x matrix (matrix-vector path) gives the naive product")
+check_big(randn(512), randn(256, 512):t(), "vector x transposed matrix gives the naive product")
+check_big(randn(512, 2):select(2, 1), randn(512, 256), "a strided vector x matrix gives the naive product")
+check_big(randn(256, 512), randn(512), "matrix x vector gives the naive product")
+check_big(randn(512, 256):t(), randn(512), "transposed matrix x vector gives the naive product")
+check_big(randn(256, 512), randn(512, 3):select(2, 2), "matrix x strided vector gives the naive product")
+check_big(randn(4, 1, 512), randn(4, 512, 256), "a batch of one-row products gives the naive product")
+check_big(randn(2, 256, 512), randn(2, 512, 1), "a batch of one-column products gives the naive product")
+
+do
+  local x, w = randn(1, 512):requires_grad(), randn(256, 512)
+  local y = glia.linear(x, w)
+  y:backward(glia.ones_like(y))
+  local wv, want = w:totable(), {}
+  for k = 1, 512 do
+    local s = 0
+    for j = 1, 256 do s = s + wv[j][k] end
+    want[k] = s
+  end
+  t.near(x.grad, {want}, 1e-3, "the input gradient of a one-row linear (matrix-vector path) is g w")
+end
+
 -- Counts the allocations fn makes: the n-th one fails once n is small enough.
 local function allocations(fn)
   for n = 1, 32 do
