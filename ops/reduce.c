@@ -1032,7 +1032,8 @@ static void soft_plan_init(soft_plan *P, glia_tensor *const *t, int nops, int di
 }
 
 /* y = exp(x - max) / sum, or log_softmax: x - max - log(sum). */
-INLINE void softmax_row(float *o, int64_t so, const float *x, int64_t sx, int64_t n, int is_log) {
+INLINE void softmax_row(float *restrict o, int64_t so, const float *restrict x, int64_t sx,
+                        int64_t n, int is_log) {
   float m;
   double sum;
   LANE_PICK(m, n, j, x[j * sx], -INFINITY, BETTER_MAX);
@@ -1048,8 +1049,8 @@ INLINE void softmax_row(float *o, int64_t so, const float *x, int64_t sx, int64_
 }
 
 /* softmax: dx = y (g - sum(g y));  log_softmax: dx = g - exp(y) sum(g). */
-INLINE void softmax_bwd_row(float *dx, int64_t sd, const float *y, int64_t sy, const float *g,
-                            int64_t sg, int64_t n, int is_log) {
+INLINE void softmax_bwd_row(float *restrict dx, int64_t sd, const float *restrict y, int64_t sy,
+                            const float *restrict g, int64_t sg, int64_t n, int is_log) {
   double sum;
   if (is_log) {
     LANE_SUM(sum, n, j, g[j * sg]);

@@ -526,6 +526,62 @@ gc("log_softmax along dim -1 passes gradcheck", function(a) return a:log_softmax
 gc("log_softmax along dim 2 of a narrowed input passes gradcheck",
    function(a) return a:narrow(2, 2, 3):log_softmax(2) end, glia.randn(3, 5))
 
+-- ================================================ allocation failure
+
+-- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
+-- until it succeeds: every failure must be a clean out-of-memory error
+-- (the sanitizer build checks that nothing leaks).
+local function survives_oom(fn)
+  for n = 1, 200 do
+    glia.fail_alloc_after(n)
+    local ok, err = pcall(fn)
+    glia.fail_alloc_after(0)
+    if ok then return true end
+    if not tostring(err):find("out of memory") then return false, err end
+  end
+  return false, "never succeeded"
+end
+
+do
+  local big = glia.randn(4, 40000) -- chunk results need scratch memory
+  local cases = {
+    { "sum with chunk scratch", function() return big:sum() end },
+    { "var over a column chunked dim", function() return glia.randn(3000, 5):var(1) end },
+    { "max with indices over long rows", function() return big:max(2) end },
+    { "argmax over all of a transposed tensor", function() return big:t():argmax() end },
+    { "logsumexp and its backward", function()
+        local x = glia.randn(3, 5)
+        x:requires_grad()
+        x:logsumexp(2):sum():backward()
+      end },
+    { "norm p = inf and its backward", function()
+        local x = glia.randn(3, 5)
+        x:requires_grad()
+        x:norm(huge, 2):sum():backward()
+      end },
+    { "std and its backward", function()
+        local x = glia.randn(3, 5)
+        x:requires_grad()
+        x:std(1):sum():backward()
+      end },
+    { "max along a dim and its backward", function()
+        local x = glia.randn(3, 5)
+        x:requires_grad()
+        local v = x:max(2)
+        v:sum():backward()
+      end },
+    { "softmax and its backward", function()
+        local x = glia.randn(3, 5)
+        x:requires_grad()
+        x:softmax(2):sum():backward()
+      end },
+  }
+  for _, c in ipairs(cases) do
+    local ok, err = survives_oom(c[2])
+    if not t.ok(ok, c[1] .. " fails cleanly with out of memory at every allocation") then t.diag(err) end
+  end
+end
+
 -- =========================================================== errors
 
 do
