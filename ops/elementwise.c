@@ -165,12 +165,11 @@ glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const g
     node->iarg[0] = op;
     node->farg[0] = a->kind == GLIA_VAL_TENSOR ? 0 : arg_num(a, 0);
     node->farg[1] = b->kind == GLIA_VAL_TENSOR ? 0 : arg_num(b, 0);
-    /* mul/div/pow/min/max need their operands (and pow/div the output) */
+    /* mul/div/pow/min/max need their operands (and div the output) */
     if (op != GLIA_BIN_ADD && op != GLIA_BIN_SUB) {
       st = glia_node_save(G, node, in[0]);
       if (st == GLIA_OK) st = glia_node_save(G, node, in[1]);
-      if (st == GLIA_OK && (op == GLIA_BIN_DIV || op == GLIA_BIN_POW))
-        st = glia_node_save(G, node, r);
+      if (st == GLIA_OK && op == GLIA_BIN_DIV) st = glia_node_save(G, node, r);
     }
     if (st != GLIA_OK) glia_node_release(node);
     else glia_node_finish(node, r);
@@ -284,40 +283,39 @@ static glia_status div_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
   return GLIA_OK;
 }
 
+/* pow's input gradients in one pass each: da = g b a^(b-1), db = g a^b ln a,
+** with torch's values where those formulas give 0 * inf = NaN: da = 0 where
+** b == 0, db = 0 where a == 0 and b >= 0. */
+typedef struct {
+  int wrt_b;
+  float sa, sb;
+  int a_scalar, b_scalar;
+} powgrad_arg;
+
+static void powgrad_loop(int64_t n, char **p, const int64_t *s, void *ud) {
+  const powgrad_arg *k = ud;
+  for (int64_t i = 0; i < n; i++) {
+    float a = k->a_scalar ? k->sa : *(const float *)(p[1] + i * s[1]);
+    float b = k->b_scalar ? k->sb : *(const float *)(p[2] + i * s[2]);
+    float g = *(const float *)(p[3] + i * s[3]);
+    float r;
+    if (k->wrt_b) r = a == 0.0f && b >= 0.0f ? 0.0f : g * powf(a, b) * logf(a);
+    else r = b == 0.0f ? 0.0f : g * b * powf(a, b - 1.0f);
+    *(float *)(p[0] + i * s[0]) = r;
+  }
+}
+
 static glia_status pow_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  glia_tensor *a, *b, *out, *t = NULL, *u = NULL;
+  glia_tensor *a, *b;
   TRY(saved2(G, n, &a, &b));
-  TRY(glia_node_saved(G, n, 2, &out));
-  glia_status st = GLIA_OK;
-  if (n->needs[0]) { /* b * a^(b-1) */
-    if (b) {
-      glia_tensor *bm1 = NULL;
-      st = glia_ts(G, GLIA_BIN_SUB, b, 1.0, &bm1);
-      if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_POW, a, bm1, &t);
-      if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_MUL, t, b, &u);
-      glia_tensor_release(bm1);
-    } else {
-      st = glia_ts(G, GLIA_BIN_POW, a, n->farg[1] - 1.0, &t);
-      if (st == GLIA_OK) st = glia_ts(G, GLIA_BIN_MUL, t, n->farg[1], &u);
-    }
-    if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_MUL, g, u, &din[0]);
-    glia_tensor_release(t);
-    glia_tensor_release(u);
-    t = u = NULL;
-    TRY(st);
+  for (int i = 0; i < 2; i++) {
+    if (!n->needs[i]) continue;
+    TRY(glia_tensor_new(G, GLIA_DTYPE_F32, n->out_ndim, n->out_size, &din[i]));
+    powgrad_arg k = {i, (float)n->farg[0], (float)n->farg[1], !a, !b};
+    glia_tensor *ops[4] = {din[i], a ? a : din[i], b ? b : din[i], g};
+    glia_iter(G, 4, ops, powgrad_loop, &k, GRAIN);
   }
-  if (n->needs[1]) { /* out * ln(a) */
-    if (a) {
-      st = glia_unary(G, GLIA_UN_LOG, a, &t);
-      if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_MUL, t, out, &u);
-    } else {
-      st = glia_ts(G, GLIA_BIN_MUL, out, log(n->farg[0]), &u);
-    }
-    if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_MUL, g, u, &din[1]);
-    glia_tensor_release(t);
-    glia_tensor_release(u);
-  }
-  return st;
+  return GLIA_OK;
 }
 
 /* maximum/minimum: the gradient goes to the operand that was chosen; ties

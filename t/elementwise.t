@@ -320,10 +320,15 @@ do
   w:add_(1)
   t.error_like(function() y:backward(glia.ones(3)) end, "glia%.mul: .*modified in place",
                "backward fails when mul's saved operand was modified in place")
-  local p = x ^ 2 -- saves its output
-  glia.no_grad(function() p:mul_(2) end)
+  local q = x / w -- saves its output
+  glia.no_grad(function() q:mul_(2) end)
+  t.error_like(function() q:backward(glia.ones(3)) end, "glia%.div: .*modified in place",
+               "backward fails when div's saved output was modified in place")
+  local base = tensor({ 3 }, 1, 2):requires_grad()
+  local p = base ^ 2 -- saves its base
+  glia.no_grad(function() base:add_(1) end)
   t.error_like(function() p:backward(glia.ones(3)) end, "glia%.pow: .*modified in place",
-               "backward fails when pow's saved output was modified in place")
+               "backward fails when pow's saved base was modified in place")
   local m = tensor({ 2, 2 }, 1, 2)
   local mask = glia.tensor({ { 1, 0 }, { 0, 1 } }):gt(0)
   local q = glia.where(mask, x:narrow(1, 1, 2), m)
@@ -386,6 +391,21 @@ do
   glia.maximum(a, b):sum():backward()
   t.ok(values_are(a.grad, { 0, 1 }) and values_are(b.grad, { 1, 0 }),
        "maximum sends the gradient to the larger operand")
+end
+
+do
+  local x, y = glia.tensor({ 0, 0, 1, 2 }):requires_grad(), glia.tensor({ 2, 0, 0, 1.5 }):requires_grad()
+  glia.pow(x, y):sum():backward()
+  t.near(x.grad, { 0, 0, 0, 1.5 * 2 ^ 0.5 }, 1e-6,
+         "pow's gradient for the base is 0 where the exponent is 0, not NaN at a 0 base")
+  t.near(y.grad, { 0, 0, 0, 2 ^ 1.5 * math.log(2) }, 1e-6,
+         "pow's gradient for the exponent is 0 at a 0 base with a nonnegative exponent, not NaN")
+  local z = glia.tensor({ 0, 3 }):requires_grad()
+  glia.pow(z, 0):sum():backward()
+  t.ok(values_are(z.grad, { 0, 0 }), "x ^ 0 has gradient 0 everywhere, 0 included")
+  local e = glia.tensor({ 0, 1 }):requires_grad()
+  glia.pow(0, e):sum():backward()
+  t.ok(values_are(e.grad, { 0, 0 }), "0 ^ x has gradient 0 for x >= 0")
 end
 
 -- ============================================================= threads
