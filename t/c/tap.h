@@ -2,7 +2,8 @@
 ** t/c/tap.h -- a tiny TAP producer for the C tests of the VM core.
 **   ok(cond, "what is proven"); ... ; return tap_done();
 ** Included after glia.h, it also offers small tensor helpers (tap_tensor,
-** tap_op). Everything is static inline, so a test uses what it needs.
+** tap_at; tap_op after glia_impl.h). Everything is static inline, so a
+** test uses what it needs.
 */
 #ifndef GLIA_TAP_H
 #define GLIA_TAP_H
@@ -53,20 +54,30 @@ static inline glia_tensor *tap_tensor(glia_ctx *G, int ndim, const int64_t *size
   return t;
 }
 
-/* Calls registry op `name` on one or two tensors (b may be NULL); on
-** success *out owns the first result and any others are released. */
+#ifdef GLIA_IMPL_H
+/* Calls registry op `name` on one or two tensors (b may be NULL), the
+** remaining arguments of its signature absent, as the binding passes them.
+** On success *out owns the first result and any others are released. */
 static inline glia_status tap_op(glia_ctx *G, const char *name, glia_tensor *a,
                                  glia_tensor *b, glia_tensor **out) {
-  glia_value args[2] = {{.kind = GLIA_VAL_TENSOR, .u.t = a}, {.kind = GLIA_VAL_TENSOR, .u.t = b}};
-  glia_value outs[GLIA_MAX_OUTS];
-  int nouts = 0;
-  glia_status st = glia_op_call(G, glia_op_find(name), b ? 2 : 1, args, &nouts, outs);
+  const glia_op *op = glia_op_find(name);
+  glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
+  int nargs = 0, nouts = 0;
+  for (const char *s = op ? op->sig : ""; *s && nargs < GLIA_MAX_ARGS; s++)
+    if (*s != '|') args[nargs++].kind = GLIA_VAL_NONE;
+  glia_tensor *given[2] = {a, b};
+  for (int i = 0; i < 2 && i < nargs && given[i]; i++) {
+    args[i].kind = GLIA_VAL_TENSOR;
+    args[i].u.t = given[i];
+  }
+  glia_status st = glia_op_call(G, op, nargs, args, &nouts, outs);
   if (st != GLIA_OK) return st;
   for (int k = 1; k < nouts; k++)
     if (outs[k].kind == GLIA_VAL_TENSOR) glia_tensor_release(outs[k].u.t);
   *out = outs[0].u.t;
   return GLIA_OK;
 }
+#endif
 
 /* Element i (row-major over the shape) of an f32 tensor of any strides. */
 static inline float tap_at(glia_tensor *t, int64_t i) {
