@@ -1005,31 +1005,22 @@ glia_status glia_min(glia_ctx *G, glia_tensor *x, int dim, int keepdim, glia_ten
 
 /* ============================================= softmax, log_softmax */
 
-/* Rows along one dim, walked by up to three operands. */
+/* Rows along one dim, walked by up to three operands. Two layouts, as for
+** reductions: rows one at a time (contiguous rows vectorize), or, when
+** neighbouring rows sit next to each other in every operand (softmax over
+** a dim that is not innermost), SB of them side by side. */
 typedef struct {
   dimset rows;
   int64_t n, s[MAXOPS]; /* row length; each operand's stride along the dim */
-  int is_log;
+  int nops, is_log;
   float *o;             /* the result: y, or dx */
-  const float *a, *b;   /* x; or y and g */
+  const float *a, *b;   /* x; or y and g (backward) */
+  /* columns */
+  dimset outer;         /* rows but the innermost */
+  int64_t W, nb;        /* innermost rows size, blocks of SB rows */
 } soft_plan;
 
-static void soft_plan_init(soft_plan *P, glia_tensor *const *t, int nops, int dim, int is_log) {
-  memset(P, 0, sizeof *P);
-  P->is_log = is_log;
-  P->n = t[0]->size[dim];
-  for (int d = 0; d < t[0]->ndim; d++) {
-    if (d == dim) continue;
-    P->rows.size[P->rows.n] = t[0]->size[d];
-    for (int k = 0; k < nops; k++) P->rows.stride[k][P->rows.n] = t[k]->stride[d];
-    P->rows.n++;
-  }
-  for (int k = 0; k < nops; k++) P->s[k] = t[k]->stride[dim];
-  dimset_coalesce(&P->rows, nops);
-  P->o = (float *)glia_ptr(t[0]);
-  P->a = (const float *)glia_ptr(t[1]);
-  P->b = nops > 2 ? (const float *)glia_ptr(t[2]) : NULL;
-}
+#define SB 256
 
 /* y = exp(x - max) / sum, or log_softmax: x - max - log(sum). */
 INLINE void softmax_row(float *restrict o, int64_t so, const float *restrict x, int64_t sx,
@@ -1063,42 +1054,129 @@ INLINE void softmax_bwd_row(float *restrict dx, int64_t sd, const float *restric
   LANE_FOR(n, j, dx[j * sd] = y[j * sy] * (g[j * sg] - s));
 }
 
-static void soft_fwd_range(int64_t b, int64_t e, void *ud) {
+/* The same for w <= SB side-by-side rows, element i of each at i * stride;
+** each row's sums run in order of i. */
+static void softmax_cols(float *restrict o, int64_t so, const float *restrict x, int64_t sx,
+                         int64_t n, int64_t w, int is_log) {
+  float m[SB], f[SB];
+  double sum[SB];
+  LANE_FOR(w, j, m[j] = -INFINITY, sum[j] = 0);
+  for (int64_t i = 0; i < n; i++) {
+    const float *xi = x + i * sx;
+    LANE_FOR(w, j, m[j] = BETTER_MAX(xi[j], m[j]) ? xi[j] : m[j]);
+  }
+  for (int64_t i = 0; i < n; i++) {
+    const float *xi = x + i * sx;
+    float *oi = o + i * so;
+    LANE_FOR(w, j, f[j] = glia_expf(xi[j] - m[j]));
+    LANE_FOR(w, j, sum[j] += f[j]);
+    if (!is_log) memcpy(oi, f, (size_t)w * sizeof *f);
+  }
+  for (int64_t j = 0; j < w; j++) f[j] = (float)(is_log ? log(sum[j]) : 1.0 / sum[j]);
+  for (int64_t i = 0; i < n; i++) {
+    const float *xi = x + i * sx;
+    float *oi = o + i * so;
+    if (is_log)
+      LANE_FOR(w, j, oi[j] = xi[j] - m[j] - f[j]);
+    else
+      LANE_FOR(w, j, oi[j] *= f[j]);
+  }
+}
+
+static void softmax_bwd_cols(float *restrict dx, int64_t sd, const float *restrict y, int64_t sy,
+                             const float *restrict g, int64_t sg, int64_t n, int64_t w,
+                             int is_log) {
+  double sum[SB];
+  float s[SB];
+  LANE_FOR(w, j, sum[j] = 0);
+  for (int64_t i = 0; i < n; i++) {
+    const float *yi = y + i * sy, *gi = g + i * sg;
+    if (is_log)
+      LANE_FOR(w, j, sum[j] += gi[j]);
+    else
+      LANE_FOR(w, j, sum[j] += gi[j] * yi[j]);
+  }
+  LANE_FOR(w, j, s[j] = (float)sum[j]);
+  for (int64_t i = 0; i < n; i++) {
+    const float *yi = y + i * sy, *gi = g + i * sg;
+    float *di = dx + i * sd;
+    if (is_log)
+      LANE_FOR(w, j, di[j] = gi[j] - glia_expf(yi[j]) * s[j]);
+    else
+      LANE_FOR(w, j, di[j] = yi[j] * (gi[j] - s[j]));
+  }
+}
+
+/* Items are rows. */
+static void soft_rows_range(int64_t b, int64_t e, void *ud) {
   const soft_plan *P = ud;
+  const int64_t *s = P->s;
   cursor cur;
-  cursor_seek(&cur, &P->rows, 2, b);
-  for (int64_t r = b; r < e; r++, cursor_next(&cur, &P->rows, 2)) {
+  cursor_seek(&cur, &P->rows, P->nops, b);
+  for (int64_t r = b; r < e; r++, cursor_next(&cur, &P->rows, P->nops)) {
     float *o = P->o + cur.off[0];
-    const float *x = P->a + cur.off[1];
-    if (P->s[0] == 1 && P->s[1] == 1)
-      softmax_row(o, 1, x, 1, P->n, P->is_log);
+    const float *a = P->a + cur.off[1];
+    if (!P->b && s[0] == 1 && s[1] == 1)
+      softmax_row(o, 1, a, 1, P->n, P->is_log);
+    else if (!P->b)
+      softmax_row(o, s[0], a, s[1], P->n, P->is_log);
+    else if (s[0] == 1 && s[1] == 1 && s[2] == 1)
+      softmax_bwd_row(o, 1, a, 1, P->b + cur.off[2], 1, P->n, P->is_log);
     else
-      softmax_row(o, P->s[0], x, P->s[1], P->n, P->is_log);
+      softmax_bwd_row(o, s[0], a, s[1], P->b + cur.off[2], s[2], P->n, P->is_log);
   }
 }
 
-static void soft_bwd_range(int64_t b, int64_t e, void *ud) {
+/* Items are (outer row index, block of SB rows). */
+static void soft_cols_range(int64_t b, int64_t e, void *ud) {
   const soft_plan *P = ud;
-  cursor cur;
-  cursor_seek(&cur, &P->rows, 3, b);
-  for (int64_t r = b; r < e; r++, cursor_next(&cur, &P->rows, 3)) {
-    float *dx = P->o + cur.off[0];
-    const float *y = P->a + cur.off[1], *g = P->b + cur.off[2];
-    if (P->s[0] == 1 && P->s[1] == 1 && P->s[2] == 1)
-      softmax_bwd_row(dx, 1, y, 1, g, 1, P->n, P->is_log);
+  const int64_t *s = P->s;
+  for (int64_t i = b; i < e; i++) {
+    int64_t j0 = i % P->nb * SB, w = min64(SB, P->W - j0);
+    cursor cur;
+    cursor_seek(&cur, &P->outer, P->nops, i / P->nb);
+    float *o = P->o + cur.off[0] + j0;
+    const float *a = P->a + cur.off[1] + j0;
+    if (P->b)
+      softmax_bwd_cols(o, s[0], a, s[1], P->b + cur.off[2] + j0, s[2], P->n, w, P->is_log);
     else
-      softmax_bwd_row(dx, P->s[0], y, P->s[1], g, P->s[2], P->n, P->is_log);
+      softmax_cols(o, s[0], a, s[1], P->n, w, P->is_log);
   }
 }
 
-/* Runs fn over the rows of t[0] along dim; t[0] is a new contiguous tensor. */
-static void soft_run(glia_ctx *G, glia_tensor *const *t, int nops, int dim, int is_log,
-                     glia_range_fn fn) {
+/* Runs softmax (nops 2: y, x) or its backward (nops 3: dx, y, g) along dim;
+** t[0] is a new contiguous tensor. */
+static void soft_run(glia_ctx *G, glia_tensor *const *t, int nops, int dim, int is_log) {
   int64_t numel = glia_tensor_numel(t[0]);
   if (numel == 0) return;
   soft_plan P;
-  soft_plan_init(&P, t, nops, dim, is_log);
-  glia_parallel_for(G, numel / P.n, max64(1, GRAIN / P.n), fn, &P);
+  memset(&P, 0, sizeof P);
+  P.nops = nops, P.is_log = is_log;
+  P.n = t[0]->size[dim];
+  for (int d = 0; d < t[0]->ndim; d++) {
+    if (d == dim) continue;
+    P.rows.size[P.rows.n] = t[0]->size[d];
+    for (int k = 0; k < nops; k++) P.rows.stride[k][P.rows.n] = t[k]->stride[d];
+    P.rows.n++;
+  }
+  bool columns = P.n > 1;
+  for (int k = 0; k < nops; k++) P.s[k] = t[k]->stride[dim];
+  dimset_coalesce(&P.rows, nops);
+  int last = P.rows.n - 1;
+  for (int k = 0; k < nops; k++) columns = columns && last >= 0 && P.rows.stride[k][last] == 1;
+  P.o = (float *)glia_ptr(t[0]);
+  P.a = (const float *)glia_ptr(t[1]);
+  P.b = nops > 2 ? (const float *)glia_ptr(t[2]) : NULL;
+  int64_t rows = numel / P.n;
+  if (!columns) {
+    glia_parallel_for(G, rows, max64(1, GRAIN / P.n), soft_rows_range, &P);
+    return;
+  }
+  P.W = P.rows.size[last];
+  P.outer = dimset_outer(&P.rows);
+  P.nb = cdiv(P.W, SB);
+  glia_parallel_for(G, rows / P.W * P.nb, max64(1, GRAIN / (P.n * min64(P.W, SB))),
+                    soft_cols_range, &P);
 }
 
 /* Saved: the output y; iarg[2] = dim, farg[0] = log. */
@@ -1107,7 +1185,7 @@ static glia_status softmax_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_t
   TRY(glia_node_saved(G, n, 0, &y));
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, y->ndim, y->size, &dx));
   glia_tensor *t[3] = {dx, y, g};
-  soft_run(G, t, 3, (int)n->iarg[2], n->farg[0] != 0, soft_bwd_range);
+  soft_run(G, t, 3, (int)n->iarg[2], n->farg[0] != 0);
   din[0] = dx;
   return GLIA_OK;
 }
@@ -1119,7 +1197,7 @@ static glia_status softmax_any(glia_ctx *G, const char *name, int is_log, glia_t
   glia_tensor *y;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &y));
   glia_tensor *t[2] = {y, x};
-  soft_run(G, t, 2, dim, is_log, soft_fwd_range);
+  soft_run(G, t, 2, dim, is_log);
   return record(G, name, softmax_bwd, x, &y, 1, 0, 0, dim, is_log, 0, y, out);
 }
 

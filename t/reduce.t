@@ -325,6 +325,11 @@ do
   local masked = glia.tensor { { 0, -huge, 1 } }:softmax(2)
   t.is(masked:totable()[1][2], 0, "softmax gives exactly 0 to a -inf logit")
   t.near(glia.randn(7, 33):softmax(2):sum(2), { 1, 1, 1, 1, 1, 1, 1 }, 1e-6, "softmax rows sum to 1")
+  local wide = glia.randn(7, 300) * 3
+  t.near(wide:softmax(1), ref_softmax(wide, 1, false), 1e-6,
+         "softmax along dim 1 of {7,300} (more rows side by side than one block) matches the reference")
+  t.near(wide:log_softmax(1), ref_softmax(wide, 1, true), 1e-5,
+         "log_softmax along dim 1 of {7,300} matches the reference")
   t.near(glia.tensor { { 0, -huge, 1 } }:logsumexp(2), { r_lse { 0, -huge, 1 } }, 1e-6,
          "logsumexp ignores -inf entries")
   t.near(glia.tensor { { -huge, -huge } }:logsumexp(2), { -huge }, 0, "logsumexp of all -inf is -inf")
@@ -406,7 +411,7 @@ do
     local r = {
       A:sum(1), A:sum(2), A:sum(), A:t():sum(2), A:mean(1), A:var(2), A:std(1),
       A:logsumexp(2), A:logsumexp(1), A:norm(2, 1), A:norm(1), A:max(1), A:argmin(2),
-      A:softmax(2), A:softmax(1), A:log_softmax(2), L:sum(2), L:max(2), L:argmax(),
+      A:softmax(2), A:softmax(1), A:log_softmax(2), A:log_softmax(1), L:sum(2), L:max(2), L:argmax(),
     }
     local w = glia.randn(1000, 513)
     glia.manual_seed(7)
@@ -522,6 +527,10 @@ gc("max over all elements passes gradcheck", function(a) return a:max() end, spr
 gc("softmax along dim 2 passes gradcheck", function(a) return a:softmax(2) end, glia.randn(3, 5))
 gc("softmax along dim 1 of a transposed input passes gradcheck",
    function(a) return a:t():softmax(1) end, glia.randn(3, 5))
+gc("softmax along dim 1 of a contiguous input (rows side by side) passes gradcheck",
+   function(a) return a:softmax(1) end, glia.randn(4, 3))
+gc("log_softmax along dim 1 of a contiguous input passes gradcheck",
+   function(a) return a:log_softmax(1) end, glia.randn(4, 3))
 gc("log_softmax along dim -1 passes gradcheck", function(a) return a:log_softmax(-1) end, glia.randn(3, 5))
 gc("log_softmax along dim 2 of a narrowed input passes gradcheck",
    function(a) return a:narrow(2, 2, 3):log_softmax(2) end, glia.randn(3, 5))
