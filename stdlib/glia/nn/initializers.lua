@@ -8,7 +8,8 @@
 -- fan_out = out * k1 * k2 ... (a Linear weight {out, in} has fan_in = in).
 local glia = require "glia"
 
-local sqrt, type, error, format, tostring = math.sqrt, type, error, string.format, tostring
+local sqrt, type, error, format, tostring, concat =
+  math.sqrt, type, error, string.format, tostring, table.concat
 local no_grad = glia.no_grad
 
 local init = {}
@@ -20,12 +21,18 @@ local function fill_from(t, src)
   return t
 end
 
--- fan_in, fan_out of t; errors for fewer than 2 dims.
-function init.fans(t)
+-- Raises unless t has the 2+ dims fans are defined for, blaming the
+-- caller of the function level levels up.
+local function check_fan_dims(t, level)
   if t:dim() < 2 then
     error(format("glia.nn.init: fan in and fan out need at least 2 dims, got {%s}",
-                 table.concat(t:shape(), ",")), 3)
+                 concat(t:shape(), ",")), level + 1)
   end
+end
+
+-- fan_in, fan_out of t; errors for fewer than 2 dims.
+function init.fans(t)
+  check_fan_dims(t, 2)
   local field = 1
   for d = 3, t:dim() do field = field * t:size(d) end
   return t:size(2) * field, t:size(1) * field
@@ -81,12 +88,14 @@ local function xavier_std(t, gain)
 end
 
 function init.xavier_uniform_(t, gain)
+  check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
   local bound = sqrt(3) * xavier_std(t, gain)
   return init.uniform_(t, -bound, bound)
 end
 
 function init.xavier_normal_(t, gain)
+  check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
   return init.normal_(t, 0, xavier_std(t, gain))
 end
@@ -105,6 +114,7 @@ local function kaiming_std(t, opts)
 end
 
 function init.kaiming_uniform_(t, opts)
+  check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
   if type(opts) ~= "table" and opts ~= nil then
     error("glia.nn.init.kaiming_uniform_: options must be a table {a=, mode=, nonlinearity=}", 2)
@@ -114,6 +124,7 @@ function init.kaiming_uniform_(t, opts)
 end
 
 function init.kaiming_normal_(t, opts)
+  check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
   if type(opts) ~= "table" and opts ~= nil then
     error("glia.nn.init.kaiming_normal_: options must be a table {a=, mode=, nonlinearity=}", 2)

@@ -130,7 +130,8 @@ local function construct(cls, ...)
 end
 
 -- A new class deriving from base; Class(...) and Class.new(...) build an
--- instance and run Class:__init(...) on it.
+-- instance and run Class:__init(...) on it. (new tail-calls construct, so
+-- errors raised in __init blame the same caller level either way.)
 function Module.extend(base, name)
   local cls = setmetatable({}, { __index = base, __call = construct })
   cls.__index = cls
@@ -409,10 +410,11 @@ Module.Parameter = Parameter
 Module.is_module = is_module
 Module.class_name = class_name
 
--- Raises unless v is an integer >= lo: "glia.nn.<cls>: <what> must be ...".
+-- For constructors (Class:__init): raises unless v is an integer >= lo,
+-- blaming the code that called Class(...) or Class.new(...).
 function Module.check_int(cls, what, v, lo)
   if type(v) ~= "number" or v ~= floor(v) or v < lo then
-    error(format("glia.nn.%s: %s must be an integer >= %d, got %s", cls, what, lo, tostring(v)), 3)
+    error(format("glia.nn.%s: %s must be an integer >= %d, got %s", cls, what, lo, tostring(v)), 4)
   end
   return v
 end
