@@ -96,22 +96,39 @@ static void put_shell_quoted(const char *s) {
   putchar('\'');
 }
 
-/* The exports that let a stock interpreter of the same ABI find the stdlib
-** and the module, from the build tree (bin/../stdlib, bin/../lib/lua) or an
-** installed prefix (bin/../share/glia, bin/../lib/lua). */
-static int print_env(void) {
+/* Where glia's Lua files and module live: the executable's parent (bin/glia
+** in the build tree, PREFIX/bin/glia installed), or the tree's root for a
+** per-flavor executable (build/<flavor>/bin/glia). Returns a malloc'ed real
+** path, or NULL. */
+static char *find_root(void) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (n <= 0) {
-    fputs("glia: --env: cannot find the executable's directory\n", stderr);
-    return 0;
-  }
+  if (n <= 0) return NULL;
   exe[n] = 0;
   char *slash = strrchr(exe, '/');
   if (slash) *slash = 0;
-  char *root = realpath(strcat(exe, "/.."), NULL);
+  static const char *const up[] = {"/..", "/../../.."};
+  static const char *const marks[] = {"/stdlib/glia/init.lua", "/share/glia/glia/init.lua"};
+  char path[PATH_MAX + 64];
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 2; j++) {
+      snprintf(path, sizeof path, "%s%s%s", exe, up[i], marks[j]);
+      if (access(path, R_OK) == 0) {
+        snprintf(path, sizeof path, "%s%s", exe, up[i]);
+        return realpath(path, NULL);
+      }
+    }
+  snprintf(path, sizeof path, "%s/..", exe);
+  return realpath(path, NULL);
+}
+
+/* The exports that let a stock interpreter of the same ABI find the stdlib
+** (root/stdlib in the build tree, root/share/glia installed) and the module
+** (root/lib/lua/<abi>). */
+static int print_env(void) {
+  char *root = find_root();
   if (!root) {
-    fputs("glia: --env: cannot resolve the install root\n", stderr);
+    fputs("glia: --env: cannot find where glia is installed\n", stderr);
     return 0;
   }
   static const char *const path_parts[] = {"/stdlib/?.lua;", "/stdlib/?/init.lua;",

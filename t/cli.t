@@ -14,9 +14,11 @@ local function slurp(path)
 end
 
 local dir = io.popen("mktemp -d"):read("*l")
-local exe = io.popen("pwd"):read("*l") .. "/bin/glia"
+-- The executable of the flavor under test ($GLIA_BIN from make test).
+local exe = os.getenv("GLIA_BIN") or "bin/glia"
+if not exe:find("^/") then exe = io.popen("pwd"):read("*l") .. "/" .. exe end
 
--- Runs bin/glia with a shell-quoted argument string (and stdin text);
+-- Runs glia with a shell-quoted argument string (and stdin text);
 -- returns stdout, stderr and the exit status.
 local function glia_run(args, stdin)
   local input = stdin and ("printf '%s' " .. sh_quote(stdin) .. " | ") or "</dev/null "

@@ -1,4 +1,4 @@
--- t/repl.t -- the REPL as a person uses it: bin/glia in a pseudo-terminal
+-- t/repl.t -- the REPL as a person uses it: glia in a pseudo-terminal
 -- (tmux) for prompts, completion, errors, multi-line input, history and
 -- Ctrl-D; and through a pipe, where it reads plain lines.
 local t = require "t.tap"
@@ -15,8 +15,10 @@ local function sh(cmd)
   return body, tonumber(code)
 end
 
+-- The executable of the flavor under test ($GLIA_BIN from make test).
 local root = sh("pwd"):gsub("\n$", "")
-local exe = root .. "/bin/glia"
+local exe = os.getenv("GLIA_BIN") or "bin/glia"
+if not exe:find("^/") then exe = root .. "/" .. exe end
 
 -- ======================================================== piped stdin
 

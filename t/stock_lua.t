@@ -29,11 +29,12 @@ end
 if select(2, sh("command -v " .. interp .. " >/dev/null")) ~= 0 then
   skip_all(interp .. " is not installed")
 end
-if os.getenv("GLIA_TEST_SAN") or sh("ldd " .. sh_quote(module) .. " 2>/dev/null"):find("asan") then
+if (os.getenv("GLIA_TEST_SAN") or "") ~= "" or sh("ldd " .. sh_quote(module) .. " 2>/dev/null"):find("asan") then
   skip_all("a sanitizer build's module cannot load into a stock " .. interp)
 end
 
-local env = sh(sh_quote(root .. "/bin/glia") .. " --env")
+local exe = os.getenv("GLIA_BIN") or "bin/glia"
+local env = sh(sh_quote(exe) .. " --env")
 t.ok(env:find("export LUA_PATH=") and env:find("export LUA_CPATH="),
      "glia --env prints LUA_PATH and LUA_CPATH exports")
 
