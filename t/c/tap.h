@@ -22,6 +22,7 @@ static inline int ok(int cond, const char *fmt, ...) {
   vprintf(fmt, ap);
   va_end(ap);
   printf("\n");
+  fflush(stdout); /* a crash later must not swallow the lines so far */
   if (!cond) tap_failed++;
   return cond;
 }
