@@ -28,6 +28,11 @@ t.ok(out:find("^3\n"), "piped into glia, an expression line prints its value")
 t.ok(out:find("boom"), "piped into glia, an error line prints its message")
 t.ok(out:find("10\n20\n"), "piped into glia, a multi-line loop runs once complete, after an error")
 
+out = sh("printf '%s\\n' '.time on' '1+1' '.time off' '2+2' '.5' '.help' | " .. exe .. " 2>&1")
+t.ok(out:find("^2\ntime: [%d.]+ m?s\n4\n0%.5\n"),
+     ".time on prints each statement's wall time until .time off; .5 is still Lua")
+t.ok(out:find("%.time on|off"), ".help lists the REPL commands")
+
 -- ============================================================ tmux
 
 if select(2, sh("command -v tmux >/dev/null")) ~= 0 then
