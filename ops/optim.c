@@ -93,11 +93,17 @@ static double partials_total(const double *part, int64_t n) {
   return s;
 }
 
-/* x[i] = sqrt(x[i]): SSE's correctly rounded sqrtps, which gcc does not
-** emit for sqrtf without -fno-math-errno (the scalar tail gives the same
-** bits). */
+/* x[i] = sqrt(x[i]) with the widest correctly rounded vector sqrt at hand,
+** which gcc does not emit for sqrtf without -fno-math-errno (narrower
+** tails give the same bits). */
 static inline __attribute__((always_inline)) void sqrt_block(float *x, int n) {
   int i = 0;
+#ifdef __AVX512F__
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
+#endif
+#ifdef __AVX__
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+#endif
 #ifdef __SSE__
   for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
 #endif

@@ -181,7 +181,7 @@ t.ok(same(still, p0) and opt_s.state[1][1].trust_ratio == 1,
 
 do
   local a, b, c = p0:clone(), glia.randn(5), glia.randn(2, 2)
-  local av, bv = flat(a, {}), flat(b, {})
+  local av, bv, c0 = flat(a, {}), flat(b, {}), c:clone()
   local ga, gb = glia.randn(3, 4), glia.randn(5)
   local opt = optim.SGD({ { params = { a }, lr = 0.1 },
                           { params = { b, c }, lr = 0.01, momentum = 0.5 } }, { lr = 1 })
@@ -194,9 +194,9 @@ do
   close(a, ref_sgd(av, ga3, { lr = 0.1 }), RTOL, "group 1 steps with its own lr")
   close(b, ref_sgd(bv, gb3, { lr = 0.01, momentum = 0.5 }), RTOL,
         "group 2 steps with its own lr and momentum")
-  t.ok(opt.state[2][2].step == 0 and c:totable()[1][1] == c:clone():totable()[1][1],
+  t.ok(opt.state[2][2].step == 0 and same(c, c0),
        "a parameter without a gradient is skipped and keeps step 0")
-  t.is(opt:get_lr(1) + opt:get_lr(2), 0.11, "get_lr reads each group's lr")
+  t.ok(opt:get_lr(1) == 0.1 and opt:get_lr(2) == 0.01, "get_lr reads each group's lr")
   opt:set_lr(0.5, 2)
   t.ok(opt:get_lr(1) == 0.1 and opt:get_lr(2) == 0.5, "set_lr(lr, g) changes group g only")
   opt:set_lr(0.25)
