@@ -78,8 +78,8 @@ static void on_sigint_at_prompt(int sig) {
 }
 
 /* libedit's input function: one byte of stdin. Ctrl-C interrupts the read;
-** ending the line as Enter would lets readline return normally (terminal
-** restored), and read_line then drops the line. */
+** ending the line as Enter would let readline return normally, with the
+** terminal restored, and read_line then drops the line. */
 static int getc_interruptible(FILE *f) {
   (void)f;
   for (;;) {
@@ -120,12 +120,10 @@ static int read_line(repl *R, const char *prompt, char **line) {
 
 /* The history file: $GLIA_HISTORY (empty disables it), else ~/.glia_history. */
 static void history_open(repl *R) {
-  const char *path = getenv("GLIA_HISTORY");
+  const char *path = getenv("GLIA_HISTORY"), *home = getenv("HOME");
   if (path) {
     R->history = *path ? strdup(path) : NULL;
-  } else {
-    const char *home = getenv("HOME");
-    if (!home || !*home) return;
+  } else if (home && *home) {
     size_t n = strlen(home) + sizeof "/.glia_history";
     R->history = malloc(n);
     if (R->history) snprintf(R->history, n, "%s/.glia_history", home);
