@@ -74,6 +74,11 @@ local function enter(text) type_keys(text) press("Enter") end
 local function escape(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
 
 local function session_tests()
+  -- A history file from earlier sessions, longer than the cap (libedit's format).
+  local f = assert(io.open(history, "w"))
+  f:write("_HiStOrY_V2_\n")
+  for i = 1, 1500 do f:write("old_entry_", i, "\n") end
+  f:close()
   -- The pane's shell outlives Ctrl-C (its trap) and records glia's exit status.
   local cmd = "trap true INT; env HOME=" .. sh_quote(dir) .. " GLIA_HISTORY="
               .. sh_quote(history) .. " " .. sh_quote(exe) .. "; echo $? > "
@@ -82,6 +87,10 @@ local function session_tests()
   tmux_do("set-option -t " .. session .. " remain-on-exit on")
   local ok = wait_for("glia>$")
   t.ok(ok, "glia with no arguments on a terminal shows the glia> prompt")
+  press("Up")
+  ok = wait_for("glia> old_entry_1500$")
+  t.ok(ok, "Up recalls the last line of an earlier session from the history file")
+  press("C-u")
 
   enter("1+2")
   ok = wait_for("glia> 1%+2\n3\nglia>$")
@@ -164,11 +173,14 @@ local function session_tests()
   end
   t.is(status, "0", "Ctrl-D at the prompt ends the REPL with exit status 0")
 
-  local f = io.open(history)
+  f = io.open(history)
   local saved = f and f:read("*a") or ""
   if f then f:close() end
   t.ok(saved:find("1%+2") and saved:find("x:numel%(%)"),
        "typed lines are saved to the history file named by GLIA_HISTORY")
+  local _, lines = saved:gsub("\n", "")
+  t.ok(lines <= 1001 and not saved:find("old_entry_1\n") and saved:find("old_entry_1500"),
+       "the history file is capped at 1000 entries, dropping the oldest")
 end
 
 local ok, err = pcall(session_tests)
