@@ -7,7 +7,7 @@ local t = require "t.tap"
 local glia = require "glia"
 local optim = require "glia.optim"
 
-local abs, sqrt, max, floor, cos, pi = math.abs, math.sqrt, math.max, math.floor, math.cos, math.pi
+local abs, sqrt, max, cos, pi = math.abs, math.sqrt, math.max, math.cos, math.pi
 local flat = t.flat
 
 local SEED = 2024

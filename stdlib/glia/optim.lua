@@ -23,8 +23,8 @@
 -- continues bit-identically.
 local glia = require "glia"
 
-local type, error, ipairs, pairs, tostring, tonumber, setmetatable, rawequal =
-  type, error, ipairs, pairs, tostring, tonumber, setmetatable, rawequal
+local type, error, ipairs, pairs, tostring, tonumber, setmetatable =
+  type, error, ipairs, pairs, tostring, tonumber, setmetatable
 local fmt, floor, cos, pi, sqrt, huge = string.format, math.floor, math.cos, math.pi, math.sqrt,
   math.huge
 local concat, sort = table.concat, table.sort
@@ -89,10 +89,11 @@ local function check_option(cls, where, name, kind, x, level)
 end
 
 -- The hyper-parameters of one group: the group's own values over the
--- defaults, each checked. A group table may hold only `params` and options.
+-- defaults, each checked. A group table (where ~= "") may hold `params`
+-- besides options; the optimizer's options table may not.
 local function group_options(cls, where, given, defaults)
   for k in pairs(given) do
-    if k ~= "params" and not cls.kind_of[k] then
+    if not cls.kind_of[k] and not (k == "params" and where ~= "") then
       error(fmt("glia.optim.%s: %sunknown option '%s'", cls.name, where, tostring(k)), 4)
     end
   end
@@ -129,12 +130,10 @@ local function group_params(cls, gi, list, seen)
                 cls.name, i, gi, p:is_contiguous() and "" or "non-contiguous ", p:dtype(),
                 concat(p:shape(), ",")), 4)
     end
-    for _, q in ipairs(seen) do
-      if rawequal(p, q) then
-        error(fmt("glia.optim.%s: parameter %d of group %d appears twice", cls.name, i, gi), 4)
-      end
+    if seen[p] then
+      error(fmt("glia.optim.%s: parameter %d of group %d appears twice", cls.name, i, gi), 4)
     end
-    seen[#seen + 1] = p
+    seen[p] = true
     params[i] = p
   end
   return params
