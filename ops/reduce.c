@@ -11,7 +11,9 @@
 **   columns  the innermost kept dim is contiguous in x: whole rows of x are
 **            accumulated into a block of outputs (bias gradients: the sum
 **            over dim 1 of a {B*T, C} matrix), so the inner loop vectorizes.
-** Sums accumulate in double, in 16 lanes.
+** Sums accumulate in double (16 lanes in a row, one per output in columns).
+** softmax and log_softmax walk rows the same two ways: one row at a time,
+** or neighbouring rows side by side when the softmax dim is not innermost.
 **
 ** Determinism: each output's reduction is cut into chunks whose bounds depend
 ** only on the shapes (CH elements of a row, CHR rows of a column), each chunk
@@ -223,7 +225,7 @@ typedef struct {
   const float *x;
   const float *center; /* one per output, or NULL */
   float *out;          /* K outputs, contiguous in kept-dim order */
-  double *part;        /* chunk results [q * K + k] when Q > 1, else NULL */
+  double *part;        /* chunk results [q * K + k]; NULL for rows with Q = 1 */
   int64_t K, N, Q;     /* outputs, elements per output, chunks per output */
   dimset keep;         /* x strides of the kept dims */
   dimset red;          /* rows: reduced dims but the innermost; columns: all */
@@ -311,8 +313,8 @@ static void row_range(int64_t b, int64_t e, void *ud) {
   }
 }
 
-/* --- columns: acc[j] over rows of chunk q, for w outputs starting at xb */
-/* acc[j] = ADD(acc[j], F(x, j)) over the rows of the chunk. Past GROUP4
+/* --- columns: acc[j] = ADD(acc[j], F(x, j)) over the rows of a chunk, for
+** w outputs whose elements start at xb. Past GROUP4
 ** outputs acc no longer fits in L1 and rows go four at a time (ADD-ed
 ** pairwise first): acc is then loaded and stored once per four rows. The
 ** grouping depends only on the shape. */
@@ -369,21 +371,17 @@ static void col_chunk(const reduce_plan *P, const float *xb, int64_t w, int64_t 
   }
 }
 
-/* Items are (outer kept index, block of WB outputs, chunk q), q fastest. */
+/* Items are (outer kept index, block of WB outputs, chunk q), q fastest.
+** Each accumulates straight into its slice of the chunk results. */
 static void col_range(int64_t b, int64_t e, void *ud) {
   const reduce_plan *P = ud;
-  double acc[WB];
   for (int64_t i = b; i < e; i++) {
     int64_t q = i % P->Q, ob = i / P->Q, o = ob / P->nb, j0 = ob % P->nb * WB;
     int64_t w = min64(WB, P->W - j0), k0 = o * P->W + j0;
     cursor cur;
     cursor_seek(&cur, &P->kouter, 1, o);
     const float *cen = P->center ? P->center + k0 : NULL;
-    col_chunk(P, P->x + cur.off[0] + j0, w, q, cen, acc);
-    if (P->part)
-      memcpy(P->part + q * P->K + k0, acc, (size_t)w * sizeof *acc);
-    else
-      for (int64_t j = 0; j < w; j++) P->out[k0 + j] = finish(P, acc[j], cen ? cen[j] : 0);
+    col_chunk(P, P->x + cur.off[0] + j0, w, q, cen, P->part + q * P->K + k0);
   }
 }
 
@@ -468,7 +466,7 @@ static glia_status reduce_into(glia_ctx *G, const char *name, const red_spec *S,
     fn = row_range;
   }
   size_t nbytes = 0;
-  if (P.Q > 1) {
+  if (P.Q > 1 || columns) {
     nbytes = (size_t)(P.K * P.Q) * sizeof *P.part;
     P.part = glia_alloc(G, nbytes);
     if (!P.part) return glia_fail_nomem(G, nbytes, name);
@@ -643,11 +641,11 @@ static glia_status grad_apply(glia_ctx *G, glia_node *n, glia_tensor *x, glia_te
 /* The gradient of every output element spreads evenly over its inputs: g
 ** (times 1/N for mean) expanded back to x's shape, without a copy. */
 static glia_status sum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  glia_tensor *gs = glia_tensor_retain(g);
-  if (n->farg[0] != 1.0) {
-    glia_tensor_release(gs);
+  glia_tensor *gs;
+  if (n->farg[0] == 1.0)
+    gs = glia_tensor_retain(g);
+  else
     TRY(glia_ts(G, GLIA_BIN_MUL, g, n->farg[0], &gs));
-  }
   glia_status st = keep_view(G, gs, n->input[0], (unsigned)n->iarg[0], (int)n->iarg[1], 1,
                              &din[0]);
   glia_tensor_release(gs);

@@ -223,7 +223,9 @@ for _, op in ipairs(REDUCTIONS) do
         if d == false then dd = nil end
         local want, wshape = ref_reduce(x, dd, k, fn)
         local why = mismatch(call(x, dd, k), want, wshape, tol)
-        if why and not bad then bad = string.format("dims %s keepdim %s: %s", dims_str(d), tostring(k), why) end
+        if why and not bad then
+          bad = string.format("dims %s keepdim %s: %s", dims_str(d), tostring(k), why)
+        end
       end
     end
     if not t.ok(not bad, name .. " matches the Lua reference on " .. what ..
@@ -253,12 +255,11 @@ for _, inp in ipairs(INPUTS) do
         if i:dtype() ~= "i64" or arg:dtype() ~= "i64" then note(name .. ": indices are not i64") end
       end
     end
-    local whole, at = ref_reduce(x, nil, false, fn)
+    local whole = ref_reduce(x, nil, false, fn)
     local _, flat_at = fn(t.flat(x, {}))
     local mv, am = x[name](x), x["arg" .. name](x)
     if mv:dim() ~= 0 or mv:item() ~= whole then note(name .. " over all elements differs") end
     if am:dim() ~= 0 or am:item() ~= flat_at then note("arg" .. name .. " over all elements differs") end
-    local _ = at
   end
   if not t.ok(not bad, "max, min, argmax and argmin (values and 1-based indices) match the " ..
               "reference on " .. what .. " input, per dim and over all elements") then
@@ -307,7 +308,9 @@ for _, inp in ipairs(INPUTS) do
     for _, is_log in ipairs({ false, true }) do
       local got = is_log and x:log_softmax(d) or x:softmax(d)
       local why = mismatch(got, ref_softmax(x, nd, is_log), x:shape(), 1e-5)
-      if why and not bad then bad = string.format("%s dim %d: %s", is_log and "log_softmax" or "softmax", d, why) end
+      if why and not bad then
+        bad = string.format("%s dim %d: %s", is_log and "log_softmax" or "softmax", d, why)
+      end
     end
   end
   if not t.ok(not bad, "softmax and log_softmax match the reference along every dim of " ..
@@ -344,8 +347,10 @@ do
     { "sum over dim 1 of {1000,513} (column layout)", function() return A:sum(1) end, A, 1, r_sum },
     { "sum over dim 2 of {1000,513} (row layout)", function() return A:sum(2) end, A, 2, r_sum },
     { "sum of all of {1000,513} (chunked row)", function() return A:sum() end, A, nil, r_sum },
-    { "sum over dim 1 of a transposed {513,1000} (strided rows)", function() return A:t():sum(1) end, A:t(), 1, r_sum },
-    { "sum over dim 2 of a transposed {513,1000} (strided columns)", function() return A:t():sum(2) end, A:t(), 2, r_sum },
+    { "sum over dim 1 of a transposed {513,1000} (strided rows)",
+      function() return A:t():sum(1) end, A:t(), 1, r_sum },
+    { "sum over dim 2 of a transposed {513,1000} (strided columns)",
+      function() return A:t():sum(2) end, A:t(), 2, r_sum },
     { "mean over dim 1 of {1000,513}", function() return A:mean(1) end, A, 1, r_mean },
   }
   for _, c in ipairs(cases) do
@@ -398,7 +403,9 @@ do -- long sums stay accurate: a float accumulator would drift far off
          "column sums over 2^21 rows of 0.1f are exact")
   local y = glia.randn(100000) + 10000
   local ok, why = rel_ok(y:var(), ref_reduce(y, nil, false, r_var(1)), 1e-4)
-  if not t.ok(ok, "var of values near 1e4 with unit spread matches the two-pass reference") then t.diag(why) end
+  if not t.ok(ok, "var of values near 1e4 with unit spread matches the two-pass reference") then
+    t.diag(why)
+  end
 end
 
 -- ==================================================== 1 vs 2 threads
@@ -596,11 +603,15 @@ end
 do
   local x = glia.randn(2, 3)
   t.error_like(function() glia.tensor({ 1, 2 }, "i64"):sum() end,
-               "glia%.sum: expected an f32 tensor, got i64 {2}", "sum of an i64 tensor names op, dtype and shape")
+               "glia%.sum: expected an f32 tensor, got i64 {2}",
+               "sum of an i64 tensor names op, dtype and shape")
   t.error_like(function() glia.tensor({ 1, 2 }, "i64"):softmax(1) end,
-               "glia%.softmax: expected an f32 tensor, got i64 {2}", "softmax of an i64 tensor is a dtype error")
-  t.error_like(function() x:sum(3) end, "glia%.sum: dim 3 out of range", "a dim past the end is an error naming the op")
-  t.error_like(function() x:max(-3) end, "glia%.max: dim %-3 out of range", "a negative dim past the start is an error")
+               "glia%.softmax: expected an f32 tensor, got i64 {2}",
+               "softmax of an i64 tensor is a dtype error")
+  t.error_like(function() x:sum(3) end, "glia%.sum: dim 3 out of range for a 2%-D tensor",
+               "a dim past the end is an error naming the op and the rank")
+  t.error_like(function() x:max(-3) end, "glia%.max: dim %-3 out of range",
+               "a negative dim past the start is an error")
   t.error_like(function() x:sum({ 1, 1 }) end, "glia%.sum: dim 1 given twice", "a repeated dim is an error")
   t.error_like(function() x:var(1, false, -1) end, "glia%.var: correction must be a number >= 0",
                "a negative correction is an error")
