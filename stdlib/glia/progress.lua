@@ -39,6 +39,8 @@ local function rate_str(r)
   return fmt("%.1f it/s", r)
 end
 
+-- Metrics: whole numbers as integers, others with 4 decimals or in
+-- scientific notation when tiny or huge (learning rates).
 local function num_str(v)
   if type(v) ~= "number" then return tostring(v) end
   if v ~= v then return "nan" end
@@ -131,7 +133,7 @@ function Bar:text(now)
     parts[#parts + 1] = clock_str(elapsed)
   end
   local loss = self:loss()
-  if loss then parts[#parts + 1] = "loss " .. num_str(loss) end
+  if loss then parts[#parts + 1] = fmt("loss %.4f", loss) end
   local keys = {}
   for k in pairs(self.metrics) do if k ~= "loss" then keys[#keys + 1] = k end end
   sort(keys)
