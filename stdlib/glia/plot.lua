@@ -12,8 +12,10 @@
 -- moving average with weight a on the past (for noisy per-step losses).
 -- Series may set color = "#rrggbb". The second argument may also be the
 -- list of series itself.
-local floor, ceil, log10, max, min, abs, huge = math.floor, math.ceil, math.log10 or
-  function(v) return math.log(v, 10) end, math.max, math.min, math.abs, math.huge
+local floor, ceil, max, min, abs, huge = math.floor, math.ceil, math.max, math.min, math.abs,
+  math.huge
+local log = math.log
+local log10 = math.log10 or function(v) return log(v, 10) end -- Lua 5.4 has no log10
 local fmt = string.format
 local concat = table.concat
 local type, ipairs, tostring, error = type, ipairs, tostring, error

@@ -13,7 +13,7 @@
 --   log:close()
 local glia = require "glia"
 
-local floor, max, min, huge = math.floor, math.max, math.min, math.huge
+local floor, ceil, max, min, huge = math.floor, math.ceil, math.max, math.min, math.huge
 local fmt, rep = string.format, string.rep
 local concat, sort = table.concat, table.sort
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error,
@@ -81,25 +81,27 @@ function progress.bar(opts)
     error("progress.bar: total must be a non-negative number, got " .. tostring(total), 2)
   end
   local clock = opts.clock or glia.clock
-  local self = setmetatable({
+  local t0 = clock()
+  local every_n = total and max(1, ceil(total / 20)) or 100 -- at most ~20 plain lines
+  return setmetatable({
     total = total,
     desc = opts.desc or "",
     out = out,
     tty = tty,
     every_s = opts.every_s or 10,
-    every_n = total and max(1, floor(total / 20)) or 100,
+    every_n = every_n,
     beta = opts.ema or 0.98,
     clock = clock,
-    t0 = clock(),
+    t0 = t0,
     step = 0,
     first = nil, -- the first step seen, for the rate
     metrics = {},
-    loss_ema = 0, loss_n = 0,
-    last_draw = nil, last_line_step = 0, next_line_step = 0,
+    loss_ema = 0,
+    loss_n = 0,
+    last_draw = t0 - TTY_INTERVAL, -- a terminal draws the first update at once
+    last_line_step = 0,
+    next_line_step = every_n,
   }, Bar)
-  self.last_draw = self.t0 - TTY_INTERVAL -- a terminal draws the first update at once
-  self.next_line_step = self.every_n
-  return self
 end
 
 -- The running loss (bias-corrected exponential moving average), or nil.
