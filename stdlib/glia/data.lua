@@ -4,7 +4,7 @@
 --   data.fashion_mnist(split [, opts])   images f32 {N,784} in [0,1], labels i64 1..10
 --   data.TensorDataset(x, y, ...)        rows of tensors that share their first size
 --   data.DataLoader(ds, opts)            batches, seeded shuffle: for xb, yb in loader:iter()
---   data.Generator(seed)                 a small seeded generator independent of glia's RNG
+--   data.Generator(seed [, stream])      a small seeded generator independent of glia's RNG
 --   data.CharDataset(text [, vocab])     byte-level text: encode/decode, split, random windows
 --   data.kjv_text()                      the King James Bible as printed by Debian's bible-kjv
 --
