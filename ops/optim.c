@@ -36,6 +36,9 @@
 #define BLOCK 256                /* elements per stack scratch block inside a chunk */
 #define LANES 8                  /* double accumulators per sum */
 
+/* Block bodies are inlined so that their loops see constant trip counts. */
+#define INLINE static inline __attribute__((always_inline))
+
 /* ======================================================== chunks */
 
 /* Processes elements [begin, end), which form chunk k. */
@@ -74,7 +77,7 @@ static int64_t for_chunks(glia_ctx *G, int64_t n, chunk_fn fn, void *ud) {
 /* Adds x[i]^2 for i < n into the lanes; the last n % LANES go to *rest.
 ** Chunks and blocks are multiples of LANES, so only a tensor's very end
 ** has a rest, whatever the split. */
-static inline __attribute__((always_inline)) void add_squares(double *restrict lane, double *restrict rest,
+INLINE void add_squares(double *restrict lane, double *restrict rest,
                                const float *restrict x, int64_t n) {
   int64_t full = n - n % LANES;
   for (int64_t b = 0; b < full; b += LANES)
@@ -96,7 +99,7 @@ static double partials_total(const double *part, int64_t n) {
 /* x[i] = sqrt(x[i]) with the widest correctly rounded vector sqrt at hand,
 ** which gcc does not emit for sqrtf without -fno-math-errno (narrower
 ** tails give the same bits). */
-static inline __attribute__((always_inline)) void sqrt_block(float *x, int n) {
+INLINE void sqrt_block(float *x, int n) {
   int i = 0;
 #ifdef __AVX512F__
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
@@ -121,8 +124,6 @@ static inline __attribute__((always_inline)) void sqrt_block(float *x, int n) {
     if ((e) - i0_ >= BLOCK) BODY(a, i0_, BLOCK);                              \
     else BODY(a, i0_, (int)((e) - i0_));                                      \
   }
-
-#define INLINE static inline __attribute__((always_inline))
 
 /* ---- SGD: d = g + wd p; with momentum, buf = d on the first step, else
 ** momentum buf + (1 - dampening) d, and d = nesterov ? d + momentum buf :
