@@ -819,11 +819,11 @@ INLINE void arg_chunk(const float *x, int64_t n, int64_t s, int is_min, float *v
     LANE_PICK(m, n, j, x[j * s], INFINITY, BETTER_MIN);
   else
     LANE_PICK(m, n, j, x[j * s], -INFINITY, BETTER_MAX);
-  int64_t j = 0;
+  int64_t j = 0; /* m is one of the elements: the searches stop at it */
   if (m != m)
-    while (x[j * s] == x[j * s]) j++;
+    while (j < n - 1 && x[j * s] == x[j * s]) j++;
   else
-    while (x[j * s] != m) j++;
+    while (j < n - 1 && x[j * s] != m) j++;
   *value = m, *at = j;
 }
 
