@@ -11,7 +11,7 @@
 ** failure (nil, message); wrong arguments raise.
 */
 #include "binding.h"
-#include "idx.h"
+#include "glia.h"
 
 #include <unistd.h>
 

@@ -207,6 +207,15 @@ GLIA_API const char *glia_safetensors_meta_value(const glia_st_file *f, int i);
 GLIA_API glia_status glia_safetensors_tensor(glia_ctx *G, glia_st_file *f, int i, int map,
                                              glia_tensor **out);
 
+/* --------------------------------------------------------------- IDX files */
+
+/* Reads the IDX file at path (gzip-compressed or plain) into a new
+** contiguous tensor of the file's shape. Element types convert to the
+** matching dtype: u8 -> u8; i8, i16, i32 -> i32; f32 -> f32; f64 -> f64.
+** The caller owns *out. A missing, truncated or corrupt file fails with
+** GLIA_EIO or GLIA_EFORMAT and a message naming the file; *out untouched. */
+GLIA_API glia_status glia_idx_read(glia_ctx *G, const char *path, glia_tensor **out);
+
 /* ------------------------------------------------------- embedding (Lua) */
 
 /* A VM with its Lua state, for host programs. */

@@ -10,7 +10,6 @@
 ** stops at that size, so a truncated or corrupt file ends in an error that
 ** names the file, never in an overread or a huge allocation.
 */
-#include "idx.h"
 #include "glia_impl.h"
 
 #include <errno.h>
