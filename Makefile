@@ -39,12 +39,12 @@ CFLAGS_BASE := -std=gnu11 -Wall -Wextra $(if $(WERROR),-Werror) $(OPT) $(ARCH) -
   -DGLIA_STDLIB_DIR='"$(PREFIX)/share/glia"' -MMD -MP
 CFLAGS  ?=
 ALL_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
-LDLIBS  := $(BLAS_LIBS) $(LUA_LIBS) -ledit -lz -lm -pthread
+LDLIBS  := $(BLAS_LIBS) $(LUA_LIBS) -lz -lm -pthread
 SANLD   := $(if $(SAN),$(SANFLAGS))
 
 CORE_SRC := $(wildcard vm/*.c) $(wildcard ops/*.c)
-BIND_SRC := lua/binding.c lua/index.c lua/io.c lua/data.c lua/embed.c lua/repl.c
-MAIN_SRC := lua/main.c
+BIND_SRC := lua/binding.c lua/index.c lua/io.c lua/data.c lua/embed.c
+MAIN_SRC := lua/main.c lua/repl.c
 LIB_OBJ  := $(patsubst %.c,$(OBJDIR)/%.o,$(CORE_SRC) $(BIND_SRC))
 MAIN_OBJ := $(patsubst %.c,$(OBJDIR)/%.o,$(MAIN_SRC))
 CTEST_SRC := $(wildcard t/c/*.c)
@@ -77,7 +77,7 @@ GLIA_BIN := $(OBJDIR)/bin/glia
 
 $(GLIA_BIN): $(MAIN_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANLD) -rdynamic -o $@ $(MAIN_OBJ) $(LIB_OBJ) $(LDLIBS)
+	$(CC) $(SANLD) -rdynamic -o $@ $(MAIN_OBJ) $(LIB_OBJ) $(LDLIBS) -ledit
 
 bin/glia: $(GLIA_BIN) $(STAMP)
 	@mkdir -p bin
@@ -94,7 +94,7 @@ lib/libglia.so: $(LIB_OBJ) $(STAMP)
 # The module for a stock interpreter: the interpreter provides the Lua API.
 $(LUAMOD): $(LIB_OBJ) $(STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) $(BLAS_LIBS) -ledit -lz -lm -pthread
+	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) $(BLAS_LIBS) -lz -lm -pthread
 
 $(OBJDIR)/t/%.t: t/c/%.c $(LIB_OBJ) t/c/tap.h
 	@mkdir -p $(dir $@)

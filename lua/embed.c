@@ -46,9 +46,11 @@ static void set_paths(lua_State *L) {
     char *slash = strrchr(exe, '/');
     if (slash) {
       *slash = 0;
-      static const char *const rel[] = {"/../stdlib/?.lua;", "/../stdlib/?/init.lua;",
-                                        "/../share/glia/?.lua;", "/../share/glia/?/init.lua;"};
-      for (int i = 0; i < 4; i++) {
+      /* bin/glia, build/<flavor>/bin/glia, PREFIX/bin/glia */
+      static const char *const rel[] = {"/../stdlib/?.lua;",        "/../stdlib/?/init.lua;",
+                                        "/../../../stdlib/?.lua;",  "/../../../stdlib/?/init.lua;",
+                                        "/../share/glia/?.lua;",    "/../share/glia/?/init.lua;"};
+      for (int i = 0; i < 6; i++) {
         luaL_addstring(&b, exe);
         luaL_addstring(&b, rel[i]);
       }
@@ -83,6 +85,14 @@ glia_vm *glia_vm_open(void) {
   lua_pushcclosure(L, open_core, 1);
   lua_setfield(L, -2, "glia.core");
   lua_pop(L, 2);
+  /* Open the core now, so tensors can cross glia_vm_call even before a
+  ** script requires glia. */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "glia.core");
+  if (glia_vm_pcall(vm, 1, 0) != LUA_OK) {
+    glia_vm_close(vm);
+    return NULL;
+  }
   return vm;
 }
 

@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -87,6 +88,11 @@ glia_pool *glia_pool_new(int nthreads) {
   if (nthreads > 1) {
     p->threads = calloc((size_t)nthreads - 1, sizeof *p->threads);
     if (!p->threads) goto fail;
+    /* Workers inherit a mask blocking async signals, so Ctrl-C and friends
+    ** reach the host's threads, never a worker. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     for (int w = 1; w < nthreads; w++) {
       worker_arg *wa = malloc(sizeof *wa);
       if (!wa) goto fail_started;
@@ -98,10 +104,12 @@ glia_pool *glia_pool_new(int nthreads) {
       }
       continue;
     fail_started:
+      pthread_sigmask(SIG_SETMASK, &old, NULL);
       p->nthreads = w; /* join the ones that did start */
       glia_pool_release(p);
       return NULL;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
   return p;
 fail:

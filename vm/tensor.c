@@ -106,7 +106,7 @@ glia_status glia_tensor_new(glia_ctx *G, glia_dtype dt, int ndim, const int64_t 
   }
   t->dtype = dt;
   t->ndim = ndim;
-  memcpy(t->size, size, (size_t)ndim * sizeof *size);
+  if (ndim > 0) memcpy(t->size, size, (size_t)ndim * sizeof *size);
   glia_contiguous_strides(ndim, size, t->stride);
   *out = t;
   return GLIA_OK;
@@ -163,10 +163,10 @@ glia_status glia_tensor_wrap(glia_ctx *G, void *data, glia_dtype dt, int ndim,
   t->storage = s;
   t->dtype = dt;
   t->ndim = ndim;
-  memcpy(t->size, size, (size_t)ndim * sizeof *size);
-  if (stride)
+  if (ndim > 0) memcpy(t->size, size, (size_t)ndim * sizeof *size);
+  if (stride && ndim > 0)
     memcpy(t->stride, stride, (size_t)ndim * sizeof *stride);
-  else
+  else if (!stride)
     glia_contiguous_strides(ndim, size, t->stride);
   *out = t;
   return GLIA_OK;
@@ -200,8 +200,10 @@ glia_status glia_tensor_view_raw(glia_ctx *G, glia_tensor *t, int ndim, const in
   if (v->storage) v->storage->refcount++;
   v->dtype = t->dtype;
   v->ndim = ndim;
-  memcpy(v->size, size, (size_t)ndim * sizeof *size);
-  memcpy(v->stride, stride, (size_t)ndim * sizeof *stride);
+  if (ndim > 0) {
+    memcpy(v->size, size, (size_t)ndim * sizeof *size);
+    memcpy(v->stride, stride, (size_t)ndim * sizeof *stride);
+  }
   v->offset = offset;
   *out = v;
   return GLIA_OK;
