@@ -405,8 +405,7 @@ static glia_status attn_forward(glia_ctx *G, const attn_plan *p, float *o, float
   if (rows == 0) return GLIA_OK;
   fwd_job j = {.p = p, .o = o, .lse = lse};
   int64_t ntasks = p->B * p->K * p->Tr * p->nsplit, gbr = p->G * p->br;
-  double flops = 2.0 * (double)rows * (double)p->M * (double)(p->D + p->E);
-  int nslots = slots_for(G, ntasks, flops);
+  int nslots = slots_for(G, ntasks, 2.0 * (double)rows * (double)p->M * (double)(p->D + p->E));
   size_t per = (size_t)(gbr * (p->D + p->ldS + p->E + 2));
   TRY(scratch_new(G, nslots, per, &j.ws));
   size_t part_bytes = 0;
@@ -682,10 +681,13 @@ static glia_status plan_new(glia_ctx *G, const char *name, glia_tensor *q, glia_
   p->bc = imax(1, imin(p->bc, p->M));
   p->Tr = cdiv(p->N, p->br);
   p->ldS = cdiv(p->bc, VL) * VL;
+  /* split the key range only where tasks are few and the call is big
+  ** enough to run on the pool (both shape rules: same bits on any pool) */
   int64_t tasks = p->B * p->K * p->Tr, Tc = cdiv(p->M, p->bc);
+  double flops = 2.0 * (double)(p->B * p->H * p->N) * (double)p->M * (double)(p->D + p->E);
   p->nsplit = 1;
   if (!backward && o->splits) p->nsplit = (int)imin(o->splits, 1 << 16);
-  else if (!backward && tasks > 0 && tasks < SPLIT_TARGET && Tc >= 4)
+  else if (!backward && tasks > 0 && tasks < SPLIT_TARGET && Tc >= 4 && flops >= INLINE_FLOPS)
     p->nsplit = (int)imin(cdiv(SPLIT_TARGET, tasks), Tc / 2);
   glia_status st = operand_get(G, q, &p->q);
   if (st == GLIA_OK) st = operand_get(G, k, &p->k);
@@ -889,13 +891,14 @@ static glia_status op_attention_decode(glia_ctx *G, int nargs, glia_value *args,
   glia_status st = GLIA_OK;
   if (!len) {
     double n = arg_num(&args[3], 0);
-    if (n != floor(n))
+    if (n != floor(n) || fabs(n) > 1e15)
       st = glia_fail(G, GLIA_EARG, "%s: length must be an integer, got %g", name, n);
-    for (int64_t b = 0; b < B; b++) lens[b] = (int64_t)n;
+    for (int64_t b = 0; b < B && st == GLIA_OK; b++) lens[b] = (int64_t)n;
   } else if ((len->dtype != GLIA_DTYPE_I64 && len->dtype != GLIA_DTYPE_I32) || len->ndim != 1 ||
              len->size[0] != B) {
-    st = glia_fail(G, GLIA_ESHAPE, "%s: lengths must be a number or an integer tensor {%lld}, got %s %s",
-                   name, (long long)B, glia_dtype_name(len->dtype), glia_shape_str(len));
+    st = glia_fail(G, GLIA_ESHAPE,
+                   "%s: lengths must be a number or an integer tensor {%lld}, got %s %s", name,
+                   (long long)B, glia_dtype_name(len->dtype), glia_shape_str(len));
   } else {
     const char *lp = glia_ptr(len);
     for (int64_t b = 0; b < B; b++) {
