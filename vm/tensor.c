@@ -8,6 +8,7 @@
 ** to keep the cost of a tiny op low.
 */
 #include "glia_impl.h"
+#include "ops.h" /* glia_sum: the engine reduces broadcast gradients with it */
 
 #include <stdlib.h>
 
@@ -337,31 +338,27 @@ glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t, glia_dtype dt
 
 /* ================================================== grads helpers */
 
-static void sum_into_loop(int64_t n, char **p, const int64_t *s, void *ud) {
-  (void)ud;
-  if (s[0] == 0) {
-    float acc = 0;
-    for (int64_t i = 0; i < n; i++) acc += *(const float *)(p[1] + i * s[1]);
-    *(float *)p[0] += acc;
-    return;
-  }
-  for (int64_t i = 0; i < n; i++)
-    *(float *)(p[0] + i * s[0]) += *(const float *)(p[1] + i * s[1]);
-}
-
 glia_status glia_sum_to_size(glia_ctx *G, glia_tensor *g, int ndim, const int64_t *size,
                              glia_tensor **out) {
   if (g->ndim == ndim && memcmp(g->size, size, (size_t)ndim * sizeof *size) == 0) {
     *out = glia_tensor_retain(g);
     return GLIA_OK;
   }
-  glia_tensor *r;
-  TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, ndim, size, &r));
-  glia_tensor *ops[2] = {r, g};
-  /* Iterate over g's shape with r broadcast: r's reduced dims get stride 0,
-  ** so this must run on one thread. */
-  glia_iter_shape(G, g->ndim, g->size, 2, ops, sum_into_loop, NULL, INT64_MAX);
-  *out = r;
+  /* Sum the leading dims g has beyond size, and the dims size keeps as 1. */
+  int lead = g->ndim - ndim;
+  unsigned mask = 0;
+  for (int d = 0; d < g->ndim; d++)
+    if (d < lead || (size[d - lead] == 1 && g->size[d] != 1)) mask |= 1u << d;
+  glia_tensor *r = NULL, *c = NULL;
+  glia_status st = mask ? glia_sum(G, g, mask, 1, &r) : glia_tensor_detach(G, g, &r);
+  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, r, GLIA_DTYPE_F32, &c);
+  glia_tensor_release(r);
+  if (st != GLIA_OK) return st;
+  /* same element count: reshape the contiguous result in place */
+  c->ndim = ndim;
+  if (ndim > 0) memcpy(c->size, size, (size_t)ndim * sizeof *size);
+  glia_contiguous_strides(ndim, size, c->stride);
+  *out = c;
   return GLIA_OK;
 }
 
