@@ -152,15 +152,15 @@ int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, in
   return idx;
 }
 
-/* 1-based (or negative) Lua dim -> 0-based, for a tensor of ndim dims.
-** extra=1 accepts ndim+1 positions (for unsqueeze). */
-int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname) {
-  int n = ndim + extra;
+/* 1-based (or negative) Lua dim -> 0-based, for tensor t. extra=1 accepts
+** ndim+1 positions (for unsqueeze). */
+int glia_lua_dim(lua_State *L, int64_t d, const glia_tensor *t, int extra, const char *fname) {
+  int n = t->ndim + extra;
   int64_t r = d > 0 ? d - 1 : d < 0 ? n + d : -1;
-  if (d == 0)
-    luaL_error(L, "%s: dims are 1-based (got 0)", fname);
-  if (r < 0 || r >= n || (n == 0))
-    glia_lua_errorf(L, "%s: dim %lld out of range for a %d-D tensor", fname, (long long)d, ndim);
+  if (d == 0) luaL_error(L, "%s: dims are 1-based (got 0)", fname);
+  if (r < 0 || r >= n)
+    glia_lua_errorf(L, "%s: dim %lld out of range for a %d-D tensor %s", fname, (long long)d,
+                    t->ndim, glia_shape_str(t));
   return (int)r;
 }
 
@@ -223,7 +223,7 @@ static int call_op(lua_State *L) {
       if (!ref) luaL_error(L, "%s: a dim needs a tensor argument first", fname);
       int64_t d = glia_lua_check_int(L, idx, fname, "dim");
       a->kind = GLIA_VAL_INT;
-      a->u.i = last_dim = glia_lua_dim(L, d, ref->ndim, *s == 'e', fname);
+      a->u.i = last_dim = glia_lua_dim(L, d, ref, *s == 'e', fname);
       break;
     }
     case 'D':
@@ -237,11 +237,11 @@ static int call_op(lua_State *L) {
           lua_rawgeti(L, idx, i);
           int64_t d = glia_lua_check_int(L, -1, fname, "dim");
           lua_pop(L, 1);
-          a->u.ints.v[a->u.ints.n++] = glia_lua_dim(L, d, ref->ndim, 0, fname);
+          a->u.ints.v[a->u.ints.n++] = glia_lua_dim(L, d, ref, 0, fname);
         }
       } else {
         int64_t d = glia_lua_check_int(L, idx, fname, "dim");
-        a->u.ints.v[a->u.ints.n++] = last_dim = glia_lua_dim(L, d, ref->ndim, 0, fname);
+        a->u.ints.v[a->u.ints.n++] = last_dim = glia_lua_dim(L, d, ref, 0, fname);
       }
       break;
     case 'p': {
@@ -351,7 +351,7 @@ static int t_size(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (lua_gettop(L) >= 2) {
     int64_t d = glia_lua_check_int(L, 2, "glia.size", "dim");
-    lua_pushinteger(L, (lua_Integer)t->size[glia_lua_dim(L, d, t->ndim, 0, "glia.size")]);
+    lua_pushinteger(L, (lua_Integer)t->size[glia_lua_dim(L, d, t, 0, "glia.size")]);
     return 1;
   }
   lua_createtable(L, t->ndim, 0);
@@ -366,7 +366,7 @@ static int t_stride(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (lua_gettop(L) >= 2) {
     int64_t d = glia_lua_check_int(L, 2, "glia.stride", "dim");
-    lua_pushinteger(L, (lua_Integer)t->stride[glia_lua_dim(L, d, t->ndim, 0, "glia.stride")]);
+    lua_pushinteger(L, (lua_Integer)t->stride[glia_lua_dim(L, d, t, 0, "glia.stride")]);
     return 1;
   }
   lua_createtable(L, t->ndim, 0);

@@ -29,7 +29,8 @@ GLIAI_FUNC int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname,
                                       const char *what);
 GLIAI_FUNC int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim,
                                     int64_t *size);
-GLIAI_FUNC int glia_lua_dim(lua_State *L, int64_t d, int ndim, int extra, const char *fname);
+GLIAI_FUNC int glia_lua_dim(lua_State *L, int64_t d, const glia_tensor *t, int extra,
+                             const char *fname);
 
 /* Adds glia.save / glia.load to the module table at mod_idx (lua/io.c). */
 GLIAI_FUNC void glia_lua_open_io(lua_State *L, int mod_idx);
