@@ -129,6 +129,20 @@ function glia.chunk(x, chunks, dim)
   return glia.split(x, math.max(1, math.ceil(n / chunks)), dim)
 end
 
+-- glia.attention(q, k, v [, opts]) with opts {causal, scale, mask, block_q,
+-- block_k, splits}; the positional form of the core op works as well.
+local attention = core.attention
+function glia.attention(q, k, v, opts, ...)
+  if type(opts) == "table" then
+    return attention(q, k, v, opts.causal, opts.scale, opts.mask, opts.block_q, opts.block_k,
+                     opts.splits)
+  end
+  return attention(q, k, v, opts, ...)
+end
+
+-- A per-layer KV cache for decoding (stdlib/glia/kv_cache.lua).
+function glia.kv_cache(...) return require("glia.kv_cache").new(...) end
+
 glia._methods.split = glia.split
 glia._methods.chunk = glia.chunk
 
