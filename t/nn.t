@@ -650,7 +650,7 @@ t.error_like(function() attn(glia.randn(2, 4, 5)) end, "expected input {B,T,6}, 
              "CausalSelfAttention names the expected and the given shape")
 t.error_like(function() nn.CausalSelfAttention(6, 4) end, "d_model 6 is not a multiple of n_heads 4",
              "CausalSelfAttention rejects heads that do not divide d_model")
-t.ok(tostring(attn):find("CausalSelfAttention(d_model=6, n_heads=2, dropout=0): 168 parameters", 1, true),
+t.ok(tostring(attn):find("CausalSelfAttention(d_model=6, n_heads=2, kv_heads=2, causal=true, dropout=0): 168 parameters", 1, true),
      "CausalSelfAttention prints its shape and parameter count")
 
 t.done()

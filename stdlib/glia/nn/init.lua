@@ -7,7 +7,8 @@
 --   nn.BatchNorm1d(C, {eps, momentum, affine, track_running_stats})
 --   nn.Dropout(p)  nn.ReLU()  nn.GELU(approximate)  nn.SiLU()  nn.Identity()
 --   nn.Sequential(...)  nn.ModuleList(...)  nn.ModuleDict(t)  nn.Residual(inner)
---   nn.CausalSelfAttention(d_model, n_heads, {dropout, bias, fused})
+--   nn.MultiHeadAttention(d_model, n_heads, {kv_heads, causal, dropout, bias, fused})
+--   nn.CausalSelfAttention(d_model, n_heads, {kv_heads, dropout, bias, fused})
 --   nn.init                     initializers (nn/initializers.lua)
 --   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
 local Module = require "glia.nn.module"
