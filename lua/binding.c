@@ -510,6 +510,13 @@ typedef struct {
   int width;
 } print_ctx;
 
+/* One number in the shared format; NaN and infinities print as nan, inf. */
+static void format_elem(char *buf, size_t n, const char *fmt, int width, double v) {
+  if (isnan(v)) snprintf(buf, n, "%*s", width, "nan");
+  else if (isinf(v)) snprintf(buf, n, "%*s", width, v > 0 ? "inf" : "-inf");
+  else snprintf(buf, n, fmt, width, v);
+}
+
 static void print_rec(print_ctx *P, int d, const char *p, int indent) {
   const glia_tensor *t = P->t;
   size_t es = glia_dtype_size(t->dtype);
@@ -530,7 +537,7 @@ static void print_rec(print_ctx *P, int d, const char *p, int indent) {
       if (t->dtype == GLIA_DTYPE_BOOL)
         snprintf(buf, sizeof buf, "%*s", P->width, v != 0 ? "true" : "false");
       else
-        snprintf(buf, sizeof buf, P->fmt, P->width, v);
+        format_elem(buf, sizeof buf, P->fmt, P->width, v);
       luaL_addchar(P->b, ' ');
       luaL_addstring(P->b, buf);
     } else {
@@ -602,7 +609,7 @@ static int t_tostring(lua_State *L) {
     if (t->dtype == GLIA_DTYPE_BOOL)
       snprintf(buf, sizeof buf, "%s", v != 0 ? "true" : "false");
     else
-      snprintf(buf, sizeof buf, P.fmt, 1, v);
+      format_elem(buf, sizeof buf, P.fmt, 1, v);
     luaL_addstring(&b, buf);
     luaL_addchar(&b, '\n');
   } else if (n > 0) {
