@@ -1,0 +1,326 @@
+-- examples/train_gpt.lua -- trains the character-level GPT (models/gpt.lua)
+-- on the King James Bible, or on any text file, with AdamW, gradient
+-- clipping and a cosine learning-rate schedule with linear warm-up.
+--
+--   glia examples/train_gpt.lua --time 300                 # five minutes, into runs/gpt
+--   glia examples/train_gpt.lua --steps 2000 --out runs/a  # a fixed number of steps
+--   glia examples/train_gpt.lua --resume runs/a --steps 3000
+--   glia examples/sample.lua runs/a --prompt "And God said"
+--
+-- The validation set is the last 10% of the text; its loss is the mean over
+-- 8 fixed batches of 16 x 256 tokens (fewer positions when --ctx is
+-- smaller), printed as `val loss: X.XXX` every --eval-every steps, with a
+-- sample of generated text. The output directory receives the checkpoint
+-- (glia.checkpoint: model, optimizer, step, RNG and data-sampler state),
+-- log.csv (one row per step) and loss.svg (the curves), refreshed at each
+-- evaluation and at the end.
+--
+-- Resuming continues bit-identically: batches come from a seeded generator
+-- whose state the checkpoint keeps, as it keeps glia's RNG state. The model
+-- shape, batch size, seed and text are fixed by the checkpoint; --steps,
+-- --time and the schedule flags may be given again. --steps N counts from
+-- the start of the run (a resumed run stops at step N) and sets the length
+-- of the cosine schedule unless --decay-steps does; a run limited by --time
+-- alone sizes its schedule from the measured step rate, re-estimated at
+-- each evaluation.
+local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
+package.path = script_dir .. "../?.lua;" .. package.path
+
+local glia       = require "glia"
+local optim      = require "glia.optim"
+local data       = require "glia.data"
+local progress   = require "glia.progress"
+local plot       = require "glia.plot"
+local checkpoint = require "glia.checkpoint"
+local GPT        = require "models.gpt"
+
+local fmt, floor, max, min = string.format, math.floor, math.max, math.min
+local clock = glia.clock
+
+local USAGE = [[
+usage: glia examples/train_gpt.lua [options]
+  --steps N          stop at step N (counted from the start of the run)
+  --time SECONDS     stop after this much wall time (default 300 when no --steps)
+  --out DIR          checkpoint, log.csv and loss.svg (default runs/gpt;
+                     with --resume, the resumed directory)
+  --resume DIR       continue the run saved in DIR
+  --seed N           seed of the initialization and the batches (1337)
+  --text PATH        train on this file instead of the King James Bible
+  --d N  --layers N  --heads N  --ctx N      model shape (256, 4, 4, 256)
+  --batch N          sequences per step (16)
+  --lr X             peak learning rate (1e-3)
+  --min-lr X         learning rate at the end of the schedule (1e-4)
+  --warmup N         steps of linear warm-up (100)
+  --decay-steps N    length of the cosine schedule (default: --steps, or estimated)
+  --weight-decay X   AdamW's decoupled weight decay (0.1)
+  --clip X           gradient clipping by global norm (1.0)
+  --eval-every N     steps between validations, samples and checkpoints (100)
+  --sample-len N     characters per sample (200; 0: no samples)
+  --threads N        compute threads (default: GLIA_NUM_THREADS or all cores)
+]]
+
+-- ================================================================ options
+
+-- name -> kind; "run" options are fixed by a checkpoint when resuming.
+local FLAGS = {
+  steps = "int", time = "num", out = "str", resume = "str", seed = "int", text = "str",
+  d = "int", layers = "int", heads = "int", ctx = "int", batch = "int",
+  lr = "num", ["min-lr"] = "num", warmup = "int", ["decay-steps"] = "int",
+  ["weight-decay"] = "num", clip = "num", ["eval-every"] = "int", ["sample-len"] = "int",
+  threads = "int",
+}
+local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
+local DEFAULTS = {
+  seed = 1337, d = 256, layers = 4, heads = 4, ctx = 256, batch = 16, lr = 1e-3,
+  ["min-lr"] = 1e-4, warmup = 100, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
+  ["sample-len"] = 200,
+}
+
+local function die(msg)
+  io.stderr:write("train_gpt: ", msg, "\n")
+  os.exit(1)
+end
+
+local function parse(args)
+  local o, i = {}, 1
+  while i <= #args do
+    local a = args[i]
+    if a == "-h" or a == "--help" then
+      io.write(USAGE)
+      os.exit(0)
+    end
+    local name = a:match("^%-%-(.+)$")
+    local kind = name and FLAGS[name]
+    if not kind then die("unknown option " .. a .. "\n" .. USAGE) end
+    local v = args[i + 1]
+    if v == nil then die("option --" .. name .. " needs a value") end
+    if kind ~= "str" then
+      local x = tonumber(v)
+      if not x or (kind == "int" and x ~= floor(x)) or x < 0 then
+        die(fmt("option --%s needs a %s, got %s", name,
+                kind == "int" and "non-negative integer" or "non-negative number", v))
+      end
+      v = x
+    end
+    o[name] = v
+    i = i + 2
+  end
+  return o
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then die(err) end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- ================================================================ the log
+
+local COLUMNS = { "step", "loss", "val_loss", "lr", "time" }
+
+-- The rows of an existing log.csv with step <= last (a resumed run drops
+-- the steps after its checkpoint), as {step = , loss = , ...} tables.
+local function read_log(path, last)
+  local rows, f = {}, io.open(path, "rb")
+  if not f then return rows end
+  f:read("*l") -- header
+  for line in f:lines() do
+    local row, i = {}, 1
+    for field in (line .. ","):gmatch("([^,]*),") do
+      row[COLUMNS[i]] = tonumber(field)
+      i = i + 1
+    end
+    if row.step and row.step <= last then rows[#rows + 1] = row end
+  end
+  f:close()
+  return rows
+end
+
+local function write_curve(path, rows)
+  local train = { name = "train", x = {}, y = {}, smooth = 0.9 }
+  local val = { name = "val", x = {}, y = {} }
+  for _, r in ipairs(rows) do
+    train.x[#train.x + 1], train.y[#train.y + 1] = r.step, r.loss
+    if r.val_loss then val.x[#val.x + 1], val.y[#val.y + 1] = r.step, r.val_loss end
+  end
+  return plot.loss_curve(path, { series = { train, val }, title = "char-level GPT",
+                                 xlabel = "step", ylabel = "loss (nats/char)" })
+end
+
+-- ================================================================ setup
+
+local o = parse(arg or {})
+if o.threads then glia.set_num_threads(o.threads) end
+
+local ck
+if o.resume then
+  local msg
+  ck, msg = checkpoint.read(o.resume)
+  if not ck then die(msg) end
+  for _, k in ipairs(FIXED) do
+    if o[k] ~= nil then die(fmt("--%s is fixed by the checkpoint in %s", k, o.resume)) end
+  end
+end
+
+-- The run's settings: the command line's, then the checkpoint's, then the
+-- defaults. --steps and --time belong to this invocation only.
+local SAVED = { "seed", "text", "d", "layers", "heads", "ctx", "batch", "lr", "min-lr", "warmup",
+                "weight-decay", "clip", "eval-every", "sample-len" }
+local run = {}
+for _, k in ipairs(SAVED) do
+  local v = o[k]
+  if v == nil and ck then v = ck.extra.run[k] end
+  if v == nil then v = DEFAULTS[k] end
+  run[k] = v
+end
+run.steps, run.time = o.steps, o.time
+if run.steps == nil and run.time == nil then run.time = 300 end
+local out = o.out or o.resume or "runs/gpt"
+
+-- The length of the cosine schedule: --decay-steps, else --steps, else the
+-- resumed run's fixed length, else estimated from the step rate (auto).
+local decay_steps, auto_decay = o["decay-steps"] or o.steps, false
+if not decay_steps and ck and not ck.extra.auto_decay then decay_steps = ck.extra.decay_steps end
+if not decay_steps then
+  auto_decay = true
+  decay_steps = ck and ck.extra.decay_steps or math.huge -- constant after warm-up until estimated
+end
+
+local text = run.text and read_file(run.text) or data.kjv_text()
+local ds = data.CharDataset(text, ck and ck.extra.vocab or nil)
+local train, val = ds:split(0.9)
+local val_T = min(256, run.ctx)
+local val_batches = val:fixed_batches(8, 16, val_T)
+
+glia.manual_seed(run.seed)
+local model = GPT{ vocab_size = ds.vocab_size, d_model = run.d, n_layers = run.layers,
+                   n_heads = run.heads, ctx = run.ctx }
+-- No weight decay on biases, norms and embeddings (as GPT-2 does).
+local decay, no_decay = {}, {}
+for _, e in ipairs(model:named_parameters()) do
+  local p = e[2]
+  if p:dim() >= 2 and not e[1]:match("^tok%.") and not e[1]:match("^pos%.") then
+    decay[#decay + 1] = p
+  else
+    no_decay[#no_decay + 1] = p
+  end
+end
+local opt = optim.AdamW({ { params = decay, weight_decay = run["weight-decay"] },
+                          { params = no_decay, weight_decay = 0 } },
+                        { lr = run.lr, betas = { 0.9, 0.99 } })
+local sampler = data.Generator(run.seed, 1)
+
+local step, elapsed0 = 0, 0
+if ck then
+  step = checkpoint.load(ck, { model = model, optimizer = opt })
+  sampler:set_state(ck.extra.sampler)
+  elapsed0 = ck.extra.elapsed or 0
+  ck = nil
+end
+
+local log_path, svg_path = out .. "/log.csv", out .. "/loss.svg"
+os.execute("mkdir -p '" .. out:gsub("'", "'\\''") .. "'")
+local rows = read_log(log_path, step)
+do -- rewrite the log without the steps after the checkpoint
+  local log, err = progress.csv(log_path, COLUMNS)
+  if not log then die(err) end
+  for _, r in ipairs(rows) do log:write(r) end
+  log:close()
+end
+local log = progress.csv(log_path, COLUMNS, { append = true })
+
+print(fmt("model: %d parameters (d=%d, %d layers, %d heads, ctx %d, vocab %d)",
+          model:num_parameters(), run.d, run.layers, run.heads, run.ctx, ds.vocab_size))
+print(fmt("data: %d train and %d validation characters; batch %d x %d; %d threads",
+          train:len(), val:len(), run.batch, run.ctx, glia.num_threads()))
+if step > 0 then print(fmt("resumed from %s at step %d", o.resume, step)) end
+
+-- ================================================================ training
+
+local function lr_at(s)
+  return optim.schedule.cosine{ lr = run.lr, warmup = run.warmup,
+                                total = max(decay_steps, run.warmup + 1), min_lr = run["min-lr"] }(s)
+end
+
+local function evaluate()
+  model:eval()
+  local sum = 0
+  glia.no_grad(function()
+    for _, b in ipairs(val_batches) do sum = sum + model:loss(b[1], b[2]):item() end
+  end)
+  model:train()
+  return sum / #val_batches
+end
+
+local prompt = train.data:narrow(1, 1, 1):view(1, 1)
+
+local function sample(n)
+  local ids = model:generate(prompt, n, { temperature = 0.8, top_k = 20 })
+  return ds:decode(ids:narrow(2, 2, n))
+end
+
+local t_start = clock()
+
+local function save()
+  local extra = { run = run, vocab = ds.vocab, sampler = sampler:state(),
+                  decay_steps = decay_steps < math.huge and decay_steps or nil,
+                  auto_decay = auto_decay, elapsed = elapsed0 + clock() - t_start }
+  local ok, err = checkpoint.save(out, { model = model, optimizer = opt, step = step, extra = extra })
+  if not ok then die(err) end
+  local drawn, perr = write_curve(svg_path, rows)
+  if not drawn then io.stderr:write("train_gpt: ", perr, "\n") end
+end
+
+-- With --time alone, the schedule ends where the step rate says time runs
+-- out (done: the steps this invocation has run).
+local function estimate_decay(done)
+  if not (auto_decay and run.time and done > 0) then return end
+  local spent = clock() - t_start
+  decay_steps = step + max(1, floor((run.time - spent) / (spent / done)))
+end
+
+local start_step = step
+local bar = progress.bar{ total = run.steps, desc = "train", out = io.stdout }
+while true do
+  if run.steps and step >= run.steps then break end
+  if run.time and clock() - t_start >= run.time then break end
+  step = step + 1
+  local lr = lr_at(step)
+  opt:set_lr(lr)
+  opt:zero_grad()
+  local x, y = train:batch(run.batch, run.ctx, sampler)
+  local loss = model:loss(x, y)
+  loss:backward()
+  optim.clip_grad_norm(opt, run.clip)
+  opt:step()
+  local row = { step = step, loss = loss:item(), lr = lr, time = elapsed0 + clock() - t_start }
+  bar:update(step, { loss = row.loss, lr = lr })
+  local done = step - start_step
+  if done == 20 then estimate_decay(done) end
+  local last = (run.steps and step >= run.steps) or (run.time and clock() - t_start >= run.time)
+  if step % run["eval-every"] == 0 or last then
+    estimate_decay(done)
+    row.val_loss = evaluate()
+    bar:print(fmt("step %d: train loss %.3f, val loss: %.3f  (%.0f s)", step, bar:loss(),
+                  row.val_loss, row.time))
+    if run["sample-len"] > 0 and not last then
+      bar:print("  | " .. sample(run["sample-len"]):gsub("\n", "\n  | "))
+    end
+  end
+  log:write(row)
+  rows[#rows + 1] = row
+  if row.val_loss then save() end
+end
+bar:close()
+log:close()
+if step == start_step then save() end -- nothing ran: still leave a checkpoint
+
+print(fmt("checkpoint: %s   log: %s   curve: %s", checkpoint.path(out), log_path, svg_path))
+print(fmt("%d steps in %.0f s this run (%.0f tokens/s)", step - start_step, clock() - t_start,
+          (step - start_step) * run.batch * run.ctx / max(1e-9, clock() - t_start)))
+if run["sample-len"] > 0 then
+  print("sample:")
+  print(sample(max(run["sample-len"], 400)))
+end

@@ -1,0 +1,222 @@
+-- models/gpt.lua -- a character-level GPT: token and learned position
+-- embeddings, pre-LayerNorm transformer blocks (causal self-attention, GELU
+-- MLP x4), a final LayerNorm and a linear head onto the vocabulary.
+--
+--   local GPT = require "models.gpt"
+--   local model = GPT{vocab_size = 73}            -- the gpt_train shape
+--   local logits = model(idx)                     -- idx i64 {B,T} 1-based -> {B,T,V}
+--   local out = model:generate(prompt, 100, {temperature = 0.8, top_k = 20})
+--
+-- Config (every field optional but vocab_size): vocab_size, d_model (256),
+-- n_layers (4), n_heads (4), ctx (256, the longest sequence: the number of
+-- learned positions), dropout (0), bias (true), tie (false: the head has
+-- its own weight, as in bench/torch_ref.py's GPT, so parameter counts
+-- compare). The shape letters are B (batch), T (time), C (d_model), V
+-- (vocabulary).
+--
+-- Initialization follows GPT-2: weights ~ N(0, 0.02), the projections that
+-- write into the residual stream scaled by 1/sqrt(2 n_layers), biases zero.
+--
+-- Generation runs with a key/value cache per block: one forward over the
+-- prompt, then one forward of one position per new token. When a sequence
+-- reaches ctx positions the caches restart from its last ctx/2 tokens
+-- (learned positions stop at ctx), so generation can run to any length.
+local glia = require "glia"
+local nn   = require "glia.nn"
+
+local sqrt, floor, max, min, huge = math.sqrt, math.floor, math.max, math.min, math.huge
+local type, error, format, ipairs, pairs, tostring =
+  type, error, string.format, ipairs, pairs, tostring
+local no_grad = glia.no_grad
+
+-- ================================================================ block
+
+-- x + attn(ln1(x)), then x + mlp(ln2(x)).
+local Block = nn.Module:extend("Block")
+
+function Block:__init(cfg)
+  local d, bias = cfg.d_model, { bias = cfg.bias }
+  self.ln1 = nn.LayerNorm(d)
+  self.attn = nn.CausalSelfAttention(d, cfg.n_heads, { dropout = cfg.dropout, bias = cfg.bias })
+  self.ln2 = nn.LayerNorm(d)
+  self.fc = nn.Linear(d, 4 * d, bias)
+  self.fc2 = nn.Linear(4 * d, d, bias)
+  self.drop = nn.Dropout(cfg.dropout)
+end
+
+-- x {B,T,C}; cache (a glia.kv_cache of this block's attention) or nil.
+function Block:forward(x, cache)
+  x = x + self.attn(self.ln1(x), cache)
+  return x + self.drop(self.fc2(glia.gelu(self.fc(self.ln2(x)))))
+end
+
+-- ================================================================== GPT
+
+local GPT = nn.Module:extend("GPT")
+GPT.Block = Block
+
+local DEFAULTS = { d_model = 256, n_layers = 4, n_heads = 4, ctx = 256, dropout = 0,
+                   bias = true, tie = false }
+local KEYS = { "vocab_size", "d_model", "n_layers", "n_heads", "ctx", "dropout", "bias", "tie" }
+
+-- The full config: cfg's fields over the defaults, checked.
+local function configure(cfg)
+  if type(cfg) ~= "table" then error("models.gpt: expected a config table", 4) end
+  local known = {}
+  for _, k in ipairs(KEYS) do known[k] = true end
+  for k in pairs(cfg) do
+    if not known[k] then error(format("models.gpt: unknown config field '%s'", tostring(k)), 4) end
+  end
+  local c = {}
+  for _, k in ipairs(KEYS) do
+    local v = cfg[k]
+    if v == nil then v = DEFAULTS[k] end
+    c[k] = v
+  end
+  for _, k in ipairs({ "vocab_size", "d_model", "n_layers", "n_heads", "ctx" }) do
+    local v = c[k]
+    if type(v) ~= "number" or v < 1 or v ~= floor(v) then
+      error(format("models.gpt: %s must be a positive integer, got %s", k, tostring(v)), 4)
+    end
+  end
+  if c.d_model % c.n_heads ~= 0 then
+    error(format("models.gpt: d_model %d is not a multiple of n_heads %d", c.d_model, c.n_heads), 4)
+  end
+  return c
+end
+
+function GPT:__init(cfg)
+  cfg = configure(cfg)
+  self.config = cfg
+  self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+  self.pos = nn.Embedding(cfg.ctx, cfg.d_model)
+  self.drop = nn.Dropout(cfg.dropout)
+  local blocks = {}
+  for i = 1, cfg.n_layers do blocks[i] = Block(cfg) end
+  self.blocks = nn.ModuleList(blocks)
+  self.lnf = nn.LayerNorm(cfg.d_model)
+  self.head = nn.Linear(cfg.d_model, cfg.vocab_size, { bias = cfg.bias })
+  if cfg.tie then self.head.weight = self.tok.weight end
+  self:reset_parameters()
+end
+
+-- GPT-2's initialization (see the file header), from glia's seeded RNG.
+function GPT:reset_parameters()
+  local init, std = nn.init, 0.02
+  local resid_std = std / sqrt(2 * self.config.n_layers)
+  for _, e in ipairs(self:named_parameters()) do
+    local name, p = e[1], e[2]
+    if name:match("bias$") then
+      init.zeros_(p)
+    elseif name:match("^blocks%.%d+%.ln") or name:match("^lnf") then
+      init.ones_(p)
+    elseif name:match("proj%.weight$") or name:match("fc2%.weight$") then
+      init.normal_(p, 0, resid_std)
+    else
+      init.normal_(p, 0, std)
+    end
+  end
+end
+
+-- idx: i64 {B,T} of 1-based token ids, T <= ctx - pos0. caches: one
+-- glia.kv_cache per block (from new_caches) or nil; pos0: the position of
+-- idx's first token (0 without caches). Returns logits {B,T,V}.
+function GPT:forward(idx, caches, pos0)
+  pos0 = pos0 or 0
+  local T = idx:size(2)
+  if pos0 + T > self.config.ctx then
+    error(format("models.gpt: positions %d..%d exceed the context of %d", pos0 + 1, pos0 + T,
+                 self.config.ctx), 2)
+  end
+  local x = self.tok(idx) + self.pos.weight:narrow(1, pos0 + 1, T)
+  x = self.drop(x)
+  for i, block in ipairs(self.blocks) do x = block(x, caches and caches[i]) end
+  return self.head(self.lnf(x))
+end
+
+-- The mean cross entropy of the next-token predictions for x against y
+-- (both i64 {B,T}), and the logits.
+function GPT:loss(x, y)
+  local logits = self(x)
+  return glia.cross_entropy(logits, y), logits
+end
+
+-- One empty key/value cache per block, for B sequences of up to ctx positions.
+function GPT:new_caches(B)
+  local caches = {}
+  for i, block in ipairs(self.blocks) do caches[i] = block.attn:new_cache(B, self.config.ctx) end
+  return caches
+end
+
+-- ============================================================ generation
+
+-- The next ids {B,1} drawn from logits {B,V}: argmax when temperature is 0,
+-- else softmax(logits / temperature) restricted to the top_k largest
+-- (all when top_k is nil), sampled with glia's RNG.
+local function pick(logits, temperature, top_k)
+  if temperature == 0 then return logits:argmax(-1, true) end
+  logits = logits / temperature
+  local V = logits:size(-1)
+  if top_k and top_k < V then
+    local kth = logits:topk(top_k, -1):narrow(-1, top_k, 1) -- {B,1}: the k-th largest
+    logits = logits:masked_fill(logits:lt(kth), -huge)
+  end
+  local cdf = glia.softmax(logits, -1):cumsum(-1)
+  local u = glia.rand(logits:size(1), 1)
+  -- the id is 1 + the number of cdf entries below u (clamped: rounding may leave cdf[V] < u)
+  local below = cdf:lt(u):to("f32"):sum(-1, true)
+  return below:add(1):clamp(1, V):to("i64")
+end
+
+-- idx: i64 {B,T0} prompt (T0 >= 1); n: new tokens to append. opts:
+-- temperature (1; 0 is greedy), top_k (nil: all), on_token (called with
+-- the {B,1} ids of each new position, e.g. to print as they come).
+-- Returns i64 {B, T0 + n}. Runs in eval mode without autograd, and puts the
+-- module back in the mode it was in.
+function GPT:generate(idx, n, opts)
+  opts = opts or {}
+  local temperature, top_k, on_token = opts.temperature or 1, opts.top_k, opts.on_token
+  if type(temperature) ~= "number" or temperature < 0 then
+    error("models.gpt: temperature must be a number >= 0, got " .. tostring(temperature), 2)
+  end
+  if top_k ~= nil and (type(top_k) ~= "number" or top_k < 1 or top_k ~= floor(top_k)) then
+    error("models.gpt: top_k must be a positive integer, got " .. tostring(top_k), 2)
+  end
+  if idx:dim() ~= 2 or idx:size(2) < 1 then
+    error("models.gpt: generate expects a prompt {B,T} with T >= 1", 2)
+  end
+  local was_training = self.training
+  self:eval()
+  local ctx, B = self.config.ctx, idx:size(1)
+  local out = no_grad(function()
+    local caches = self:new_caches(B)
+    -- Restarts the caches on the last (at most) keep tokens of seq; returns
+    -- the logits {B,V} of its last position and the number of positions cached.
+    local function prime(seq, keep)
+      for _, c in ipairs(caches) do c:reset() end
+      local T = seq:size(2)
+      keep = min(T, keep)
+      local logits = self:forward(seq:narrow(2, T - keep + 1, keep), caches, 0)
+      return logits:select(2, keep), keep
+    end
+    local tokens = { idx }
+    local logits, pos = prime(idx, ctx)
+    for _ = 1, n do
+      local id = pick(logits, temperature, top_k)
+      tokens[#tokens + 1] = id
+      if on_token then on_token(id) end
+      if pos < ctx then
+        logits = self:forward(id, caches, pos):select(2, 1)
+        pos = pos + 1
+      else -- the caches are full: keep the second half of the window
+        tokens = { glia.cat(tokens, 2) }
+        logits, pos = prime(tokens[1], max(1, floor(ctx / 2)))
+      end
+    end
+    return glia.cat(tokens, 2)
+  end)
+  self:train(was_training)
+  return out
+end
+
+return GPT
