@@ -269,8 +269,9 @@ local function save()
                   auto_decay = auto_decay, elapsed = elapsed0 + clock() - t_start }
   local ok, err = checkpoint.save(out, { model = model, optimizer = opt, step = step, extra = extra })
   if not ok then die(err) end
-  local drawn, perr = write_curve(svg_path, rows)
-  if not drawn then io.stderr:write("train_gpt: ", perr, "\n") end
+  -- a picture that cannot be drawn must not end the run
+  local ok2, drawn, perr = pcall(write_curve, svg_path, rows)
+  if not (ok2 and drawn) then io.stderr:write("train_gpt: loss curve: ", tostring(perr or drawn), "\n") end
 end
 
 -- With --time alone, the schedule ends where the step rate says time runs

@@ -1,0 +1,167 @@
+-- bench/gpt.lua -- the gpt_train and gpt_decode workloads of WORKLOADS.md
+-- (models/gpt.lua, the shape of bench/torch_ref.py's GPT: vocab 73, d=256,
+-- 4 layers, 4 heads, context 256), timed inside glia.
+--
+-- Usage: glia bench/gpt.lua WORKLOAD...   (one workload per process keeps
+-- the peak RSS printed that workload's own)
+--   gpt_train      one AdamW step (lr 3e-4) on a random batch of 16 x 256:
+--                  forward, cross entropy, backward, step
+--   gpt_decode     greedy generation of 255 tokens after a 1-token prompt,
+--                  batch 1, with the KV cache
+--   gpt_profile    gpt_train split into forward / backward / optimizer
+--                  times, for finding what is slow
+--   --torch        also run bench/torch_ref.py (or the shared copy) on the
+--                  same workloads and print the ratios
+-- Prints one line per workload: "name median_ms rate unit peak_rss_MB"
+-- (rate: tokens/s), then the PyTorch side and the ratios with --torch.
+-- Times are medians of several runs after a warm-up, by glia.clock.
+local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
+package.path = script_dir .. "../?.lua;" .. package.path
+
+local glia  = require "glia"
+local optim = require "glia.optim"
+local GPT   = require "models.gpt"
+
+local clock, floor, fmt = glia.clock, math.floor, string.format
+local V, B, T = 73, 16, 256
+
+local function median(ts)
+  local s = {}
+  for i, v in ipairs(ts) do s[i] = v end
+  table.sort(s)
+  return s[floor(#s / 2) + 1]
+end
+
+-- Peak resident set of this process in MB (VmHWM).
+local function peak_rss()
+  local f = io.open("/proc/self/status")
+  if not f then return 0 end
+  local s = f:read("*a")
+  f:close()
+  local kb = s:match("VmHWM:%s*(%d+)")
+  return kb and tonumber(kb) / 1024 or 0
+end
+
+local function report(name, sec, rate)
+  io.write(fmt("%s %.1f %.0f tok/s %.0f\n", name, sec * 1e3, rate, peak_rss()))
+  io.flush()
+end
+
+local function model()
+  glia.manual_seed(0)
+  return GPT{ vocab_size = V }
+end
+
+-- ============================================================ training
+
+-- A training step split into its phases; returns forward, backward and
+-- optimizer seconds.
+local function train_step(m, opt, x, y)
+  local t0 = clock()
+  local loss = m:loss(x, y)
+  local t1 = clock()
+  opt:zero_grad()
+  loss:backward()
+  local t2 = clock()
+  opt:step()
+  return t1 - t0, t2 - t1, clock() - t2
+end
+
+local function gpt_train(name, profile)
+  local m = model()
+  local opt = optim.AdamW(m:parameters(), { lr = 3e-4 })
+  local x, y = glia.randint(1, V + 1, B, T), glia.randint(1, V + 1, B, T)
+  train_step(m, opt, x, y)
+  local fw, bw, st, tot = {}, {}, {}, {}
+  for i = 1, 10 do
+    fw[i], bw[i], st[i] = train_step(m, opt, x, y)
+    tot[i] = fw[i] + bw[i] + st[i]
+  end
+  local s = median(tot)
+  report(name, s, B * T / s)
+  if profile then
+    io.write(fmt("  forward %.1f ms  backward %.1f ms  optimizer %.1f ms (medians)\n",
+                 median(fw) * 1e3, median(bw) * 1e3, median(st) * 1e3))
+  end
+end
+
+-- ============================================================ decoding
+
+local function gpt_decode(name)
+  local m = model()
+  local prompt = glia.ones(1, 1, "i64")
+  local function gen() m:generate(prompt, 255, { temperature = 0 }) end
+  gen()
+  local ts = {}
+  for i = 1, 5 do
+    local t0 = clock()
+    gen()
+    ts[i] = clock() - t0
+  end
+  local s = median(ts)
+  report(name, s, 255 / s)
+end
+
+-- ============================================================ PyTorch
+
+local function torch_ref()
+  for _, p in ipairs({ script_dir .. "torch_ref.py", "/work/shared/bench/torch_ref.py" }) do
+    local f = io.open(p)
+    if f then f:close() return p end
+  end
+end
+
+-- Runs torch_ref.py's workload in its own process; returns tokens/s, RSS MB.
+local function torch_side(w)
+  local ref = torch_ref()
+  if not ref then return nil end
+  local h = io.popen(fmt("GLIA_NUM_THREADS=%d /usr/bin/python3 %s %s 2>/dev/null",
+                         glia.num_threads(), ref, w))
+  local line = h:read("*a")
+  h:close()
+  local rate = line:match("(%d+) tok/s")
+  return rate and tonumber(rate), tonumber(line:match("maxrss (%d+) MB")), line
+end
+
+-- ============================================================ main
+
+local W = {
+  gpt_train = function(name) gpt_train(name, false) end,
+  gpt_profile = function(name) gpt_train(name, true) end,
+  gpt_decode = gpt_decode,
+}
+
+local with_torch, names = false, {}
+for _, a in ipairs(arg or {}) do
+  if a == "--torch" then with_torch = true else names[#names + 1] = a end
+end
+if #names == 0 then
+  io.stderr:write("usage: glia bench/gpt.lua [--torch] gpt_train|gpt_decode|gpt_profile...\n")
+  os.exit(1)
+end
+for _, w in ipairs(names) do
+  if not W[w] then
+    io.stderr:write("bench/gpt.lua: unknown workload " .. w .. "\n")
+    os.exit(1)
+  end
+end
+for _, w in ipairs(names) do
+  if with_torch then
+    -- each side in a process of its own, so each peak RSS is its own
+    local h = io.popen(fmt("%s %s %s", arg[-1] or "glia", arg[0], w))
+    local mine = h:read("*a")
+    h:close()
+    io.write(mine)
+    local rate, rss = mine:match("^%S+ %S+ (%S+) tok/s (%S+)")
+    local trate, trss, tline = torch_side(w == "gpt_profile" and "gpt_train" or w)
+    if trate then
+      io.write("  torch: ", tline)
+      io.write(fmt("  glia/torch: tokens/s %.2fx, peak RSS %.2fx\n", tonumber(rate) / trate,
+                   tonumber(rss) / trss))
+    else
+      io.write("  torch: not available\n")
+    end
+  else
+    W[w](w)
+  end
+end
