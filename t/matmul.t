@@ -96,9 +96,7 @@ check_matmul(randn(1, 1, 4), randn(3, 4, 2), "size-1 batch and row dims broadcas
 
 -- ============================================================ strides
 
-local a = randn(4, 3)
-local b = randn(5, 4)
-check_matmul(a:t(), b:t(), "transposed operands give the naive product")
+check_matmul(randn(4, 3):t(), randn(5, 4):t(), "transposed operands give the naive product")
 check_matmul(randn(4, 9):narrow(2, 3, 5), randn(5, 7):narrow(2, 2, 3),
              "narrowed operands (row stride > columns) give the naive product")
 check_matmul(randn(6, 4):narrow(1, 2, 3):t(), randn(3, 6):t():narrow(1, 2, 3),
