@@ -118,7 +118,7 @@ t.ok(xs:size(1) == 256 and xs:size(2) == 784 and yf:min():item() == 1 and yf:max
 
 -- ======================================================= training runs
 
-local out, err, code = train(fmt("--epochs 3 --batch 32 --seed 3 --data %s --out %s",
+local out, err, code = train(fmt("--epochs 3 --batch 16 --seed 3 --data %s --out %s",
                                  sh_quote(dir), sh_quote(dir .. "/run")))
 local l = lines(out)
 t.is(code, 0, "the example trains on the tiny files and exits with status 0")
@@ -137,13 +137,13 @@ t.ok(epoch_loss[3] and epoch_loss[3] < epoch_loss[1] * 0.5,
          tostring(epoch_loss[3])))
 t.ok(final_acc and final_acc >= 90, fmt("the rule is learnt: test accuracy %s%% >= 90%%",
                                         tostring(final_acc)))
-t.ok(err:find("epoch 1/3  8/8  100%", 1, true) ~= nil,
-     "the progress bar reports each epoch's 8 batches on stderr")
+t.ok(err:find("epoch 1/3  16/16  100%", 1, true) ~= nil,
+     "the progress bar reports each epoch's 16 batches on stderr")
 
 local csv = lines(slurp(dir .. "/run/train_log.csv"))
-t.is(csv[1], "epoch,step,loss,test_loss,test_acc,time", "the CSV log starts with its header")
-t.is(#csv, 1 + 3 * 8 + 3, "the CSV log has a line per step and a line per epoch")
-t.ok(csv[#csv] and csv[#csv]:find("^3,24,,[%d.]+,[%d.]+,[%d.]+$"),
+t.is(csv[1], "epoch,step,lr,loss,test_loss,test_acc,time", "the CSV log starts with its header")
+t.is(#csv, 1 + 3 * 16 + 3, "the CSV log has a line per step and a line per epoch")
+t.ok(csv[#csv] and csv[#csv]:find("^3,48,,,[%d.]+,[%d.]+,[%d.]+$"),
      "the last CSV line holds the final test loss and accuracy")
 local svg = slurp(dir .. "/run/loss_curve.svg") or ""
 t.ok(svg:find("^<svg") and svg:find("polyline") and svg:find(">train<") and svg:find(">test<"),
