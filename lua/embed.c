@@ -7,8 +7,10 @@
 ** traceback handler, so a host never sees a longjmp; failures come back as
 ** a status with the message kept in the vm.
 */
+#define _GNU_SOURCE /* dladdr */
 #include "binding.h"
 
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -24,9 +26,30 @@ static int open_core(lua_State *L) {
   return glia_lua_open(L, G, 0);
 }
 
-/* Where the stdlib lives: $GLIA_STDLIB, next to the executable
-** (../stdlib when run from the build tree, ../share/glia when installed),
-** then the directory compiled in. */
+/* Adds the stdlib patterns below dir (a bin/ or lib/ directory): the build
+** tree's stdlib/ (bin/glia, build/<flavor>/bin/glia) and an installed
+** PREFIX/share/glia (PREFIX/bin/glia, PREFIX/lib/libglia.so). */
+static void add_dir_paths(luaL_Buffer *b, const char *dir) {
+  static const char *const rel[] = {"/../stdlib/?.lua;",       "/../stdlib/?/init.lua;",
+                                    "/../../../stdlib/?.lua;", "/../../../stdlib/?/init.lua;",
+                                    "/../share/glia/?.lua;",   "/../share/glia/?/init.lua;"};
+  for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+    luaL_addstring(b, dir);
+    luaL_addstring(b, rel[i]);
+  }
+}
+
+/* The directory part of path, in place; 0 when there is none. */
+static int dirname_of(char *path) {
+  char *slash = strrchr(path, '/');
+  if (!slash) return 0;
+  *slash = 0;
+  return 1;
+}
+
+/* Where the stdlib lives: $GLIA_STDLIB, then next to the executable, then
+** next to the library holding this code (a host linking libglia.so), then
+** the directory compiled in. */
 static void set_paths(lua_State *L) {
   char exe[1024];
   const char *env = getenv("GLIA_STDLIB");
@@ -43,18 +66,12 @@ static void set_paths(lua_State *L) {
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n > 0) {
     exe[n] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = 0;
-      /* bin/glia, build/<flavor>/bin/glia, PREFIX/bin/glia */
-      static const char *const rel[] = {"/../stdlib/?.lua;",        "/../stdlib/?/init.lua;",
-                                        "/../../../stdlib/?.lua;",  "/../../../stdlib/?/init.lua;",
-                                        "/../share/glia/?.lua;",    "/../share/glia/?/init.lua;"};
-      for (int i = 0; i < 6; i++) {
-        luaL_addstring(&b, exe);
-        luaL_addstring(&b, rel[i]);
-      }
-    }
+    if (dirname_of(exe)) add_dir_paths(&b, exe);
+  }
+  Dl_info info;
+  if (dladdr((void *)set_paths, &info) && info.dli_fname && strlen(info.dli_fname) < sizeof exe) {
+    strcpy(exe, info.dli_fname);
+    if (dirname_of(exe)) add_dir_paths(&b, exe);
   }
 #ifdef GLIA_STDLIB_DIR
   luaL_addstring(&b, GLIA_STDLIB_DIR "/?.lua;" GLIA_STDLIB_DIR "/?/init.lua;");
