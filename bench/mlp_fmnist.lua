@@ -28,10 +28,16 @@ local function maxrss_mb()
   return kb and tonumber(kb) / 1024
 end
 
-local x, y = data.fashion_mnist("train")
-local xt, yt = data.fashion_mnist("test")
-collectgarbage()
-glia.trim()
+-- Each split, then its loader's scratch copies handed back (as the example does).
+local function load_split(split)
+  local x, y = data.fashion_mnist(split)
+  collectgarbage()
+  glia.trim()
+  return x, y
+end
+
+local x, y = load_split("train")
+local xt, yt = load_split("test")
 
 glia.manual_seed(seed)
 local model = MLP()

@@ -89,16 +89,18 @@ local opts = parse_args(arg or {})
 
 -- ============================================================== setup
 
+-- Loads one split, then hands the loader's scratch copies (the u8 images,
+-- an f32 copy) back to the system before the next large allocation.
 local function load_split(split)
   local ok, x, y = pcall(data.fashion_mnist, split, { dir = opts.data })
   if not ok then die(tostring(x)) end
+  collectgarbage()
+  glia.trim()
   return x, y
 end
 
 local x_train, y_train = load_split("train")
 local x_test, y_test = load_split("test")
-glia.trim() -- hand the loader's scratch copies back to the system
-
 
 glia.manual_seed(opts.seed)
 local model = MLP{ sizes = { x_train:size(2), 512, 256, 10 } }
