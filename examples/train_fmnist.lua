@@ -39,7 +39,7 @@ usage: glia examples/train_fmnist.lua [options]
   --epochs N    passes over the training set (5)
   --batch N     batch size (128)
   --lr X        Adam's learning rate (1e-3)
-  --schedule S  cosine (decay to 0 over the run) or constant (cosine)
+  --schedule S  cosine (the default: decay to 0 over the run) or constant
   --seed N      seed of the initialization and of the shuffling (0)
   --out DIR     write DIR/train_log.csv and DIR/loss_curve.svg
   --data DIR    read the IDX files from DIR instead of /usr/share/datasets/fashion-mnist
