@@ -2,12 +2,14 @@
 ** vm/pool.c -- the thread pool behind glia_parallel_for, and OpenBLAS's
 ** thread count.
 **
-** A pool has nthreads-1 workers; the calling thread runs chunk 0 itself.
-** Chunks are assigned statically (worker w always runs chunk w), so a fixed
-** thread count gives the same float results run to run. Workers spin for
-** a few microseconds on the job generation, then sleep on a condition
-** variable: an idle pool burns no CPU. Workers only borrow the job's
-** arguments; they never allocate, raise, or touch reference counts.
+** A pool has nthreads-1 workers; the calling thread works too. A job's
+** chunk boundaries depend only on (n, nchunks), and each chunk runs once,
+** whole, on whichever thread claims it first: so a fixed thread count gives
+** the same float results run to run, and a worker the OS has not scheduled
+** yet never holds the caller up (the caller claims what is left). Workers
+** spin for a few microseconds on the job generation, then sleep on a
+** condition variable: an idle pool burns no CPU. Workers only borrow the
+** job's arguments; they never allocate, raise, or touch reference counts.
 **
 ** One owner of the cores at a time: OpenBLAS runs with nthreads threads when
 ** called from the owning thread, and parallel_for is inline while a BLAS
@@ -29,7 +31,10 @@ struct glia_pool {
   pthread_mutex_t mu;
   pthread_cond_t wake;
   atomic_uint_fast64_t generation; /* bumped once per job */
-  atomic_int remaining;            /* workers still running the job */
+  /* (generation << 32 | next chunk index): claims are only valid for the
+  ** job they were made in, so a late worker never runs a stale chunk */
+  atomic_uint_fast64_t claim;
+  atomic_int done;                 /* chunks finished in the current job */
   atomic_int stop;
   /* the current job */
   glia_range_fn fn;
@@ -41,21 +46,26 @@ struct glia_pool {
 /* Set while a thread runs pool work: a nested parallel_for runs inline. */
 static __thread int in_pool_task;
 
-static void run_chunk(glia_pool *p, int w) {
-  if (w >= p->nchunks) return;
-  int64_t begin = p->n * w / p->nchunks, end = p->n * (w + 1) / p->nchunks;
-  if (begin < end) p->fn(begin, end, p->ud);
+/* Claims and runs chunks of job generation g until none are left. The job
+** fields stay put while a claimed chunk is unfinished: the caller publishes
+** the next job only after every chunk is done. */
+static void run_chunks(glia_pool *p, uint64_t g) {
+  for (;;) {
+    uint_fast64_t c = atomic_load_explicit(&p->claim, memory_order_acquire);
+    if ((c >> 32) != (g & 0xffffffffu)) return;
+    int w = (int)(c & 0xffffffffu);
+    if (w >= p->nchunks) return;
+    if (!atomic_compare_exchange_weak_explicit(&p->claim, &c, c + 1, memory_order_acq_rel,
+                                               memory_order_acquire))
+      continue;
+    int64_t begin = p->n * w / p->nchunks, end = p->n * (w + 1) / p->nchunks;
+    if (begin < end) p->fn(begin, end, p->ud);
+    atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+  }
 }
 
-typedef struct {
-  glia_pool *p;
-  int w;
-} worker_arg;
-
 static void *worker_main(void *arg) {
-  worker_arg wa = *(worker_arg *)arg;
-  free(arg);
-  glia_pool *p = wa.p;
+  glia_pool *p = arg;
   uint64_t seen = 0;
   in_pool_task = 1;
   for (;;) {
@@ -74,8 +84,7 @@ static void *worker_main(void *arg) {
     }
     if (atomic_load(&p->stop)) return NULL;
     seen = g;
-    run_chunk(p, wa.w);
-    atomic_fetch_sub_explicit(&p->remaining, 1, memory_order_acq_rel);
+    run_chunks(p, g);
   }
 }
 
@@ -94,16 +103,7 @@ glia_pool *glia_pool_new(int nthreads) {
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     for (int w = 1; w < nthreads; w++) {
-      worker_arg *wa = malloc(sizeof *wa);
-      if (!wa) goto fail_started;
-      wa->p = p;
-      wa->w = w;
-      if (pthread_create(&p->threads[w - 1], NULL, worker_main, wa) != 0) {
-        free(wa);
-        goto fail_started;
-      }
-      continue;
-    fail_started:
+      if (pthread_create(&p->threads[w - 1], NULL, worker_main, p) == 0) continue;
       pthread_sigmask(SIG_SETMASK, &old, NULL);
       p->nthreads = w; /* join the ones that did start */
       glia_pool_release(p);
@@ -144,15 +144,22 @@ void glia_parallel_for(glia_ctx *G, int64_t n, int64_t grain, glia_range_fn fn, 
   p->ud = ud;
   p->n = n;
   p->nchunks = (int)chunks;
-  atomic_store(&p->remaining, p->nthreads - 1);
+  atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+  uint64_t g = atomic_load_explicit(&p->generation, memory_order_relaxed) + 1;
+  atomic_store_explicit(&p->claim, (uint_fast64_t)(g & 0xffffffffu) << 32, memory_order_release);
   pthread_mutex_lock(&p->mu);
-  atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+  atomic_store_explicit(&p->generation, g, memory_order_release);
   pthread_cond_broadcast(&p->wake);
   pthread_mutex_unlock(&p->mu);
   in_pool_task = 1;
-  run_chunk(p, 0);
+  run_chunks(p, g);
   in_pool_task = 0;
-  while (atomic_load_explicit(&p->remaining, memory_order_acquire) > 0) __builtin_ia32_pause();
+  /* wait for chunks other threads claimed; yield now and then so a worker
+  ** sharing this core can finish */
+  for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < p->nchunks; spins++) {
+    if (spins < 2000) __builtin_ia32_pause();
+    else sched_yield();
+  }
 }
 
 void glia_blas_set_threads(int n) { openblas_set_num_threads(n); }
