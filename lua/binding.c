@@ -105,12 +105,16 @@ int glia_lua_raise(lua_State *L, glia_ctx *G) {
 }
 
 /* After an op that allocated: collect once live bytes pass the trigger,
-** so loops of temporaries stay flat without user calls to collectgarbage. */
+** so loops of temporaries stay flat without user calls to collectgarbage.
+** The margin above the surviving bytes is additive (64 MiB, or an eighth of
+** a large live set): doubling would let a big dataset's worth of dead
+** temporaries pile up on top of it. */
 static void gc_pressure(lua_State *L, binding_state *B) {
   if (glia_ctx_live_bytes(B->G) <= B->gc_trigger) return;
   lua_gc(L, LUA_GCCOLLECT, 0);
-  size_t live = glia_ctx_live_bytes(B->G);
-  B->gc_trigger = live * 2 > ((size_t)64 << 20) ? live * 2 : ((size_t)64 << 20);
+  size_t live = glia_ctx_live_bytes(B->G), margin = live / 8;
+  if (margin < ((size_t)64 << 20)) margin = (size_t)64 << 20;
+  B->gc_trigger = live + margin;
 }
 
 /* ================================================== argument helpers */

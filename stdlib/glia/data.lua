@@ -71,8 +71,10 @@ function data.fashion_mnist(split, opts)
               concat(images:shape(), ","), concat(labels:shape(), ",")), 2)
   end
   local n = images:size(1)
-  local x = images:view(n, images:size(2) * images:size(3)):to("f32"):div(255)
-  local y = labels:to("f32"):add(1):to("i64")
+  local x = images:view(n, images:size(2) * images:size(3)):to("f32"):div_(255)
+  local y = labels:to("f32"):add_(1):to("i64")
+  images:free() -- the u8 copy is dead weight once converted
+  labels:free()
   return x, y
 end
 

@@ -53,7 +53,7 @@ local function linear_ticks(lo, hi)
   local a, b = floor(lo / step + 1e-9) * step, ceil(hi / step - 1e-9) * step
   local ticks = {}
   for i = 0, floor((b - a) / step + 0.5) do ticks[#ticks + 1] = a + i * step end
-  return a, b, ticks, max(0, -floor(log10(step) + 1e-9))
+  return a, b, ticks, max(0, 0 - floor(log10(step) + 1e-9)) -- 0 - x: LuaJIT's -x can be -0
 end
 
 -- Log-scale ticks within [lo, hi] (both > 0): powers of ten, or 1-2-5, or
