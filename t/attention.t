@@ -9,6 +9,7 @@
 -- thread counts change nothing (bitwise).
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local SEED = 20240601
 glia.manual_seed(SEED)
@@ -470,20 +471,10 @@ do
   local q, k, v = glia.randn(1, 4, 40, 16), glia.randn(1, 2, 50, 16), glia.randn(1, 2, 50, 16)
   local mask, dout = glia.randn(40, 50), glia.randn(1, 4, 40, 16)
   for _, x in ipairs({ q, k, v, mask }) do x:requires_grad() end
-  local done, err = false, "never succeeded"
-  for n = 1, 300 do
-    glia.fail_alloc_after(n)
-    local ok, e = pcall(function()
-      local o = glia.attention(q, k, v, true, nil, mask, 16, 16, 2)
-      o:backward(dout)
-    end)
-    glia.fail_alloc_after(0)
-    if ok then done = true break end
-    if not tostring(e):find("out of memory") then err = e break end
-  end
-  if not t.ok(done, "every allocation failure in attention forward+backward is a clean out-of-memory error") then
-    t.diag(err)
-  end
+  u.oom_ok(function()
+    local o = glia.attention(q, k, v, true, nil, mask, 16, 16, 2)
+    o:backward(dout)
+  end, "every allocation failure in attention forward+backward is a clean out-of-memory error")
 end
 
 -- ---------------------------------------------------------- convexity

@@ -4,6 +4,7 @@
 -- copies, and error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local flat = t.flat
 local floor, abs, sqrt = math.floor, math.abs, math.sqrt
@@ -264,34 +265,15 @@ do
   t.near(v, {{0, 0, 0}, {0, 0, 0}}, 0, "detach shares storage")
 end
 
--- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
--- until it succeeds: every failure must be a clean out-of-memory error.
-local function survives_oom(fn)
-  for n = 1, 100 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return true end
-    if not tostring(err):find("out of memory") then return false, err end
-  end
-  return false, "never succeeded"
-end
-
-local function oom_ok(desc, fn)
-  local ok, err = survives_oom(fn)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
-end
-
 -- ============================================== allocation failure
 do
   glia.manual_seed(3)
-  oom_ok("creation ops fail cleanly at any failing allocation", function()
+  u.oom_ok(function()
     local a = glia.randn(4, 5):t():clone():to("f64")
     local b = glia.full({3}, 2):add(glia.arange(3)):mul(glia.linspace(0, 1, 3))
     local c = glia.eye(3, 4, "i64"):copy_(glia.randint(0, 9, 4))
     return a, b, c, glia.rand_like(a), glia.zeros(2):fill_(1)
-  end)
+  end, "creation ops fail cleanly at any failing allocation")
 end
 
 -- ============================================================ errors

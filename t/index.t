@@ -5,6 +5,7 @@
 -- identical for 1 and 2 threads.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local SEED = 11
 glia.manual_seed(SEED)
@@ -458,41 +459,24 @@ end
 
 -- ====================================================== out of memory
 
--- Runs fn with the n-th and later allocations failing, n = 1, 2, ... until
--- it succeeds: every failure must be a clean out-of-memory error.
-local function oom_ok(fn, desc)
-  for n = 1, 200 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return t.ok(true, desc) end
-    if not tostring(err):find("out of memory") then
-      t.ok(false, desc)
-      return t.diag(err)
-    end
-  end
-  t.ok(false, desc)
-  t.diag("never succeeded")
-end
-
 do
   local x, w = glia.randn(3, 4):requires_grad(), glia.randn(5, 4):requires_grad()
   local idx, src = i64 { { 1, 3, 1, 1 }, { 3, 3, 2, -1 } }, glia.randn(2, 4):requires_grad()
   local g24, g34 = glia.randn(2, 4), glia.randn(3, 4)
-  oom_ok(function() x:gather(1, idx):backward(g24) end, "gather and its backward fail cleanly at every allocation")
-  oom_ok(function() x:index_select(2, i64 { 4, 1, 1, 2 }):backward(g34) end,
+  u.oom_ok(function() x:gather(1, idx):backward(g24) end, "gather and its backward fail cleanly at every allocation")
+  u.oom_ok(function() x:index_select(2, i64 { 4, 1, 1, 2 }):backward(g34) end,
          "index_select and its backward fail cleanly at every allocation")
-  oom_ok(function() x:scatter_add(1, idx, src):backward(g34) end,
+  u.oom_ok(function() x:scatter_add(1, idx, src):backward(g34) end,
          "scatter_add and its backward fail cleanly at every allocation")
-  oom_ok(function() glia.zeros(3, 4):t():scatter_add_(2, idx:t(), glia.ones(4, 2)) end,
+  u.oom_ok(function() glia.zeros(3, 4):t():scatter_add_(2, idx:t(), glia.ones(4, 2)) end,
          "scatter_add_ on a strided tensor fails cleanly at every allocation")
-  oom_ok(function() glia.embedding(idx, w):backward(glia.randn(2, 4, 4)) end,
+  u.oom_ok(function() glia.embedding(idx, w):backward(glia.randn(2, 4, 4)) end,
          "embedding and its backward fail cleanly at every allocation")
-  oom_ok(function() glia.one_hot(idx, 3) end, "one_hot fails cleanly at every allocation")
-  oom_ok(function() (x:topk(2, 2)):backward(glia.randn(3, 2)) end,
+  u.oom_ok(function() glia.one_hot(idx, 3) end, "one_hot fails cleanly at every allocation")
+  u.oom_ok(function() (x:topk(2, 2)):backward(glia.randn(3, 2)) end,
          "topk and its backward fail cleanly at every allocation")
-  oom_ok(function() x:t():sort(2, true) end, "sort fails cleanly at every allocation")
-  oom_ok(function() x:cumsum(1):backward(g34) end, "cumsum and its backward fail cleanly at every allocation")
+  u.oom_ok(function() x:t():sort(2, true) end, "sort fails cleanly at every allocation")
+  u.oom_ok(function() x:cumsum(1):backward(g34) end, "cumsum and its backward fail cleanly at every allocation")
 end
 
 t.done()

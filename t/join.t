@@ -4,6 +4,7 @@
 -- long joins are recorded as chains); error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local SEED = 5
 glia.manual_seed(SEED)
@@ -188,30 +189,13 @@ end
 
 -- ====================================================== out of memory
 
--- Runs fn with the n-th and later allocations failing, n = 1, 2, ... until
--- it succeeds: every failure must be a clean out-of-memory error.
-local function oom_ok(fn, desc)
-  for n = 1, 200 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return t.ok(true, desc) end
-    if not tostring(err):find("out of memory") then
-      t.ok(false, desc)
-      return t.diag(err)
-    end
-  end
-  t.ok(false, desc)
-  t.diag("never succeeded")
-end
-
 do
   local xs, g = {}, glia.randn(3, 14)
   for i = 1, 7 do xs[i] = glia.randn(3, 2) end
   for i = 1, 7, 2 do xs[i]:requires_grad() end
-  oom_ok(function() glia.cat(xs, 2):backward(g) end,
+  u.oom_ok(function() glia.cat(xs, 2):backward(g) end,
          "cat of 7 members and its backward fail cleanly at every allocation")
-  oom_ok(function() glia.stack(xs, 1):backward(glia.randn(7, 3, 2)) end,
+  u.oom_ok(function() glia.stack(xs, 1):backward(glia.randn(7, 3, 2)) end,
          "stack of 7 members and its backward fail cleanly at every allocation")
 end
 

@@ -3,6 +3,7 @@
 -- determinism and error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local exp, log, max, floor = math.exp, math.log, math.max, math.floor
 local SEED = 1234
@@ -72,25 +73,6 @@ local function targets(n, C)
 end
 
 local function value(v) return type(v) == "number" and v or v:item() end
-
--- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
--- until it succeeds: every failure must be a clean out-of-memory error.
-local function survives_oom(fn)
-  for n = 1, 100 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return true end
-    if not tostring(err):find("out of memory") then return false, err end
-  end
-  return false, "never succeeded"
-end
-
-local function oom_ok(desc, fn)
-  local ok, err = survives_oom(fn)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
-end
 
 -- ========================================================= cross_entropy
 
@@ -285,14 +267,14 @@ end
 do -- allocation failures end in clean errors (and leak nothing under SAN)
   local x, xs = glia.randn(5, 4), glia.randn(4, 5)
   local y = glia.tensor({ 1, 2, 3, 4, 1 }, "i64")
-  oom_ok("cross_entropy forward and backward fail cleanly at every allocation", function()
+  u.oom_ok(function()
     x:zero_grad() x:requires_grad()
     glia.cross_entropy(x, y, 2, 0.1):backward()
-  end)
-  oom_ok("cross_entropy 'none' on strided logits fails cleanly at every allocation", function()
+  end, "cross_entropy forward and backward fail cleanly at every allocation")
+  u.oom_ok(function()
     xs:zero_grad() xs:requires_grad()
     glia.cross_entropy(xs:t(), y, nil, nil, "none"):backward(glia.ones(5))
-  end)
+  end, "cross_entropy 'none' on strided logits fails cleanly at every allocation")
 end
 
 -- ==================================================================== mse

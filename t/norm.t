@@ -3,6 +3,7 @@
 -- dropout mask's statistics and reproducibility, and error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local sqrt, abs = math.sqrt, math.abs
 local SEED = 4321
@@ -47,25 +48,6 @@ local function same_threads(desc, fn)
   for i = 1, #a do
     t.is(t.maxdiff(a[i], b[i]), 0, desc[i])
   end
-end
-
--- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
--- until it succeeds: every failure must be a clean out-of-memory error.
-local function survives_oom(fn)
-  for n = 1, 100 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return true end
-    if not tostring(err):find("out of memory") then return false, err end
-  end
-  return false, "never succeeded"
-end
-
-local function oom_ok(desc, fn)
-  local ok, err = survives_oom(fn)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
 end
 
 -- ============================================================= layer_norm
@@ -181,18 +163,18 @@ end
 
 do -- allocation failures end in clean errors (and leak nothing under SAN)
   local x, xs, w, b = glia.randn(5, 4), glia.randn(4, 5), glia.randn(4), glia.randn(4)
-  oom_ok("layer_norm forward and backward fail cleanly at every allocation", function()
+  u.oom_ok(function()
     for _, p in ipairs({ xs, w, b }) do p:zero_grad() p:requires_grad() end
     glia.layer_norm(xs:t(), w, b):backward(glia.ones(5, 4))
-  end)
-  oom_ok("rms_norm forward and backward fail cleanly at every allocation", function()
+  end, "layer_norm forward and backward fail cleanly at every allocation")
+  u.oom_ok(function()
     for _, p in ipairs({ x, w }) do p:zero_grad() p:requires_grad() end
     glia.rms_norm(x, w):backward(glia.ones(5, 4))
-  end)
-  oom_ok("dropout forward and backward fail cleanly at every allocation", function()
+  end, "rms_norm forward and backward fail cleanly at every allocation")
+  u.oom_ok(function()
     x:zero_grad() x:requires_grad()
     glia.dropout(xs:t(), 0.5):backward(glia.ones(5, 4))
-  end)
+  end, "dropout forward and backward fail cleanly at every allocation")
 end
 
 -- ================================================================ dropout

@@ -4,6 +4,7 @@
 -- on long sums; 1 vs 2 threads; gradient checks; error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local abs, sqrt, log, exp, huge, floor = math.abs, math.sqrt, math.log, math.exp, math.huge, math.floor
 local NAN = 0 / 0
@@ -544,20 +545,6 @@ gc("log_softmax along dim 2 of a narrowed input passes gradcheck",
 
 -- ================================================ allocation failure
 
--- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
--- until it succeeds: every failure must be a clean out-of-memory error
--- (the sanitizer build checks that nothing leaks).
-local function survives_oom(fn)
-  for n = 1, 200 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return true end
-    if not tostring(err):find("out of memory") then return false, err end
-  end
-  return false, "never succeeded"
-end
-
 do
   local big = glia.randn(4, 40000) -- chunk results need scratch memory
   local cases = {
@@ -593,8 +580,7 @@ do
       end },
   }
   for _, c in ipairs(cases) do
-    local ok, err = survives_oom(c[2])
-    if not t.ok(ok, c[1] .. " fails cleanly with out of memory at every allocation") then t.diag(err) end
+    u.oom_ok(c[2], c[1] .. " fails cleanly with out of memory at every allocation")
   end
 end
 

@@ -3,6 +3,7 @@
 -- and 0-size inputs, gradients, and error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local flat = t.flat
 local unpack = table.unpack or unpack
@@ -67,25 +68,6 @@ local function check_grad(fn, shape, desc)
   local x = glia.randn(shape)
   local w = glia.randn(glia.no_grad(fn, x):shape())
   t.near(autograd(fn, x, w), adjoint(fn, shape, w), 1e-5, desc)
-end
-
--- Runs fn with the n-th and later allocations failing, for n = 1, 2, ...
--- until it succeeds: every failure must be a clean out-of-memory error.
-local function survives_oom(fn)
-  for n = 1, 100 do
-    glia.fail_alloc_after(n)
-    local ok, err = pcall(fn)
-    glia.fail_alloc_after(0)
-    if ok then return true end
-    if not tostring(err):find("out of memory") then return false, err end
-  end
-  return false, "never succeeded"
-end
-
-local function oom_ok(desc, fn)
-  local ok, err = survives_oom(fn)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
 end
 
 glia.manual_seed(7)
@@ -305,15 +287,15 @@ end
 -- ============================================== allocation failure
 do
   local x = glia.randn(3, 4):requires_grad()
-  oom_ok("views and their backward fail cleanly at any failing allocation", function()
+  u.oom_ok(function()
     local y = x:t():reshape(12):view(3, 4):narrow(1, 2, 2):select(2, 1):expand(5, 2)
     y:backward(glia.ones(5, 2))
-  end)
-  oom_ok("indexing fails cleanly at any failing allocation", function()
+  end, "views and their backward fail cleanly at any failing allocation")
+  u.oom_ok(function()
     local z = glia.zeros(4, 6)
     z[{ {}, {1, 6, 2} }] = glia.ones(3)
     return z[2][{ {2, 4} }]
-  end)
+  end, "indexing fails cleanly at any failing allocation")
 end
 
 -- ======================================================= indexing
