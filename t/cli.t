@@ -2,21 +2,12 @@
 -- -e, -l, -i, -v, -, script arguments in `arg`, exit statuses and messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function slurp(path)
-  local f = io.open(path)
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sh_quote, slurp = u.sh_quote, u.slurp
 
 local dir = io.popen("mktemp -d"):read("*l")
--- The executable of the flavor under test ($GLIA_BIN from make test).
-local exe = os.getenv("GLIA_BIN") or "bin/glia"
-if not exe:find("^/") then exe = io.popen("pwd"):read("*l") .. "/" .. exe end
+local exe = u.exe()
 
 -- Runs glia with a shell-quoted argument string (and stdin text);
 -- returns stdout, stderr and the exit status.

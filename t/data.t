@@ -6,6 +6,7 @@
 local t = require "t.tap"
 local glia = require "glia"
 local data = require "glia.data"
+local u = require "t.util"
 
 local floor = math.floor
 local unpack = table.unpack or unpack
@@ -18,13 +19,10 @@ local function sh(cmd)
   local r = os.execute(cmd)
   return r == true or r == 0
 end
-local function slurp(p) local f = assert(io.open(p, "rb")) local s = f:read("*a") f:close() return s end
+local slurp = u.slurp
 local function spit(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
   made[#made + 1] = p
-  return p
+  return u.spit(p, s)
 end
 local function gzip(p)
   assert(sh("gzip -n -c '" .. p .. "' > '" .. p .. ".gz'"))

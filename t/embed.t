@@ -6,19 +6,14 @@
 -- release fails this test.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh_quote = u.sh_quote
 
 -- Output (stdout and stderr) and exit status of a shell command.
-local function sh(cmd)
-  local f = io.popen("(" .. cmd .. ") 2>&1; echo \"exit=$?\"")
-  local out = f:read("*a")
-  f:close()
-  local body, code = out:match("^(.-)exit=(%d+)\n$")
-  return body, tonumber(code)
-end
+local function sh(cmd) return u.sh("(" .. cmd .. ") 2>&1") end
 
-local root = sh("pwd"):gsub("\n$", "")
+local root = u.root()
 -- The flavor under test (lua5.4, luajit-san, ...): from $GLIA_BIN, which
 -- make test sets to build/<flavor>/bin/glia, else the last one built.
 local flavor = (os.getenv("GLIA_BIN") or ""):match("build/([^/]+)/bin/glia$")
@@ -33,9 +28,7 @@ local luapc = flavor:find("^luajit") and "luajit" or "lua5.4"
 local san = flavor:find("%-san$") and "-fsanitize=address,undefined -fno-omit-frame-pointer" or ""
 
 if select(2, sh("command -v cc")) ~= 0 then
-  t.ok(true, "# skip no C compiler: the example is not built")
-  t.done()
-  return
+  u.skip_all("no C compiler: the example is not built")
 end
 
 local dir = sh("mktemp -d"):gsub("\n$", "")

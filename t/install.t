@@ -3,12 +3,12 @@
 -- glia.h and glia.pc and runs Lua through libglia.so.
 local t = require "t.tap"
 
+local u = require "t.util"
+
+-- Whether a shell command succeeds, and its output (stdout and stderr).
 local function sh(cmd)
-  local h = io.popen(cmd .. " 2>&1; echo \"rc=$?\"")
-  local out = h:read("*a")
-  h:close()
-  local rc = tonumber(out:match("rc=(%d+)%s*$"))
-  return rc == 0, out
+  local out, code = u.sh(cmd .. " 2>&1")
+  return code == 0, out
 end
 
 local lua = os.getenv("GLIA_TEST_LUA") or "lua5.4"

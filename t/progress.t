@@ -5,10 +5,11 @@ local t = require "t.tap"
 local glia = require "glia"
 local progress = require "glia.progress"
 local plot = require "glia.plot"
+local u = require "t.util"
 
 local fmt = string.format
 local tmp = fmt("%s/glia-progress-%d", os.getenv("TMPDIR") or "/tmp", math.random(1, 1e9))
-local function slurp(p) local f = assert(io.open(p, "rb")) local s = f:read("*a") f:close() return s end
+local slurp = u.slurp
 local function lines(s) local l = {} for x in s:gmatch("([^\n]*)\n") do l[#l + 1] = x end return l end
 local function count(s, pat) return select(2, s:gsub(pat, "")) end
 

@@ -3,22 +3,10 @@
 -- Ctrl-D; and through a pipe, where it reads plain lines.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
--- Output and exit code of a shell command.
-local function sh(cmd)
-  local f = io.popen(cmd .. "; echo \"exit=$?\"")
-  local out = f:read("*a")
-  f:close()
-  local body, code = out:match("^(.-)exit=(%d+)\n$")
-  return body, tonumber(code)
-end
-
--- The executable of the flavor under test ($GLIA_BIN from make test).
-local root = sh("pwd"):gsub("\n$", "")
-local exe = os.getenv("GLIA_BIN") or "bin/glia"
-if not exe:find("^/") then exe = root .. "/" .. exe end
+local sh, sh_quote = u.sh, u.sh_quote
+local exe = u.exe()
 
 -- ======================================================== piped stdin
 
@@ -41,9 +29,7 @@ t.ok(out:find("no glia here") and out:find("\n2\n"),
 -- ============================================================ tmux
 
 if select(2, sh("command -v tmux >/dev/null")) ~= 0 then
-  t.ok(true, "# skip tmux is not installed: the terminal session is not tested")
-  t.done()
-  return
+  u.skip_all("tmux is not installed: the terminal session is not tested")
 end
 
 local dir = sh("mktemp -d"):gsub("\n$", "")

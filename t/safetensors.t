@@ -3,12 +3,12 @@
 -- corrupt and truncated files, atomic replacement.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local dir = os.getenv("TMPDIR") or "/tmp"
 local path = string.format("%s/glia-st-%d.safetensors", dir, math.random(1, 1e9))
 local bxor = rawget(_G, "bit") and bit.bxor or load("return function(a, b) return a ~ b end")()
-local function slurp(p) local f = assert(io.open(p, "rb")) local s = f:read("*a") f:close() return s end
-local function spit(p, s) local f = assert(io.open(p, "wb")) f:write(s) f:close() end
+local slurp, spit = u.slurp, u.spit
 
 glia.manual_seed(7)
 local src = {

@@ -4,27 +4,13 @@
 -- which a stock interpreter does not do: those checks are skipped there.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
-local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+local sh, sh_quote, skip_all = u.sh, u.sh_quote, u.skip_all
 
--- stdout and exit status of a shell command.
-local function sh(cmd)
-  local f = io.popen(cmd .. "; echo \"exit=$?\"")
-  local out = f:read("*a")
-  f:close()
-  local body, code = out:match("^(.-)exit=(%d+)\n$")
-  return body, tonumber(code)
-end
-
-local root = sh("pwd"):gsub("\n$", "")
+local root = u.root()
 local interp = os.getenv("GLIA_TEST_LUA") or (jit and "luajit" or "lua5.4")
 local module = root .. "/lib/lua/" .. (interp == "luajit" and "5.1" or "5.4") .. "/glia/core.so"
-
-local function skip_all(why)
-  t.ok(true, "# skip " .. why)
-  t.done()
-  os.exit(0)
-end
 
 if select(2, sh("command -v " .. interp .. " >/dev/null")) ~= 0 then
   skip_all(interp .. " is not installed")
@@ -33,7 +19,7 @@ if (os.getenv("GLIA_TEST_SAN") or "") ~= "" or sh("ldd " .. sh_quote(module) .. 
   skip_all("a sanitizer build's module cannot load into a stock " .. interp)
 end
 
-local exe = os.getenv("GLIA_BIN") or "bin/glia"
+local exe = u.exe()
 local env = sh(sh_quote(exe) .. " --env")
 t.ok(env:find("export LUA_PATH=") and env:find("export LUA_CPATH="),
      "glia --env prints LUA_PATH and LUA_CPATH exports")

@@ -3,6 +3,8 @@
 -- takes its description last and prints why it failed as a diagnostic.
 --   local u = require "t.util"
 --   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
+--   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
+--   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
 local t = require "t.tap"
 local glia = require "glia"
 
@@ -32,6 +34,53 @@ function M.oom_ok(fn, desc)
   local ok, err = M.survives_oom(fn)
   if not t.ok(ok, desc) then t.diag(err) end
   return ok
+end
+
+-- ===================================================== shell and files
+
+-- s as one sh word, whatever it holds.
+function M.sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- The stdout of a shell command and its exit status.
+function M.sh(cmd)
+  local f = io.popen(cmd .. "; echo \"exit=$?\"")
+  local out = f:read("*a")
+  f:close()
+  local body, code = out:match("^(.-)exit=(%d+)\n$")
+  return body, tonumber(code)
+end
+
+-- The bytes of a file; raises when it cannot be read.
+function M.slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Writes s as the whole of a file; returns path.
+function M.spit(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  return path
+end
+
+-- The repository root: tests run from there.
+function M.root() return (M.sh("pwd"):gsub("\n$", "")) end
+
+-- The absolute path of the executable of the flavor under test ($GLIA_BIN,
+-- set by make test; bin/glia otherwise).
+function M.exe()
+  local exe = os.getenv("GLIA_BIN") or "bin/glia"
+  return exe:find("^/") and exe or M.root() .. "/" .. exe
+end
+
+-- Ends a test file that cannot run here with one skipped test.
+function M.skip_all(why)
+  t.ok(true, "# skip " .. why)
+  t.done()
+  os.exit(0)
 end
 
 return M
