@@ -137,16 +137,6 @@ local function close(got, want, tol, desc)
   if not t.ok(e <= tol, desc) then t.diag(string.format("relative error %g > %g", e, tol)) end
 end
 
--- Bitwise equality of two tensors (as Lua numbers).
-local function same(a, b)
-  local fa, fb = t.flat(a, {}), t.flat(b, {})
-  if #fa ~= #fb then return false end
-  for i = 1, #fa do
-    if fa[i] ~= fb[i] and not (fa[i] ~= fa[i] and fb[i] ~= fb[i]) then return false end
-  end
-  return true
-end
-
 local function has_nan(x)
   for _, v in ipairs(t.flat(x, {})) do if v ~= v then return true end end
   return false
@@ -295,7 +285,7 @@ do
   local oc = glia.attention(qs:contiguous(), ks:contiguous(), vs:contiguous(), true, nil, nil, 3, 5)
   local ro = ref_attention(qs:totable(), ks:totable(), vs:totable(), { causal = true })
   close(o, ro, TOL, "transposed, head-expanded (stride 0) and column-strided inputs give the reference")
-  t.ok(same(o, oc), "strided inputs give bitwise the same output as their contiguous copies")
+  t.ok(u.identical(o, oc), "strided inputs give bitwise the same output as their contiguous copies")
 end
 
 -- --------------------------------------------- tile, split, thread invariance
@@ -337,7 +327,7 @@ do
       res[nt] = { o, qq.grad, kk.grad, vv.grad, am.grad }
     end
     local ok = true
-    for i = 1, 5 do ok = ok and same(res[1][i], res[2][i]) and same(res[1][i], res[3][i]) end
+    for i = 1, 5 do ok = ok and u.identical(res[1][i], res[2][i]) and u.identical(res[1][i], res[3][i]) end
     t.ok(ok, string.format("1, 2 and 3 threads give bitwise equal output, dq, dk, dv, dmask (B=%d Hkv=%d)", B, K))
   end
   glia.set_num_threads(old)
@@ -390,7 +380,7 @@ do
   k2:narrow(3, 8, 2):fill_(7)
   v2:narrow(3, 8, 2):fill_(-7)
   local o2 = glia.attention(q, k2, v2, true)
-  t.ok(same(o:narrow(3, 1, 4), o2:narrow(3, 1, 4)),
+  t.ok(u.identical(o:narrow(3, 1, 4), o2:narrow(3, 1, 4)),
        "causal (bottom-right): changing keys after a row's diagonal leaves that row bit-identical")
   local qb, kb = q * 1000, k * 1000
   local ob = glia.attention(qb, kb, v, true)

@@ -9,21 +9,6 @@ local u = require "t.util"
 local flat = t.flat
 local floor, abs, sqrt = math.floor, math.abs, math.sqrt
 
-local function same_shape(x, shape)
-  local s = x:shape()
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
-
--- True when two tensors hold exactly the same values.
-local function same(a, b)
-  local fa, fb = flat(a, {}), flat(b, {})
-  if #fa ~= #fb then return false end
-  for i = 1, #fa do if fa[i] ~= fb[i] then return false end end
-  return true
-end
-
 local function all(x, pred)
   for _, v in ipairs(flat(x, {})) do if not pred(v) then return false end end
   return true
@@ -34,29 +19,29 @@ local function is_int(v) return v == floor(v) end
 -- ========================================================= from sizes
 do
   local z = glia.zeros(2, 3)
-  t.ok(same_shape(z, {2, 3}) and z:dtype() == "f32", "zeros(2, 3) is a 2x3 f32 tensor")
+  t.ok(u.same_shape(z, {2, 3}) and z:dtype() == "f32", "zeros(2, 3) is a 2x3 f32 tensor")
   t.ok(all(z, function(v) return v == 0 end), "zeros holds zeros")
-  t.ok(same_shape(glia.zeros{2, 3}, {2, 3}), "zeros takes sizes as a table")
+  t.ok(u.same_shape(glia.zeros{2, 3}, {2, 3}), "zeros takes sizes as a table")
   t.is(glia.zeros({2, 3}, "f64"):dtype(), "f64", "zeros takes a dtype after a size table")
   local zi = glia.zeros(2, 3, "i64")
   t.ok(zi:dtype() == "i64" and all(zi, function(v) return v == 0 end),
        "zeros takes a dtype after varargs sizes")
   local s = glia.zeros()
   t.ok(s:dim() == 0 and s:item() == 0, "zeros() is a 0-D tensor")
-  t.ok(same_shape(glia.zeros(0, 3), {0, 3}) and glia.zeros(0, 3):numel() == 0,
+  t.ok(u.same_shape(glia.zeros(0, 3), {0, 3}) and glia.zeros(0, 3):numel() == 0,
        "zeros accepts a 0 size")
   t.near(glia.ones(2, 2), {{1, 1}, {1, 1}}, 0, "ones holds ones")
   t.ok(all(glia.ones(3, "bool"), function(v) return v == true end), "ones of bool holds true")
   t.near(glia.ones(2, "u8"), {1, 1}, 0, "ones of u8 holds 1")
   local f = glia.full({2, 3}, 7.5)
-  t.ok(same_shape(f, {2, 3}) and all(f, function(v) return v == 7.5 end),
+  t.ok(u.same_shape(f, {2, 3}) and all(f, function(v) return v == 7.5 end),
        "full fills a size table with the value")
   t.ok(glia.full({2}, -3, "i64"):dtype() == "i64" and glia.full({2}, -3, "i64")[2] == -3,
        "full takes a dtype")
   t.ok(all(glia.full({3}, 0 / 0), function(v) return v ~= v end), "full of f32 stores NaN")
-  t.ok(same_shape(glia.empty(4, 5), {4, 5}) and glia.empty(4, 5, "i32"):dtype() == "i32",
+  t.ok(u.same_shape(glia.empty(4, 5), {4, 5}) and glia.empty(4, 5, "i32"):dtype() == "i32",
        "empty has the requested shape and dtype")
-  t.ok(same_shape(glia.ones(1, 1, 1, 1, 1, 1, 1, 1), {1, 1, 1, 1, 1, 1, 1, 1}),
+  t.ok(u.same_shape(glia.ones(1, 1, 1, 1, 1, 1, 1, 1), {1, 1, 1, 1, 1, 1, 1, 1}),
        "creation accepts 8 dims")
 end
 
@@ -68,7 +53,7 @@ do
   t.near(glia.arange(0, 1, 0.25), {0, 0.25, 0.5, 0.75}, 0, "arange steps by a fraction")
   t.near(glia.arange(5, 0, -2), {5, 3, 1}, 0, "arange counts down with a negative step")
   local ai = glia.arange(0, 10, 3, "i64")
-  t.ok(ai:dtype() == "i64" and same(ai, {0, 3, 6, 9}), "arange takes a dtype")
+  t.ok(ai:dtype() == "i64" and u.identical(ai, {0, 3, 6, 9}), "arange takes a dtype")
   t.is(glia.arange(5, 0):numel(), 0, "arange with an empty range gives 0 elements")
   t.near(glia.linspace(0, 1, 5), {0, 0.25, 0.5, 0.75, 1}, 1e-7, "linspace includes both ends")
   t.near(glia.linspace(-1, 1, 3), {-1, 0, 1}, 0, "linspace spaces evenly across 0")
@@ -76,27 +61,27 @@ do
   t.is(glia.linspace(0, 1, 0):numel(), 0, "linspace of 0 points is empty")
   local lf = glia.linspace(0.1, 0.7, 7)
   t.is(lf[7], glia.tensor{0.7}[1], "linspace ends exactly at the end value")
-  t.ok(same(glia.linspace(0, 10, 11, "i64"), {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}),
+  t.ok(u.identical(glia.linspace(0, 10, 11, "i64"), {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}),
        "linspace takes a dtype")
   t.near(glia.eye(3), {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}}, 0, "eye(n) is the identity")
   t.near(glia.eye(2, 3), {{1, 0, 0}, {0, 1, 0}}, 0, "eye(n, m) is rectangular")
-  t.ok(glia.eye(3, 2, "i64"):dtype() == "i64" and same(glia.eye(3, 2, "i64"), {{1, 0}, {0, 1}, {0, 0}}),
+  t.ok(glia.eye(3, 2, "i64"):dtype() == "i64" and u.identical(glia.eye(3, 2, "i64"), {{1, 0}, {0, 1}, {0, 0}}),
        "eye takes a dtype")
-  t.ok(same_shape(glia.eye(0), {0, 0}), "eye(0) is 0x0")
+  t.ok(u.same_shape(glia.eye(0), {0, 0}), "eye(0) is 0x0")
 end
 
 -- ================================================================ like
 do
   local x = glia.zeros(2, 3, "f64")
-  t.ok(same_shape(glia.zeros_like(x), {2, 3}) and glia.zeros_like(x):dtype() == "f64",
+  t.ok(u.same_shape(glia.zeros_like(x), {2, 3}) and glia.zeros_like(x):dtype() == "f64",
        "zeros_like copies the shape and dtype")
   local o = glia.ones_like(x, "i64")
   t.ok(o:dtype() == "i64" and all(o, function(v) return v == 1 end), "ones_like takes a dtype")
   t.ok(all(glia.full_like(x, 4), function(v) return v == 4 end), "full_like fills with the value")
-  t.ok(same_shape(glia.empty_like(x), {2, 3}), "empty_like copies the shape")
+  t.ok(u.same_shape(glia.empty_like(x), {2, 3}), "empty_like copies the shape")
   local r = glia.rand_like(glia.zeros(3, 4):t())
-  t.ok(same_shape(r, {4, 3}) and r:is_contiguous(), "rand_like of a transposed tensor is contiguous")
-  t.ok(same_shape(glia.randn_like(x), {2, 3}) and glia.randn_like(x):dtype() == "f64",
+  t.ok(u.same_shape(r, {4, 3}) and r:is_contiguous(), "rand_like of a transposed tensor is contiguous")
+  t.ok(u.same_shape(glia.randn_like(x), {2, 3}) and glia.randn_like(x):dtype() == "f64",
        "randn_like copies the shape and dtype")
   t.error_like(function() return glia.rand_like(glia.zeros(2, "i64")) end,
                "glia%.rand_like: dtype must be f32 or f64, got i64", "rand_like refuses an integer tensor")
@@ -106,15 +91,15 @@ end
 do
   glia.manual_seed(1234)
   t.diag("seed 1234")
-  local u = glia.rand(10000)
-  local uv = flat(u, {})
+  local r = glia.rand(10000)
+  local uv = flat(r, {})
   local lo, hi, sum = 1, 0, 0
   for _, v in ipairs(uv) do
     lo, hi, sum = math.min(lo, v), math.max(hi, v), sum + v
   end
   t.ok(lo >= 0 and hi < 1, "rand draws from [0, 1)")
   t.ok(abs(sum / #uv - 0.5) < 0.02, "rand has mean 0.5 (within 0.02 on 10k draws)")
-  t.ok(all(u, function(v) return v * 2 ^ 24 == floor(v * 2 ^ 24) end),
+  t.ok(all(r, function(v) return v * 2 ^ 24 == floor(v * 2 ^ 24) end),
        "rand values are multiples of 2^-24")
   t.is(glia.rand(2, 2, "f64"):dtype(), "f64", "rand takes f64")
 
@@ -140,9 +125,9 @@ do
   local every = true
   for v = -3, 3 do every = every and seen[v] == true end
   t.ok(every, "randint reaches every value of a small range")
-  t.ok(same_shape(glia.randint(0, 5, {2, 3}), {2, 3}), "randint takes sizes as a table")
+  t.ok(u.same_shape(glia.randint(0, 5, {2, 3}), {2, 3}), "randint takes sizes as a table")
   t.is(glia.randint(0, 5, 3, "i32"):dtype(), "i32", "randint takes a dtype")
-  t.ok(same_shape(glia.randn(0, 4), {0, 4}), "random ops accept 0-size shapes")
+  t.ok(u.same_shape(glia.randn(0, 4), {0, 4}), "random ops accept 0-size shapes")
 end
 
 -- ============================================ reproducibility, RNG state
@@ -150,18 +135,18 @@ do
   glia.manual_seed(42)
   local a = glia.randn(1000)
   glia.manual_seed(42)
-  t.ok(same(glia.randn(1000), a), "the same seed gives the same draws")
+  t.ok(u.identical(glia.randn(1000), a), "the same seed gives the same draws")
   glia.manual_seed(43)
-  t.ok(not same(glia.randn(1000), a), "a different seed gives different draws")
+  t.ok(not u.identical(glia.randn(1000), a), "a different seed gives different draws")
   local b1, b2 = glia.rand(8), glia.rand(8)
-  t.ok(not same(b1, b2), "consecutive draws differ")
+  t.ok(not u.identical(b1, b2), "consecutive draws differ")
 
   local seed, off = glia.rng_state()
   local c = glia.randn(3, 5)
   local seed2, off2 = glia.rng_state()
   t.ok(seed2 == seed and off2 == off + 4, "randn of 15 values reserves 4 counters")
   glia.set_rng_state(seed, off)
-  t.ok(same(glia.randn(3, 5), c), "set_rng_state replays the draws after rng_state")
+  t.ok(u.identical(glia.randn(3, 5), c), "set_rng_state replays the draws after rng_state")
 
   -- counters, not calls: rand(7) takes counters 0-1, rand(5) starts at 2
   glia.manual_seed(5)
@@ -192,7 +177,7 @@ do
   glia.set_num_threads(old)
   local names = {"rand", "randn", "randint", "ones", "arange"}
   for i, name in ipairs(names) do
-    t.ok(same(one[i], two[i]), name .. " gives identical results with 1 and 2 threads")
+    t.ok(u.identical(one[i], two[i]), name .. " gives identical results with 1 and 2 threads")
   end
 end
 
@@ -243,8 +228,8 @@ end
 do
   local x = glia.tensor{{1.7, -2.2}, {3, 0}}
   local i = x:to("i64")
-  t.ok(i:dtype() == "i64" and same(i, {{1, -2}, {3, 0}}), "to(i64) truncates toward zero")
-  t.ok(same(x:to("bool"), {{true, true}, {true, false}}), "to(bool) maps nonzero to true")
+  t.ok(i:dtype() == "i64" and u.identical(i, {{1, -2}, {3, 0}}), "to(i64) truncates toward zero")
+  t.ok(u.identical(x:to("bool"), {{true, true}, {true, false}}), "to(bool) maps nonzero to true")
   t.near(x:t():to("f64"), {{1.7, 3}, {-2.2, 0}}, 1e-6, "to converts a transposed tensor")
   local same_x = x:to("f32")
   same_x[{1, 1}] = 9

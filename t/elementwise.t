@@ -6,6 +6,7 @@
 -- shape; thread-count determinism; error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local flat, fmt = t.flat, string.format
 local abs, huge = math.abs, math.huge
@@ -22,23 +23,7 @@ local GRADCHECK = { eps = 1e-3, atol = 1e-2, rtol = 1e-2 }
 
 -- ============================================================== helpers
 
--- A nested table of the given shape with values spread over [lo, hi] in a
--- scrambled order (golden-ratio steps from u0).
-local function spread(shape, lo, hi, u0)
-  local u = u0 or 0.5
-  local function build(d)
-    if d > #shape then
-      u = (u + 0.6180339887498949) % 1
-      return lo + (hi - lo) * u
-    end
-    local r = {}
-    for i = 1, shape[d] do r[i] = build(d + 1) end
-    return r
-  end
-  return build(1)
-end
-
-local function tensor(shape, lo, hi, u0) return glia.tensor(spread(shape, lo, hi, u0)) end
+local function tensor(shape, lo, hi, u0) return glia.tensor(u.spread(shape, lo, hi, u0)) end
 
 -- Multi-indices of a shape in row-major order (the same table, updated).
 local function each_index(shape)
@@ -92,8 +77,6 @@ local function broadcast_shape(...)
   return shape
 end
 
-local function same(a, b) return a == b or (a ~= a and b ~= b) end
-
 local function close(got, want)
   if type(want) == "boolean" then return got == want end
   if want ~= want then return got ~= got end
@@ -131,27 +114,6 @@ local function ok_check(desc, got, f, ...)
   if not t.ok(ok, desc) then t.diag(why) end
 end
 
-local function identical(a, b)
-  local fa, fb = flat(a, {}), flat(b, {})
-  if #fa ~= #fb then return false end
-  for i = 1, #fa do if not same(fa[i], fb[i]) then return false end end
-  return true
-end
-
-local function values_are(x, want)
-  local v = flat(x, {})
-  if #v ~= #want then return false end
-  for i = 1, #v do if not same(v[i], want[i]) then return false end end
-  return true
-end
-
-local function shape_is(x, want)
-  local s = x:shape()
-  if #s ~= #want then return false end
-  for i = 1, #s do if s[i] ~= want[i] then return false end end
-  return true
-end
-
 local function nan_max(x, y) if x ~= x or y ~= y then return 0 / 0 end return math.max(x, y) end
 local function nan_min(x, y) if x ~= x or y ~= y then return 0 / 0 end return math.min(x, y) end
 
@@ -171,8 +133,8 @@ local ARITH = {
 
 for _, c in ipairs(ARITH) do
   local op, f = glia[c.op], c.f
-  local function A(shape, u) return tensor(shape, c.a[1], c.a[2], u) end
-  local function B(shape, u) return tensor(shape, c.b[1], c.b[2], u or 0.25) end
+  local function A(shape, u0) return tensor(shape, c.a[1], c.a[2], u0) end
+  local function B(shape, u0) return tensor(shape, c.b[1], c.b[2], u0 or 0.25) end
   local sa, sb = (c.a[1] + c.a[2]) / 2 + 0.3, (c.b[1] + c.b[2]) / 2 + 0.7
   local a, b = A({ 3, 5 }), B({ 3, 5 })
   ok_check(c.op .. " of two {3,5} tensors matches the reference", op(a, b), f, a, b)
@@ -187,7 +149,7 @@ for _, c in ipairs(ARITH) do
   local ae = A({ 3, 1 }):expand(3, 5)
   ok_check(c.op .. " of an expanded (stride 0) tensor matches the reference", op(ae, b), f, ae, b)
   local z = op(glia.zeros(0, 3), B({ 3 }))
-  t.ok(shape_is(z, { 0, 3 }) and shape_is(op(glia.zeros(0, 3), sb), { 0, 3 }),
+  t.ok(u.same_shape(z, { 0, 3 }) and u.same_shape(op(glia.zeros(0, 3), sb), { 0, 3 }),
        c.op .. " with a {0,3} operand gives a {0,3} result")
   local s0 = A({})
   ok_check(c.op .. " of a 0-D tensor and a {2,2} tensor broadcasts", op(s0, B({ 2, 2 })), f, s0, B({ 2, 2 }))
@@ -208,18 +170,18 @@ end
 
 do
   local a, b = tensor({ 2, 3 }, 0.5, 3), tensor({ 2, 3 }, 0.5, 3, 0.1)
-  t.ok(identical(a + b, glia.add(a, b)), "a + b is glia.add(a, b)")
-  t.ok(identical(a - b, glia.sub(a, b)), "a - b is glia.sub(a, b)")
-  t.ok(identical(a * 2, glia.mul(a, 2)), "a * 2 is glia.mul(a, 2)")
-  t.ok(identical(2 * a, glia.mul(2, a)), "2 * a is glia.mul(2, a)")
-  t.ok(identical(a / b, glia.div(a, b)), "a / b is glia.div(a, b)")
-  t.ok(identical(a ^ 2, glia.pow(a, 2)), "a ^ 2 is glia.pow(a, 2)")
+  t.ok(u.identical(a + b, glia.add(a, b)), "a + b is glia.add(a, b)")
+  t.ok(u.identical(a - b, glia.sub(a, b)), "a - b is glia.sub(a, b)")
+  t.ok(u.identical(a * 2, glia.mul(a, 2)), "a * 2 is glia.mul(a, 2)")
+  t.ok(u.identical(2 * a, glia.mul(2, a)), "2 * a is glia.mul(2, a)")
+  t.ok(u.identical(a / b, glia.div(a, b)), "a / b is glia.div(a, b)")
+  t.ok(u.identical(a ^ 2, glia.pow(a, 2)), "a ^ 2 is glia.pow(a, 2)")
   ok_check("2 - a subtracts the tensor from the number", 2 - a, function(x) return 2 - x end, a)
   ok_check("2 / a divides the number by the tensor", 2 / a, function(x) return 2 / x end, a)
   ok_check("2 ^ a raises the number to the tensor", 2 ^ a, function(x) return 2 ^ x end, a)
   ok_check("-a negates", -a, function(x) return -x end, a)
   ok_check("a + 1 adds a number", a + 1, function(x) return x + 1 end, a)
-  t.ok(identical(a:add(b), glia.add(a, b)) and identical(a:maximum(b), glia.maximum(a, b)),
+  t.ok(u.identical(a:add(b), glia.add(a, b)) and u.identical(a:maximum(b), glia.maximum(a, b)),
        "the binary ops are methods too")
 end
 
@@ -247,7 +209,7 @@ for _, name in ipairs(CMP_NAMES) do
   local i, j = glia.tensor({ 1, 2, 3, -4 }, "i64"), glia.tensor({ { 2 }, { -4 } }, "i64")
   ok_check(name .. " compares i64 tensors", op(i, j), f, i, j)
   ok_check(name .. " compares an i64 tensor with a number", op(i, 2), f, i, 2)
-  t.ok(shape_is(op(glia.zeros(0, 2), 1), { 0, 2 }), name .. " of a 0-size tensor is a 0-size mask")
+  t.ok(u.same_shape(op(glia.zeros(0, 2), 1), { 0, 2 }), name .. " of a 0-size tensor is a 0-size mask")
 end
 
 -- ================================================= where, masked_fill
@@ -266,7 +228,7 @@ do
   local ct = glia.tensor({ { 1, 0, 1 }, { 0, 0, 1 }, { 1, 1, 0 }, { 0, 1, 0 } }):gt(0):t()
   local at_ = tensor({ 4, 3 }, -3, 3):t()
   ok_check("where reads transposed condition and operands", glia.where(ct, at_, b), w, ct, at_, b)
-  t.ok(shape_is(glia.where(glia.zeros(0, 4):gt(0), glia.zeros(0, 4), 1), { 0, 4 }),
+  t.ok(u.same_shape(glia.where(glia.zeros(0, 4):gt(0), glia.zeros(0, 4), 1), { 0, 4 }),
        "where of 0-size operands is 0-size")
 
   local mask = glia.tensor({ { 1 }, { 0 }, { 1 } }):gt(0)
@@ -277,7 +239,7 @@ do
   local r = y:masked_fill_(mask, 7)
   ok_check("masked_fill_ writes the value in place", y,
            function(m, x) if m then return 7 end return x end, mask, a)
-  t.ok(identical(r, y), "masked_fill_ returns its tensor")
+  t.ok(u.identical(r, y), "masked_fill_ returns its tensor")
   local base = tensor({ 4, 3 }, -3, 3)
   local before = glia.tensor(base:totable())
   base:t():masked_fill_(mask, 0)
@@ -293,7 +255,7 @@ for _, c in ipairs(ARITH) do
   local y = glia.tensor(a:totable())
   local r = y[name](y, b)
   ok_check(name .. " with a tensor writes the result in place", y, c.f, a, b)
-  t.ok(identical(r, y), name .. " returns its tensor")
+  t.ok(u.identical(r, y), name .. " returns its tensor")
   y = glia.tensor(a:totable())
   y[name](y, 1.5)
   ok_check(name .. " with a number writes the result in place", y, c.f, a, 1.5)
@@ -346,7 +308,7 @@ end
 
 for _, c in ipairs(ARITH) do
   local op = glia[c.op]
-  local function A(shape, u) return tensor(shape, c.a[1], c.a[2], u) end
+  local function A(shape, u0) return tensor(shape, c.a[1], c.a[2], u0) end
   -- maximum/minimum: a and b interleave (no ties within eps)
   local function B(shape) return tensor(shape, c.b[1], c.b[2], 0.37) end
   gradcheck(c.op .. " of two {2,3} tensors has the gradient finite differences give",
@@ -383,13 +345,13 @@ end
 do
   local x, y = glia.zeros(3, 1):requires_grad(), glia.zeros(1, 4):requires_grad()
   glia.add(x, y):sum():backward()
-  t.ok(shape_is(x.grad, { 3, 1 }) and values_are(x.grad, { 4, 4, 4 }),
+  t.ok(u.same_shape(x.grad, { 3, 1 }) and u.identical(x.grad, { 4, 4, 4 }),
        "add's gradient for a {3,1} operand of a {3,4} result is {3,1}, each the sum of 4")
-  t.ok(shape_is(y.grad, { 1, 4 }) and values_are(y.grad, { 3, 3, 3, 3 }),
+  t.ok(u.same_shape(y.grad, { 1, 4 }) and u.identical(y.grad, { 3, 3, 3, 3 }),
        "add's gradient for a {1,4} operand of a {3,4} result is {1,4}, each the sum of 3")
   local a, b = glia.tensor({ 1, 5 }):requires_grad(), glia.tensor({ 3, 3 }):requires_grad()
   glia.maximum(a, b):sum():backward()
-  t.ok(values_are(a.grad, { 0, 1 }) and values_are(b.grad, { 1, 0 }),
+  t.ok(u.identical(a.grad, { 0, 1 }) and u.identical(b.grad, { 1, 0 }),
        "maximum sends the gradient to the larger operand")
 end
 
@@ -402,10 +364,10 @@ do
          "pow's gradient for the exponent is 0 at a 0 base with a nonnegative exponent, not NaN")
   local z = glia.tensor({ 0, 3 }):requires_grad()
   glia.pow(z, 0):sum():backward()
-  t.ok(values_are(z.grad, { 0, 0 }), "x ^ 0 has gradient 0 everywhere, 0 included")
+  t.ok(u.identical(z.grad, { 0, 0 }), "x ^ 0 has gradient 0 everywhere, 0 included")
   local e = glia.tensor({ 0, 1 }):requires_grad()
   glia.pow(0, e):sum():backward()
-  t.ok(values_are(e.grad, { 0, 0 }), "0 ^ x has gradient 0 for x >= 0")
+  t.ok(u.identical(e.grad, { 0, 0 }), "0 ^ x has gradient 0 for x >= 0")
 end
 
 -- ============================================================= threads
@@ -424,7 +386,7 @@ do
   local r2 = run()
   glia.set_num_threads(nthreads)
   local same_all = true
-  for i = 1, #r1 do same_all = same_all and identical(r1[i], r2[i]) end
+  for i = 1, #r1 do same_all = same_all and u.identical(r1[i], r2[i]) end
   t.ok(same_all, "add, pow, div, maximum, where and gt give bit-identical results with 1 and 2 threads")
 end
 

@@ -152,18 +152,6 @@ local function ref_cumsum(x, d)
   return out
 end
 
-local function same_shape(x, s)
-  local xs = x:shape()
-  if #xs ~= #s then return false end
-  for i = 1, #s do if xs[i] ~= s[i] then return false end end
-  return true
-end
-
-local function equal(a, b)
-  local d = t.maxdiff(a, b)
-  return d == 0
-end
-
 local function i64(v) return glia.tensor(v, "i64") end
 
 -- ======================================================= index_select
@@ -173,24 +161,24 @@ do
   local X = T(x)
   local idx = i64 { 3, 1, 3 }
   local y = x:index_select(1, idx)
-  t.ok(same_shape(y, { 3, 4 }) and equal(y, ref_index_select(X, 1, idx)),
+  t.ok(u.same_shape(y, { 3, 4 }) and u.identical(y, ref_index_select(X, 1, idx)),
        "index_select along dim 1 picks rows by 1-based index, repeats allowed")
   idx = i64 { 4, -1, 2, -4 }
   y = glia.index_select(x, 2, idx)
-  t.ok(same_shape(y, { 3, 4 }) and equal(y, ref_index_select(X, 2, idx)),
+  t.ok(u.same_shape(y, { 3, 4 }) and u.identical(y, ref_index_select(X, 2, idx)),
        "index_select along dim 2 takes negative indices from the end")
-  t.ok(equal(x:index_select(-1, glia.tensor({ 4, -1, 2, -4 }, "i32")), y),
+  t.ok(u.identical(x:index_select(-1, glia.tensor({ 4, -1, 2, -4 }, "i32")), y),
        "index_select accepts i32 indices and a negative dim")
   local xt = x:t()
   y = xt:index_select(1, i64 { 2, 4 })
-  t.ok(equal(y, ref_index_select(T(xt), 1, i64 { 2, 4 })),
+  t.ok(u.identical(y, ref_index_select(T(xt), 1, i64 { 2, 4 })),
        "index_select reads a transposed (strided) input correctly")
   local e = x:index_select(1, glia.tensor({}, "i64"))
-  t.ok(same_shape(e, { 0, 4 }), "index_select with an empty index gives a 0-size result")
+  t.ok(u.same_shape(e, { 0, 4 }), "index_select with an empty index gives a 0-size result")
   local z = glia.zeros(0, 3):index_select(2, i64 { 3, 1 })
-  t.ok(same_shape(z, { 0, 2 }), "index_select on a 0-size input keeps the empty dim")
+  t.ok(u.same_shape(z, { 0, 2 }), "index_select on a 0-size input keeps the empty dim")
   local b = glia.tensor({ { 1, 2 }, { 3, 4 } }, "i64"):index_select(2, i64 { 2 })
-  t.ok(b:dtype() == "i64" and equal(b, { { 2 }, { 4 } }), "index_select moves i64 data too")
+  t.ok(b:dtype() == "i64" and u.identical(b, { { 2 }, { 4 } }), "index_select moves i64 data too")
   gradcheck(function(a) return a:index_select(2, i64 { 2, 2, 4, 1 }) end, { glia.randn(3, 4) },
             "index_select gradient (repeated indices add up) matches central differences")
   gradcheck(function(a) return a:index_select(1, i64 { 3, 1, 3 }) end, { glia.randn(3, 2, 2) },
@@ -216,21 +204,21 @@ do
   local X = T(x)
   local idx = glia.randint(1, 4, { 2, 5, 4 })
   local y = x:gather(2, idx)
-  t.ok(same_shape(y, { 2, 5, 4 }) and equal(y, ref_gather(X, 2, T(idx))),
+  t.ok(u.same_shape(y, { 2, 5, 4 }) and u.identical(y, ref_gather(X, 2, T(idx))),
        "gather along the middle dim matches the reference")
   idx = glia.randint(-4, 0, { 2, 3, 6 })
   y = glia.gather(x, 3, idx)
-  t.ok(equal(y, ref_gather(X, 3, T(idx))), "gather along the last dim takes negative indices")
+  t.ok(u.identical(y, ref_gather(X, 3, T(idx))), "gather along the last dim takes negative indices")
   idx = glia.randint(1, 3, { 4, 3, 4 })
-  t.ok(equal(x:gather(1, idx), ref_gather(X, 1, T(idx))), "gather along the first dim matches")
+  t.ok(u.identical(x:gather(1, idx), ref_gather(X, 1, T(idx))), "gather along the first dim matches")
   local xt = x:transpose(1, 3)
   idx = glia.randint(1, 4, { 4, 2, 2 })
-  t.ok(equal(xt:gather(2, idx), ref_gather(T(xt), 2, T(idx))),
+  t.ok(u.identical(xt:gather(2, idx), ref_gather(T(xt), 2, T(idx))),
        "gather reads a transposed input correctly")
   local x2, it = glia.randn(2, 3), glia.randint(1, 4, { 5, 2 }):t()
-  t.ok(equal(x2:gather(2, it), ref_gather(T(x2), 2, T(it))), "gather reads a transposed index correctly")
+  t.ok(u.identical(x2:gather(2, it), ref_gather(T(x2), 2, T(it))), "gather reads a transposed index correctly")
   local g0 = x:gather(2, glia.zeros(2, 0, 4, "i64"))
-  t.ok(same_shape(g0, { 2, 0, 4 }), "gather with a 0-size index gives a 0-size result")
+  t.ok(u.same_shape(g0, { 2, 0, 4 }), "gather with a 0-size index gives a 0-size result")
   gradcheck(function(a) return a:gather(2, i64 { { 1, 1, 3 }, { 2, 3, 3 } }) end,
             { glia.randn(2, 3) }, "gather gradient (repeated picks add up) matches central differences")
   t.error_like(function() x:gather(2, glia.ones(2, 3, 5, "i64")) end,
@@ -255,17 +243,17 @@ do
   t.near(glia.scatter_add(x, 2, idx2, src2), ref_scatter_add(T(x), 2, T(idx2), T(src2)), 1e-5,
          "scatter_add along dim 2 with many collisions matches the reference")
   local r = x:scatter_add_(1, idx, src)
-  t.ok(equal(x, y) and equal(r, y), "scatter_add_ writes scatter_add's result into x and returns x")
+  t.ok(u.identical(x, y) and u.identical(r, y), "scatter_add_ writes scatter_add's result into x and returns x")
   local base = glia.zeros(4, 3)
   local view = base:t()
   view:scatter_add_(2, i64 { { 4, 4 }, { 1, 2 }, { 3, 3 } }, glia.ones(3, 2))
-  t.ok(equal(base, { { 0, 1, 0 }, { 0, 1, 0 }, { 0, 0, 2 }, { 2, 0, 0 } }),
+  t.ok(u.identical(base, { { 0, 1, 0 }, { 0, 1, 0 }, { 0, 0, 2 }, { 2, 0, 0 } }),
        "scatter_add_ on a transposed view writes through to its storage")
   local keep = flat(x, {})
   t.error_like(function() x:scatter_add_(1, i64 { { 1, 1, 1, 1 }, { 1, 1, 1, 4 } }, src) end,
                "glia%.scatter_add_: index 4 out of range for dim 1 of size 3",
                "scatter_add_ names the bad index")
-  t.ok(equal(x, keep), "scatter_add_ checks every index before writing anything")
+  t.ok(u.identical(x, keep), "scatter_add_ checks every index before writing anything")
   local w = glia.randn(3, 4):requires_grad()
   t.error_like(function() w:scatter_add_(1, idx, src) end, "in%-place op on a tensor that requires grad",
                "scatter_add_ is refused on a tensor that requires grad")
@@ -292,13 +280,13 @@ do
   for _, row in ipairs({ 1, 5, 2, 5 }) do
     for j = 1, 3 do ref[#ref + 1] = W[row][j] end
   end
-  t.ok(same_shape(e, { 2, 2, 3 }) and equal(e, ref),
+  t.ok(u.same_shape(e, { 2, 2, 3 }) and u.identical(e, ref),
        "embedding picks weight rows by 1-based token id; out is ids' shape + {D}")
-  t.ok(same_shape(glia.embedding(i64(3), w), { 3 }) and equal(glia.embedding(i64(3), w), W[3]),
+  t.ok(u.same_shape(glia.embedding(i64(3), w), { 3 }) and u.identical(glia.embedding(i64(3), w), W[3]),
        "embedding of a 0-D id is one row")
-  t.ok(equal(glia.embedding(ids, w:t():contiguous():t()), e),
+  t.ok(u.identical(glia.embedding(ids, w:t():contiguous():t()), e),
        "embedding reads a column-major weight correctly")
-  t.ok(same_shape(glia.embedding(glia.zeros(2, 0, "i64"), w), { 2, 0, 3 }),
+  t.ok(u.same_shape(glia.embedding(glia.zeros(2, 0, "i64"), w), { 2, 0, 3 }),
        "embedding of 0 ids gives a 0-size result")
   gradcheck(function(a) return glia.embedding(i64 { { 1, 4, 4 }, { 2, 4, 1 } }, a) end,
             { glia.randn(4, 3) }, "embedding gradient (repeated ids add up) matches central differences")
@@ -326,7 +314,7 @@ do
     grads[nt] = bw.grad
   end
   glia.set_num_threads(old)
-  t.ok(equal(grads[1], grads[2]), "embedding backward is bit-identical with 1 and 2 threads")
+  t.ok(u.identical(grads[1], grads[2]), "embedding backward is bit-identical with 1 and 2 threads")
   local I, G, ref2 = flat(big, {}), g:totable(), {}
   for v = 1, V do
     ref2[v] = {}
@@ -343,12 +331,12 @@ end
 
 do
   local o = i64 { 1, 3, 2 }:one_hot(3)
-  t.ok(o:dtype() == "f32" and equal(o, { { 1, 0, 0 }, { 0, 0, 1 }, { 0, 1, 0 } }),
+  t.ok(o:dtype() == "f32" and u.identical(o, { { 1, 0, 0 }, { 0, 0, 1 }, { 0, 1, 0 } }),
        "one_hot gives f32 rows with a 1 at each 1-based class")
   local o2 = glia.one_hot(i64 { { 2, -1 }, { 1, 1 } }, 2)
-  t.ok(same_shape(o2, { 2, 2, 2 }) and equal(o2, { { { 0, 1 }, { 0, 1 } }, { { 1, 0 }, { 1, 0 } } }),
+  t.ok(u.same_shape(o2, { 2, 2, 2 }) and u.identical(o2, { { { 0, 1 }, { 0, 1 } }, { { 1, 0 }, { 1, 0 } } }),
        "one_hot of a 2-D index adds a class dim and takes negative classes")
-  t.ok(same_shape(glia.one_hot(glia.tensor({}, "i64"), 4), { 0, 4 }), "one_hot of no index is {0,C}")
+  t.ok(u.same_shape(glia.one_hot(glia.tensor({}, "i64"), 4), { 0, 4 }), "one_hot of no index is {0,C}")
   t.error_like(function() i64 { 1, 4 }:one_hot(3) end, "glia%.one_hot: index 4 out of range for dim 2 of size 3",
                "one_hot names a class past num_classes")
 end
@@ -362,36 +350,37 @@ do
     local d, desc = case[1], case[2]
     local v, i = x:sort(d, desc)
     local rv, ri = ref_topk(X, X.s[d], d, desc)
-    t.ok(equal(v, rv) and equal(i, ri) and i:dtype() == "i64",
+    t.ok(u.identical(v, rv) and u.identical(i, ri) and i:dtype() == "i64",
          string.format("sort along dim %d (%s) gives the reference values and 1-based i64 indices", d,
                        desc and "descending" or "ascending"))
   end
   local v, i = x:sort()
-  t.ok(equal(i, select(2, x:sort(2))), "sort defaults to the last dim, ascending")
-  t.ok(equal(x:gather(2, i), v), "sort's indices fed to gather give the sorted values")
-  t.ok(equal(x:argsort(1, true), select(2, x:sort(1, true))), "argsort gives sort's indices")
+  t.ok(u.identical(i, select(2, x:sort(2))), "sort defaults to the last dim, ascending")
+  t.ok(u.identical(x:gather(2, i), v), "sort's indices fed to gather give the sorted values")
+  t.ok(u.identical(x:argsort(1, true), select(2, x:sort(1, true))), "argsort gives sort's indices")
 
   local ties = glia.tensor { 2, 1, 2, 1 }
-  t.ok(equal(select(2, ties:sort()), { 2, 4, 1, 3 }) and equal(select(2, ties:sort(1, true)), { 1, 3, 2, 4 }),
+  t.ok(u.identical(select(2, ties:sort()), { 2, 4, 1, 3 })
+       and u.identical(select(2, ties:sort(1, true)), { 1, 3, 2, 4 }),
        "sort is stable: equal values keep their original order both ways")
   local nan = 0 / 0
   local xn = glia.tensor { nan, 1, nan, 0 }
   local sv, si = xn:sort()
-  t.ok(equal(sv, { 0, 1, nan, nan }) and equal(si, { 4, 2, 1, 3 }), "sort puts NaN last ascending")
+  t.ok(u.identical(sv, { 0, 1, nan, nan }) and u.identical(si, { 4, 2, 1, 3 }), "sort puts NaN last ascending")
   sv, si = xn:sort(1, true)
-  t.ok(equal(sv, { nan, nan, 1, 0 }) and equal(si, { 1, 3, 2, 4 }), "sort puts NaN first descending")
+  t.ok(u.identical(sv, { nan, nan, 1, 0 }) and u.identical(si, { 1, 3, 2, 4 }), "sort puts NaN first descending")
 
   local xt = glia.randn(6, 3):t()
   local tv, ti = xt:topk(4, 2)
   local rv, ri = ref_topk(T(xt), 4, 2, true)
-  t.ok(equal(tv, rv) and equal(ti, ri), "topk of a transposed input gives the k largest with indices")
+  t.ok(u.identical(tv, rv) and u.identical(ti, ri), "topk of a transposed input gives the k largest with indices")
   tv, ti = glia.topk(x, 3, 1, false)
   rv, ri = ref_topk(X, 3, 1, false)
-  t.ok(equal(tv, rv) and equal(ti, ri), "topk with largest = false gives the k smallest along dim 1")
+  t.ok(u.identical(tv, rv) and u.identical(ti, ri), "topk with largest = false gives the k smallest along dim 1")
   tv, ti = glia.tensor { 3, 1, 3, 2, 3 }:topk(2)
-  t.ok(equal(tv, { 3, 3 }) and equal(ti, { 1, 3 }), "topk breaks ties by position")
+  t.ok(u.identical(tv, { 3, 3 }) and u.identical(ti, { 1, 3 }), "topk breaks ties by position")
   tv, ti = glia.tensor { 1, nan, 2 }:topk(1)
-  t.ok(equal(tv, { nan }) and equal(ti, { 2 }), "topk counts NaN as the largest")
+  t.ok(u.identical(tv, { nan }) and u.identical(ti, { 2 }), "topk counts NaN as the largest")
   -- k much smaller than the dim (a heap keeps the best k): ties and NaNs.
   local tl = {}
   for r = 1, 5 do
@@ -402,16 +391,16 @@ do
   for _, largest in ipairs({ true, false }) do
     tv, ti = xh:topk(5, 2, largest)
     rv, ri = ref_topk(T(xh), 5, 2, largest)
-    t.ok(equal(tv, rv) and equal(ti, ri),
+    t.ok(u.identical(tv, rv) and u.identical(ti, ri),
          "topk of 5 among 64 with ties and NaNs matches the stable reference (largest = " .. tostring(largest) .. ")")
   end
   local zs = glia.tensor { 0, -0.0, 0 }
-  t.ok(equal(select(2, zs:sort()), { 1, 2, 3 }) and equal(select(2, zs:sort(1, true)), { 1, 2, 3 }),
+  t.ok(u.identical(select(2, zs:sort()), { 1, 2, 3 }) and u.identical(select(2, zs:sort(1, true)), { 1, 2, 3 }),
        "sort treats -0 and +0 as equal and keeps their order")
   tv, ti = x:topk(0)
-  t.ok(same_shape(tv, { 4, 0 }) and same_shape(ti, { 4, 0 }), "topk with k = 0 gives empty results")
+  t.ok(u.same_shape(tv, { 4, 0 }) and u.same_shape(ti, { 4, 0 }), "topk with k = 0 gives empty results")
   tv = glia.zeros(0, 5):sort(2)
-  t.ok(same_shape(tv, { 0, 5 }), "sort of a 0-size input is 0-size")
+  t.ok(u.same_shape(tv, { 0, 5 }), "sort of a 0-size input is 0-size")
   t.error_like(function() x:topk(11) end, "glia%.topk: k = 11 out of range for dim 2 of size 10",
                "topk refuses k larger than the dim")
   t.error_like(function() i64 { 1, 2 }:sort() end, "glia%.sort: x must be f32, got i64",
@@ -428,7 +417,7 @@ do
     res[nt] = { big:sort(2, true) }
   end
   glia.set_num_threads(old)
-  t.ok(equal(res[1][1], res[2][1]) and equal(res[1][2], res[2][2]),
+  t.ok(u.identical(res[1][1], res[2][1]) and u.identical(res[1][2], res[2][2]),
        "sort of many lines is identical with 1 and 2 threads")
 end
 
@@ -440,7 +429,7 @@ do
   t.near(glia.cumsum(x, 1), ref_cumsum(T(x), 1), 1e-5, "cumsum along dim 1 gives running sums")
   local xt = glia.randn(2, 3, 4):transpose(1, 3)
   t.near(xt:cumsum(2), ref_cumsum(T(xt), 2), 1e-5, "cumsum of a transposed 3-D input matches")
-  t.ok(same_shape(glia.zeros(0, 3):cumsum(1), { 0, 3 }), "cumsum of a 0-size input is 0-size")
+  t.ok(u.same_shape(glia.zeros(0, 3):cumsum(1), { 0, 3 }), "cumsum of a 0-size input is 0-size")
   gradcheck(function(a) return a:cumsum(2) end, { glia.randn(3, 4) },
             "cumsum gradient matches central differences")
   gradcheck(function(a) return a:cumsum(1) end, { glia.randn(4, 2, 2) },
@@ -452,7 +441,7 @@ do
     res[nt] = big:cumsum(1)
   end
   glia.set_num_threads(old)
-  t.ok(equal(res[1], res[2]), "cumsum is identical with 1 and 2 threads")
+  t.ok(u.identical(res[1], res[2]), "cumsum is identical with 1 and 2 threads")
   t.error_like(function() i64 { 1 }:cumsum(1) end, "glia%.cumsum: x must be f32, got i64",
                "cumsum refuses a non-f32 tensor")
 end

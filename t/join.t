@@ -19,15 +19,6 @@ local function gradcheck(fn, inputs, desc)
   if not t.ok(ok, desc) then t.diag(msg) end
 end
 
-local function same_shape(x, s)
-  local xs = x:shape()
-  if #xs ~= #s then return false end
-  for i = 1, #s do if xs[i] ~= s[i] then return false end end
-  return true
-end
-
-local function equal(a, b) return t.maxdiff(a, b) == 0 end
-
 -- ============================================================ reference
 
 -- cat of nested 2-D tables along dim 1 (rows) or 2 (columns).
@@ -77,25 +68,26 @@ end
 do
   local a, b, c = glia.randn(2, 3), glia.randn(4, 3), glia.randn(1, 3)
   local y = glia.cat({ a, b, c }, 1)
-  t.ok(same_shape(y, { 7, 3 }) and equal(y, ref_cat2({ a, b, c }, 1)), "cat along dim 1 stacks rows in order")
-  t.ok(equal(glia.cat({ a, b, c }), y), "cat defaults to dim 1")
+  t.ok(u.same_shape(y, { 7, 3 }) and u.identical(y, ref_cat2({ a, b, c }, 1)), "cat along dim 1 stacks rows in order")
+  t.ok(u.identical(glia.cat({ a, b, c }), y), "cat defaults to dim 1")
   local p, q = glia.randn(2, 1), glia.randn(2, 4)
   y = glia.cat({ p, q, p }, -1)
-  t.ok(same_shape(y, { 2, 6 }) and equal(y, ref_cat2({ p, q, p }, 2)),
+  t.ok(u.same_shape(y, { 2, 6 }) and u.identical(y, ref_cat2({ p, q, p }, 2)),
        "cat along dim -1 joins columns, a member may repeat")
   local s = glia.randn(3, 2):t()
   y = glia.cat({ q, s }, 2)
-  t.ok(equal(y, ref_cat2({ q, s }, 2)), "cat reads a transposed member correctly")
+  t.ok(u.identical(y, ref_cat2({ q, s }, 2)), "cat reads a transposed member correctly")
   local e = glia.zeros(2, 0)
   y = glia.cat({ e, q, e }, 2)
-  t.ok(same_shape(y, { 2, 4 }) and equal(y, q), "0-size members add nothing to a cat")
-  t.ok(same_shape(glia.cat({ e, e }, 2), { 2, 0 }), "cat of only 0-size members is 0-size")
+  t.ok(u.same_shape(y, { 2, 4 }) and u.identical(y, q), "0-size members add nothing to a cat")
+  t.ok(u.same_shape(glia.cat({ e, e }, 2), { 2, 0 }), "cat of only 0-size members is 0-size")
   local ia, ib = glia.tensor({ { 1, 2 } }, "i64"), glia.tensor({ { 3, 4 } }, "i64")
   y = glia.cat({ ia, ib })
-  t.ok(y:dtype() == "i64" and equal(y, { { 1, 2 }, { 3, 4 } }), "cat keeps an i64 dtype")
+  t.ok(y:dtype() == "i64" and u.identical(y, { { 1, 2 }, { 3, 4 } }), "cat keeps an i64 dtype")
   local x3 = glia.randn(2, 3, 4)
   y = glia.cat({ x3, x3:narrow(2, 2, 2) }, 2)
-  t.ok(same_shape(y, { 2, 5, 4 }) and equal(y:narrow(2, 1, 3), x3) and equal(y:narrow(2, 4, 2), x3:narrow(2, 2, 2)),
+  t.ok(u.same_shape(y, { 2, 5, 4 }) and u.identical(y:narrow(2, 1, 3), x3)
+       and u.identical(y:narrow(2, 4, 2), x3:narrow(2, 2, 2)),
        "cat of 3-D tensors along the middle dim places each member in its slice")
 
   t.error_like(function() glia.cat({ a, glia.randn(2, 4) }, 1) end,
@@ -133,7 +125,7 @@ do
   y:backward(g)
   local all = true
   for i = 1, 40 do
-    all = all and members[i].grad ~= nil and equal(members[i].grad, g:narrow(1, off + 1, sizes[i]))
+    all = all and members[i].grad ~= nil and u.identical(members[i].grad, g:narrow(1, off + 1, sizes[i]))
     off = off + sizes[i]
   end
   t.ok(all, "cat of 40 members hands each member its slice of the gradient")
@@ -149,7 +141,7 @@ do
     want = go:narrow(1, pos, 1)
     local others = true
     for i = 1, 9 do if i ~= pos and xs[i].grad then others = false end end
-    t.ok(out:needs_grad() and equal(xs[pos].grad, want) and others,
+    t.ok(out:needs_grad() and u.identical(xs[pos].grad, want) and others,
          "cat of 9 with only member " .. pos .. " requiring grad routes it its slice, no other")
   end
   t.ok(not glia.cat({ glia.randn(2), glia.randn(3) }):needs_grad(),
@@ -167,19 +159,19 @@ do
   for _, d in ipairs({ 1, 2, 3 }) do
     local y = glia.stack({ a, b, c }, d)
     local want = d == 1 and { 3, 2, 3 } or d == 2 and { 2, 3, 3 } or { 2, 3, 3 }
-    t.ok(same_shape(y, want) and equal(y, ref_stack2({ a, b, c }, d)),
+    t.ok(u.same_shape(y, want) and u.identical(y, ref_stack2({ a, b, c }, d)),
          "stack along dim " .. d .. " inserts the new dim there (transposed member included)")
   end
-  t.ok(equal(glia.stack({ a, b }, -1), glia.stack({ a, b }, 3)), "stack dim -1 is the new last dim")
-  t.ok(equal(glia.stack({ a, b }), glia.stack({ a, b }, 1)), "stack defaults to dim 1")
-  t.ok(same_shape(glia.stack({ glia.zeros(0, 2), glia.zeros(0, 2) }, 2), { 0, 2, 2 }),
+  t.ok(u.identical(glia.stack({ a, b }, -1), glia.stack({ a, b }, 3)), "stack dim -1 is the new last dim")
+  t.ok(u.identical(glia.stack({ a, b }), glia.stack({ a, b }, 1)), "stack defaults to dim 1")
+  t.ok(u.same_shape(glia.stack({ glia.zeros(0, 2), glia.zeros(0, 2) }, 2), { 0, 2, 2 }),
        "stack of 0-size members keeps the empty dim")
   local s = glia.stack({ glia.tensor(1), glia.tensor(2) })
-  t.ok(same_shape(s, { 2 }) and equal(s, { 1, 2 }), "stack of 0-D members is 1-D")
+  t.ok(u.same_shape(s, { 2 }) and u.identical(s, { 1, 2 }), "stack of 0-D members is 1-D")
   t.error_like(function() glia.stack({ a, glia.randn(3, 2) }) end,
                "glia%.stack: member 2 has shape {3,2}, member 1 has {2,3}", "stack with different shapes names both")
   t.error_like(function() glia.stack({ a, b }, 4) end, "dim 4 out of range", "stack refuses a dim past ndim + 1")
-  gradcheck(function(p, q, r, u, v) return glia.stack({ p, q, r, u, v }, 2) end,
+  gradcheck(function(p, q, r, s, v) return glia.stack({ p, q, r, s, v }, 2) end,
             { glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2) },
             "stack gradient for 5 members matches central differences")
   local k = glia.randn(3)

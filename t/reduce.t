@@ -48,12 +48,6 @@ local function nest(flat, shape)
   return build(1)
 end
 
-local function same_shape(a, b)
-  if #a ~= #b then return false end
-  for i = 1, #a do if a[i] ~= b[i] then return false end end
-  return true
-end
-
 local function shape_str(s) return "{" .. table.concat(s, ",") .. "}" end
 
 -- The set of reduced dims (1-based) of dims as given to an op.
@@ -156,7 +150,7 @@ end
 
 -- Compares a tensor with a reference; returns nil or a reason.
 local function mismatch(got, want, wshape, tol)
-  if not same_shape(got:shape(), wshape) then
+  if not u.same_shape(got:shape(), wshape) then
     return "shape " .. shape_str(got:shape()) .. ", want " .. shape_str(wshape)
   end
   local d, why = t.maxdiff(got, want)
@@ -280,10 +274,10 @@ do
   local mv = w:max(2)
   mv:sum():backward()
   t.near(w.grad, { { 0, 1, 0 }, { 1, 0, 0 } }, 0, "max's gradient goes to the first index of a tie only")
-  local u = glia.tensor { 1, 5, 5 }
-  u:requires_grad()
-  u:max():backward()
-  t.near(u.grad, { 0, 1, 0 }, 0, "max over all elements sends the gradient to the first maximum")
+  local ties = glia.tensor { 1, 5, 5 }
+  ties:requires_grad()
+  ties:max():backward()
+  t.near(ties.grad, { 0, 1, 0 }, 0, "max over all elements sends the gradient to the first maximum")
   local n = glia.tensor { 1, NAN, 3 }
   t.ok(n:max():item() ~= n:max():item(), "max propagates NaN")
   t.is(n:argmax():item(), 2, "argmax points at the NaN")
@@ -377,7 +371,7 @@ do
       local want, wshape = ref_reduce(x, d, false, op[3])
       local got = op[2](x, d, false)
       local ok, why = rel_ok(got, want, 2e-5)
-      if not same_shape(got:shape(), wshape) then ok, why = false, "shape" end
+      if not u.same_shape(got:shape(), wshape) then ok, why = false, "shape" end
       if not ok and not bad then bad = op[1] .. ": " .. why end
     end
     if type(d) ~= "table" then
@@ -453,9 +447,9 @@ end
 
 do
   local e = glia.zeros(2, 0)
-  t.ok(same_shape(e:sum(2):shape(), { 2 }) and t.maxdiff(e:sum(2), { 0, 0 }) == 0,
+  t.ok(u.same_shape(e:sum(2):shape(), { 2 }) and t.maxdiff(e:sum(2), { 0, 0 }) == 0,
        "the sum over an empty dim is 0")
-  t.ok(same_shape(e:sum(1):shape(), { 0 }), "the sum over a non-empty dim of an empty tensor is empty")
+  t.ok(u.same_shape(e:sum(1):shape(), { 0 }), "the sum over a non-empty dim of an empty tensor is empty")
   t.is(e:sum():item(), 0, "the sum of an empty tensor is 0")
   local m = e:mean(2):totable()
   t.ok(m[1] ~= m[1] and m[2] ~= m[2], "the mean over an empty dim is NaN")
@@ -467,13 +461,13 @@ do
   t.error_like(function() glia.zeros(0):argmax() end, "glia%.argmax: cannot reduce an empty tensor {0}",
                "argmax of an empty tensor is an error naming the op and shape")
   local v, i = glia.zeros(0, 3):max(2)
-  t.ok(same_shape(v:shape(), { 0 }) and same_shape(i:shape(), { 0 }),
+  t.ok(u.same_shape(v:shape(), { 0 }) and u.same_shape(i:shape(), { 0 }),
        "max along a non-empty dim of an empty tensor gives empty values and indices")
-  t.ok(same_shape(glia.zeros(0, 3):softmax(2):shape(), { 0, 3 }), "softmax of an empty tensor is empty")
+  t.ok(u.same_shape(glia.zeros(0, 3):softmax(2):shape(), { 0, 3 }), "softmax of an empty tensor is empty")
   local g = glia.zeros(2, 0)
   g:requires_grad()
   g:sum():backward()
-  t.ok(same_shape(g.grad:shape(), { 2, 0 }), "sum of an empty tensor backpropagates an empty gradient")
+  t.ok(u.same_shape(g.grad:shape(), { 2, 0 }), "sum of an empty tensor backpropagates an empty gradient")
 end
 
 -- ========================================================= autograd
@@ -488,8 +482,8 @@ do
   x:zero_grad()
   x:mean():backward()
   t.near(x.grad, { { 1 / 6, 1 / 6, 1 / 6 }, { 1 / 6, 1 / 6, 1 / 6 } }, 1e-7, "the gradient of mean is 1/N")
-  t.ok(same_shape(x:sum(1, true):shape(), { 1, 3 }), "keepdim keeps a reduced dim as size 1")
-  t.ok(same_shape(x:sum({ 1, 2 }, true):shape(), { 1, 1 }), "keepdim over every dim keeps them all")
+  t.ok(u.same_shape(x:sum(1, true):shape(), { 1, 3 }), "keepdim keeps a reduced dim as size 1")
+  t.ok(u.same_shape(x:sum({ 1, 2 }, true):shape(), { 1, 1 }), "keepdim over every dim keeps them all")
   t.is(glia.tensor(5):sum():item(), 5, "the sum of a 0-d tensor is itself")
 end
 

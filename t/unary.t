@@ -5,6 +5,7 @@
 -- differences; in-place forms; error messages.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local flat, fmt = t.flat, string.format
 local exp, log, sqrt, abs, huge = math.exp, math.log, math.sqrt, math.abs, math.huge
@@ -121,48 +122,10 @@ local function check_ref(got, input, ref)
   return true
 end
 
-local function same_shape(a, b)
-  local sa, sb = a:shape(), b:shape()
-  if #sa ~= #sb then return false end
-  for i = 1, #sa do if sa[i] ~= sb[i] then return false end end
-  return true
-end
-
 local function ok_ref(got, input, ref, desc)
   local ok, why = check_ref(got, input, ref)
-  if ok and not same_shape(got, input) then ok, why = false, "shapes differ" end
+  if ok and not u.same_shape(got, input) then ok, why = false, "shapes differ" end
   if not t.ok(ok, desc) then t.diag(why) end
-end
-
--- The values of a tensor equal a list of numbers.
-local function values_are(x, want)
-  local v = flat(x, {})
-  if #v ~= #want then return false end
-  for i = 1, #v do if v[i] ~= want[i] then return false end end
-  return true
-end
-
--- Bitwise equality of two tensors' values (NaN equals NaN).
-local function identical(a, b)
-  local fa, fb = flat(a, {}), flat(b, {})
-  if #fa ~= #fb then return false end
-  for i = 1, #fa do
-    if fa[i] ~= fb[i] and not (fa[i] ~= fa[i] and fb[i] ~= fb[i]) then return false end
-  end
-  return true
-end
-
--- An r x c nested table of values spread over [lo, hi] in scrambled order.
-local function spread(r, c, lo, hi)
-  local m, u = {}, 0.5
-  for i = 1, r do
-    m[i] = {}
-    for j = 1, c do
-      u = (u + 0.6180339887498949) % 1
-      m[i][j] = lo + (hi - lo) * u
-    end
-  end
-  return m
 end
 
 local function domain_range(c)
@@ -172,7 +135,7 @@ end
 
 local function input(c, r, cols)
   local lo, hi = domain_range(c)
-  return glia.tensor(spread(r, cols, lo, hi))
+  return glia.tensor(u.spread({ r, cols }, lo, hi))
 end
 
 -- ============================================ values on every layout
@@ -187,7 +150,7 @@ for _, c in ipairs(CASES) do
   local xe = input(c, 1, 50):expand(3, 50)
   ok_ref(apply(c, xe), xe, c.ref, c.label .. " matches the reference on an expanded (stride 0) input")
   local z = apply(c, glia.zeros(0, 5))
-  t.ok(same_shape(z, glia.zeros(0, 5)), c.label .. " of a {0,5} tensor is a {0,5} tensor")
+  t.ok(u.same_shape(z, glia.zeros(0, 5)), c.label .. " of a {0,5} tensor is a {0,5} tensor")
   local s = glia.tensor(c.domain == "pos" and 1.75 or -0.625)
   local r = apply(c, s)
   t.ok(r:dim() == 0 and check_ref(r, s, c.ref), c.label .. " of a 0-D tensor is the 0-D result")
@@ -242,16 +205,16 @@ do
   local nthreads = glia.num_threads()
   for _, c in ipairs(CASES) do
     local lo, hi = domain_range(c)
-    local x = glia.tensor(spread(67, 131, lo, hi))
-    local strided = glia.tensor(spread(67, 131, lo, hi)):t():contiguous():t()
-    t.ok(identical(apply(c, x), apply(c, strided)),
+    local x = glia.tensor(u.spread({ 67, 131 }, lo, hi))
+    local strided = glia.tensor(u.spread({ 67, 131 }, lo, hi)):t():contiguous():t()
+    t.ok(u.identical(apply(c, x), apply(c, strided)),
          c.label .. " gives bit-identical results on contiguous and transposed layouts")
     local big = glia.rand(300, 301) * (hi - lo) + lo -- 90300 elements: split across threads
     glia.set_num_threads(1)
     local r1 = apply(c, big)
     glia.set_num_threads(2)
     local r2 = apply(c, big)
-    t.ok(identical(r1, r2), c.label .. " gives bit-identical results with 1 and 2 threads")
+    t.ok(u.identical(r1, r2), c.label .. " gives bit-identical results with 1 and 2 threads")
   end
   glia.set_num_threads(nthreads)
 end
@@ -286,14 +249,14 @@ end
 do
   local x = glia.tensor({ -1.5, -0.2, 0.3, 2 }):requires_grad()
   glia.relu(x):sum():backward()
-  t.ok(values_are(x.grad, { 0, 0, 1, 1 }), "relu's gradient is 1 where x > 0, else 0")
+  t.ok(u.identical(x.grad, { 0, 0, 1, 1 }), "relu's gradient is 1 where x > 0, else 0")
   local y = glia.tensor({ -2, -1, 0, 0.5, 1, 3 }):requires_grad()
   y:clamp(-1, 1):sum():backward()
-  t.ok(values_are(y.grad, { 0, 1, 1, 1, 1, 0 }),
+  t.ok(u.identical(y.grad, { 0, 1, 1, 1, 1, 0 }),
        "clamp's gradient is 1 inside [lo, hi] (bounds included), 0 outside")
   local z = glia.zeros(0, 3):requires_grad()
   glia.gelu(z):sum():backward()
-  t.ok(z.grad == nil or same_shape(z.grad, z), "backward through gelu of a 0-size tensor works")
+  t.ok(z.grad == nil or u.same_shape(z.grad, z), "backward through gelu of a 0-size tensor works")
 end
 
 -- ===================================================== in-place forms
@@ -303,7 +266,7 @@ for _, c in ipairs(CASES) do
   local y = glia.tensor(x:totable())
   local r = apply_(c, y)
   ok_ref(y, x, c.ref, c.label .. ": the in-place form writes the result into its tensor")
-  t.ok(identical(r, y), c.label .. ": the in-place form returns its tensor")
+  t.ok(u.identical(r, y), c.label .. ": the in-place form returns its tensor")
   local base = input(c, 50, 3)
   local before = glia.tensor(base:totable())
   apply_(c, base:t())
@@ -351,11 +314,11 @@ end
 
 do
   local x = glia.tensor({ { -1, 2 }, { 3, -4 } })
-  t.ok(identical(-x, glia.neg(x)), "unary minus is glia.neg")
-  t.ok(identical(x:exp(), glia.exp(x)), "ops are methods too: x:exp() is glia.exp(x)")
-  t.ok(identical(glia.gelu(x, "tanh"), glia.gelu(x)), "gelu's default approximation is \"tanh\"")
-  t.ok(identical(glia.gelu(x, "erf"), glia.gelu(x, "none")), "gelu \"erf\" and \"none\" are the exact form")
-  t.ok(values_are(glia.clamp(x, 1, -1), { -1, -1, -1, -1 }),
+  t.ok(u.identical(-x, glia.neg(x)), "unary minus is glia.neg")
+  t.ok(u.identical(x:exp(), glia.exp(x)), "ops are methods too: x:exp() is glia.exp(x)")
+  t.ok(u.identical(glia.gelu(x, "tanh"), glia.gelu(x)), "gelu's default approximation is \"tanh\"")
+  t.ok(u.identical(glia.gelu(x, "erf"), glia.gelu(x, "none")), "gelu \"erf\" and \"none\" are the exact form")
+  t.ok(u.identical(glia.clamp(x, 1, -1), { -1, -1, -1, -1 }),
        "clamp with lo > hi sets every element to hi, as torch does")
   local g = glia.tensor({ 2 }):requires_grad()
   t.ok(glia.sigmoid(g):needs_grad(), "the result of an op on a tensor that requires grad needs grad")

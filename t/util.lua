@@ -3,12 +3,56 @@
 -- takes its description last and prints why it failed as a diagnostic.
 --   local u = require "t.util"
 --   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
+--   u.identical(a, b) | u.same_shape(a, b)           comparisons
+--   u.spread(shape, lo, hi [, u0])                    test values
 --   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
 --   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
 local t = require "t.tap"
 local glia = require "glia"
 
 local M = {}
+
+-- ========================================================= comparisons
+
+-- Whether a and b (numbers, booleans, nested tables or tensors) hold the
+-- same values in the same order, to the bit; NaN equals NaN.
+function M.identical(a, b)
+  local fa, fb = t.flat(a, {}), t.flat(b, {})
+  if #fa ~= #fb then return false end
+  for i = 1, #fa do
+    local x, y = fa[i], fb[i]
+    if x ~= y and not (x ~= x and y ~= y) then return false end
+  end
+  return true
+end
+
+local function sizes(v) return type(v) == "table" and v or v:shape() end
+
+-- Whether a and b (tensors or tables of sizes) have the same shape.
+function M.same_shape(a, b)
+  local sa, sb = sizes(a), sizes(b)
+  if #sa ~= #sb then return false end
+  for i = 1, #sa do if sa[i] ~= sb[i] then return false end end
+  return true
+end
+
+-- ========================================================= test values
+
+-- A nested table of the given shape with values spread over [lo, hi] in a
+-- scrambled order (golden-ratio steps from u0, 0.5 by default).
+function M.spread(shape, lo, hi, u0)
+  local u = u0 or 0.5
+  local function build(d)
+    if d > #shape then
+      u = (u + 0.6180339887498949) % 1
+      return lo + (hi - lo) * u
+    end
+    local r = {}
+    for i = 1, shape[d] do r[i] = build(d + 1) end
+    return r
+  end
+  return build(1)
+end
 
 -- ================================================== allocation failure
 

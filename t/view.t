@@ -34,13 +34,6 @@ local function build(shape, f, d, idx)
   return r
 end
 
-local function same_shape(x, shape)
-  local s = x:shape()
-  if #s ~= #shape then return false end
-  for i = 1, #s do if s[i] ~= shape[i] then return false end end
-  return true
-end
-
 -- The input gradient of a pure view op fn at a tensor of this shape for the
 -- output gradient w, computed in Lua: fn applied to element ids tells which
 -- input element each output element reads; gradients add up per id.
@@ -77,12 +70,12 @@ t.diag("seed 7")
 do
   local x = iota{2, 3}
   local v = x:view(3, 2)
-  t.ok(same_shape(v, {3, 2}) and same_shape(x:view{6}, {6}), "view takes sizes as varargs or a table")
+  t.ok(u.same_shape(v, {3, 2}) and u.same_shape(x:view{6}, {6}), "view takes sizes as varargs or a table")
   t.near(v, {{0, 1}, {2, 3}, {4, 5}}, 0, "view reads elements in row-major order")
   v[{3, 2}] = 50
   t.is(x[{2, 3}], 50, "view shares storage with its source")
   t.is(x:view(1, 6, 1):stride(2), 1, "view inserts size-1 dims")
-  t.ok(same_shape(x:view(-1, 2), {3, 2}) and same_shape(x:view(3, -1), {3, 2}),
+  t.ok(u.same_shape(x:view(-1, 2), {3, 2}) and u.same_shape(x:view(3, -1), {3, 2}),
        "view infers one -1 size")
   t.error_like(function() return x:view(-1, -1) end, "glia%.view: bad size %-1 in {%-1,%-1}",
                "view refuses a second -1")
@@ -100,9 +93,9 @@ do
   t.error_like(function() return x:view(1, 1, 1, 1, 1, 1, 1, 1, 6) end, "glia%.view.*at most 8",
                "view refuses more than 8 dims")
   local e = glia.zeros(0, 3)
-  t.ok(same_shape(e:view(3, 0), {3, 0}) and same_shape(e:view(0), {0}),
+  t.ok(u.same_shape(e:view(3, 0), {3, 0}) and u.same_shape(e:view(0), {0}),
        "view reshapes 0-size tensors")
-  t.ok(same_shape(glia.zeros(1):view{}, {}) and glia.zeros(1):view{}:dim() == 0,
+  t.ok(u.same_shape(glia.zeros(1):view{}, {}) and glia.zeros(1):view{}:dim() == 0,
        "view to an empty size list gives a 0-D tensor")
 end
 
@@ -131,7 +124,7 @@ do
          "narrow shares storage with its source")
   t.near(iota{3, 4}:narrow(2, -2, 2), {{2, 3}, {6, 7}, {10, 11}}, 0,
          "narrow counts a negative start from the end")
-  t.ok(same_shape(x:narrow(1, 4, 0), {0, 4}), "narrow takes a 0-length range at the end")
+  t.ok(u.same_shape(x:narrow(1, 4, 0), {0, 4}), "narrow takes a 0-length range at the end")
   t.near(iota{3, 4}:t():narrow(1, 2, 2), {{1, 5, 9}, {2, 6, 10}}, 0,
          "narrow works on a transposed tensor")
   t.error_like(function() return x:narrow(1, 3, 2) end,
@@ -176,14 +169,14 @@ do
   t.error_like(function() return y:transpose(1, 4) end, "glia%.transpose: dim 4 out of range",
                "transpose refuses a dim past ndim")
   local p = y:permute(3, 1, 2)
-  t.ok(same_shape(p, {4, 2, 3}), "permute reorders the shape")
+  t.ok(u.same_shape(p, {4, 2, 3}), "permute reorders the shape")
   t.near(p, build({4, 2, 3}, function(i) return at(y:totable(), {i[2], i[3], i[1]}) end), 0,
          "permute moves dim k of the result to the given source dim")
   t.error_like(function() return y:permute(1, 1, 2) end, "glia%.permute: dims must be a permutation",
                "permute refuses a repeated dim")
   t.error_like(function() return y:permute(2, 1) end, "glia%.permute: got 2 dims for a 3%-D tensor",
                "permute refuses the wrong number of dims")
-  t.ok(same_shape(glia.zeros(0, 3):t(), {3, 0}), "t handles 0-size tensors")
+  t.ok(u.same_shape(glia.zeros(0, 3):t(), {3, 0}), "t handles 0-size tensors")
 end
 
 -- ======================================================= expand
@@ -196,10 +189,10 @@ do
   t.near(l, {{1, 2}, {1, 2}, {1, 2}}, 0, "expand adds leading dims")
   x[{2, 1}] = 20
   t.is(e[{2, 4}], 20, "expand shares storage with its source")
-  t.ok(same_shape(x:expand(2, -1, 4), {2, 3, 4}), "expand keeps a -1 size")
-  t.ok(same_shape(glia.zeros(3, 1):expand_as(glia.zeros(2, 3, 5)), {2, 3, 5}),
+  t.ok(u.same_shape(x:expand(2, -1, 4), {2, 3, 4}), "expand keeps a -1 size")
+  t.ok(u.same_shape(glia.zeros(3, 1):expand_as(glia.zeros(2, 3, 5)), {2, 3, 5}),
        "expand_as takes the other tensor's shape")
-  t.ok(same_shape(glia.zeros(0, 1):expand(0, 4), {0, 4}), "expand handles 0-size tensors")
+  t.ok(u.same_shape(glia.zeros(0, 1):expand(0, 4), {0, 4}), "expand handles 0-size tensors")
   t.error_like(function() return glia.zeros(3, 2):expand(3, 4) end,
                "glia%.expand: cannot expand {3,2} to {3,4}", "expand refuses a non-1 dim that differs")
   t.error_like(function() return glia.zeros(3, 2):expand(2) end,
@@ -211,26 +204,26 @@ end
 -- ============================================ squeeze, unsqueeze, flatten
 do
   local x = glia.zeros(2, 1, 3, 1)
-  t.ok(same_shape(x:squeeze(), {2, 3}), "squeeze drops every size-1 dim")
-  t.ok(same_shape(x:squeeze(2), {2, 3, 1}), "squeeze(dim) drops only that dim")
-  t.ok(same_shape(x:squeeze(1), {2, 1, 3, 1}), "squeeze(dim) keeps a dim whose size is not 1")
+  t.ok(u.same_shape(x:squeeze(), {2, 3}), "squeeze drops every size-1 dim")
+  t.ok(u.same_shape(x:squeeze(2), {2, 3, 1}), "squeeze(dim) drops only that dim")
+  t.ok(u.same_shape(x:squeeze(1), {2, 1, 3, 1}), "squeeze(dim) keeps a dim whose size is not 1")
   local y = iota{2, 3}
-  t.ok(same_shape(y:unsqueeze(1), {1, 2, 3}) and same_shape(y:unsqueeze(3), {2, 3, 1})
-       and same_shape(y:unsqueeze(-1), {2, 3, 1}), "unsqueeze inserts a dim at 1..ndim+1")
+  t.ok(u.same_shape(y:unsqueeze(1), {1, 2, 3}) and u.same_shape(y:unsqueeze(3), {2, 3, 1})
+       and u.same_shape(y:unsqueeze(-1), {2, 3, 1}), "unsqueeze inserts a dim at 1..ndim+1")
   t.near(y:t():unsqueeze(2):squeeze(2), y:t(), 0, "unsqueeze then squeeze round-trips a strided tensor")
-  local u = y:unsqueeze(2)
-  u[{2, 1, 3}] = 42
+  local yu = y:unsqueeze(2)
+  yu[{2, 1, 3}] = 42
   t.is(y[{2, 3}], 42, "unsqueeze shares storage with its source")
   t.error_like(function() return y:unsqueeze(4) end, "glia%.unsqueeze: dim 4 out of range",
                "unsqueeze refuses a dim past ndim+1")
   t.error_like(function() return glia.zeros(1, 1, 1, 1, 1, 1, 1, 1):unsqueeze(1) end,
                "glia%.unsqueeze: .* maximum of 8 dims", "unsqueeze refuses a ninth dim")
   local z = iota{2, 3, 4}
-  t.ok(same_shape(z:flatten(), {24}) and same_shape(z:flatten(2), {2, 12})
-       and same_shape(z:flatten(1, 2), {6, 4}), "flatten merges the given range of dims")
+  t.ok(u.same_shape(z:flatten(), {24}) and u.same_shape(z:flatten(2), {2, 12})
+       and u.same_shape(z:flatten(1, 2), {6, 4}), "flatten merges the given range of dims")
   t.near(z:transpose(1, 3):flatten(), flat(z:transpose(1, 3), {}), 0,
          "flatten of a transposed tensor keeps row-major order")
-  t.ok(same_shape(glia.tensor(5):flatten(), {1}), "flatten of a 0-D tensor gives one element")
+  t.ok(u.same_shape(glia.tensor(5):flatten(), {1}), "flatten of a 0-D tensor gives one element")
   t.error_like(function() return z:flatten(3, 1) end, "glia%.flatten: start dim 3 comes after end dim 1",
                "flatten refuses a reversed range")
 end
@@ -306,7 +299,7 @@ do
   t.near(x[{ {1, 3}, -1 }], {4, 9, 14}, 0, "x[{ {a, b}, -1 }] keeps rows a..b of the last column")
   t.near(x[{ {}, {1, 5, 2} }], {{0, 2, 4}, {5, 7, 9}, {10, 12, 14}}, 0,
          "x[{ {}, {a, b, step} }] takes every step-th column")
-  t.ok(same_shape(x[{ {}, {2, 1} }], {3, 0}), "an empty range gives a 0-size view")
+  t.ok(u.same_shape(x[{ {}, {2, 1} }], {3, 0}), "an empty range gives a 0-size view")
   x[{1, {}}] = 5
   t.near(x[1], {5, 5, 5, 5, 5}, 0, "assigning a number to x[{i, {}}] fills the row")
   x[2] = glia.tensor{1, 2, 3, 4, 5}
