@@ -311,26 +311,22 @@ do
 
   -- thread counts: B*Hkv = 1 runs the two-pass backward on 2 threads and the
   -- ownership backward on 1; B*Hkv = 2 runs ownership on both
-  local old = glia.num_threads()
   for _, shape in ipairs({ { 1, 2, 1 }, { 2, 4, 1 } }) do
     local B, H, K = shape[1], shape[2], shape[3]
     -- big enough (> 2^24 flops) to run on the pool
     local qq, kk, vv = glia.randn(B, H, 250, 64), glia.randn(B, K, 290, 64), glia.randn(B, K, 290, 64)
     local dout = glia.randn(B, H, 250, 64)
     local am = glia.randn(250, 290) -- an additive mask: its gradient too
-    local res = {}
-    for _, nt in ipairs({ 1, 2, 3 }) do
-      glia.set_num_threads(nt)
+    local res = u.by_threads(function()
       for _, x in ipairs({ qq, kk, vv, am }) do x:zero_grad() x:requires_grad() end
       local o = glia.attention(qq, kk, vv, true, nil, am, 32, 48)
       o:backward(dout)
-      res[nt] = { o, qq.grad, kk.grad, vv.grad, am.grad }
-    end
+      return { o, qq.grad, kk.grad, vv.grad, am.grad }
+    end, { 1, 2, 3 })
     local ok = true
     for i = 1, 5 do ok = ok and u.identical(res[1][i], res[2][i]) and u.identical(res[1][i], res[3][i]) end
     t.ok(ok, string.format("1, 2 and 3 threads give bitwise equal output, dq, dk, dv, dmask (B=%d Hkv=%d)", B, K))
   end
-  glia.set_num_threads(old)
 end
 
 -- ----------------------------------------------------------- GQA = MHA

@@ -166,18 +166,14 @@ end
 
 -- ==================================================== thread counts
 do
-  local old = glia.num_threads()
-  local function draws(nt)
-    glia.set_num_threads(nt)
+  local r = u.by_threads(function()
     glia.manual_seed(99)
     return {glia.rand(300001), glia.randn(300003), glia.randint(0, 1000, 300005),
             glia.ones(300007), glia.arange(300009)}
-  end
-  local one, two = draws(1), draws(2)
-  glia.set_num_threads(old)
+  end)
   local names = {"rand", "randn", "randint", "ones", "arange"}
   for i, name in ipairs(names) do
-    t.ok(u.identical(one[i], two[i]), name .. " gives identical results with 1 and 2 threads")
+    t.ok(u.identical(r[1][i], r[2][i]), name .. " gives identical results with 1 and 2 threads")
   end
 end
 

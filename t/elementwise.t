@@ -373,21 +373,14 @@ end
 -- ============================================================= threads
 
 do
-  local nthreads = glia.num_threads()
   local a, b = glia.rand(300, 301) + 0.5, glia.rand(301) + 0.5
   local cond = glia.rand(300, 301):gt(0.5)
   local function run()
     return { glia.add(a, b), glia.pow(a, b), glia.div(a:t(), 3), glia.maximum(a, b),
              glia.where(cond, a, b), a:gt(b) }
   end
-  glia.set_num_threads(1)
-  local r1 = run()
-  glia.set_num_threads(2)
-  local r2 = run()
-  glia.set_num_threads(nthreads)
-  local same_all = true
-  for i = 1, #r1 do same_all = same_all and u.identical(r1[i], r2[i]) end
-  t.ok(same_all, "add, pow, div, maximum, where and gt give bit-identical results with 1 and 2 threads")
+  local r = u.by_threads(run)
+  t.ok(u.identical(r[1], r[2]), "add, pow, div, maximum, where and gt give bit-identical results with 1 and 2 threads")
 end
 
 -- ============================================================== errors

@@ -305,15 +305,12 @@ do
   local bw = glia.randn(V, D)
   local big = glia.randint(1, V + 1, { N })
   local g = glia.randn(N, D)
-  local old, grads = glia.num_threads(), {}
-  for _, nt in ipairs({ 1, 2 }) do
-    glia.set_num_threads(nt)
+  local grads = u.by_threads(function()
     bw:zero_grad()
     bw:requires_grad()
     glia.embedding(big, bw):backward(g)
-    grads[nt] = bw.grad
-  end
-  glia.set_num_threads(old)
+    return bw.grad
+  end)
   t.ok(u.identical(grads[1], grads[2]), "embedding backward is bit-identical with 1 and 2 threads")
   local I, G, ref2 = flat(big, {}), g:totable(), {}
   for v = 1, V do
@@ -411,12 +408,7 @@ do
             "sort values' gradient on a transposed input matches central differences")
 
   local big = glia.randn(64, 1000)
-  local old, res = glia.num_threads(), {}
-  for _, nt in ipairs({ 1, 2 }) do
-    glia.set_num_threads(nt)
-    res[nt] = { big:sort(2, true) }
-  end
-  glia.set_num_threads(old)
+  local res = u.by_threads(function() return { big:sort(2, true) } end)
   t.ok(u.identical(res[1][1], res[2][1]) and u.identical(res[1][2], res[2][2]),
        "sort of many lines is identical with 1 and 2 threads")
 end
@@ -435,12 +427,7 @@ do
   gradcheck(function(a) return a:cumsum(1) end, { glia.randn(4, 2, 2) },
             "cumsum gradient along dim 1 of a 3-D input matches central differences")
   local big = glia.randn(300, 500)
-  local old, res = glia.num_threads(), {}
-  for _, nt in ipairs({ 1, 2 }) do
-    glia.set_num_threads(nt)
-    res[nt] = big:cumsum(1)
-  end
-  glia.set_num_threads(old)
+  local res = u.by_threads(function() return big:cumsum(1) end)
   t.ok(u.identical(res[1], res[2]), "cumsum is identical with 1 and 2 threads")
   t.error_like(function() i64 { 1 }:cumsum(1) end, "glia%.cumsum: x must be f32, got i64",
                "cumsum refuses a non-f32 tensor")

@@ -228,20 +228,15 @@ do -- determinism across thread counts
   local N, C = 3000, 37
   local x = glia.randn(N, C)
   local y = glia.tensor(targets(N, C), "i64")
-  local function run(threads)
-    glia.set_num_threads(threads)
+  local r = u.by_threads(function()
     x:zero_grad()
     x:requires_grad()
     local l = glia.cross_entropy(x, y, 5, 0.1)
     l:backward()
-    return l:item(), x.grad:totable()
-  end
-  local old = glia.num_threads()
-  local l1, g1 = run(1)
-  local l2, g2 = run(2)
-  glia.set_num_threads(old)
-  t.is(l1, l2, "cross_entropy's loss is identical with 1 and 2 threads")
-  t.is(t.maxdiff(g1, g2), 0, "cross_entropy's gradient is identical with 1 and 2 threads")
+    return { loss = l:item(), grad = x.grad:totable() }
+  end)
+  t.is(r[1].loss, r[2].loss, "cross_entropy's loss is identical with 1 and 2 threads")
+  t.is(t.maxdiff(r[1].grad, r[2].grad), 0, "cross_entropy's gradient is identical with 1 and 2 threads")
 end
 
 do -- errors
@@ -323,18 +318,12 @@ end
 
 do -- determinism across thread counts
   local a, b = glia.randn(300, 1000), glia.randn(1000)
-  local function run(threads)
-    glia.set_num_threads(threads)
-    return glia.mse(a, b):item()
-  end
-  local old = glia.num_threads()
-  local r1, r2 = run(1), run(2)
-  glia.set_num_threads(old)
-  t.is(r1, r2, "mse over 300k elements is identical with 1 and 2 threads")
+  local r = u.by_threads(function() return glia.mse(a, b):item() end)
+  t.is(r[1], r[2], "mse over 300k elements is identical with 1 and 2 threads")
   local d = 0
   local at, bt = a:totable(), b:totable()
   for i = 1, 300 do for j = 1, 1000 do d = d + (at[i][j] - bt[j]) ^ 2 end end
-  t.near(r1, d / 300000, 1e-5, "mse over 300k elements matches a double-precision sum")
+  t.near(r[1], d / 300000, 1e-5, "mse over 300k elements matches a double-precision sum")
 end
 
 t.done()

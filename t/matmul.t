@@ -304,32 +304,31 @@ t.error_like(function() glia.linear(randn(2, 5), randn(4, 5), randn(3)) end,
 -- ============================================================ threads
 
 do
-  local function run(n, x, y)
-    glia.set_num_threads(n)
-    local xr, yr = x:detach():requires_grad(), y:detach():requires_grad()
-    local r = glia.matmul(xr, yr)
-    r:backward(glia.ones_like(r))
-    return {r:totable(), xr.grad:totable(), yr.grad:totable()}
+  -- fn's results (tables) on 1 and 2 threads differ nowhere
+  local function same_on_threads(fn, desc)
+    local r = u.by_threads(fn)
+    t.is(t.maxdiff(r[1], r[2]), 0, desc)
   end
-  local old = glia.num_threads()
-  local x, y = randn(16, 24, 20), randn(16, 20, 12)
-  t.is(t.maxdiff(run(1, x, y), run(2, x, y)), 0, "a batched matmul and its gradients are identical with 1 and 2 threads")
-  x, y = randn(4, 1, 24, 20), randn(3, 20, 12)
-  t.is(t.maxdiff(run(1, x, y), run(2, x, y)), 0,
-       "a broadcast batched matmul and its gradients are identical with 1 and 2 threads")
-  x, y = randn(300, 200), randn(200, 250)
-  t.is(t.maxdiff(run(1, x, y), run(2, x, y)), 0, "a large matmul is identical with 1 and 2 threads")
-  local function run_linear(n, xs, w, bias)
-    glia.set_num_threads(n)
+  local function run(x, y)
+    return function()
+      local xr, yr = x:detach():requires_grad(), y:detach():requires_grad()
+      local r = glia.matmul(xr, yr)
+      r:backward(glia.ones_like(r))
+      return {r:totable(), xr.grad:totable(), yr.grad:totable()}
+    end
+  end
+  same_on_threads(run(randn(16, 24, 20), randn(16, 20, 12)),
+                  "a batched matmul and its gradients are identical with 1 and 2 threads")
+  same_on_threads(run(randn(4, 1, 24, 20), randn(3, 20, 12)),
+                  "a broadcast batched matmul and its gradients are identical with 1 and 2 threads")
+  same_on_threads(run(randn(300, 200), randn(200, 250)), "a large matmul is identical with 1 and 2 threads")
+  local xs, w, bias = randn(4, 64, 32), randn(1024, 32), randn(1024)
+  same_on_threads(function()
     local xr, wr, br = xs:detach():requires_grad(), w:detach():requires_grad(), bias:detach():requires_grad()
     local r = glia.linear(xr, wr, br)
     r:backward(glia.ones_like(r))
     return {r:totable(), xr.grad:totable(), wr.grad:totable(), br.grad:totable()}
-  end
-  local xs, w, bias = randn(4, 64, 32), randn(1024, 32), randn(1024)
-  t.is(t.maxdiff(run_linear(1, xs, w, bias), run_linear(2, xs, w, bias)), 0,
-       "linear and its gradients (bias column sums included) are identical with 1 and 2 threads")
-  glia.set_num_threads(old)
+  end, "linear and its gradients (bias column sums included) are identical with 1 and 2 threads")
 end
 
 t.done()

@@ -39,14 +39,9 @@ local function gradcheck(desc, fn, inputs, opts)
 end
 
 local function same_threads(desc, fn)
-  local old = glia.num_threads()
-  glia.set_num_threads(1)
-  local a = fn()
-  glia.set_num_threads(2)
-  local b = fn()
-  glia.set_num_threads(old)
-  for i = 1, #a do
-    t.is(t.maxdiff(a[i], b[i]), 0, desc[i])
+  local r = u.by_threads(fn)
+  for i = 1, #r[1] do
+    t.is(t.maxdiff(r[1][i], r[2][i]), 0, desc[i])
   end
 end
 
@@ -208,15 +203,11 @@ do
   glia.set_rng_state(seed, offset)
   t.is(t.maxdiff(glia.dropout(x, 0.5), a), 0, "restoring the rng state reproduces a mask")
 
-  local old = glia.num_threads()
-  glia.set_num_threads(1)
-  glia.manual_seed(11)
-  local y1 = glia.dropout(x, 0.5)
-  glia.set_num_threads(2)
-  glia.manual_seed(11)
-  local y2 = glia.dropout(x, 0.5)
-  glia.set_num_threads(old)
-  t.is(t.maxdiff(y1, y2), 0, "the mask is identical with 1 and 2 threads")
+  local r = u.by_threads(function()
+    glia.manual_seed(11)
+    return glia.dropout(x, 0.5)
+  end)
+  t.is(t.maxdiff(r[1], r[2]), 0, "the mask is identical with 1 and 2 threads")
 end
 
 do

@@ -5,6 +5,7 @@
 -- convergence on a small least-squares problem.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 local optim = require "glia.optim"
 
 local abs, sqrt, max, cos, pi = math.abs, math.sqrt, math.max, math.cos, math.pi
@@ -397,8 +398,7 @@ os.remove(path)
 do
   local n = 3 * 65536 + 17 -- several chunks and a ragged end
   local big0, bg = glia.randn(n), glia.randn(n)
-  local function results(threads)
-    glia.set_num_threads(threads)
+  local r = u.by_threads(function()
     local out = {}
     for _, kind in ipairs(kinds) do
       local p = big0:clone()
@@ -411,10 +411,8 @@ do
     end
     out.sum = glia.sum_sq({ big0, bg })
     return out
-  end
-  local nthreads = glia.num_threads()
-  local r1, r2 = results(1), results(2)
-  glia.set_num_threads(nthreads)
+  end)
+  local r1, r2 = r[1], r[2]
   for i, kind in ipairs(kinds) do
     t.ok(same(r1[i], r2[i]), kind[1] .. " gives identical results on 1 and 2 threads")
   end

@@ -406,7 +406,6 @@ end
 -- ==================================================== 1 vs 2 threads
 
 do
-  local old = glia.num_threads()
   local A = glia.randn(1000, 513)
   local L = glia.randn(3, 100000)
   local function run()
@@ -426,13 +425,11 @@ do
     r[#r + 1] = leaf.grad
     return r
   end
-  glia.set_num_threads(1)
-  glia.manual_seed(3)
-  local one = run()
-  glia.set_num_threads(2)
-  glia.manual_seed(3)
-  local two = run()
-  glia.set_num_threads(old)
+  local r = u.by_threads(function()
+    glia.manual_seed(3)
+    return run()
+  end)
+  local one, two = r[1], r[2]
   local same = true
   for k = 1, #one do
     if t.maxdiff(one[k], two[k]) ~= 0 then

@@ -202,7 +202,6 @@ end
 -- ===================================== bit-identical layouts and threads
 
 do
-  local nthreads = glia.num_threads()
   for _, c in ipairs(CASES) do
     local lo, hi = domain_range(c)
     local x = glia.tensor(u.spread({ 67, 131 }, lo, hi))
@@ -210,13 +209,9 @@ do
     t.ok(u.identical(apply(c, x), apply(c, strided)),
          c.label .. " gives bit-identical results on contiguous and transposed layouts")
     local big = glia.rand(300, 301) * (hi - lo) + lo -- 90300 elements: split across threads
-    glia.set_num_threads(1)
-    local r1 = apply(c, big)
-    glia.set_num_threads(2)
-    local r2 = apply(c, big)
-    t.ok(u.identical(r1, r2), c.label .. " gives bit-identical results with 1 and 2 threads")
+    local r = u.by_threads(function() return apply(c, big) end)
+    t.ok(u.identical(r[1], r[2]), c.label .. " gives bit-identical results with 1 and 2 threads")
   end
-  glia.set_num_threads(nthreads)
 end
 
 -- ============================================================ gradients

@@ -5,6 +5,7 @@
 --   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
 --   u.identical(a, b) | u.same_shape(a, b)           comparisons
 --   u.spread(shape, lo, hi [, u0])                    test values
+--   u.by_threads(fn [, counts])                       thread counts
 --   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
 --   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
 local t = require "t.tap"
@@ -52,6 +53,21 @@ function M.spread(shape, lo, hi, u0)
     return r
   end
   return build(1)
+end
+
+-- ======================================================= thread counts
+
+-- Runs fn(n) with the pool at each thread count n of counts ({1, 2} by
+-- default), then restores the count it found. Returns fn's results, each
+-- at the index of its thread count.
+function M.by_threads(fn, counts)
+  local old, res = glia.num_threads(), {}
+  for _, n in ipairs(counts or { 1, 2 }) do
+    glia.set_num_threads(n)
+    res[n] = fn(n)
+  end
+  glia.set_num_threads(old)
+  return res
 end
 
 -- ================================================== allocation failure
