@@ -89,8 +89,7 @@ end
 
 -- ======================================================= random values
 do
-  glia.manual_seed(1234)
-  t.diag("seed 1234")
+  u.seed(1234)
   local r = glia.rand(10000)
   local uv = flat(r, {})
   local lo, hi, sum = 1, 0, 0

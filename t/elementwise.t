@@ -12,14 +12,12 @@ local flat, fmt = t.flat, string.format
 local abs, huge = math.abs, math.huge
 local unpack = table.unpack or unpack
 
-local SEED = 11
-glia.manual_seed(SEED)
-t.diag("seed " .. SEED)
+u.seed(11)
 
 -- Tolerance against the double references: |got - want| <= ATOL + RTOL |want|.
 local ATOL, RTOL = 1e-6, 1e-6
--- gradcheck: f32 central differences with eps 1e-3; tolerances atol = rtol = 1e-2.
-local GRADCHECK = { eps = 1e-3, atol = 1e-2, rtol = 1e-2 }
+-- gradcheck: f32 central differences with eps 1e-3; tolerances atol = rtol = 1e-2
+-- (glia.gradcheck's defaults).
 
 -- ============================================================== helpers
 
@@ -301,45 +299,42 @@ end
 
 -- ============================================================ gradients
 
-local function gradcheck(desc, fn, inputs)
-  local ok, why = glia.gradcheck(fn, inputs, GRADCHECK)
-  if not t.ok(ok, desc) then t.diag(why) end
-end
-
 for _, c in ipairs(ARITH) do
   local op = glia[c.op]
   local function A(shape, u0) return tensor(shape, c.a[1], c.a[2], u0) end
   -- maximum/minimum: a and b interleave (no ties within eps)
   local function B(shape) return tensor(shape, c.b[1], c.b[2], 0.37) end
-  gradcheck(c.op .. " of two {2,3} tensors has the gradient finite differences give",
-            op, { A({ 2, 3 }), B({ 2, 3 }) })
-  gradcheck(c.op .. " of {3,1} and {1,4} sums each gradient back to its input's shape",
-            op, { A({ 3, 1 }), B({ 1, 4 }) })
-  gradcheck(c.op .. " of {4} and {2,3,4} sums the gradient back to {4}", op, { A({ 4 }), B({ 2, 3, 4 }) })
-  gradcheck(c.op .. " of a tensor and a number has the right gradient",
-            function(x) return op(x, (c.b[1] + c.b[2]) / 2 + 0.3) end, { A({ 2, 3 }) })
-  gradcheck(c.op .. " of a number and a tensor has the right gradient",
-            function(y) return op((c.a[1] + c.a[2]) / 2 + 0.3, y) end, { B({ 2, 3 }) })
-  gradcheck(c.op .. " has the right gradient through transposed operands",
-            function(x, y) return op(x:t(), y) end, { A({ 3, 2 }), B({ 2, 3 }) })
+  u.gradcheck(op, { A({ 2, 3 }), B({ 2, 3 }) },
+              c.op .. " of two {2,3} tensors has the gradient finite differences give")
+  u.gradcheck(op, { A({ 3, 1 }), B({ 1, 4 }) },
+              c.op .. " of {3,1} and {1,4} sums each gradient back to its input's shape")
+  u.gradcheck(op, { A({ 4 }), B({ 2, 3, 4 }) }, c.op .. " of {4} and {2,3,4} sums the gradient back to {4}")
+  u.gradcheck(function(x) return op(x, (c.b[1] + c.b[2]) / 2 + 0.3) end, { A({ 2, 3 }) },
+              c.op .. " of a tensor and a number has the right gradient")
+  u.gradcheck(function(y) return op((c.a[1] + c.a[2]) / 2 + 0.3, y) end, { B({ 2, 3 }) },
+              c.op .. " of a number and a tensor has the right gradient")
+  u.gradcheck(function(x, y) return op(x:t(), y) end, { A({ 3, 2 }), B({ 2, 3 }) },
+              c.op .. " has the right gradient through transposed operands")
 end
 
-gradcheck("pow with a scalar exponent has the gradient 2x", function(x) return x ^ 2 end,
-          { tensor({ 2, 3 }, -2, 2) })
-gradcheck("pow with a scalar base has the gradient 2^x ln 2", function(x) return 2 ^ x end,
-          { tensor({ 2, 3 }, -2, 2) })
+u.gradcheck(function(x) return x ^ 2 end, { tensor({ 2, 3 }, -2, 2) },
+            "pow with a scalar exponent has the gradient 2x")
+u.gradcheck(function(x) return 2 ^ x end, { tensor({ 2, 3 }, -2, 2) },
+            "pow with a scalar base has the gradient 2^x ln 2")
 
 do
   local cond = glia.tensor({ { 1, 0, 1, 0 }, { 0, 0, 1, 1 }, { 1, 1, 0, 0 } }):gt(0)
-  gradcheck("where sends the gradient to a where cond holds and to b elsewhere",
-            function(a, b) return glia.where(cond, a, b) end, { tensor({ 3, 4 }, -1, 1), tensor({ 3, 4 }, -1, 1) })
-  gradcheck("where sums the gradient back to broadcast operands {3,1} and {4}",
-            function(a, b) return glia.where(cond, a, b) end, { tensor({ 3, 1 }, -1, 1), tensor({ 4 }, -1, 1) })
-  gradcheck("where with a number for b has the right gradient for a",
-            function(a) return glia.where(cond, a, 0) end, { tensor({ 3, 4 }, -1, 1) })
+  u.gradcheck(function(a, b) return glia.where(cond, a, b) end,
+              { tensor({ 3, 4 }, -1, 1), tensor({ 3, 4 }, -1, 1) },
+              "where sends the gradient to a where cond holds and to b elsewhere")
+  u.gradcheck(function(a, b) return glia.where(cond, a, b) end,
+              { tensor({ 3, 1 }, -1, 1), tensor({ 4 }, -1, 1) },
+              "where sums the gradient back to broadcast operands {3,1} and {4}")
+  u.gradcheck(function(a) return glia.where(cond, a, 0) end, { tensor({ 3, 4 }, -1, 1) },
+              "where with a number for b has the right gradient for a")
   local mask = glia.tensor({ { 1 }, { 0 }, { 1 } }):gt(0)
-  gradcheck("masked_fill passes the gradient where the mask is false",
-            function(x) return x:masked_fill(mask, 0.5) end, { tensor({ 3, 4 }, -1, 1) })
+  u.gradcheck(function(x) return x:masked_fill(mask, 0.5) end, { tensor({ 3, 4 }, -1, 1) },
+              "masked_fill passes the gradient where the mask is false")
 end
 
 do

@@ -7,19 +7,14 @@ local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
 
-local SEED = 11
-glia.manual_seed(SEED)
-t.diag("seed " .. SEED)
+u.seed(11)
 
 local flat, floor = t.flat, math.floor
 local unpack = table.unpack or unpack
 
--- Gradient checks: f32 central differences, eps 1e-3, |numeric - autograd|
--- <= 1e-2 + 1e-2 * max(|numeric|, |autograd|) (glia.gradcheck's defaults).
-local function gradcheck(fn, inputs, desc)
-  local ok, msg = glia.gradcheck(fn, inputs)
-  if not t.ok(ok, desc) then t.diag(msg) end
-end
+-- Gradient checks (u.gradcheck): f32 central differences, eps 1e-3,
+-- |numeric - autograd| <= 1e-2 + 1e-2 * max(|numeric|, |autograd|)
+-- (glia.gradcheck's defaults).
 
 -- ============================================================ reference
 -- Tensors become {v = flat row-major values, s = shape}; positions are
@@ -179,10 +174,10 @@ do
   t.ok(u.same_shape(z, { 0, 2 }), "index_select on a 0-size input keeps the empty dim")
   local b = glia.tensor({ { 1, 2 }, { 3, 4 } }, "i64"):index_select(2, i64 { 2 })
   t.ok(b:dtype() == "i64" and u.identical(b, { { 2 }, { 4 } }), "index_select moves i64 data too")
-  gradcheck(function(a) return a:index_select(2, i64 { 2, 2, 4, 1 }) end, { glia.randn(3, 4) },
-            "index_select gradient (repeated indices add up) matches central differences")
-  gradcheck(function(a) return a:index_select(1, i64 { 3, 1, 3 }) end, { glia.randn(3, 2, 2) },
-            "index_select gradient along dim 1 of a 3-D input matches central differences")
+  u.gradcheck(function(a) return a:index_select(2, i64 { 2, 2, 4, 1 }) end, { glia.randn(3, 4) },
+              "index_select gradient (repeated indices add up) matches central differences")
+  u.gradcheck(function(a) return a:index_select(1, i64 { 3, 1, 3 }) end, { glia.randn(3, 2, 2) },
+              "index_select gradient along dim 1 of a 3-D input matches central differences")
   t.error_like(function() x:index_select(1, i64 { 1, 5 }) end,
                "glia%.index_select: index 5 out of range for dim 1 of size 3",
                "an index past the end names the op, the index and the dim size")
@@ -219,8 +214,8 @@ do
   t.ok(u.identical(x2:gather(2, it), ref_gather(T(x2), 2, T(it))), "gather reads a transposed index correctly")
   local g0 = x:gather(2, glia.zeros(2, 0, 4, "i64"))
   t.ok(u.same_shape(g0, { 2, 0, 4 }), "gather with a 0-size index gives a 0-size result")
-  gradcheck(function(a) return a:gather(2, i64 { { 1, 1, 3 }, { 2, 3, 3 } }) end,
-            { glia.randn(2, 3) }, "gather gradient (repeated picks add up) matches central differences")
+  u.gradcheck(function(a) return a:gather(2, i64 { { 1, 1, 3 }, { 2, 3, 3 } }) end,
+              { glia.randn(2, 3) }, "gather gradient (repeated picks add up) matches central differences")
   t.error_like(function() x:gather(2, glia.ones(2, 3, 5, "i64")) end,
                "index {2,3,5} must have the shape of {2,3,4} except along dim 2",
                "gather refuses an index whose other dims differ, naming both shapes")
@@ -264,10 +259,10 @@ do
                "src {2,5} must have the shape of index {2,4}", "scatter_add names mismatched src and index shapes")
   t.error_like(function() x:scatter_add(1, idx:to("f32"), src) end, "index must be i64 or i32, got f32",
                "scatter_add refuses an f32 index")
-  gradcheck(function(a, b) return a:scatter_add(1, idx, b) end, { glia.randn(3, 4), glia.randn(2, 4) },
-            "scatter_add gradients for x and src match central differences")
-  gradcheck(function(a, b) return glia.scatter_add(a, 2, idx2, b) end, { glia.randn(3, 4), glia.randn(3, 6) },
-            "scatter_add gradients along dim 2 match central differences")
+  u.gradcheck(function(a, b) return a:scatter_add(1, idx, b) end, { glia.randn(3, 4), glia.randn(2, 4) },
+              "scatter_add gradients for x and src match central differences")
+  u.gradcheck(function(a, b) return glia.scatter_add(a, 2, idx2, b) end, { glia.randn(3, 4), glia.randn(3, 6) },
+              "scatter_add gradients along dim 2 match central differences")
 end
 
 -- =========================================================== embedding
@@ -288,8 +283,8 @@ do
        "embedding reads a column-major weight correctly")
   t.ok(u.same_shape(glia.embedding(glia.zeros(2, 0, "i64"), w), { 2, 0, 3 }),
        "embedding of 0 ids gives a 0-size result")
-  gradcheck(function(a) return glia.embedding(i64 { { 1, 4, 4 }, { 2, 4, 1 } }, a) end,
-            { glia.randn(4, 3) }, "embedding gradient (repeated ids add up) matches central differences")
+  u.gradcheck(function(a) return glia.embedding(i64 { { 1, 4, 4 }, { 2, 4, 1 } }, a) end,
+              { glia.randn(4, 3) }, "embedding gradient (repeated ids add up) matches central differences")
   t.error_like(function() glia.embedding(i64 { 1, 6 }, w) end,
                "glia%.embedding: index 6 out of range for dim 1 of size 5",
                "embedding names an id past the vocabulary")
@@ -402,10 +397,10 @@ do
                "topk refuses k larger than the dim")
   t.error_like(function() i64 { 1, 2 }:sort() end, "glia%.sort: x must be f32, got i64",
                "sort refuses a non-f32 tensor, naming its dtype")
-  gradcheck(function(a) return (a:topk(3, 2)) end, { glia.randn(3, 7) },
-            "topk values' gradient matches central differences")
-  gradcheck(function(a) return (a:sort(1, true)) end, { glia.randn(5, 3):t() },
-            "sort values' gradient on a transposed input matches central differences")
+  u.gradcheck(function(a) return (a:topk(3, 2)) end, { glia.randn(3, 7) },
+              "topk values' gradient matches central differences")
+  u.gradcheck(function(a) return (a:sort(1, true)) end, { glia.randn(5, 3):t() },
+              "sort values' gradient on a transposed input matches central differences")
 
   local big = glia.randn(64, 1000)
   local res = u.by_threads(function() return { big:sort(2, true) } end)
@@ -422,10 +417,10 @@ do
   local xt = glia.randn(2, 3, 4):transpose(1, 3)
   t.near(xt:cumsum(2), ref_cumsum(T(xt), 2), 1e-5, "cumsum of a transposed 3-D input matches")
   t.ok(u.same_shape(glia.zeros(0, 3):cumsum(1), { 0, 3 }), "cumsum of a 0-size input is 0-size")
-  gradcheck(function(a) return a:cumsum(2) end, { glia.randn(3, 4) },
-            "cumsum gradient matches central differences")
-  gradcheck(function(a) return a:cumsum(1) end, { glia.randn(4, 2, 2) },
-            "cumsum gradient along dim 1 of a 3-D input matches central differences")
+  u.gradcheck(function(a) return a:cumsum(2) end, { glia.randn(3, 4) },
+              "cumsum gradient matches central differences")
+  u.gradcheck(function(a) return a:cumsum(1) end, { glia.randn(4, 2, 2) },
+              "cumsum gradient along dim 1 of a 3-D input matches central differences")
   local big = glia.randn(300, 500)
   local res = u.by_threads(function() return big:cumsum(1) end)
   t.ok(u.identical(res[1], res[2]), "cumsum is identical with 1 and 2 threads")

@@ -6,18 +6,13 @@ local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
 
-local SEED = 5
-glia.manual_seed(SEED)
-t.diag("seed " .. SEED)
+u.seed(5)
 
 local flat = t.flat
 
--- Gradient checks: f32 central differences, eps 1e-3, |numeric - autograd|
--- <= 1e-2 + 1e-2 * max(|numeric|, |autograd|) (glia.gradcheck's defaults).
-local function gradcheck(fn, inputs, desc)
-  local ok, msg = glia.gradcheck(fn, inputs)
-  if not t.ok(ok, desc) then t.diag(msg) end
-end
+-- Gradient checks (u.gradcheck): f32 central differences, eps 1e-3,
+-- |numeric - autograd| <= 1e-2 + 1e-2 * max(|numeric|, |autograd|)
+-- (glia.gradcheck's defaults).
 
 -- ============================================================ reference
 
@@ -105,13 +100,13 @@ end
 -- ===================================================== cat: gradients
 
 do
-  gradcheck(function(a, b) return glia.cat({ a, b }, 2) end, { glia.randn(2, 3), glia.randn(2, 2) },
-            "cat gradient for two members matches central differences")
+  u.gradcheck(function(a, b) return glia.cat({ a, b }, 2) end, { glia.randn(2, 3), glia.randn(2, 2) },
+              "cat gradient for two members matches central differences")
   local k1, k2, k3 = glia.randn(3, 1), glia.randn(3, 2), glia.randn(3, 0)
-  gradcheck(function(a, b, c, d)
-    return glia.cat({ a, k1, b, k2, c, k3, d }, 2)
-  end, { glia.randn(3, 2), glia.randn(3, 1), glia.randn(3, 3), glia.randn(3, 2) },
-  "cat gradient for 7 members, 3 of them constant, matches central differences")
+  u.gradcheck(function(a, b, c, d)
+      return glia.cat({ a, k1, b, k2, c, k3, d }, 2)
+    end, { glia.randn(3, 2), glia.randn(3, 1), glia.randn(3, 3), glia.randn(3, 2) },
+    "cat gradient for 7 members, 3 of them constant, matches central differences")
 
   -- 40 members of 1..3 rows (a tree of nodes 3 levels deep): every member
   -- gets exactly its slice.
@@ -148,8 +143,8 @@ do
        "cat of members that need no grad records nothing")
   local r = glia.randn(2, 2):requires_grad()
   t.ok(not glia.no_grad(glia.cat, { r, r }):needs_grad(), "cat under no_grad records nothing")
-  gradcheck(function(a) return glia.cat({ a, a:t() }, 1) end, { glia.randn(3, 3) },
-            "cat gradient of a member used twice (once transposed) matches central differences")
+  u.gradcheck(function(a) return glia.cat({ a, a:t() }, 1) end, { glia.randn(3, 3) },
+              "cat gradient of a member used twice (once transposed) matches central differences")
 end
 
 -- =============================================================== stack
@@ -171,12 +166,12 @@ do
   t.error_like(function() glia.stack({ a, glia.randn(3, 2) }) end,
                "glia%.stack: member 2 has shape {3,2}, member 1 has {2,3}", "stack with different shapes names both")
   t.error_like(function() glia.stack({ a, b }, 4) end, "dim 4 out of range", "stack refuses a dim past ndim + 1")
-  gradcheck(function(p, q, r, s, v) return glia.stack({ p, q, r, s, v }, 2) end,
-            { glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2) },
-            "stack gradient for 5 members matches central differences")
+  u.gradcheck(function(p, q, r, s, v) return glia.stack({ p, q, r, s, v }, 2) end,
+              { glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2), glia.randn(2, 2) },
+              "stack gradient for 5 members matches central differences")
   local k = glia.randn(3)
-  gradcheck(function(p, q) return glia.stack({ k, p, k, k, q, k }, 1) end, { glia.randn(3), glia.randn(3) },
-            "stack gradient for 6 members, 4 constant, matches central differences")
+  u.gradcheck(function(p, q) return glia.stack({ k, p, k, k, q, k }, 1) end, { glia.randn(3), glia.randn(3) },
+              "stack gradient for 6 members, 4 constant, matches central differences")
 end
 
 -- ====================================================== out of memory

@@ -6,9 +6,7 @@ local glia = require "glia"
 local u = require "t.util"
 
 local exp, log, max, floor = math.exp, math.log, math.max, math.floor
-local SEED = 1234
-t.diag("seed " .. SEED)
-glia.manual_seed(SEED)
+u.seed(1234)
 
 -- ============================================================ references
 
@@ -104,9 +102,8 @@ do -- strided logits: the transpose of a {C, N} tensor
   local loss = ce_ref(x:totable(), yl)
   t.near(value(glia.cross_entropy(x, y)), reduce(loss, N, "mean"), 1e-5,
          "cross_entropy reads transposed logits through their strides")
-  local ok, err = glia.gradcheck(function(a) return glia.cross_entropy(a:t(), y) end, { xt })
-  t.ok(ok, "gradcheck passes for cross_entropy on transposed logits (eps 1e-3, tol 1e-2)")
-  if not ok then t.diag(err) end
+  u.gradcheck(function(a) return glia.cross_entropy(a:t(), y) end, { xt },
+              "gradcheck passes for cross_entropy on transposed logits (eps 1e-3, tol 1e-2)")
 end
 
 do -- expanded (stride 0) logits: every row is the same
@@ -117,10 +114,8 @@ do -- expanded (stride 0) logits: every row is the same
   local loss = ce_ref({ r, r, r }, yl)
   t.near(value(glia.cross_entropy(x, glia.tensor(yl, "i64"))), reduce(loss, 3, "mean"), 1e-5,
          "cross_entropy reads expanded logits with a stride-0 dim")
-  local ok, err = glia.gradcheck(function(a) return glia.cross_entropy(a:expand(3, 4), glia.tensor(yl, "i64")) end,
-                                 { row })
-  t.ok(ok, "gradcheck passes for cross_entropy through expand (gradients summed back)")
-  if not ok then t.diag(err) end
+  u.gradcheck(function(a) return glia.cross_entropy(a:expand(3, 4), glia.tensor(yl, "i64")) end, { row },
+              "gradcheck passes for cross_entropy through expand (gradients summed back)")
 end
 
 do -- leading dims are flattened: logits {2, 3, C}, target {2, 3}
@@ -198,11 +193,9 @@ do -- gradient checks
   for _, case in ipairs(cases) do
     local red, ign, eps = case[1], case[2], case[3]
     local x = glia.randn(N, C)
-    local ok, err = glia.gradcheck(function(a) return glia.cross_entropy(a, y, ign, eps, red) end,
-                                   { x })
-    t.ok(ok, ("gradcheck passes for cross_entropy (%s, ignore %s, smoothing %s; eps 1e-3, tol 1e-2)")
-         :format(red, tostring(ign), tostring(eps)))
-    if not ok then t.diag(err) end
+    u.gradcheck(function(a) return glia.cross_entropy(a, y, ign, eps, red) end, { x },
+                ("gradcheck passes for cross_entropy (%s, ignore %s, smoothing %s; eps 1e-3, tol 1e-2)")
+                :format(red, tostring(ign), tostring(eps)))
   end
 end
 
@@ -305,10 +298,9 @@ do
   t.is(glia.mse(glia.zeros(0, 3), glia.zeros(0, 3)):item(), 0, "mse over an empty tensor is 0")
   for _, red in ipairs({ "mean", "sum", "none" }) do
     local x, y = glia.randn(3, 4), glia.randn(4)
-    local ok, err = glia.gradcheck(function(p, q) return glia.mse(p, q, red) end, { x, y })
-    t.ok(ok, ("gradcheck passes for mse (%s) on both inputs, one broadcast (eps 1e-3, tol 1e-2)")
-         :format(red))
-    if not ok then t.diag(err) end
+    u.gradcheck(function(p, q) return glia.mse(p, q, red) end, { x, y },
+                ("gradcheck passes for mse (%s) on both inputs, one broadcast (eps 1e-3, tol 1e-2)")
+                :format(red))
   end
   t.error_like(function() glia.mse(a, b:to("i64")) end, "mse: argument 2 must be f32, got i64 {5,4}",
                "mse refuses a non-f32 operand, naming its dtype and shape")

@@ -5,9 +5,7 @@ local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
 
-local SEED = 42
-glia.manual_seed(SEED)
-t.diag("seed " .. SEED)
+u.seed(42)
 
 local max, concat = math.max, table.concat
 
@@ -219,10 +217,9 @@ check_linear(randn(0, 5), randn(4, 5), randn(4), "linear of zero rows is empty")
 
 -- ============================================================ gradients
 
+-- eps 1e-3, atol = rtol = 1e-2: glia.gradcheck's defaults
 local function gradcheck(fn, inputs, desc)
-  local ok, msg = glia.gradcheck(fn, inputs, {eps = 1e-3, atol = 1e-2, rtol = 1e-2})
-  t.ok(ok, desc .. " (f32 central differences, atol = rtol = 1e-2)")
-  if not ok then t.diag(msg) end
+  return u.gradcheck(fn, inputs, desc .. " (f32 central differences, atol = rtol = 1e-2)")
 end
 local mm = glia.matmul
 

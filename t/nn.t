@@ -10,12 +10,11 @@
 -- draws to within 4% of the expected value.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 local nn = require "glia.nn"
 
 local sqrt, exp, tanh, abs, huge = math.sqrt, math.exp, math.tanh, math.abs, math.huge
-local SEED = 1234
-t.diag("seed " .. SEED)
-glia.manual_seed(SEED)
+local SEED = u.seed(1234)
 
 local TOL = 1e-5
 
@@ -25,12 +24,6 @@ local function names(list)
   local out = {}
   for i, e in ipairs(list) do out[i] = e[1] end
   return table.concat(out, " ")
-end
-
-local function gradcheck(desc, fn, inputs, opts)
-  local ok, err = glia.gradcheck(fn, inputs, opts)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
 end
 
 -- Mean and standard deviation of all elements of a tensor.
@@ -405,10 +398,10 @@ local gl, gln, gbn = nn.Linear(3, 4), nn.LayerNorm(4), nn.BatchNorm1d(4)
 nn.init.normal_(gln.weight, 1, 0.3)
 nn.init.normal_(gbn.weight, 1, 0.3)
 local gx = glia.randn(5, 3)
-gradcheck("gradcheck: Linear -> LayerNorm -> BatchNorm1d, input and every parameter (eps 1e-2, atol 2e-2)",
-          function(x) return gbn(gln(gl(x))) end,
-          { gx, gl.weight, gl.bias, gln.weight, gln.bias, gbn.weight, gbn.bias },
-          { eps = 1e-2, atol = 2e-2, rtol = 2e-2 })
+u.gradcheck(function(x) return gbn(gln(gl(x))) end,
+            { gx, gl.weight, gl.bias, gln.weight, gln.bias, gbn.weight, gbn.bias },
+            "gradcheck: Linear -> LayerNorm -> BatchNorm1d, input and every parameter (eps 1e-2, atol 2e-2)",
+            { eps = 1e-2, atol = 2e-2, rtol = 2e-2 })
 
 -- ============================================================ state dicts
 
@@ -620,9 +613,9 @@ for _, p in ipairs(attn:parameters()) do agrads = agrads and p.grad ~= nil end
 t.ok(agrads, "CausalSelfAttention passes gradients to every parameter")
 attn:zero_grad()
 attn.fused = false
-gradcheck("gradcheck: CausalSelfAttention (composed) w.r.t. input and projection weight (eps 1e-2, atol 2e-2)",
-          function(x) return attn(x) end, { glia.randn(1, 3, 6), attn.proj.weight },
-          { eps = 1e-2, atol = 2e-2, rtol = 2e-2 })
+u.gradcheck(function(x) return attn(x) end, { glia.randn(1, 3, 6), attn.proj.weight },
+            "gradcheck: CausalSelfAttention (composed) w.r.t. input and projection weight (eps 1e-2, atol 2e-2)",
+            { eps = 1e-2, atol = 2e-2, rtol = 2e-2 })
 attn.fused = nil
 
 local dattn = nn.CausalSelfAttention(6, 3, { dropout = 0.5, bias = false })

@@ -6,9 +6,7 @@ local glia = require "glia"
 local u = require "t.util"
 
 local sqrt, abs = math.sqrt, math.abs
-local SEED = 4321
-t.diag("seed " .. SEED)
-glia.manual_seed(SEED)
+u.seed(4321)
 
 -- ============================================================ references
 
@@ -30,12 +28,6 @@ local function norm_ref(rows, w, b, eps, center)
     end
   end
   return out
-end
-
-local function gradcheck(desc, fn, inputs, opts)
-  local ok, err = glia.gradcheck(fn, inputs, opts)
-  t.ok(ok, desc)
-  if not ok then t.diag(err) end
 end
 
 local function same_threads(desc, fn)
@@ -79,16 +71,16 @@ end
 
 do
   local x, w, b = glia.randn(3, 5), glia.randn(5), glia.randn(5)
-  gradcheck("gradcheck passes for layer_norm on x, weight and bias (eps 1e-3, tol 1e-2)",
-            function(p, q, r) return glia.layer_norm(p, q, r) end, { x, w, b })
+  u.gradcheck(function(p, q, r) return glia.layer_norm(p, q, r) end, { x, w, b },
+              "gradcheck passes for layer_norm on x, weight and bias (eps 1e-3, tol 1e-2)")
   local xt = glia.randn(5, 3)
-  gradcheck("gradcheck passes for layer_norm on a transposed x with weight",
-            function(p, q) return glia.layer_norm(p:t(), q) end, { xt, w })
-  gradcheck("gradcheck passes for layer_norm through expand, with a bias and no weight",
-            function(p, q) return glia.layer_norm(p:expand(3, 5), nil, q) end,
-            { glia.randn(1, 5), glia.randn(5) })
-  gradcheck("gradcheck passes for layer_norm without weight and bias",
-            function(p) return glia.layer_norm(p) end, { glia.randn(4, 3) })
+  u.gradcheck(function(p, q) return glia.layer_norm(p:t(), q) end, { xt, w },
+              "gradcheck passes for layer_norm on a transposed x with weight")
+  u.gradcheck(function(p, q) return glia.layer_norm(p:expand(3, 5), nil, q) end,
+              { glia.randn(1, 5), glia.randn(5) },
+              "gradcheck passes for layer_norm through expand, with a bias and no weight")
+  u.gradcheck(function(p) return glia.layer_norm(p) end, { glia.randn(4, 3) },
+              "gradcheck passes for layer_norm without weight and bias")
 end
 
 do
@@ -140,10 +132,10 @@ do
   local xt = glia.randn(8, 5)
   t.near(glia.rms_norm(xt:t(), w, 0.1), norm_ref(xt:t():totable(), w:totable(), nil, 0.1, false), 1e-5,
          "rms_norm reads a transposed input and honours eps")
-  gradcheck("gradcheck passes for rms_norm on x and weight (eps 1e-3, tol 1e-2)",
-            function(p, q) return glia.rms_norm(p, q) end, { glia.randn(3, 5), glia.randn(5) })
-  gradcheck("gradcheck passes for rms_norm on a transposed x without weight",
-            function(p) return glia.rms_norm(p:t()) end, { glia.randn(5, 3) })
+  u.gradcheck(function(p, q) return glia.rms_norm(p, q) end, { glia.randn(3, 5), glia.randn(5) },
+              "gradcheck passes for rms_norm on x and weight (eps 1e-3, tol 1e-2)")
+  u.gradcheck(function(p) return glia.rms_norm(p:t()) end, { glia.randn(5, 3) },
+              "gradcheck passes for rms_norm on a transposed x without weight")
   t.error_like(function() glia.rms_norm(x, glia.randn(7)) end,
                "rms_norm: weight {7} does not match the last dim of input {5,8}",
                "rms_norm refuses a weight of the wrong size, naming both shapes")
@@ -220,11 +212,11 @@ do
   local m, g, want = mask_of(y), t.flat(gy, {}), {}
   for i = 1, #m do want[i] = m[i] * g[i] / 0.6 end
   t.near(t.flat(x.grad, {}), want, 1e-6, "dropout's gradient is the upstream gradient times mask/(1-p)")
-  gradcheck("gradcheck passes for dropout (mask regenerated from the saved counter)",
-            function(p)
-              glia.manual_seed(5)
-              return glia.dropout(p, 0.5)
-            end, { glia.randn(4, 5) })
+  u.gradcheck(function(p)
+                glia.manual_seed(5)
+                return glia.dropout(p, 0.5)
+              end, { glia.randn(4, 5) },
+              "gradcheck passes for dropout (mask regenerated from the saved counter)")
 end
 
 do

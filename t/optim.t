@@ -11,9 +11,7 @@ local optim = require "glia.optim"
 local abs, sqrt, max, cos, pi = math.abs, math.sqrt, math.max, math.cos, math.pi
 local flat = t.flat
 
-local SEED = 2024
-t.diag("seed " .. SEED)
-glia.manual_seed(SEED)
+u.seed(2024)
 
 -- |got - want| <= rtol * max(|want|, 1) for every element: relative for
 -- values above 1, absolute below.

@@ -8,9 +8,7 @@ local u = require "t.util"
 
 local abs, sqrt, log, exp, huge, floor = math.abs, math.sqrt, math.log, math.exp, math.huge, math.floor
 local NAN = 0 / 0
-local SEED = 20240611
-glia.manual_seed(SEED)
-t.diag("seed " .. SEED)
+u.seed(20240611)
 
 -- ============================================================ helpers
 
@@ -484,11 +482,6 @@ do
   t.is(glia.tensor(5):sum():item(), 5, "the sum of a 0-d tensor is itself")
 end
 
-local function gc(desc, fn, x, opts)
-  local ok, why = glia.gradcheck(fn, { x }, opts)
-  if not t.ok(ok, desc) then t.diag(why) end
-end
-
 local function spread(...) -- distinct values, well apart: no ties within eps
   local x = glia.randn(...)
   local n = x:numel()
@@ -504,35 +497,40 @@ local function spread(...) -- distinct values, well apart: no ties within eps
 end
 
 t.diag("gradcheck: f32 central differences, eps 1e-3, atol 1e-2, rtol 1e-2")
-gc("sum over dims {1,3} passes gradcheck", function(a) return a:sum({ 1, 3 }) end, glia.randn(2, 3, 4))
-gc("sum over dim 2 with keepdim of a transposed input passes gradcheck",
-   function(a) return a:t():sum(2, true) end, glia.randn(3, 4))
-gc("mean over dim -1 passes gradcheck", function(a) return a:mean(-1) end, glia.randn(3, 4))
-gc("var over dim 2 passes gradcheck", function(a) return a:var(2) end, glia.randn(3, 5))
-gc("var over all dims with correction 0 passes gradcheck", function(a) return a:var(nil, false, 0) end,
-   glia.randn(3, 4))
-gc("std over dim 1 with keepdim passes gradcheck", function(a) return a:std(1, true) end, glia.randn(4, 3))
-gc("logsumexp over dim 2 passes gradcheck", function(a) return a:logsumexp(2) end, glia.randn(3, 5))
-gc("logsumexp over dims {1,2} of a transposed input passes gradcheck",
-   function(a) return a:t():logsumexp({ 1, 2 }) end, glia.randn(3, 4))
-gc("norm p = 2 over dim 2 passes gradcheck", function(a) return a:norm(2, 2) end, glia.randn(3, 5))
-gc("norm p = 1 passes gradcheck", function(a) return a:norm(1) end, spread(3, 4))
-gc("norm p = 3 over dim 1 passes gradcheck", function(a) return a:norm(3, 1) end, spread(4, 3))
-gc("norm p = inf over dim 2 passes gradcheck", function(a) return a:norm(huge, 2) end, spread(3, 5))
-gc("max along dim 2 passes gradcheck", function(a) return (a:max(2)) end, spread(3, 5))
-gc("min along dim 1 with keepdim of a transposed input passes gradcheck",
-   function(a) return (a:t():min(1, true)) end, spread(4, 3))
-gc("max over all elements passes gradcheck", function(a) return a:max() end, spread(3, 4))
-gc("softmax along dim 2 passes gradcheck", function(a) return a:softmax(2) end, glia.randn(3, 5))
-gc("softmax along dim 1 of a transposed input passes gradcheck",
-   function(a) return a:t():softmax(1) end, glia.randn(3, 5))
-gc("softmax along dim 1 of a contiguous input (rows side by side) passes gradcheck",
-   function(a) return a:softmax(1) end, glia.randn(4, 3))
-gc("log_softmax along dim 1 of a contiguous input passes gradcheck",
-   function(a) return a:log_softmax(1) end, glia.randn(4, 3))
-gc("log_softmax along dim -1 passes gradcheck", function(a) return a:log_softmax(-1) end, glia.randn(3, 5))
-gc("log_softmax along dim 2 of a narrowed input passes gradcheck",
-   function(a) return a:narrow(2, 2, 3):log_softmax(2) end, glia.randn(3, 5))
+u.gradcheck(function(a) return a:sum({ 1, 3 }) end, { glia.randn(2, 3, 4) },
+            "sum over dims {1,3} passes gradcheck")
+u.gradcheck(function(a) return a:t():sum(2, true) end, { glia.randn(3, 4) },
+            "sum over dim 2 with keepdim of a transposed input passes gradcheck")
+u.gradcheck(function(a) return a:mean(-1) end, { glia.randn(3, 4) }, "mean over dim -1 passes gradcheck")
+u.gradcheck(function(a) return a:var(2) end, { glia.randn(3, 5) }, "var over dim 2 passes gradcheck")
+u.gradcheck(function(a) return a:var(nil, false, 0) end, { glia.randn(3, 4) },
+            "var over all dims with correction 0 passes gradcheck")
+u.gradcheck(function(a) return a:std(1, true) end, { glia.randn(4, 3) },
+            "std over dim 1 with keepdim passes gradcheck")
+u.gradcheck(function(a) return a:logsumexp(2) end, { glia.randn(3, 5) },
+            "logsumexp over dim 2 passes gradcheck")
+u.gradcheck(function(a) return a:t():logsumexp({ 1, 2 }) end, { glia.randn(3, 4) },
+            "logsumexp over dims {1,2} of a transposed input passes gradcheck")
+u.gradcheck(function(a) return a:norm(2, 2) end, { glia.randn(3, 5) }, "norm p = 2 over dim 2 passes gradcheck")
+u.gradcheck(function(a) return a:norm(1) end, { spread(3, 4) }, "norm p = 1 passes gradcheck")
+u.gradcheck(function(a) return a:norm(3, 1) end, { spread(4, 3) }, "norm p = 3 over dim 1 passes gradcheck")
+u.gradcheck(function(a) return a:norm(huge, 2) end, { spread(3, 5) },
+            "norm p = inf over dim 2 passes gradcheck")
+u.gradcheck(function(a) return (a:max(2)) end, { spread(3, 5) }, "max along dim 2 passes gradcheck")
+u.gradcheck(function(a) return (a:t():min(1, true)) end, { spread(4, 3) },
+            "min along dim 1 with keepdim of a transposed input passes gradcheck")
+u.gradcheck(function(a) return a:max() end, { spread(3, 4) }, "max over all elements passes gradcheck")
+u.gradcheck(function(a) return a:softmax(2) end, { glia.randn(3, 5) }, "softmax along dim 2 passes gradcheck")
+u.gradcheck(function(a) return a:t():softmax(1) end, { glia.randn(3, 5) },
+            "softmax along dim 1 of a transposed input passes gradcheck")
+u.gradcheck(function(a) return a:softmax(1) end, { glia.randn(4, 3) },
+            "softmax along dim 1 of a contiguous input (rows side by side) passes gradcheck")
+u.gradcheck(function(a) return a:log_softmax(1) end, { glia.randn(4, 3) },
+            "log_softmax along dim 1 of a contiguous input passes gradcheck")
+u.gradcheck(function(a) return a:log_softmax(-1) end, { glia.randn(3, 5) },
+            "log_softmax along dim -1 passes gradcheck")
+u.gradcheck(function(a) return a:narrow(2, 2, 3):log_softmax(2) end, { glia.randn(3, 5) },
+            "log_softmax along dim 2 of a narrowed input passes gradcheck")
 
 -- ================================================ allocation failure
 

@@ -4,8 +4,9 @@
 --   local u = require "t.util"
 --   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
 --   u.identical(a, b) | u.same_shape(a, b)           comparisons
---   u.spread(shape, lo, hi [, u0])                    test values
+--   u.seed(n) | u.spread(shape, lo, hi [, u0])        test values
 --   u.by_threads(fn [, counts])                       thread counts
+--   u.gradcheck(fn, inputs, desc [, opts])            gradients
 --   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
 --   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
 local t = require "t.tap"
@@ -39,6 +40,14 @@ end
 
 -- ========================================================= test values
 
+-- Seeds glia's generator with n and prints the seed, so that a failing
+-- random test can be replayed; returns n.
+function M.seed(n)
+  glia.manual_seed(n)
+  t.diag("seed " .. n)
+  return n
+end
+
 -- A nested table of the given shape with values spread over [lo, hi] in a
 -- scrambled order (golden-ratio steps from u0, 0.5 by default).
 function M.spread(shape, lo, hi, u0)
@@ -68,6 +77,16 @@ function M.by_threads(fn, counts)
   end
   glia.set_num_threads(old)
   return res
+end
+
+-- =========================================================== gradients
+
+-- One test line: glia.gradcheck(fn, inputs, opts) passes (f32 central
+-- differences; by default eps 1e-3, atol = rtol = 1e-2).
+function M.gradcheck(fn, inputs, desc, opts)
+  local ok, why = glia.gradcheck(fn, inputs, opts)
+  if not t.ok(ok, desc) then t.diag(why) end
+  return ok
 end
 
 -- ================================================== allocation failure
