@@ -8,8 +8,8 @@ local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
 
-local flat, fmt = t.flat, string.format
-local abs, huge = math.abs, math.huge
+local fmt = string.format
+local huge = math.huge
 local unpack = table.unpack or unpack
 
 u.seed(11)
@@ -75,14 +75,6 @@ local function broadcast_shape(...)
   return shape
 end
 
-local function close(got, want)
-  if type(want) == "boolean" then return got == want end
-  if want ~= want then return got ~= got end
-  if abs(want) > 3.4028234663852886e38 then want = want > 0 and huge or -huge end
-  if abs(want) == huge then return got == want end
-  return type(got) == "number" and abs(got - want) <= ATOL + RTOL * abs(want)
-end
-
 -- Checks got against f applied elementwise to the broadcast operands.
 local function check(got, f, ...)
   local args = { ... }
@@ -99,7 +91,7 @@ local function check(got, f, ...)
     local vals = {}
     for i = 1, #ops do vals[i] = at(ops[i], idx, #shape) end
     local want, have = f(unpack(vals)), #shape == 0 and g or at({ tbl = g, shape = shape }, idx, #shape)
-    if not close(have, want) then
+    if not u.f32_near(have, want, ATOL, RTOL) then
       return false, fmt("at {%s}: f(%s) = %s, want %s", table.concat(idx, ","),
                         table.concat(vals, ", "), tostring(have), tostring(want))
     end

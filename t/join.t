@@ -8,8 +8,6 @@ local u = require "t.util"
 
 u.seed(5)
 
-local flat = t.flat
-
 -- Gradient checks (u.gradcheck): f32 central differences, eps 1e-3,
 -- |numeric - autograd| <= 1e-2 + 1e-2 * max(|numeric|, |autograd|)
 -- (glia.gradcheck's defaults).

@@ -203,21 +203,7 @@ t.error_like(function() emb(glia.tensor({ 7 }, "i64")) end, "glia.embedding",
              "Embedding rejects an id past the vocabulary")
 
 -- LayerNorm / RMSNorm with non-trivial affine parameters
-local function norm_ref(rows, w, bb, eps, center)
-  local out = {}
-  for r, x in ipairs(rows) do
-    local C, m, v = #x, 0, 0
-    if center then
-      for c = 1, C do m = m + x[c] end
-      m = m / C
-    end
-    for c = 1, C do v = v + (x[c] - m) ^ 2 end
-    local rs = 1 / sqrt(v / C + eps)
-    out[r] = {}
-    for c = 1, C do out[r][c] = (x[c] - m) * rs * (w and w[c] or 1) + (bb and bb[c] or 0) end
-  end
-  return out
-end
+local norm_ref = u.norm_ref
 
 local ln = nn.LayerNorm(4)
 t.near(ln.weight, { 1, 1, 1, 1 }, 0, "LayerNorm's weight starts at ones")

@@ -5,30 +5,12 @@ local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
 
-local sqrt, abs = math.sqrt, math.abs
+local abs = math.abs
 u.seed(4321)
 
 -- ============================================================ references
 
--- rows: table of tables; w, b: tables or nil; center false = rms_norm.
-local function norm_ref(rows, w, b, eps, center)
-  local out = {}
-  for r = 1, #rows do
-    local x, C = rows[r], #rows[r]
-    local m, v = 0, 0
-    if center then
-      for c = 1, C do m = m + x[c] end
-      m = m / C
-    end
-    for c = 1, C do v = v + (x[c] - m) ^ 2 end
-    local rs = 1 / sqrt(v / C + eps)
-    out[r] = {}
-    for c = 1, C do
-      out[r][c] = (x[c] - m) * rs * (w and w[c] or 1) + (b and b[c] or 0)
-    end
-  end
-  return out
-end
+local norm_ref = u.norm_ref
 
 local function same_threads(desc, fn)
   local r = u.by_threads(fn)

@@ -4,13 +4,18 @@
 --   local u = require "t.util"
 --   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
 --   u.identical(a, b) | u.same_shape(a, b)           comparisons
+--   u.f32_near(got, want, atol, rtol)
 --   u.seed(n) | u.spread(shape, lo, hi [, u0])        test values
+--   u.norm_ref(rows, w, b, eps, center)               references
 --   u.by_threads(fn [, counts])                       thread counts
 --   u.gradcheck(fn, inputs, desc [, opts])            gradients
 --   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
 --   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
 local t = require "t.tap"
 local glia = require "glia"
+
+local abs, huge = math.abs, math.huge
+local FLT_MAX = 3.4028234663852886e38
 
 local M = {}
 
@@ -26,6 +31,17 @@ function M.identical(a, b)
     if x ~= y and not (x ~= x and y ~= y) then return false end
   end
   return true
+end
+
+-- Whether got, one element of an f32 result, matches want, its double
+-- reference: NaN for NaN, want rounded to +-inf past the f32 range, a
+-- boolean for a boolean, else |got - want| <= atol + rtol |want|.
+function M.f32_near(got, want, atol, rtol)
+  if type(want) == "boolean" then return got == want end
+  if want ~= want then return got ~= got end
+  if abs(want) > FLT_MAX then want = want > 0 and huge or -huge end
+  if abs(want) == huge then return got == want end
+  return type(got) == "number" and abs(got - want) <= atol + rtol * abs(want)
 end
 
 local function sizes(v) return type(v) == "table" and v or v:shape() end
@@ -62,6 +78,29 @@ function M.spread(shape, lo, hi, u0)
     return r
   end
   return build(1)
+end
+
+-- ========================================================== references
+
+-- layer_norm (center true) or rms_norm (center false) of each row of rows
+-- (a table of tables), in doubles; w and b are tables or nil.
+function M.norm_ref(rows, w, b, eps, center)
+  local out = {}
+  for r = 1, #rows do
+    local x, C = rows[r], #rows[r]
+    local m, v = 0, 0
+    if center then
+      for c = 1, C do m = m + x[c] end
+      m = m / C
+    end
+    for c = 1, C do v = v + (x[c] - m) ^ 2 end
+    local rs = 1 / math.sqrt(v / C + eps)
+    out[r] = {}
+    for c = 1, C do
+      out[r][c] = (x[c] - m) * rs * (w and w[c] or 1) + (b and b[c] or 0)
+    end
+  end
+  return out
 end
 
 -- ======================================================= thread counts

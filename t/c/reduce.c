@@ -8,21 +8,10 @@
 #include "ops.h"
 #include "tap.h"
 
-#include <math.h>
 #include <string.h>
 
 static const int64_t S23[2] = {2, 3};
 static const float V23[6] = {1, 5, 5, -2, 7, 0};
-
-static int values_are(glia_tensor *t, const float *want, int64_t n) {
-  if (!t || glia_tensor_numel(t) != n) return 0;
-  for (int64_t i = 0; i < n; i++)
-    if (fabsf(tap_at(t, i) - want[i]) > 1e-6f) {
-      diag("element %lld: got %g, want %g", (long long)i, tap_at(t, i), want[i]);
-      return 0;
-    }
-  return 1;
-}
 
 static int indices_are(glia_tensor *t, const int64_t *want, int64_t n) {
   if (!t || glia_tensor_dtype(t) != GLIA_DTYPE_I64 || glia_tensor_numel(t) != n) return 0;
@@ -38,15 +27,15 @@ static int indices_are(glia_tensor *t, const int64_t *want, int64_t n) {
 static void test_masks(glia_ctx *G) {
   glia_tensor *x = tap_tensor(G, 2, S23, V23), *r = NULL;
   ok(glia_sum(G, x, 0, 0, &r) == GLIA_OK && glia_tensor_ndim(r) == 0 &&
-         values_are(r, (const float[]){16}, 1),
+         tap_values_are(r, (const float[]){16}, 1, 1e-6f),
      "glia_sum with mask 0 sums every dim into a 0-d tensor");
   glia_tensor_release(r);
   ok(glia_sum(G, x, 1u << 0, 1, &r) == GLIA_OK && glia_tensor_ndim(r) == 2 &&
-         glia_tensor_size(r, 0) == 1 && values_are(r, (const float[]){-1, 12, 5}, 3),
+         glia_tensor_size(r, 0) == 1 && tap_values_are(r, (const float[]){-1, 12, 5}, 3, 1e-6f),
      "glia_sum with mask bit 0 and keepdim gives {1,3} column sums");
   glia_tensor_release(r);
   ok(glia_mean(G, x, 1u << 1, 0, &r) == GLIA_OK &&
-         values_are(r, (const float[]){11 / 3.f, 5 / 3.f}, 2),
+         tap_values_are(r, (const float[]){11 / 3.f, 5 / 3.f}, 2, 1e-6f),
      "glia_mean with mask bit 1 gives the row means");
   glia_tensor_release(r);
   ok(glia_sum(G, x, 1u << 2, 0, &r) == GLIA_ERANGE &&
@@ -60,7 +49,8 @@ static void test_masks(glia_ctx *G) {
 
 static void test_indices(glia_ctx *G) {
   glia_tensor *x = tap_tensor(G, 2, S23, V23), *v = NULL, *i = NULL;
-  ok(glia_max(G, x, 1, 0, &v, &i) == GLIA_OK && values_are(v, (const float[]){5, 7}, 2) &&
+  ok(glia_max(G, x, 1, 0, &v, &i) == GLIA_OK &&
+         tap_values_are(v, (const float[]){5, 7}, 2, 1e-6f) &&
          indices_are(i, (const int64_t[]){1, 1}, 2),
      "glia_max along dim 1 gives 0-based indices of the first maximum");
   glia_tensor_release(v);
@@ -75,7 +65,7 @@ static void test_indices(glia_ctx *G) {
          indices_are(i, (const int64_t[]){4}, 1),
      "glia_max over all elements gives the 0-based row-major position");
   glia_tensor_release(i);
-  ok(glia_max(G, x, -1, 0, &v, NULL) == GLIA_OK && values_are(v, (const float[]){7}, 1),
+  ok(glia_max(G, x, -1, 0, &v, NULL) == GLIA_OK && tap_values_are(v, (const float[]){7}, 1, 1e-6f),
      "glia_max with NULL indices gives just the value");
   glia_tensor_release(v);
   glia_tensor_release(x);
@@ -87,7 +77,7 @@ static void test_columns(glia_ctx *G) {
   glia_tensor *x = tap_tensor(G, 2, size, NULL), *r = NULL;
   float want[3] = {0, 0, 0};
   for (int64_t k = 0; k < 3000 * 3; k++) want[k % 3] += (float)k;
-  ok(glia_sum(G, x, 1u << 0, 0, &r) == GLIA_OK && values_are(r, want, 3),
+  ok(glia_sum(G, x, 1u << 0, 0, &r) == GLIA_OK && tap_values_are(r, want, 3, 1e-6f),
      "glia_sum over 3000 rows of a {3000,3} tensor matches the naive column sums");
   glia_tensor_release(r);
   glia_tensor_release(x);

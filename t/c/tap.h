@@ -2,11 +2,12 @@
 ** t/c/tap.h -- a tiny TAP producer for the C tests of the VM core.
 **   ok(cond, "what is proven"); ... ; return tap_done();
 ** Included after glia.h, it also offers small tensor helpers (tap_tensor,
-** tap_at; tap_op after glia_impl.h). Everything is static inline, so a
+** tap_at, tap_values_are; tap_op after glia_impl.h). Everything is static inline, so a
 ** test uses what it needs.
 */
 #ifndef GLIA_TAP_H
 #define GLIA_TAP_H
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -90,6 +91,18 @@ static inline float tap_at(glia_tensor *t, int64_t i) {
     i /= n;
   }
   return p[off];
+}
+
+/* Whether the f32 tensor t (NULL: no) holds the n values want, each within
+** tol; the first element off is reported as a diagnostic. */
+static inline int tap_values_are(glia_tensor *t, const float *want, int64_t n, float tol) {
+  if (!t || glia_tensor_numel(t) != n) return 0;
+  for (int64_t i = 0; i < n; i++)
+    if (fabsf(tap_at(t, i) - want[i]) > tol) {
+      diag("element %lld: got %g, want %g", (long long)i, tap_at(t, i), want[i]);
+      return 0;
+    }
+  return 1;
 }
 #endif
 #endif

@@ -7,18 +7,6 @@
 #include "glia_impl.h"
 #include "tap.h"
 
-#include <math.h>
-
-static int values_are(glia_tensor *t, const float *want, int64_t n) {
-  if (!t || glia_tensor_numel(t) != n) return 0;
-  for (int64_t i = 0; i < n; i++)
-    if (fabsf(tap_at(t, i) - want[i]) > 1e-5f) {
-      diag("element %lld: got %g, want %g", (long long)i, tap_at(t, i), want[i]);
-      return 0;
-    }
-  return 1;
-}
-
 /* t op= number, in place, through the registry (add_ and friends). */
 static glia_status inplace(glia_ctx *G, const char *name, glia_tensor *t, double v) {
   glia_value args[2] = {{.kind = GLIA_VAL_TENSOR, .u.t = t}, {.kind = GLIA_VAL_NUMBER, .u.num = v}};
@@ -48,9 +36,9 @@ static void test_gradients(glia_ctx *G) {
   st = glia_backward(G, s, NULL, 0);
   /* ds/da = b; ds/db = sum over rows of (a + 2b) */
   const float ga[6] = {10, 20, 30, 10, 20, 30}, gb[3] = {1 + 4 + 40, 2 + 5 + 80, 3 + 6 + 120};
-  ok(st == GLIA_OK && values_are(glia_tensor_grad(a), ga, 6),
+  ok(st == GLIA_OK && tap_values_are(glia_tensor_grad(a), ga, 6, 1e-5f),
      "backward of sum((a + b) * b) gives a.grad = b, broadcast back to a's shape");
-  ok(values_are(glia_tensor_grad(b), gb, 3),
+  ok(tap_values_are(glia_tensor_grad(b), gb, 3, 1e-5f),
      "b, used twice and broadcast, gets the sum of both paths reduced to its shape");
   ok(glia_tensor_grad(b) && glia_tensor_ndim(glia_tensor_grad(b)) == 1,
      "a broadcast input's gradient has the input's shape");
@@ -70,11 +58,11 @@ static void test_gradients(glia_ctx *G) {
   glia_tensor *gout = tap_tensor(G, 2, S23, (const float[6]){1, 1, 1, 1, 1, 1});
   st = glia_backward(G, d, gout, 1);
   const float g1[6] = {3, 5, 7, 9, 11, 13};
-  ok(st == GLIA_OK && values_are(glia_tensor_grad(a), g1, 6),
+  ok(st == GLIA_OK && tap_values_are(glia_tensor_grad(a), g1, 6, 1e-5f),
      "backward with an explicit gradient through a diamond gives 2a + 1");
   st = glia_backward(G, d, gout, 0);
   const float g2[6] = {6, 10, 14, 18, 22, 26};
-  ok(st == GLIA_OK && values_are(glia_tensor_grad(a), g2, 6),
+  ok(st == GLIA_OK && tap_values_are(glia_tensor_grad(a), g2, 6, 1e-5f),
      "with keep_graph the graph survives a second backward, which accumulates");
   glia_tensor_release(d);
   glia_tensor_release(c);
