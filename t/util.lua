@@ -2,15 +2,12 @@
 -- stays a plain TAP producer). Like t.error_like, a helper that asserts
 -- takes its description last and prints why it failed as a diagnostic.
 --   local u = require "t.util"
---   u.survives_oom(fn [, limit]) | u.oom_ok(fn, desc)   allocation failure
---   u.identical(a, b) | u.same_shape(a, b)           comparisons
---   u.f32_near(got, want, atol, rtol)
---   u.seed(n) | u.spread(shape, lo, hi [, u0])        test values
---   u.norm_ref(rows, w, b, eps, center)               references
---   u.by_threads(fn [, counts])                       thread counts
---   u.gradcheck(fn, inputs, desc [, opts])            gradients
---   u.sh(cmd) | u.sh_quote(s) | u.slurp(path) | u.spit(path, s)
---   u.root() | u.exe() | u.skip_all(why)              shell, files, skips
+--   u.identical(a, b)  u.f32_near(got, want, atol, rtol)  u.same_shape(a, b)
+--   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)
+--   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
+--   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
+--   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
+--   u.root()  u.exe()  u.skip_all(why)
 local t = require "t.tap"
 local glia = require "glia"
 
