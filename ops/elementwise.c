@@ -85,7 +85,7 @@ BINARY_KERNELS(max, (x > y || isnan(x)) ? x : y)
 BINARY_KERNELS(min, (x < y || isnan(x)) ? x : y)
 
 typedef struct {
-  const char *name;
+  const char *name, *inplace_name; /* glia.add, glia.add_: errors name the op called */
   glia_loop_fn tt, ts, st;
   glia_backward_fn backward;
 } binary_def;
@@ -98,13 +98,13 @@ static glia_status pow_bwd(glia_ctx *, glia_node *, glia_tensor *, glia_tensor *
 static glia_status minmax_bwd(glia_ctx *, glia_node *, glia_tensor *, glia_tensor **);
 
 static const binary_def binary_defs[GLIA_BIN_COUNT] = {
-    [GLIA_BIN_ADD] = {"glia.add", add_tt, add_ts, add_st, add_bwd},
-    [GLIA_BIN_SUB] = {"glia.sub", sub_tt, sub_ts, sub_st, sub_bwd},
-    [GLIA_BIN_MUL] = {"glia.mul", mul_tt, mul_ts, mul_st, mul_bwd},
-    [GLIA_BIN_DIV] = {"glia.div", div_tt, div_ts, div_st, div_bwd},
-    [GLIA_BIN_POW] = {"glia.pow", pow_tt, pow_ts, pow_st, pow_bwd},
-    [GLIA_BIN_MAX] = {"glia.maximum", max_tt, max_ts, max_st, minmax_bwd},
-    [GLIA_BIN_MIN] = {"glia.minimum", min_tt, min_ts, min_st, minmax_bwd},
+    [GLIA_BIN_ADD] = {"glia.add", "glia.add_", add_tt, add_ts, add_st, add_bwd},
+    [GLIA_BIN_SUB] = {"glia.sub", "glia.sub_", sub_tt, sub_ts, sub_st, sub_bwd},
+    [GLIA_BIN_MUL] = {"glia.mul", "glia.mul_", mul_tt, mul_ts, mul_st, mul_bwd},
+    [GLIA_BIN_DIV] = {"glia.div", "glia.div_", div_tt, div_ts, div_st, div_bwd},
+    [GLIA_BIN_POW] = {"glia.pow", "glia.pow_", pow_tt, pow_ts, pow_st, pow_bwd},
+    [GLIA_BIN_MAX] = {"glia.maximum", "glia.maximum_", max_tt, max_ts, max_st, minmax_bwd},
+    [GLIA_BIN_MIN] = {"glia.minimum", "glia.minimum_", min_tt, min_ts, min_st, minmax_bwd},
 };
 
 /* ============================================== forward: arithmetic */
@@ -186,18 +186,19 @@ glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const g
 ** part in autograd (its old value may be needed). */
 glia_status glia_binary_(glia_ctx *G, glia_binop op, glia_tensor *t, const glia_value *b) {
   const binary_def *d = &binary_defs[op];
+  const char *name = d->inplace_name;
   glia_value a = {.kind = GLIA_VAL_TENSOR, .u.t = t};
-  TRY(check_f32(G, d->name, &a, 1));
-  TRY(check_f32(G, d->name, b, 2));
-  TRY(glia_check_inplace(G, d->name, t));
-  TRY(glia_check_no_overlap(G, d->name, t));
+  TRY(check_f32(G, name, &a, 1));
+  TRY(check_f32(G, name, b, 2));
+  TRY(glia_check_inplace(G, name, t));
+  TRY(glia_check_no_overlap(G, name, t));
   if (b->kind == GLIA_VAL_TENSOR) {
     int nd;
     int64_t shape[GLIA_MAX_DIMS];
-    TRY(glia_broadcast_shape(G, d->name, t->ndim, t->size, b->u.t->ndim, b->u.t->size, &nd,
+    TRY(glia_broadcast_shape(G, name, t->ndim, t->size, b->u.t->ndim, b->u.t->size, &nd,
                              shape));
     if (nd != t->ndim || memcmp(shape, t->size, sizeof(int64_t) * nd) != 0)
-      return glia_fail(G, GLIA_ESHAPE, "%s: in-place result %s would not fit in %s", d->name,
+      return glia_fail(G, GLIA_ESHAPE, "%s: in-place result %s would not fit in %s", name,
                        glia_sizes_str(nd, shape), glia_shape_str(t));
   }
   run_binary(G, d, t, &a, b);

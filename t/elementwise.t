@@ -258,10 +258,11 @@ for _, c in ipairs(ARITH) do
   base:t()[name](base:t(), b)
   ok_check(name .. " writes through a transposed view", base:t(), c.f, before:t(), b)
   t.error_like(function() b4[name](b4, a) end,
-               "in%-place result {3,4} would not fit in {4}",
+               "glia%." .. name .. ": in%-place result {3,4} would not fit in {4}",
                name .. " refuses a result larger than its tensor, naming both shapes")
   local leaf = tensor({ 2 }, 1, 2):requires_grad()
-  t.error_like(function() leaf[name](leaf, 1) end, "in%-place op on a tensor that requires grad {2}",
+  t.error_like(function() leaf[name](leaf, 1) end,
+               "glia%." .. name .. ": in%-place op on a tensor that requires grad {2}",
                name .. " refuses a tensor that requires grad")
 end
 
@@ -413,7 +414,7 @@ do
                "glia%.masked_fill: argument 1 must be f32, got i64 {2}",
                "masked_fill on an i64 tensor names the op, the argument and the dtype")
   t.error_like(function() glia.ones(4):expand(3, 4):add_(1) end,
-               "glia%.add: in%-place op on an expanded tensor {3,4}",
+               "glia%.add_: in%-place op on an expanded tensor {3,4}",
                "add_ refuses an expanded tensor, whose elements would be updated three times")
   t.error_like(function() glia.ones(4):expand(3, 4):masked_fill_(glia.eye(3, 4):gt(0), 0) end,
                "glia%.masked_fill_: in%-place op on an expanded tensor {3,4}",
