@@ -190,7 +190,7 @@ static int call_op(lua_State *L) {
   glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
   int top = lua_gettop(L), na = 0, idx = 1, optional = 0;
   glia_tensor *ref = NULL; /* the first tensor argument: dims refer to it */
-  int last_dim = -1;
+  int last_dim = -1, empty_list = 0;
   for (const char *s = op->sig; *s; s++) {
     if (*s == '|') {
       optional = 1;
@@ -224,10 +224,12 @@ static int call_op(lua_State *L) {
       break;
     case 'd':
     case 'e': {
-      if (!ref) luaL_error(L, "%s: a dim needs a tensor argument first", fname);
+      if (!ref && !empty_list) luaL_error(L, "%s: a dim needs a tensor argument first", fname);
       int64_t d = glia_lua_check_int(L, idx, fname, "dim");
       a->kind = GLIA_VAL_INT;
-      a->u.i = last_dim = glia_lua_dim(L, d, ref, *s == 'e', fname);
+      /* after an empty list there is nothing to check d against: it goes
+      ** through as given, and the op reports the empty list */
+      a->u.i = ref ? (last_dim = glia_lua_dim(L, d, ref, *s == 'e', fname)) : d;
       break;
     }
     case 'D':
@@ -293,6 +295,7 @@ static int call_op(lua_State *L) {
       a->u.list.n = len;
       a->u.list.v = v;
       if (!ref && len > 0) ref = v[0];
+      if (len == 0) empty_list = 1;
       break;
     }
     case 'I': {

@@ -91,7 +91,8 @@ do
   t.error_like(function() glia.cat({ a, glia.zeros(2, 3, "i64") }) end,
                "glia%.cat: member 2 is i64 {2,3}, member 1 is f32 {2,3}", "cat refuses mixed dtypes")
   t.error_like(function() glia.cat({ a }, 3) end, "dim 3 out of range", "cat refuses a dim past the members' rank")
-  t.error_like(function() glia.cat({}, 1) end, "glia%.cat", "cat refuses an empty list")
+  t.error_like(function() glia.cat({}, 1) end, "glia%.cat: expected a non%-empty list of tensors",
+               "cat refuses an empty list")
   t.error_like(function() glia.cat({ a, 3 }) end, "element 2", "cat refuses a list holding a non-tensor")
 end
 
