@@ -50,7 +50,7 @@ usage: glia examples/train_gpt.lua [options]
   --batch N          sequences per step (16)
   --lr X             peak learning rate (1e-3)
   --min-lr X         learning rate at the end of the schedule (1e-4)
-  --warmup N         steps of linear warm-up (100)
+  --warmup N         steps of linear warm-up (30)
   --decay-steps N    length of the cosine schedule (default: --steps, or estimated)
   --weight-decay X   AdamW's decoupled weight decay (0.1)
   --clip X           gradient clipping by global norm (1.0)
@@ -72,7 +72,7 @@ local FLAGS = {
 local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
 local DEFAULTS = {
   seed = 1337, d = 256, layers = 4, heads = 4, ctx = 256, batch = 16, lr = 1e-3,
-  ["min-lr"] = 1e-4, warmup = 100, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
+  ["min-lr"] = 1e-4, warmup = 30, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
   ["sample-len"] = 200,
 }
 
@@ -185,7 +185,7 @@ local decay_steps, auto_decay = o["decay-steps"] or o.steps, false
 if not decay_steps and ck and not ck.extra.auto_decay then decay_steps = ck.extra.decay_steps end
 if not decay_steps then
   auto_decay = true
-  decay_steps = ck and ck.extra.decay_steps or math.huge -- constant after warm-up until estimated
+  decay_steps = ck and ck.extra.decay_steps -- nil: the peak rate after warm-up until estimated
 end
 
 local text = run.text and read_file(run.text) or data.kjv_text()
@@ -221,7 +221,10 @@ if ck then
 end
 
 local log_path, svg_path = out .. "/log.csv", out .. "/loss.svg"
-os.execute("mkdir -p '" .. out:gsub("'", "'\\''") .. "'")
+do
+  local ok, err = checkpoint.make_dir(out)
+  if not ok then die(err) end
+end
 local rows = read_log(log_path, step)
 do -- rewrite the log without the steps after the checkpoint
   local log, err = progress.csv(log_path, COLUMNS)
@@ -240,6 +243,7 @@ if step > 0 then print(fmt("resumed from %s at step %d", o.resume, step)) end
 -- ================================================================ training
 
 local function lr_at(s)
+  if not decay_steps then return s < run.warmup and run.lr * s / run.warmup or run.lr end
   return optim.schedule.cosine{ lr = run.lr, warmup = run.warmup,
                                 total = max(decay_steps, run.warmup + 1), min_lr = run["min-lr"] }(s)
 end
@@ -265,7 +269,7 @@ local t_start = clock()
 
 local function save()
   local extra = { run = run, vocab = ds.vocab, sampler = sampler:state(),
-                  decay_steps = decay_steps < math.huge and decay_steps or nil,
+                  decay_steps = decay_steps,
                   auto_decay = auto_decay, elapsed = elapsed0 + clock() - t_start }
   local ok, err = checkpoint.save(out, { model = model, optimizer = opt, step = step, extra = extra })
   if not ok then die(err) end
@@ -297,6 +301,10 @@ while true do
   optim.clip_grad_norm(opt, run.clip)
   opt:step()
   local row = { step = step, loss = loss:item(), lr = lr, time = elapsed0 + clock() - t_start }
+  loss, x, y = nil, nil, nil
+  -- This step's activations are garbage now: collecting them here keeps the
+  -- peak at one step's worth (a full cycle over a small heap costs ~1 ms).
+  collectgarbage()
   bar:update(step, { loss = row.loss, lr = lr })
   local done = step - start_step
   if done == 20 then estimate_decay(done) end

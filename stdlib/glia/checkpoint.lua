@@ -6,6 +6,7 @@
 --   local step, extra = checkpoint.load(dir, {model = m, optimizer = opt})
 --   local ck = checkpoint.read(dir)       -- step, extra, tensors, meta: to build
 --   checkpoint.load(ck, {model = m})      -- the model from extra before loading
+--   checkpoint.make_dir(dir)              -- mkdir -p, for files kept beside it
 --
 -- The file is DIR/checkpoint.safetensors. Tensors: the model's state dict
 -- under "model.<name>", the optimizer's state under "opt.<group>.<i>.<name>"
@@ -112,11 +113,11 @@ local function is_dir(dir)
 end
 
 -- Creates dir (and its parents) unless it exists. Returns true or nil, message.
-local function make_dir(dir)
+function checkpoint.make_dir(dir)
   if is_dir(dir) then return true end
   os_execute("mkdir -p " .. shell_quote(dir) .. " 2>/dev/null")
   if is_dir(dir) then return true end
-  return nil, "glia.checkpoint.save: cannot create directory " .. dir
+  return nil, "glia.checkpoint: cannot create directory " .. dir
 end
 
 local function check_state(fname, state, need_step)
@@ -160,7 +161,7 @@ function checkpoint.save(dir, state)
   meta.step = number_str(state.step)
   meta["rng.seed"] = number_str(seed)
   meta["rng.offset"] = number_str(offset)
-  local ok, msg = make_dir(dir)
+  local ok, msg = checkpoint.make_dir(dir)
   if not ok then return nil, msg end
   local path = checkpoint.path(dir)
   ok, msg = glia.save(path, tensors, meta)
