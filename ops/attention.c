@@ -727,18 +727,13 @@ static glia_status record(glia_ctx *G, glia_tensor *q, glia_tensor *k, glia_tens
   glia_node *node = glia_node_begin(G, "glia.attention", attention_bwd, mask_grad ? 4 : 3, in,
                                     &st);
   if (!node) return st;
-  glia_tensor *save[6] = {q, k, v, o->mask, out, lse};
-  for (int i = 0; i < 6 && st == GLIA_OK; i++) st = glia_node_save(G, node, save[i]);
-  if (st != GLIA_OK) {
-    glia_node_release(node);
-    return st;
-  }
   node->iarg[0] = o->causal;
   node->iarg[1] = o->br;
   node->iarg[2] = o->bc;
   node->farg[0] = o->scale;
-  glia_node_finish(node, out);
-  return GLIA_OK;
+  glia_tensor *save[6] = {q, k, v, o->mask, out, lse};
+  for (int i = 0; i < 6 && st == GLIA_OK; i++) st = glia_node_save(G, node, save[i]);
+  return glia_node_end(node, st, out);
 }
 
 static glia_status attention_run(glia_ctx *G, const char *name, glia_tensor *q, glia_tensor *k,
@@ -826,12 +821,7 @@ glia_status glia_attention_decode(glia_ctx *G, glia_tensor *q, glia_tensor *kc, 
   if (st == GLIA_OK) st = attn_forward(G, &p, (float *)glia_ptr(r), (float *)glia_ptr(lse));
   plan_release(&p);
   glia_tensor_release(lse);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ================================================== registry wrappers */
@@ -869,11 +859,7 @@ static glia_status op_attention_lse(glia_ctx *G, int nargs, glia_value *args, in
   glia_tensor *r, *lse;
   TRY(attention_run(G, "glia.attention_lse", args[0].u.t, args[1].u.t, args[2].u.t, &o, &r,
                     &lse));
-  out1(nouts, outs, r);
-  *nouts = 2;
-  outs[1].kind = GLIA_VAL_TENSOR;
-  outs[1].u.t = lse;
-  return GLIA_OK;
+  return out2(nouts, outs, r, lse);
 }
 
 /* attention_decode(q, kcache, vcache, len [, scale]): len is a number or an

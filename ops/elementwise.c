@@ -171,15 +171,9 @@ glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const g
       if (st == GLIA_OK) st = glia_node_save(G, node, in[1]);
       if (st == GLIA_OK && op == GLIA_BIN_DIV) st = glia_node_save(G, node, r);
     }
-    if (st != GLIA_OK) glia_node_release(node);
-    else glia_node_finish(node, r);
+    st = glia_node_end(node, st, r);
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* In-place form: t op= b, b broadcast to t's shape. Refused when t takes
@@ -499,14 +493,8 @@ static glia_status record_where(glia_ctx *G, const char *name, glia_tensor *cond
   glia_status st;
   glia_node *node = glia_node_begin(G, name, where_bwd, 3, in, &st);
   if (!node) return st;
-  st = glia_node_save(G, node, cond);
-  if (st != GLIA_OK) {
-    glia_node_release(node);
-    return st;
-  }
   node->needs[0] = false;
-  glia_node_finish(node, r);
-  return GLIA_OK;
+  return glia_node_end(node, glia_node_save(G, node, cond), r);
 }
 
 /* where(cond, a, b) */
@@ -545,12 +533,7 @@ glia_status glia_masked_fill(glia_ctx *G, glia_tensor *x, glia_tensor *mask, dou
                      glia_shape_str(mask), glia_shape_str(x));
   }
   glia_status st = record_where(G, "glia.masked_fill", mask, NULL, x, r);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 static glia_status op_masked_fill_(glia_ctx *G, int nargs, glia_value *args, int *nouts,

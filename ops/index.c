@@ -71,12 +71,7 @@ static glia_status record(glia_ctx *G, const char *name, glia_backward_fn bw, in
   node->iarg[0] = dim;
   node->iarg[1] = aux;
   if (saved) st = glia_node_save(G, node, saved);
-  if (st != GLIA_OK) {
-    glia_node_release(node);
-    return st;
-  }
-  glia_node_finish(node, out);
-  return GLIA_OK;
+  return glia_node_end(node, st, out);
 }
 
 /* ================================================ index normalization */
@@ -110,12 +105,7 @@ static glia_status normalize_index(glia_ctx *G, const char *name, glia_tensor *i
                    (long long)v, dim + base, (long long)size,
                    base == 1 && v == 0 ? " (indices are 1-based)" : "");
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ==================================================== indexed kernels */
@@ -265,12 +255,7 @@ glia_status glia_index_select(glia_ctx *G, glia_tensor *x, int dim, glia_tensor 
   }
   glia_tensor_release(ix);
   glia_tensor_release(xc);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ============================================================ gather */
@@ -317,12 +302,7 @@ glia_status glia_gather(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, 
   glia_status st = gather_fwd(G, x, dim, ix, &r);
   if (st == GLIA_OK) st = record(G, name, gather_bwd, 1, &x, ix, dim, 0, r);
   glia_tensor_release(ix);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ======================================================= scatter_add */
@@ -374,12 +354,7 @@ glia_status glia_scatter_add(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *
   glia_tensor *in[2] = {x, src};
   if (st == GLIA_OK) st = record(G, name, scatter_add_bwd, 2, in, ix, dim, 0, r);
   glia_tensor_release(ix);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* In place on x. Refused when x needs grad (glia_check_inplace) and when
@@ -452,12 +427,7 @@ glia_status glia_embedding(glia_ctx *G, glia_tensor *idx, glia_tensor *weight, i
   glia_tensor_release(r2);
   glia_tensor_release(wc);
   glia_tensor_release(ix);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* =========================================================== one_hot */
@@ -751,12 +721,7 @@ glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out)
   glia_tensor *r;
   TRY(cumsum_fwd(G, x, dim, 0, &r));
   glia_status st = record(G, name, cumsum_bwd, 1, &x, NULL, dim, 0, r);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ========================================================== registry */
@@ -822,14 +787,6 @@ static glia_status op_one_hot(glia_ctx *G, int nargs, glia_value *args, int *nou
   glia_tensor *r;
   TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, LUA_BASE, &r));
   return out1(nouts, outs, r);
-}
-
-static glia_status out2(int *nouts, glia_value *outs, glia_tensor *a, glia_tensor *b) {
-  out1(nouts, outs, a);
-  *nouts = 2;
-  outs[1].kind = GLIA_VAL_TENSOR;
-  outs[1].u.t = b;
-  return GLIA_OK;
 }
 
 /* topk(x, k [, dim [, largest = true [, sorted = true]]]) -> values, indices.

@@ -163,12 +163,7 @@ static glia_status join(glia_ctx *G, const char *name, int n, glia_tensor *const
   }
   if (st == GLIA_OK && G->grad_mode && any_needs_grad(n, xs))
     st = record_join(G, name, r, n, xs, dim);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 glia_status glia_cat(glia_ctx *G, int n, glia_tensor *const *xs, int dim, glia_tensor **out) {

@@ -249,8 +249,7 @@ glia_status glia_cross_entropy(glia_ctx *G, glia_tensor *logits, glia_tensor *ta
     st = glia_node_save(G, node, xc);
     if (st == GLIA_OK) st = glia_node_save(G, node, yc);
     if (st == GLIA_OK) st = glia_node_save(G, node, lse);
-    if (st != GLIA_OK) glia_node_release(node);
-    else glia_node_finish(node, r);
+    st = glia_node_end(node, st, r);
   }
   if (st == GLIA_OK) {
     *out = r;
@@ -376,17 +375,11 @@ glia_status glia_mse(glia_ctx *G, glia_tensor *a, glia_tensor *b, glia_loss_redu
     if (node) {
       node->iarg[0] = red;
       st = glia_node_save(G, node, diff);
-      if (st != GLIA_OK) glia_node_release(node);
-      else glia_node_finish(node, r);
+      st = glia_node_end(node, st, r);
     }
   }
   glia_tensor_release(diff);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* ========================================================= registry */

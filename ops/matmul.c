@@ -448,17 +448,9 @@ static glia_status mm_forward(glia_ctx *G, mm_kind kind, glia_tensor *a, glia_te
     /* da needs b and db needs a: save only what backward will read */
     st = glia_node_save(G, node, node->needs[1] ? a : NULL);
     if (st == GLIA_OK) st = glia_node_save(G, node, node->needs[0] ? b : NULL);
-    if (st == GLIA_OK)
-      glia_node_finish(node, r);
-    else
-      glia_node_release(node);
+    st = glia_node_end(node, st, r);
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 glia_status glia_matmul(glia_ctx *G, glia_tensor *a, glia_tensor *b, glia_tensor **out) {

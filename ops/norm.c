@@ -247,8 +247,7 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
     if (node) {
       glia_tensor *save[4] = {xc, wc, mean, rstd};
       for (int i = 0; i < 4 && st == GLIA_OK; i++) st = glia_node_save(G, node, save[i]);
-      if (st != GLIA_OK) glia_node_release(node);
-      else glia_node_finish(node, y);
+      st = glia_node_end(node, st, y);
     }
   }
   glia_tensor_release(xc);
@@ -256,12 +255,7 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
   glia_tensor_release(bc);
   glia_tensor_release(mean);
   glia_tensor_release(rstd);
-  if (st != GLIA_OK) {
-    glia_tensor_release(y);
-    return st;
-  }
-  *out = y;
-  return GLIA_OK;
+  return glia_hand_out(st, y, out);
 }
 
 glia_status glia_layer_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,
@@ -344,12 +338,7 @@ glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train, glia_
     node->farg[0] = p;
     glia_node_finish(node, y);
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(y);
-    return st;
-  }
-  *out = y;
-  return GLIA_OK;
+  return glia_hand_out(st, y, out);
 }
 
 /* ========================================================= registry */

@@ -548,12 +548,7 @@ static glia_status reduce_new(glia_ctx *G, const char *name, const red_spec *S, 
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, reduced_shape(x, mask, keepdim, size), size, &r));
   glia_status st = reduce_into(G, name, S, x, mask,
                                center ? (const float *)glia_ptr((glia_tensor *)center) : NULL, r);
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* Gives r a node recording `name` on input x, saving save[0..nsave), with
@@ -568,17 +563,9 @@ static glia_status record(glia_ctx *G, const char *name, glia_backward_fn bw, gl
     for (int i = 0; i < nsave && st == GLIA_OK; i++) st = glia_node_save(G, node, save[i]);
     node->iarg[0] = mask, node->iarg[1] = keepdim, node->iarg[2] = i2;
     node->farg[0] = f0, node->farg[1] = f1;
-    if (st == GLIA_OK)
-      glia_node_finish(node, r);
-    else
-      glia_node_release(node);
+    st = glia_node_end(node, st, r);
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* Backward kernels that map (x, per-output c, per-output g) to dx, run with
@@ -1275,10 +1262,7 @@ static glia_status op_extreme(glia_ctx *G, const char *name, int is_min, int wan
   TRY(extreme(G, name, x, dim, keepdim, is_min, 1, want_values ? &v : NULL,
               want_values && dim < 0 ? NULL : &ix));
   if (!both) return out1(nouts, outs, v ? v : ix);
-  *nouts = 2;
-  outs[0].kind = outs[1].kind = GLIA_VAL_TENSOR;
-  outs[0].u.t = v, outs[1].u.t = ix;
-  return GLIA_OK;
+  return out2(nouts, outs, v, ix);
 }
 
 #define EXTREME_OP(NAME, IS_MIN, VALUES)                                      \

@@ -332,15 +332,9 @@ static glia_status unary_new(glia_ctx *G, int op, glia_tensor *x, unary_arg k,
     node->farg[0] = k.lo;
     node->farg[1] = k.hi;
     if (d->saves != SAVE_NONE) st = glia_node_save(G, node, d->saves == SAVE_INPUT ? x : r);
-    if (st != GLIA_OK) glia_node_release(node);
-    else glia_node_finish(node, r);
+    st = glia_node_end(node, st, r);
   }
-  if (st != GLIA_OK) {
-    glia_tensor_release(r);
-    return st;
-  }
-  *out = r;
-  return GLIA_OK;
+  return glia_hand_out(st, r, out);
 }
 
 /* x = op(x). Refused when x takes part in autograd or is expanded (its

@@ -61,6 +61,12 @@ void glia_node_finish(glia_node *node, glia_tensor *out) {
   out->grad_fn = node;
 }
 
+glia_status glia_node_end(glia_node *node, glia_status st, glia_tensor *out) {
+  if (st == GLIA_OK) glia_node_finish(node, out);
+  else glia_node_release(node);
+  return st;
+}
+
 static void node_drop_history(glia_node *node) {
   for (int i = 0; i < node->ninputs; i++) {
     glia_tensor_release(node->input[i]);

@@ -110,6 +110,9 @@ GLIAI_FUNC glia_status glia_node_save(glia_ctx *G, glia_node *node, glia_tensor 
 /* Attaches the node as out's grad_fn (consumes the node reference). */
 GLIAI_FUNC void glia_node_finish(glia_node *node, glia_tensor *out);
 GLIAI_FUNC void glia_node_release(glia_node *node);
+/* Ends a recording: with st GLIA_OK attaches the node to out (as
+** glia_node_finish), else releases it. Returns st. */
+GLIAI_FUNC glia_status glia_node_end(glia_node *node, glia_status st, glia_tensor *out);
 /* Borrowed saved tensor i, or fails if it was modified in place since. */
 GLIAI_FUNC glia_status glia_node_saved(glia_ctx *G, glia_node *node, int i,
                                        glia_tensor **out);
@@ -175,6 +178,16 @@ GLIAI_FUNC glia_status glia_tensor_detach(glia_ctx *G, glia_tensor *t, glia_tens
 GLIAI_FUNC void glia_contiguous_strides(int ndim, const int64_t *size, int64_t *stride);
 static inline char *glia_ptr(const glia_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)glia_dtype_size(t->dtype);
+}
+/* The last step of a function that made r and then did more that could
+** fail: on st GLIA_OK hands r to *out, else releases r. Returns st. */
+static inline glia_status glia_hand_out(glia_status st, glia_tensor *r, glia_tensor **out) {
+  if (st != GLIA_OK) {
+    glia_tensor_release(r);
+    return st;
+  }
+  *out = r;
+  return GLIA_OK;
 }
 GLIAI_FUNC glia_status glia_check_live(glia_ctx *G, const char *op, const glia_tensor *t);
 /* Marks an in-place write on t's storage. */
@@ -287,6 +300,13 @@ static inline glia_status out1(int *nouts, glia_value *outs, glia_tensor *t) {
   *nouts = 1;
   outs[0].kind = GLIA_VAL_TENSOR;
   outs[0].u.t = t;
+  return GLIA_OK;
+}
+static inline glia_status out2(int *nouts, glia_value *outs, glia_tensor *a, glia_tensor *b) {
+  out1(nouts, outs, a);
+  *nouts = 2;
+  outs[1].kind = GLIA_VAL_TENSOR;
+  outs[1].u.t = b;
   return GLIA_OK;
 }
 

@@ -191,12 +191,7 @@ static glia_status read_file(reader *r, glia_tensor **out) {
   glia_tensor *t;
   TRY(glia_tensor_new(r->G, ty->dtype, ndim, size, &t));
   glia_status st = read_data(r, ty, t);
-  if (st != GLIA_OK) {
-    glia_tensor_release(t);
-    return st;
-  }
-  *out = t;
-  return GLIA_OK;
+  return glia_hand_out(st, t, out);
 }
 
 glia_status glia_idx_read(glia_ctx *G, const char *path, glia_tensor **out) {

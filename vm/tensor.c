@@ -318,6 +318,13 @@ glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor *src) {
   return GLIA_OK;
 }
 
+/* A new contiguous copy of t in dtype dt. */
+static glia_status copy_new(glia_ctx *G, glia_tensor *t, glia_dtype dt, glia_tensor **out) {
+  glia_tensor *c;
+  TRY(glia_tensor_new(G, dt, t->ndim, t->size, &c));
+  return glia_hand_out(glia_copy_into(G, c, t), c, out);
+}
+
 glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t, glia_dtype dt,
                                       glia_tensor **out) {
   TRY(glia_check_live(G, "glia.contiguous", t));
@@ -325,15 +332,7 @@ glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t, glia_dtype dt
     *out = glia_tensor_retain(t);
     return GLIA_OK;
   }
-  glia_tensor *c;
-  TRY(glia_tensor_new(G, dt, t->ndim, t->size, &c));
-  glia_status st = glia_copy_into(G, c, t);
-  if (st != GLIA_OK) {
-    glia_tensor_release(c);
-    return st;
-  }
-  *out = c;
-  return GLIA_OK;
+  return copy_new(G, t, dt, out);
 }
 
 /* ================================================== grads helpers */
@@ -375,17 +374,7 @@ glia_status glia_accumulate(glia_ctx *G, glia_tensor **acc, glia_tensor *src) {
     *acc = glia_tensor_retain(src);
     return GLIA_OK;
   }
-  if (!*acc) {
-    glia_tensor *c;
-    TRY(glia_tensor_new(G, GLIA_DTYPE_F32, src->ndim, src->size, &c));
-    glia_status st = glia_copy_into(G, c, src);
-    if (st != GLIA_OK) {
-      glia_tensor_release(c);
-      return st;
-    }
-    *acc = c;
-    return GLIA_OK;
-  }
+  if (!*acc) return copy_new(G, src, GLIA_DTYPE_F32, acc);
   glia_tensor *ops[2] = {*acc, src};
   glia_iter(G, 2, ops, add_into_loop, NULL, 1 << 15);
   return GLIA_OK;
