@@ -3,6 +3,9 @@
 #   make                 bin/glia, lib/libglia.a, lib/libglia.so, the Lua module
 #   make LUA=luajit      the same against LuaJIT 2.1 (default: Lua 5.4)
 #   make SAN=1           AddressSanitizer + UndefinedBehaviorSanitizer build
+#   make run             the main job: train the char-level GPT on the KJV Bible
+#                        for a few minutes, checkpoint, loss curve, a sample
+#                        (RUN_ARGS="--time 600" to train longer)
 #   make test            the TAP suite through prove
 #   make bench           benchmarks (PyTorch side by side when installed)
 #   make deps            apt-get the Debian packages that are missing
@@ -53,7 +56,7 @@ CTEST_BIN := $(patsubst t/c/%.c,$(OBJDIR)/t/%.t,$(CTEST_SRC))
 LUAMOD  := lib/lua/$(LUA_ABI)/glia/core.so
 STAMP   := build/.flavor
 
-.PHONY: all test bench deps install clean check-deps FORCE
+.PHONY: all test bench run deps install clean check-deps FORCE
 
 all: check-deps bin/glia lib/libglia.a lib/libglia.so $(LUAMOD) $(CTEST_BIN)
 
@@ -105,6 +108,11 @@ test: all
 
 bench: all
 	bench/run
+
+# Installs what is missing and builds first (examples/run.sh), so it does
+# not depend on `all`: on a fresh machine the headers are not there yet.
+run:
+	sh examples/run.sh $(RUN_ARGS)
 
 deps:
 	@missing=""; for p in liblua5.4-dev lua5.4 libluajit-5.1-dev luajit libopenblas-dev \
