@@ -499,16 +499,6 @@ static int t_grad_mode_is(lua_State *L) {
 
 /* ========================================================= printing */
 
-static double elem_as_double(const char *p, glia_dtype dt) {
-  switch (dt) {
-  case GLIA_DTYPE_F32: return *(const float *)p;
-  case GLIA_DTYPE_F64: return *(const double *)p;
-  case GLIA_DTYPE_I64: return (double)*(const int64_t *)p;
-  case GLIA_DTYPE_I32: return *(const int32_t *)p;
-  default: return *(const uint8_t *)p;
-  }
-}
-
 typedef struct {
   luaL_Buffer *b;
   const glia_tensor *t;
@@ -540,7 +530,7 @@ static void print_rec(print_ctx *P, int d, const char *p, int indent) {
     const char *q = p + i * t->stride[d] * (int64_t)es;
     if (d == t->ndim - 1) {
       char buf[64];
-      double v = elem_as_double(q, t->dtype);
+      double v = glia_elem_get(q, t->dtype, 0);
       if (t->dtype == GLIA_DTYPE_BOOL)
         snprintf(buf, sizeof buf, "%*s", P->width, v != 0 ? "true" : "false");
       else
@@ -570,7 +560,7 @@ static void choose_format(print_ctx *P) {
   for (int64_t k = 0; k < n && k < 100000; k++) {
     const char *q = glia_ptr(t);
     for (int d = 0; d < t->ndim; d++) q += idx[d] * t->stride[d] * (int64_t)es;
-    double v = elem_as_double(q, t->dtype);
+    double v = glia_elem_get(q, t->dtype, 0);
     if (isfinite(v)) {
       if (fabs(v) > maxabs) maxabs = fabs(v);
       if (v != floor(v)) all_int = false;
@@ -612,7 +602,7 @@ static int t_tostring(lua_State *L) {
   if (t->ndim == 0) {
     choose_format(&P);
     char buf[64];
-    double v = elem_as_double(glia_ptr(t), t->dtype);
+    double v = glia_elem_get(glia_ptr(t), t->dtype, 0);
     if (t->dtype == GLIA_DTYPE_BOOL)
       snprintf(buf, sizeof buf, "%s", v != 0 ? "true" : "false");
     else
@@ -663,14 +653,7 @@ static void fill_rec(lua_State *L, int idx, int d, const glia_tensor *t, char **
     if (ty == LUA_TBOOLEAN) v = lua_toboolean(L, idx);
     else if (ty == LUA_TNUMBER) v = lua_tonumber(L, idx);
     else luaL_error(L, "glia.tensor: expected numbers, found a %s", lua_typename(L, ty));
-    switch (t->dtype) {
-    case GLIA_DTYPE_F32: *(float *)*p = (float)v; break;
-    case GLIA_DTYPE_F64: *(double *)*p = v; break;
-    case GLIA_DTYPE_I64: *(int64_t *)*p = (int64_t)v; break;
-    case GLIA_DTYPE_I32: *(int32_t *)*p = (int32_t)v; break;
-    case GLIA_DTYPE_BOOL: *(uint8_t *)*p = v != 0; break;
-    default: *(uint8_t *)*p = (uint8_t)v; break;
-    }
+    glia_elem_set(*p, t->dtype, 0, v);
     *p += glia_dtype_size(t->dtype);
     return;
   }

@@ -61,18 +61,6 @@ static glia_status check_fits(glia_ctx *G, const char *name, glia_dtype dt, doub
   return GLIA_OK;
 }
 
-/* Stores v as element i of a contiguous buffer of dtype dt (v checked). */
-static inline void store(char *base, glia_dtype dt, int64_t i, double v) {
-  switch (dt) {
-  case GLIA_DTYPE_F32: ((float *)base)[i] = (float)v; break;
-  case GLIA_DTYPE_F64: ((double *)base)[i] = v; break;
-  case GLIA_DTYPE_I64: ((int64_t *)base)[i] = (int64_t)v; break;
-  case GLIA_DTYPE_I32: ((int32_t *)base)[i] = (int32_t)v; break;
-  case GLIA_DTYPE_BOOL: ((uint8_t *)base)[i] = v != 0; break;
-  default: ((uint8_t *)base)[i] = (uint8_t)v; break;
-  }
-}
-
 /* Sizes from an I argument, checked with the op's name in messages. */
 static glia_status sizes_of(glia_ctx *G, const char *name, const glia_value *a, int *ndim,
                             int64_t *size) {
@@ -116,7 +104,7 @@ static void fill_raw(glia_ctx *G, glia_tensor *x, double v) {
   fill_arg a;
   a.es = glia_dtype_size(x->dtype);
   char bytes[8];
-  store(bytes, x->dtype, 0, v);
+  glia_elem_set(bytes, x->dtype, 0, v);
   memcpy(&a.v, bytes, a.es);
   glia_tensor *ops[1] = {x};
   glia_iter(G, 1, ops, fill_loop, &a, GRAIN);
@@ -194,7 +182,7 @@ static void draw_range(int64_t begin, int64_t end, void *ud) {
         if (J->dt == GLIA_DTYPE_I64)
           ((int64_t *)J->data)[i0 + j] = v;
         else
-          store(J->data, J->dt, i0 + j, (double)v);
+          glia_elem_set(J->data, J->dt, i0 + j, (double)v);
       }
       continue;
     }
@@ -205,7 +193,7 @@ static void draw_range(int64_t begin, int64_t end, void *ud) {
     } else {
       for (int j = 0; j < 4; j++) v[j] = uniform24(w[j]);
     }
-    for (int64_t j = 0; j < n; j++) store(J->data, J->dt, i0 + j, v[j]);
+    for (int64_t j = 0; j < n; j++) glia_elem_set(J->data, J->dt, i0 + j, v[j]);
   }
 }
 
@@ -348,7 +336,7 @@ typedef struct {
 static void range_fill(int64_t begin, int64_t end, void *ud) {
   const range_job *J = ud;
   for (int64_t i = begin; i < end; i++)
-    store(J->data, J->dt, i, i == J->last_index ? J->end : J->start + (double)i * J->step);
+    glia_elem_set(J->data, J->dt, i, i == J->last_index ? J->end : J->start + (double)i * J->step);
 }
 
 static glia_status new_range(glia_ctx *G, const char *name, glia_dtype dt, int64_t n,
@@ -421,7 +409,7 @@ static glia_status op_eye(glia_ctx *G, int nargs, glia_value *args, int *nouts,
   glia_tensor *r;
   TRY(glia_tensor_zeros(G, dt, 2, size, &r));
   int64_t k = size[0] < size[1] ? size[0] : size[1];
-  for (int64_t i = 0; i < k; i++) store(glia_ptr(r), dt, i * size[1] + i, 1.0);
+  for (int64_t i = 0; i < k; i++) glia_elem_set(glia_ptr(r), dt, i * size[1] + i, 1.0);
   return out1(nouts, outs, r);
 }
 

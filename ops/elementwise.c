@@ -362,21 +362,11 @@ typedef struct {
   int a_scalar, b_scalar;
 } cmp_arg;
 
-static inline double load_as_double(const char *p, glia_dtype dt) {
-  switch (dt) {
-  case GLIA_DTYPE_F32: return *(const float *)p;
-  case GLIA_DTYPE_F64: return *(const double *)p;
-  case GLIA_DTYPE_I64: return (double)*(const int64_t *)p;
-  case GLIA_DTYPE_I32: return *(const int32_t *)p;
-  default: return *(const uint8_t *)p;
-  }
-}
-
 static void cmp_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   const cmp_arg *k = ud;
   for (int64_t i = 0; i < n; i++) {
-    double x = k->a_scalar ? k->sa : load_as_double(p[1] + i * s[1], k->da);
-    double y = k->b_scalar ? k->sb : load_as_double(p[2] + i * s[2], k->db);
+    double x = k->a_scalar ? k->sa : glia_elem_get(p[1] + i * s[1], k->da, 0);
+    double y = k->b_scalar ? k->sb : glia_elem_get(p[2] + i * s[2], k->db, 0);
     bool r;
     switch (k->op) {
     case CMP_EQ: r = x == y; break;

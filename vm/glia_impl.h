@@ -179,6 +179,29 @@ GLIAI_FUNC void glia_contiguous_strides(int ndim, const int64_t *size, int64_t *
 static inline char *glia_ptr(const glia_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)glia_dtype_size(t->dtype);
 }
+/* Element i of a contiguous buffer of dtype dt, as a double (bool and u8
+** as 0..255). */
+static inline double glia_elem_get(const void *base, glia_dtype dt, int64_t i) {
+  switch (dt) {
+  case GLIA_DTYPE_F32: return ((const float *)base)[i];
+  case GLIA_DTYPE_F64: return ((const double *)base)[i];
+  case GLIA_DTYPE_I64: return (double)((const int64_t *)base)[i];
+  case GLIA_DTYPE_I32: return ((const int32_t *)base)[i];
+  default: return ((const uint8_t *)base)[i];
+  }
+}
+/* Stores v as element i of a contiguous buffer of dtype dt: bool as
+** v != 0, the others converted as C converts (the caller checked v fits). */
+static inline void glia_elem_set(void *base, glia_dtype dt, int64_t i, double v) {
+  switch (dt) {
+  case GLIA_DTYPE_F32: ((float *)base)[i] = (float)v; break;
+  case GLIA_DTYPE_F64: ((double *)base)[i] = v; break;
+  case GLIA_DTYPE_I64: ((int64_t *)base)[i] = (int64_t)v; break;
+  case GLIA_DTYPE_I32: ((int32_t *)base)[i] = (int32_t)v; break;
+  case GLIA_DTYPE_BOOL: ((uint8_t *)base)[i] = v != 0; break;
+  default: ((uint8_t *)base)[i] = (uint8_t)v; break;
+  }
+}
 /* The last step of a function that made r and then did more that could
 ** fail: on st GLIA_OK hands r to *out, else releases r. Returns st. */
 static inline glia_status glia_hand_out(glia_status st, glia_tensor *r, glia_tensor **out) {
