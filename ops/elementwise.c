@@ -22,6 +22,26 @@ typedef struct {
   float s; /* the scalar operand, when there is one */
 } scalar_arg;
 
+/* Operands a and b of the loops below that take either: each a tensor the
+** iterator walks, or a scalar (its slot then holds a placeholder). */
+typedef struct {
+  float sa, sb;
+  int a_scalar, b_scalar;
+} pair_arg;
+
+static inline float pair_a(const pair_arg *k, const char *p) {
+  return k->a_scalar ? k->sa : *(const float *)p;
+}
+static inline float pair_b(const pair_arg *k, const char *p) {
+  return k->b_scalar ? k->sb : *(const float *)p;
+}
+
+/* A backward's operands: saved tensors a and b, NULL where the forward had
+** a scalar, kept in farg. */
+static inline pair_arg saved_pair(const glia_node *n, const glia_tensor *a, const glia_tensor *b) {
+  return (pair_arg){(float)n->farg[0], (float)n->farg[1], !a, !b};
+}
+
 /* Three loops per op: tensor-tensor, tensor-scalar, scalar-tensor. The
 ** contiguous path is a plain loop gcc vectorizes. */
 #define BINARY_KERNELS(NAME, EXPR)                                            \
@@ -282,16 +302,15 @@ static glia_status div_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
 ** with torch's values where those formulas give 0 * inf = NaN: da = 0 where
 ** b == 0, db = 0 where a == 0 and b >= 0. */
 typedef struct {
+  pair_arg ab;
   int wrt_b;
-  float sa, sb;
-  int a_scalar, b_scalar;
 } powgrad_arg;
 
 static void powgrad_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   const powgrad_arg *k = ud;
   for (int64_t i = 0; i < n; i++) {
-    float a = k->a_scalar ? k->sa : *(const float *)(p[1] + i * s[1]);
-    float b = k->b_scalar ? k->sb : *(const float *)(p[2] + i * s[2]);
+    float a = pair_a(&k->ab, p[1] + i * s[1]);
+    float b = pair_b(&k->ab, p[2] + i * s[2]);
     float g = *(const float *)(p[3] + i * s[3]);
     float r;
     if (k->wrt_b) r = a == 0.0f && b >= 0.0f ? 0.0f : g * powf(a, b) * logf(a);
@@ -306,7 +325,7 @@ static glia_status pow_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
   for (int i = 0; i < 2; i++) {
     if (!n->needs[i]) continue;
     TRY(glia_tensor_new(G, GLIA_DTYPE_F32, n->out_ndim, n->out_size, &din[i]));
-    powgrad_arg k = {i, (float)n->farg[0], (float)n->farg[1], !a, !b};
+    powgrad_arg k = {saved_pair(n, a, b), i};
     glia_tensor *ops[4] = {din[i], a ? a : din[i], b ? b : din[i], g};
     glia_iter(G, 4, ops, powgrad_loop, &k, GRAIN);
   }
@@ -316,16 +335,15 @@ static glia_status pow_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
 /* maximum/minimum: the gradient goes to the operand that was chosen; ties
 ** send it to the first operand. */
 typedef struct {
+  pair_arg ab;
   int is_max;
-  float sa, sb;
-  int a_scalar, b_scalar;
 } pick_arg;
 
 static void pick_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   const pick_arg *k = ud;
   for (int64_t i = 0; i < n; i++) {
-    float x = k->a_scalar ? k->sa : *(const float *)(p[1] + i * s[1]);
-    float y = k->b_scalar ? k->sb : *(const float *)(p[2] + i * s[2]);
+    float x = pair_a(&k->ab, p[1] + i * s[1]);
+    float y = pair_b(&k->ab, p[2] + i * s[2]);
     bool first = k->is_max ? (x >= y || isnan(x)) : (x <= y || isnan(x));
     *(float *)(p[0] + i * s[0]) = first ? 1.0f : 0.0f;
   }
@@ -335,7 +353,7 @@ static glia_status minmax_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_te
   glia_tensor *a, *b, *mask;
   TRY(saved2(G, n, &a, &b));
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, n->out_ndim, n->out_size, &mask));
-  pick_arg k = {n->iarg[0] == GLIA_BIN_MAX, (float)n->farg[0], (float)n->farg[1], !a, !b};
+  pick_arg k = {saved_pair(n, a, b), n->iarg[0] == GLIA_BIN_MAX};
   glia_tensor *ops[3] = {mask, a ? a : mask, b ? b : mask};
   glia_iter(G, 3, ops, pick_loop, &k, GRAIN);
   glia_status st = GLIA_OK;
@@ -429,17 +447,11 @@ static glia_status check_mask(glia_ctx *G, const char *name, glia_tensor *m) {
   return GLIA_OK;
 }
 
-typedef struct {
-  float sa, sb;
-  int a_scalar, b_scalar;
-} where_arg;
-
 static void where_loop(int64_t n, char **p, const int64_t *s, void *ud) {
-  const where_arg *k = ud;
+  const pair_arg *k = ud;
   for (int64_t i = 0; i < n; i++) {
     bool c = *(const uint8_t *)(p[1] + i * s[1]) != 0;
-    float v = c ? (k->a_scalar ? k->sa : *(const float *)(p[2] + i * s[2]))
-                : (k->b_scalar ? k->sb : *(const float *)(p[3] + i * s[3]));
+    float v = c ? pair_a(k, p[2] + i * s[2]) : pair_b(k, p[3] + i * s[3]);
     *(float *)(p[0] + i * s[0]) = v;
   }
 }
@@ -459,7 +471,7 @@ static glia_status where_fwd(glia_ctx *G, const char *name, glia_tensor *cond,
   if (tb) TRY(glia_broadcast_shape(G, name, nd, shape, tb->ndim, tb->size, &nd, shape));
   glia_tensor *r;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, nd, shape, &r));
-  where_arg k = {(float)arg_num(a, 0), (float)arg_num(b, 0), !ta, !tb};
+  pair_arg k = {(float)arg_num(a, 0), (float)arg_num(b, 0), !ta, !tb};
   glia_tensor *ops[4] = {r, cond, ta ? ta : r, tb ? tb : r};
   glia_iter(G, 4, ops, where_loop, &k, GRAIN);
   *out = r;
@@ -542,7 +554,7 @@ static glia_status op_masked_fill_(glia_ctx *G, int nargs, glia_value *args, int
   if (nd != x->ndim || memcmp(shape, x->size, sizeof(int64_t) * nd) != 0)
     return glia_fail(G, GLIA_ESHAPE, "%s: mask %s does not broadcast to %s", name,
                      glia_shape_str(mask), glia_shape_str(x));
-  where_arg k = {(float)arg_num(&args[2], 0), 0, 1, 0};
+  pair_arg k = {(float)arg_num(&args[2], 0), 0, 1, 0};
   glia_tensor *ops[4] = {x, mask, x, x};
   glia_iter(G, 4, ops, where_loop, &k, GRAIN);
   glia_tensor_bump_version(x);
