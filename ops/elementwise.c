@@ -158,23 +158,30 @@ static void run_binary(glia_ctx *G, const binary_def *d, glia_tensor *out,
   }
 }
 
+/* The shape of a result over operands ta and tb (NULL for a scalar; not
+** both): their broadcast shape, or the one tensor's shape. */
+static glia_status result_shape(glia_ctx *G, const char *name, const glia_tensor *ta,
+                                const glia_tensor *tb, int *nd, int64_t *shape) {
+  if (ta && tb)
+    return glia_broadcast_shape(G, name, ta->ndim, ta->size, tb->ndim, tb->size, nd, shape);
+  const glia_tensor *t = ta ? ta : tb;
+  *nd = t->ndim;
+  memcpy(shape, t->size, sizeof t->size);
+  return GLIA_OK;
+}
+
 glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const glia_value *b,
                         glia_tensor **out) {
   const binary_def *d = &binary_defs[op];
   TRY(check_f32(G, d->name, a, 1));
   TRY(check_f32(G, d->name, b, 2));
+  const glia_tensor *ta = a->kind == GLIA_VAL_TENSOR ? a->u.t : NULL;
+  const glia_tensor *tb = b->kind == GLIA_VAL_TENSOR ? b->u.t : NULL;
+  if (!ta && !tb)
+    return glia_fail(G, GLIA_EARG, "%s: expected at least one tensor operand", d->name);
   int nd;
   int64_t shape[GLIA_MAX_DIMS];
-  if (a->kind == GLIA_VAL_TENSOR && b->kind == GLIA_VAL_TENSOR) {
-    TRY(glia_broadcast_shape(G, d->name, a->u.t->ndim, a->u.t->size, b->u.t->ndim,
-                             b->u.t->size, &nd, shape));
-  } else if (a->kind == GLIA_VAL_TENSOR || b->kind == GLIA_VAL_TENSOR) {
-    const glia_tensor *t = a->kind == GLIA_VAL_TENSOR ? a->u.t : b->u.t;
-    nd = t->ndim;
-    memcpy(shape, t->size, sizeof shape);
-  } else {
-    return glia_fail(G, GLIA_EARG, "%s: expected at least one tensor operand", d->name);
-  }
+  TRY(result_shape(G, d->name, ta, tb, &nd, shape));
   glia_tensor *r;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, nd, shape, &r));
   run_binary(G, d, r, a, b);
@@ -410,13 +417,7 @@ static glia_status compare(glia_ctx *G, const char *name, cmp_op op, int nargs,
                      glia_shape_str(tb));
   int nd;
   int64_t shape[GLIA_MAX_DIMS];
-  if (ta && tb)
-    TRY(glia_broadcast_shape(G, name, ta->ndim, ta->size, tb->ndim, tb->size, &nd, shape));
-  else {
-    glia_tensor *t = ta ? ta : tb;
-    nd = t->ndim;
-    memcpy(shape, t->size, sizeof shape);
-  }
+  TRY(result_shape(G, name, ta, tb, &nd, shape));
   glia_tensor *r;
   TRY(glia_tensor_new(G, GLIA_DTYPE_BOOL, nd, shape, &r));
   cmp_arg k = {op, ta ? ta->dtype : GLIA_DTYPE_F64, tb ? tb->dtype : GLIA_DTYPE_F64,
