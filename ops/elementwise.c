@@ -218,7 +218,7 @@ glia_status glia_binary_(glia_ctx *G, glia_binop op, glia_tensor *t, const glia_
     int64_t shape[GLIA_MAX_DIMS];
     TRY(glia_broadcast_shape(G, name, t->ndim, t->size, b->u.t->ndim, b->u.t->size, &nd,
                              shape));
-    if (nd != t->ndim || memcmp(shape, t->size, sizeof(int64_t) * nd) != 0)
+    if (!glia_has_shape(t, nd, shape))
       return glia_fail(G, GLIA_ESHAPE, "%s: in-place result %s would not fit in %s", name,
                        glia_sizes_str(nd, shape), glia_shape_str(t));
   }
@@ -530,7 +530,7 @@ glia_status glia_masked_fill(glia_ctx *G, glia_tensor *x, glia_tensor *mask, dou
   glia_tensor *r;
   TRY(check_f32(G, "glia.masked_fill", &vx, 1)); /* where_fwd would call x argument 3 */
   TRY(where_fwd(G, "glia.masked_fill", mask, &vv, &vx, &r));
-  if (r->ndim != x->ndim || memcmp(r->size, x->size, sizeof(int64_t) * x->ndim) != 0) {
+  if (!glia_has_shape(r, x->ndim, x->size)) {
     glia_tensor_release(r);
     return glia_fail(G, GLIA_ESHAPE, "glia.masked_fill: mask %s does not broadcast to %s",
                      glia_shape_str(mask), glia_shape_str(x));
@@ -552,7 +552,7 @@ static glia_status op_masked_fill_(glia_ctx *G, int nargs, glia_value *args, int
   int nd;
   int64_t shape[GLIA_MAX_DIMS];
   TRY(glia_broadcast_shape(G, name, x->ndim, x->size, mask->ndim, mask->size, &nd, shape));
-  if (nd != x->ndim || memcmp(shape, x->size, sizeof(int64_t) * nd) != 0)
+  if (!glia_has_shape(x, nd, shape))
     return glia_fail(G, GLIA_ESHAPE, "%s: mask %s does not broadcast to %s", name,
                      glia_shape_str(mask), glia_shape_str(x));
   pair_arg k = {(float)arg_num(&args[2], 0), 0, 1, 0};

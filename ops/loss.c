@@ -178,8 +178,7 @@ static glia_status ce_check(glia_ctx *G, glia_tensor *logits, glia_tensor *targe
   if (target->dtype != GLIA_DTYPE_I64 && target->dtype != GLIA_DTYPE_I32)
     return glia_fail(G, GLIA_EDTYPE, "%s: target must hold i64 class indices, got %s %s",
                      name, glia_dtype_name(target->dtype), glia_shape_str(target));
-  if (target->ndim != logits->ndim - 1 ||
-      memcmp(target->size, logits->size, sizeof(int64_t) * (size_t)target->ndim) != 0)
+  if (!glia_has_shape(target, logits->ndim - 1, logits->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: target %s does not match logits %s (expected %s)",
                      name, glia_shape_str(target), glia_shape_str(logits),
                      glia_sizes_str(logits->ndim - 1, logits->size));

@@ -303,10 +303,6 @@ static void scale_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 
 /* ======================================================== checks */
 
-static bool same_shape(const glia_tensor *a, const glia_tensor *b) {
-  return a->ndim == b->ndim && memcmp(a->size, b->size, sizeof(int64_t) * (size_t)a->ndim) == 0;
-}
-
 /* Fails unless t (the parameter p itself, or a state tensor named what) is
 ** a contiguous f32 tensor of p's shape. */
 static glia_status check_dense(glia_ctx *G, const char *op, const char *what, const glia_tensor *t,
@@ -317,7 +313,7 @@ static glia_status check_dense(glia_ctx *G, const char *op, const char *what, co
   if (!glia_tensor_is_contiguous(t))
     return glia_fail(G, GLIA_EARG, "%s: %s must be contiguous, got a strided %s", op, what,
                      glia_shape_str(t));
-  if (!same_shape(t, p))
+  if (!glia_has_shape(t, p->ndim, p->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: %s %s does not match the parameter %s", op, what,
                      glia_shape_str(t), glia_shape_str(p));
   return GLIA_OK;
@@ -331,7 +327,7 @@ static glia_status grad_of(glia_ctx *G, const char *op, glia_tensor *g, const gl
   if (g->dtype != GLIA_DTYPE_F32)
     return glia_fail(G, GLIA_EDTYPE, "%s: gradient must be f32, got %s %s", op,
                      glia_dtype_name(g->dtype), glia_shape_str(g));
-  if (!same_shape(g, p))
+  if (!glia_has_shape(g, p->ndim, p->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: gradient %s does not match the parameter %s", op,
                      glia_shape_str(g), glia_shape_str(p));
   return glia_tensor_contiguous_as(G, g, GLIA_DTYPE_F32, out);

@@ -208,7 +208,7 @@ glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int ke
                      glia_shape_str(t));
   glia_tensor *g = NULL;
   if (gout) {
-    if (gout->ndim != t->ndim || memcmp(gout->size, t->size, sizeof(int64_t) * t->ndim))
+    if (!glia_has_shape(gout, t->ndim, t->size))
       return glia_fail(G, GLIA_ESHAPE, "glia.backward: gradient %s does not match tensor %s",
                        glia_shape_str(gout), glia_shape_str(t));
     TRY(glia_tensor_contiguous_as(G, gout, GLIA_DTYPE_F32, &g));

@@ -179,6 +179,10 @@ GLIAI_FUNC void glia_contiguous_strides(int ndim, const int64_t *size, int64_t *
 static inline char *glia_ptr(const glia_tensor *t) {
   return (char *)t->storage->data + t->offset * (int64_t)glia_dtype_size(t->dtype);
 }
+/* Whether t's shape is size[0..nd) (size may be NULL when nd is 0). */
+static inline bool glia_has_shape(const glia_tensor *t, int nd, const int64_t *size) {
+  return t->ndim == nd && (nd == 0 || memcmp(t->size, size, sizeof(int64_t) * (size_t)nd) == 0);
+}
 /* Element i of a contiguous buffer of dtype dt, as a double (bool and u8
 ** as 0..255). */
 static inline double glia_elem_get(const void *base, glia_dtype dt, int64_t i) {

@@ -309,7 +309,7 @@ glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor *src) {
   int64_t shape[GLIA_MAX_DIMS];
   TRY(glia_broadcast_shape(G, "glia.copy_", dst->ndim, dst->size, src->ndim, src->size,
                            &nd, shape));
-  if (nd != dst->ndim || memcmp(shape, dst->size, (size_t)nd * sizeof *shape) != 0)
+  if (!glia_has_shape(dst, nd, shape))
     return glia_fail(G, GLIA_ESHAPE, "glia.copy_: cannot copy %s into %s",
                      glia_shape_str(src), glia_shape_str(dst));
   convert_arg a = {dst->dtype, src->dtype};
@@ -339,7 +339,7 @@ glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t, glia_dtype dt
 
 glia_status glia_sum_to_size(glia_ctx *G, glia_tensor *g, int ndim, const int64_t *size,
                              glia_tensor **out) {
-  if (g->ndim == ndim && memcmp(g->size, size, (size_t)ndim * sizeof *size) == 0) {
+  if (glia_has_shape(g, ndim, size)) {
     *out = glia_tensor_retain(g);
     return GLIA_OK;
   }
