@@ -267,6 +267,13 @@ GLIAI_FUNC void glia_pool_release(glia_pool *p);
 /* OpenBLAS thread count (1 inside pool tasks, nthreads otherwise). */
 GLIAI_FUNC void glia_blas_set_threads(int n);
 
+/* ------------------------------------------------------------------ files */
+
+/* Opens path read-only, as a regular file: sets *fd (the caller closes it)
+** and *size. Fails with GLIA_EIO naming op, the path and why. */
+GLIAI_FUNC glia_status glia_file_open(glia_ctx *G, const char *op, const char *path, int *fd,
+                                      uint64_t *size);
+
 /* ------------------------------------------------------------------- rng */
 
 /* Philox4x32-10: four 32-bit words for (seed, counter). */

@@ -12,9 +12,6 @@
 */
 #include "glia_impl.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -195,15 +192,10 @@ static glia_status read_file(reader *r, glia_tensor **out) {
 }
 
 glia_status glia_idx_read(glia_ctx *G, const char *path, glia_tensor **out) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return glia_fail(G, GLIA_EIO, "glia.read_idx: cannot open %s: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    close(fd);
-    return glia_fail(G, GLIA_EIO, "glia.read_idx: %s is not a regular file", path);
-  }
-  reader r = {G, path, gzdopen(fd, "rb"), (uint64_t)sb.st_size};
+  int fd;
+  uint64_t fsize;
+  TRY(glia_file_open(G, "glia.read_idx", path, &fd, &fsize));
+  reader r = {G, path, gzdopen(fd, "rb"), fsize};
   if (!r.f) {
     close(fd);
     return glia_fail_nomem(G, 0, "glia.read_idx");

@@ -350,16 +350,24 @@ void glia_safetensors_close(glia_st_file *f) {
   free(f);
 }
 
-glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **out) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return glia_fail(G, GLIA_EIO, "glia.load: cannot open %s: %s", path, strerror(errno));
+glia_status glia_file_open(glia_ctx *G, const char *op, const char *path, int *fd,
+                           uint64_t *size) {
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return glia_fail(G, GLIA_EIO, "%s: cannot open %s: %s", op, path, strerror(errno));
   struct stat sb;
-  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    close(fd);
-    return glia_fail(G, GLIA_EIO, "glia.load: %s is not a regular file", path);
+  if (fstat(f, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    close(f);
+    return glia_fail(G, GLIA_EIO, "%s: %s is not a regular file", op, path);
   }
-  uint64_t fsize = (uint64_t)sb.st_size;
+  *fd = f;
+  *size = (uint64_t)sb.st_size;
+  return GLIA_OK;
+}
+
+glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **out) {
+  int fd;
+  uint64_t fsize;
+  TRY(glia_file_open(G, "glia.load", path, &fd, &fsize));
   if (fsize < 8) {
     close(fd);
     return glia_fail(G, GLIA_EFORMAT, "glia.load: %s: truncated (%llu bytes, no header)", path,
