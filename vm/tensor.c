@@ -50,18 +50,12 @@ glia_status glia_check_sizes(glia_ctx *G, const char *op, int ndim, const int64_
 static glia_storage *storage_new(glia_ctx *G, size_t nbytes) {
   glia_storage *s = glia_malloc(G, sizeof *s);
   if (!s) return NULL;
-  s->data = glia_alloc(G, nbytes);
-  if (!s->data) {
+  void *data = glia_alloc(G, nbytes);
+  if (!data) {
     free(s);
     return NULL;
   }
-  s->refcount = 1;
-  s->nbytes = nbytes;
-  s->G = G;
-  s->version = 0;
-  s->host_release = NULL;
-  s->host_ud = NULL;
-  s->from_host = 0;
+  *s = (glia_storage){.refcount = 1, .nbytes = nbytes, .data = data, .G = G};
   return s;
 }
 
@@ -153,14 +147,8 @@ glia_status glia_tensor_wrap(glia_ctx *G, void *data, glia_dtype dt, int ndim,
     if (t) glia_tensor_release(t);
     return glia_fail_nomem(G, sizeof *s, "a wrapped tensor");
   }
-  s->refcount = 1;
-  s->data = data;
-  s->nbytes = (size_t)span * glia_dtype_size(dt);
-  s->G = G;
-  s->version = 0;
-  s->host_release = release;
-  s->host_ud = ud;
-  s->from_host = 1;
+  *s = (glia_storage){.refcount = 1, .nbytes = (size_t)span * glia_dtype_size(dt), .data = data,
+                      .G = G, .host_release = release, .host_ud = ud, .from_host = 1};
   t->storage = s;
   t->dtype = dt;
   t->ndim = ndim;
