@@ -354,35 +354,25 @@ static int call_op(lua_State *L) {
 
 static glia_tensor *self_tensor(lua_State *L) { return glia_lua_check_tensor(L, 1); }
 
-static int t_size(lua_State *L) {
+/* t:size([dim]) and t:stride([dim]): the entry of dim, or a table of all. */
+static int per_dim(lua_State *L, const char *fname, bool strides) {
   glia_tensor *t = self_tensor(L);
+  const int64_t *v = strides ? t->stride : t->size;
   if (lua_gettop(L) >= 2) {
-    int64_t d = glia_lua_check_int(L, 2, "glia.size", "dim");
-    lua_pushinteger(L, (lua_Integer)t->size[glia_lua_dim(L, d, t, 0, "glia.size")]);
+    int64_t d = glia_lua_check_int(L, 2, fname, "dim");
+    lua_pushinteger(L, (lua_Integer)v[glia_lua_dim(L, d, t, 0, fname)]);
     return 1;
   }
   lua_createtable(L, t->ndim, 0);
   for (int i = 0; i < t->ndim; i++) {
-    lua_pushinteger(L, (lua_Integer)t->size[i]);
+    lua_pushinteger(L, (lua_Integer)v[i]);
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }
 
-static int t_stride(lua_State *L) {
-  glia_tensor *t = self_tensor(L);
-  if (lua_gettop(L) >= 2) {
-    int64_t d = glia_lua_check_int(L, 2, "glia.stride", "dim");
-    lua_pushinteger(L, (lua_Integer)t->stride[glia_lua_dim(L, d, t, 0, "glia.stride")]);
-    return 1;
-  }
-  lua_createtable(L, t->ndim, 0);
-  for (int i = 0; i < t->ndim; i++) {
-    lua_pushinteger(L, (lua_Integer)t->stride[i]);
-    lua_rawseti(L, -2, i + 1);
-  }
-  return 1;
-}
+static int t_size(lua_State *L) { return per_dim(L, "glia.size", false); }
+static int t_stride(lua_State *L) { return per_dim(L, "glia.stride", true); }
 
 static int t_dim(lua_State *L) {
   lua_pushinteger(L, self_tensor(L)->ndim);
