@@ -359,8 +359,11 @@ static glia_status check_step(glia_ctx *G, const char *op, int64_t step) {
   return GLIA_OK;
 }
 
-/* The checks Adam and LAMB share: tensors, step and hyper-parameters. */
-static glia_status check_adam_args(glia_ctx *G, const char *op, glia_value *args) {
+/* The checks Adam and LAMB share: tensors, step and hyper-parameters. On
+** success all[0..4) = p, g, m, v, where g (at *g too) is the gradient as a
+** contiguous f32 tensor the caller releases. */
+static glia_status adam_inputs(glia_ctx *G, const char *op, glia_value *args, glia_tensor **g,
+                               glia_tensor *all[4]) {
   glia_tensor *p = arg_t(&args[0]);
   TRY(check_dense(G, op, "parameter", p, p));
   TRY(check_dense(G, op, "exp_avg", arg_t(&args[2]), p));
@@ -370,7 +373,13 @@ static glia_status check_adam_args(glia_ctx *G, const char *op, glia_value *args
   TRY(check_range(G, op, "beta1", arg_num(&args[6], 0), 0, 1, 1));
   TRY(check_range(G, op, "beta2", arg_num(&args[7], 0), 0, 1, 1));
   TRY(check_range(G, op, "eps", arg_num(&args[8], 0), 0, INFINITY, 0));
-  return check_range(G, op, "weight_decay", arg_num(&args[9], 0), 0, INFINITY, 0);
+  TRY(check_range(G, op, "weight_decay", arg_num(&args[9], 0), 0, INFINITY, 0));
+  TRY(grad_of(G, op, arg_t(&args[1]), p, g));
+  all[0] = p, all[1] = *g, all[2] = arg_t(&args[2]), all[3] = arg_t(&args[3]);
+  static const char *const names[4] = {"parameter", "gradient", "exp_avg", "exp_avg_sq"};
+  glia_status st = check_apart(G, op, 4, all, names);
+  if (st != GLIA_OK) glia_tensor_release(*g);
+  return st;
 }
 
 /* Moments of p, g, m, v = args 0..3 at step args[4] with beta1, beta2, eps
@@ -460,24 +469,19 @@ static glia_status op_adam_step_(glia_ctx *G, int nargs, glia_value *args, int *
                                  glia_value *outs) {
   static const char op[] = "glia.adam_step_";
   (void)nargs, (void)nouts, (void)outs;
-  TRY(check_adam_args(G, op, args));
-  glia_tensor *p = arg_t(&args[0]), *g;
+  glia_tensor *all[4], *g;
+  TRY(adam_inputs(G, op, args, &g, all));
+  glia_tensor *p = all[0];
   double lr = arg_num(&args[5], 0), wd = arg_num(&args[9], 0);
   int decoupled = arg_bool(&args[10], 0);
-  TRY(grad_of(G, op, arg_t(&args[1]), p, &g));
-  glia_tensor *all[4] = {p, g, arg_t(&args[2]), arg_t(&args[3])};
-  static const char *const names[4] = {"parameter", "gradient", "exp_avg", "exp_avg_sq"};
-  glia_status st = check_apart(G, op, 4, all, names);
-  if (st == GLIA_OK) {
-    adam_arg a = {.mo = moments_of(args, g, decoupled ? 0 : wd)};
-    a.step_size = (float)(lr * a.mo.rbc1);
-    a.decay = decoupled ? (float)(1 - lr * wd) : 1.0f;
-    for_chunks(G, glia_tensor_numel(p), adam_chunk, &a);
-    glia_tensor *written[3] = {p, all[2], all[3]};
-    bump_all(3, written);
-  }
+  adam_arg a = {.mo = moments_of(args, g, decoupled ? 0 : wd)};
+  a.step_size = (float)(lr * a.mo.rbc1);
+  a.decay = decoupled ? (float)(1 - lr * wd) : 1.0f;
+  for_chunks(G, glia_tensor_numel(p), adam_chunk, &a);
+  glia_tensor *written[3] = {p, all[2], all[3]};
+  bump_all(3, written);
   glia_tensor_release(g);
-  return st;
+  return GLIA_OK;
 }
 
 /* lamb_step_(p, g, m, v, step, lr, beta1, beta2, eps, wd) -> the trust
@@ -486,27 +490,21 @@ static glia_status op_lamb_step_(glia_ctx *G, int nargs, glia_value *args, int *
                                  glia_value *outs) {
   static const char op[] = "glia.lamb_step_";
   (void)nargs;
-  TRY(check_adam_args(G, op, args));
-  glia_tensor *p = arg_t(&args[0]), *g;
+  glia_tensor *all[4], *g;
+  TRY(adam_inputs(G, op, args, &g, all));
+  glia_tensor *p = all[0];
   double lr = arg_num(&args[5], 0), ratio = 1;
-  TRY(grad_of(G, op, arg_t(&args[1]), p, &g));
-  glia_tensor *all[4] = {p, g, arg_t(&args[2]), arg_t(&args[3])};
-  static const char *const names[4] = {"parameter", "gradient", "exp_avg", "exp_avg_sq"};
-  glia_status st = check_apart(G, op, 4, all, names);
-  if (st == GLIA_OK) {
-    double psq[MAX_CHUNKS], usq[MAX_CHUNKS];
-    lamb_arg a = {.mo = moments_of(args, g, 0), .wd = (float)arg_num(&args[9], 0),
-                  .psq = psq, .usq = usq};
-    int64_t n = glia_tensor_numel(p), nchunks = for_chunks(G, n, lamb_norms_chunk, &a);
-    double pn = sqrt(partials_total(psq, nchunks)), un = sqrt(partials_total(usq, nchunks));
-    if (pn > 0 && un > 0) ratio = pn / un;
-    a.scale = (float)(lr * ratio);
-    for_chunks(G, n, lamb_apply_chunk, &a);
-    glia_tensor *written[3] = {p, all[2], all[3]};
-    bump_all(3, written);
-  }
+  double psq[MAX_CHUNKS], usq[MAX_CHUNKS];
+  lamb_arg a = {.mo = moments_of(args, g, 0), .wd = (float)arg_num(&args[9], 0),
+                .psq = psq, .usq = usq};
+  int64_t n = glia_tensor_numel(p), nchunks = for_chunks(G, n, lamb_norms_chunk, &a);
+  double pn = sqrt(partials_total(psq, nchunks)), un = sqrt(partials_total(usq, nchunks));
+  if (pn > 0 && un > 0) ratio = pn / un;
+  a.scale = (float)(lr * ratio);
+  for_chunks(G, n, lamb_apply_chunk, &a);
+  glia_tensor *written[3] = {p, all[2], all[3]};
+  bump_all(3, written);
   glia_tensor_release(g);
-  if (st != GLIA_OK) return st;
   *nouts = 1;
   outs[0].kind = GLIA_VAL_NUMBER;
   outs[0].u.num = ratio;
