@@ -44,14 +44,6 @@ static glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x
   return GLIA_OK;
 }
 
-static glia_status check_f32(glia_ctx *G, const char *name, const char *what,
-                             const glia_tensor *t) {
-  if (t->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", name, what,
-                     glia_dtype_name(t->dtype), glia_shape_str(t));
-  return GLIA_OK;
-}
-
 /* Shapes a and b agree in every dim but `dim` (and have equal ndim). */
 static bool same_but(const glia_tensor *a, const glia_tensor *b, int dim) {
   if (a->ndim != b->ndim) return false;
@@ -322,8 +314,8 @@ static glia_status scatter_prepare(glia_ctx *G, const char *name, glia_tensor *x
                                    glia_tensor *idx, glia_tensor *src, int base,
                                    glia_tensor **ix) {
   TRY(check_dim(G, name, x, dim));
-  TRY(check_f32(G, name, "x", x));
-  TRY(check_f32(G, name, "src", src));
+  TRY(glia_check_f32(G, name, "x", x));
+  TRY(glia_check_f32(G, name, "src", src));
   TRY(check_index(G, name, idx));
   TRY(check_index_shape(G, name, x, dim, idx));
   if (!same_but(idx, src, -1))
@@ -598,7 +590,7 @@ static glia_status sorted_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_te
 /* The first k of x sorted along dim (descending when desc), with indices. */
 static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64_t k, int dim,
                             int desc, int base, glia_tensor **values, glia_tensor **indices) {
-  TRY(check_f32(G, name, "x", x));
+  TRY(glia_check_f32(G, name, "x", x));
   if (x->ndim == 0)
     return glia_fail(G, GLIA_ESHAPE, "%s: expected at least 1 dim, got %s", name,
                      glia_shape_str(x));
@@ -716,7 +708,7 @@ static glia_status cumsum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_te
 
 glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out) {
   static const char name[] = "glia.cumsum";
-  TRY(check_f32(G, name, "x", x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(check_dim(G, name, x, dim));
   glia_tensor *r;
   TRY(cumsum_fwd(G, x, dim, 0, &r));

@@ -169,9 +169,7 @@ static glia_status ce_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor
 static glia_status ce_check(glia_ctx *G, glia_tensor *logits, glia_tensor *target,
                             double eps) {
   static const char name[] = "glia.cross_entropy";
-  if (logits->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: logits must be f32, got %s %s", name,
-                     glia_dtype_name(logits->dtype), glia_shape_str(logits));
+  TRY(glia_check_f32(G, name, "logits", logits));
   if (logits->ndim < 1)
     return glia_fail(G, GLIA_ESHAPE, "%s: logits must have a class dim, got %s", name,
                      glia_shape_str(logits));

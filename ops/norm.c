@@ -207,9 +207,7 @@ static glia_status norm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tens
 static glia_status check_param(glia_ctx *G, const char *name, const char *what,
                                glia_tensor *p, glia_tensor *x) {
   if (!p) return GLIA_OK;
-  if (p->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", name, what,
-                     glia_dtype_name(p->dtype), glia_shape_str(p));
+  TRY(glia_check_f32(G, name, what, p));
   if (p->ndim != 1 || p->size[0] != x->size[x->ndim - 1])
     return glia_fail(G, GLIA_ESHAPE, "%s: %s %s does not match the last dim of input %s",
                      name, what, glia_shape_str(p), glia_shape_str(x));
@@ -219,9 +217,7 @@ static glia_status check_param(glia_ctx *G, const char *name, const char *what,
 /* The shared forward: layer norm when center, rms norm (bias NULL) when not. */
 static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_tensor *x,
                             glia_tensor *w, glia_tensor *b, double eps, glia_tensor **out) {
-  if (x->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: input must be f32, got %s %s", name,
-                     glia_dtype_name(x->dtype), glia_shape_str(x));
+  TRY(glia_check_f32(G, name, "input", x));
   if (x->ndim < 1)
     return glia_fail(G, GLIA_ESHAPE, "%s: input must have at least 1 dim, got %s", name,
                      glia_shape_str(x));
@@ -317,9 +313,7 @@ static glia_status dropout_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_t
 }
 
 glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train, glia_tensor **out) {
-  if (x->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "glia.dropout: input must be f32, got %s %s",
-                     glia_dtype_name(x->dtype), glia_shape_str(x));
+  TRY(glia_check_f32(G, "glia.dropout", "input", x));
   if (!(p >= 0 && p <= 1))
     return glia_fail(G, GLIA_EARG, "glia.dropout: p must be in [0, 1], got %g", p);
   if (!train || p == 0) {

@@ -307,9 +307,7 @@ static void scale_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 ** a contiguous f32 tensor of p's shape. */
 static glia_status check_dense(glia_ctx *G, const char *op, const char *what, const glia_tensor *t,
                                const glia_tensor *p) {
-  if (t->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", op, what,
-                     glia_dtype_name(t->dtype), glia_shape_str(t));
+  TRY(glia_check_f32(G, op, what, t));
   if (!glia_tensor_is_contiguous(t))
     return glia_fail(G, GLIA_EARG, "%s: %s must be contiguous, got a strided %s", op, what,
                      glia_shape_str(t));
@@ -324,9 +322,7 @@ static glia_status check_dense(glia_ctx *G, const char *op, const char *what, co
 ** owns *out. */
 static glia_status grad_of(glia_ctx *G, const char *op, glia_tensor *g, const glia_tensor *p,
                            glia_tensor **out) {
-  if (g->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: gradient must be f32, got %s %s", op,
-                     glia_dtype_name(g->dtype), glia_shape_str(g));
+  TRY(glia_check_f32(G, op, "gradient", g));
   if (!glia_has_shape(g, p->ndim, p->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: gradient %s does not match the parameter %s", op,
                      glia_shape_str(g), glia_shape_str(p));

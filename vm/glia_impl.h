@@ -217,6 +217,10 @@ static inline glia_status glia_hand_out(glia_status st, glia_tensor *r, glia_ten
   return GLIA_OK;
 }
 GLIAI_FUNC glia_status glia_check_live(glia_ctx *G, const char *op, const glia_tensor *t);
+/* Fails with GLIA_EDTYPE ("op: what must be f32, got i64 {2,3}") unless t
+** is f32. */
+GLIAI_FUNC glia_status glia_check_f32(glia_ctx *G, const char *op, const char *what,
+                                      const glia_tensor *t);
 /* Marks an in-place write on t's storage. */
 GLIAI_FUNC void glia_tensor_bump_version(glia_tensor *t);
 /* Copies src into dst (same shape, or src broadcastable), converting dtypes. */

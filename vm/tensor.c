@@ -230,6 +230,13 @@ glia_status glia_check_live(glia_ctx *G, const char *op, const glia_tensor *t) {
   return GLIA_OK;
 }
 
+glia_status glia_check_f32(glia_ctx *G, const char *op, const char *what, const glia_tensor *t) {
+  if (t->dtype != GLIA_DTYPE_F32)
+    return glia_fail(G, GLIA_EDTYPE, "%s: %s must be f32, got %s %s", op, what,
+                     glia_dtype_name(t->dtype), glia_shape_str(t));
+  return GLIA_OK;
+}
+
 void glia_tensor_bump_version(glia_tensor *t) {
   if (t->storage) t->storage->version++;
 }
