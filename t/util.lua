@@ -1,6 +1,7 @@
 -- t/util.lua -- glia-specific helpers shared by the Lua tests (t/tap.lua
 -- stays a plain TAP producer). Like t.error_like, a helper that asserts
--- takes its description last and prints why it failed as a diagnostic.
+-- takes the description after what it checks, and prints why it failed as
+-- a diagnostic.
 --   local u = require "t.util"
 --   u.identical(a, b)  u.f32_near(got, want, atol, rtol)  u.same_shape(a, b)
 --   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)
