@@ -5,7 +5,8 @@
 -- Usage: glia bench/gpt.lua WORKLOAD...   (one workload per process keeps
 -- the peak RSS printed that workload's own)
 --   gpt_train      one AdamW step (lr 3e-4) on a random batch of 16 x 256:
---                  forward, cross entropy, backward, step
+--                  forward, cross entropy, backward, step, and a garbage
+--                  collection (as examples/train_gpt.lua runs it)
 --   gpt_decode     greedy generation of 255 tokens after a 1-token prompt,
 --                  batch 1, with the KV cache
 --   gpt_profile    gpt_train split into forward / backward / optimizer
@@ -64,6 +65,8 @@ local function train_step(m, opt, x, y)
   loss:backward()
   local t2 = clock()
   opt:step()
+  loss = nil
+  collectgarbage() -- as examples/train_gpt.lua does: one step's activations at a time
   return t1 - t0, t2 - t1, clock() - t2
 end
 

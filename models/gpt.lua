@@ -41,13 +41,15 @@ function Block:__init(cfg)
   self.ln2 = nn.LayerNorm(d)
   self.fc = nn.Linear(d, 4 * d, bias)
   self.fc2 = nn.Linear(4 * d, d, bias)
-  self.drop = nn.Dropout(cfg.dropout)
+  if cfg.dropout > 0 then self.drop = nn.Dropout(cfg.dropout) end
 end
 
 -- x {B,T,C}; cache (a glia.kv_cache of this block's attention) or nil.
 function Block:forward(x, cache)
   x = x + self.attn(self.ln1(x), cache)
-  return x + self.drop(self.fc2(glia.gelu(self.fc(self.ln2(x)))))
+  local h = self.fc2(glia.gelu(self.fc(self.ln2(x))))
+  if self.drop then h = self.drop(h) end
+  return x + h
 end
 
 -- ================================================================== GPT
@@ -79,6 +81,9 @@ local function configure(cfg)
       error(format("models.gpt: %s must be a positive integer, got %s", k, tostring(v)), 4)
     end
   end
+  if type(c.dropout) ~= "number" or c.dropout < 0 or c.dropout >= 1 then
+    error("models.gpt: dropout must be a number in [0, 1), got " .. tostring(c.dropout), 4)
+  end
   if c.d_model % c.n_heads ~= 0 then
     error(format("models.gpt: d_model %d is not a multiple of n_heads %d", c.d_model, c.n_heads), 4)
   end
@@ -90,7 +95,7 @@ function GPT:__init(cfg)
   self.config = cfg
   self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
   self.pos = nn.Embedding(cfg.ctx, cfg.d_model)
-  self.drop = nn.Dropout(cfg.dropout)
+  if cfg.dropout > 0 then self.drop = nn.Dropout(cfg.dropout) end -- none: no call per token
   local blocks = {}
   for i = 1, cfg.n_layers do blocks[i] = Block(cfg) end
   self.blocks = nn.ModuleList(blocks)
@@ -129,7 +134,7 @@ function GPT:forward(idx, caches, pos0)
                  self.config.ctx), 2)
   end
   local x = self.tok(idx) + self.pos.weight:narrow(1, pos0 + 1, T)
-  x = self.drop(x)
+  if self.drop then x = self.drop(x) end
   for i, block in ipairs(self.blocks) do x = block(x, caches and caches[i]) end
   return self.head(self.lnf(x))
 end
