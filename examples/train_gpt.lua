@@ -67,7 +67,8 @@ usage: glia examples/train_gpt.lua [options]
 
 -- ================================================================ options
 
--- name -> kind; "run" options are fixed by a checkpoint when resuming.
+-- Option name -> kind of value. FIXED ones come from the checkpoint when
+-- resuming and may not be given again.
 local FLAGS = {
   steps = "int", time = "num", out = "str", resume = "str", seed = "int", text = "str",
   d = "int", layers = "int", heads = "int", ctx = "int", batch = "int",
@@ -78,8 +79,8 @@ local FLAGS = {
 local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
 local DEFAULTS = {
   seed = 1337, d = 256, layers = 4, heads = 4, ctx = 256, batch = 16, lr = 1e-3,
-  ["min-lr"] = 1e-4, warmup = 30, ["decay-frac"] = 0.2, ["weight-decay"] = 0.1, clip = 1.0, ["eval-every"] = 100,
-  ["sample-len"] = 200,
+  ["min-lr"] = 1e-4, warmup = 30, ["decay-frac"] = 0.2, ["weight-decay"] = 0.1, clip = 1.0,
+  ["eval-every"] = 100, ["sample-len"] = 200,
 }
 
 local function die(msg)
@@ -286,7 +287,9 @@ local function save()
   if not ok then die(err) end
   -- a picture that cannot be drawn must not end the run
   local ok2, drawn, perr = pcall(write_curve, svg_path, rows)
-  if not (ok2 and drawn) then io.stderr:write("train_gpt: loss curve: ", tostring(perr or drawn), "\n") end
+  if not (ok2 and drawn) then
+    io.stderr:write("train_gpt: loss curve: ", tostring(perr or drawn), "\n")
+  end
 end
 
 -- With --time alone, the schedule ends where the step rate says time runs
