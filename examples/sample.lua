@@ -72,7 +72,8 @@ local ds = data.CharDataset(vocab, vocab) -- encode/decode only
 local prompt = o.prompt or "\n"
 local ok, ids = pcall(ds.encode, ds, prompt)
 if not ok or #prompt == 0 then
-  die("the prompt must be non-empty, with characters from the vocabulary: " .. string.format("%q", vocab))
+  die("the prompt must be non-empty, with characters from the vocabulary: "
+      .. string.format("%q", vocab))
 end
 
 io.write(prompt)

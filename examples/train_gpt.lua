@@ -283,7 +283,8 @@ local function save()
   local extra = { run = run, vocab = ds.vocab, sampler = sampler:state(),
                   decay_steps = decay_steps,
                   auto_decay = auto_decay, elapsed = elapsed0 + clock() - t_start }
-  local ok, err = checkpoint.save(out, { model = model, optimizer = opt, step = step, extra = extra })
+  local ok, err = checkpoint.save(out, { model = model, optimizer = opt, step = step,
+                                         extra = extra })
   if not ok then die(err) end
   -- a picture that cannot be drawn must not end the run
   local ok2, drawn, perr = pcall(write_curve, svg_path, rows)

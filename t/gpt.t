@@ -56,7 +56,8 @@ local m = tiny()
 local idx = glia.randint(1, 12, 3, 7)
 local logits = m(idx)
 t.is(table.concat(logits:shape(), ","), "3,7,11", "forward maps ids {B,T} to logits {B,T,V}")
-t.error_like(function() m(glia.randint(1, 12, 1, 13)) end, "positions 1%.%.13 exceed the context of 12",
+t.error_like(function() m(glia.randint(1, 12, 1, 13)) end,
+             "positions 1%.%.13 exceed the context of 12",
              "a sequence longer than the context is an error naming the positions")
 t.error_like(function() GPT{ vocab_size = 5, d_model = 10, n_heads = 3 } end,
              "d_model 10 is not a multiple of n_heads 3", "heads must divide d_model")
@@ -123,7 +124,8 @@ local long = m:generate(prompt, 30, { temperature = 1 })
 local lo, hi = long:to("f32"):min():item(), long:to("f32"):max():item()
 t.ok(long:size(2) == 33 and lo >= 1 and hi <= 11,
      "generation runs past the context (caches restart on the last half) with valid ids")
-t.error_like(function() m:generate(prompt, 2, { top_k = 0 }) end, "top_k must be a positive integer",
+t.error_like(function() m:generate(prompt, 2, { top_k = 0 }) end,
+             "top_k must be a positive integer",
              "top_k must be positive")
 
 -- ================================================================ checkpoint
@@ -225,7 +227,8 @@ gc:set_state(ex2.sampler)
 run_steps(mc, oc, gc, at + 1, 20, resumed)
 local same_losses = true
 for s = 1, 20 do same_losses = same_losses and straight[s] == resumed[s] end
-t.ok(same_losses, "10 steps, save, load into fresh objects, 10 steps: the losses equal 20 straight steps")
+t.ok(same_losses,
+     "10 steps, save, load into fresh objects, 10 steps: the losses equal 20 straight steps")
 t.ok(all_same(ma:parameters(), mc:parameters()),
      "... and the parameters are bit-identical")
 t.ok(straight[20] < straight[1], "the tiny model learns (loss falls over 20 steps)")
@@ -252,7 +255,8 @@ local outA = run("examples/train_gpt.lua " .. common .. " --steps 20 --out " .. 
 run("examples/train_gpt.lua " .. common .. " --steps 10 --decay-steps 20 --out " .. B)
 local outB = run("examples/train_gpt.lua --resume " .. B .. " --steps 20")
 t.ok(outA:find("val loss: %d+%.%d%d%d"), "train_gpt.lua prints 'val loss: X.XXX' at evaluations")
-t.ok(outB:find("resumed from .* at step 10"), "train_gpt.lua --resume continues from the checkpoint")
+t.ok(outB:find("resumed from .* at step 10"),
+     "train_gpt.lua --resume continues from the checkpoint")
 
 local function slurp(p)
   local f = io.open(p, "rb")
