@@ -616,6 +616,11 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
   }
   snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
   int fd = mkstemp(tmp);
+  if (fd >= 0) { /* mkstemp makes 0600; give the file the usual 0666 & ~umask */
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+  }
   if (fd < 0) {
     glia_status st = glia_fail(G, GLIA_EIO, "glia.save: cannot create a file next to %s: %s",
                                path, strerror(errno));

@@ -59,6 +59,7 @@ function Dropout:__init(p)
 end
 
 function Dropout:forward(x)
+  if self.p == 0 or not self.training then return x end -- the op would return x too
   return F.dropout(x, self.p, self.training)
 end
 

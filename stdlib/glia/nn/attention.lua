@@ -107,7 +107,9 @@ function MultiHeadAttention:forward(x, cache, mask)
                              self.head_dim
   local qkv = self.qkv(x)
   local function heads(first, n)
-    return qkv:narrow(3, first * D + 1, n * D):reshape(B, T, n, D):transpose(2, 3)
+    local part = qkv:narrow(3, first * D + 1, n * D)
+    if T == 1 then return part:view(B, n, 1, D) end -- decoding: no transpose needed
+    return part:reshape(B, T, n, D):transpose(2, 3)
   end
   local q, k, v = heads(0, H), heads(H, Hkv), heads(H + Hkv, Hkv)
   local y
@@ -123,7 +125,8 @@ function MultiHeadAttention:forward(x, cache, mask)
   else
     y = composed(q, k, v, self.causal, mask, self.attn_dropout)
   end
-  return self.resid_dropout(self.proj(y:transpose(2, 3):reshape(B, T, C)))
+  y = T == 1 and y:view(B, 1, C) or y:transpose(2, 3):reshape(B, T, C)
+  return self.resid_dropout(self.proj(y))
 end
 
 -- A key/value cache (glia.kv_cache) for decoding batches of B sequences
