@@ -9,34 +9,9 @@
 -- Useful FLOPs: forward 4*N*N*d*H/2 (causal computes half the scores),
 -- forward + backward 3.5x that (backward = 2.5x forward), as torch_ref.py.
 local glia = require "glia"
-local clock, floor, fmt = glia.clock, math.floor, string.format
-
-local function median(ts)
-  table.sort(ts)
-  return ts[floor(#ts / 2) + 1]
-end
-
--- Median wall seconds of fn() over reps runs, after one warm-up run.
-local function time(fn, reps)
-  fn()
-  local ts = {}
-  for i = 1, reps do
-    local t0 = clock()
-    fn()
-    ts[i] = clock() - t0
-  end
-  return median(ts)
-end
-
--- Peak resident set of this process in MB (VmHWM).
-local function peak_rss()
-  local f = io.open("/proc/self/status")
-  if not f then return 0 end
-  local s = f:read("a")
-  f:close()
-  local kb = s:match("VmHWM:%s*(%d+)")
-  return kb and tonumber(kb) / 1024 or 0
-end
+local util = require "bench.util"
+local fmt = string.format
+local time, peak_rss = util.time, util.peak_rss
 
 local function report(name, sec, rate, unit)
   io.write(fmt("%s %.3f %.2f %s %.0f\n", name, sec * 1e3, rate, unit, peak_rss()))

@@ -22,26 +22,11 @@ package.path = script_dir .. "../?.lua;" .. package.path
 local glia  = require "glia"
 local optim = require "glia.optim"
 local GPT   = require "models.gpt"
+local util  = require "bench.util"
 
-local clock, floor, fmt = glia.clock, math.floor, string.format
+local clock, fmt = glia.clock, string.format
 local V, B, T = 73, 16, 256
-
-local function median(ts)
-  local s = {}
-  for i, v in ipairs(ts) do s[i] = v end
-  table.sort(s)
-  return s[floor(#s / 2) + 1]
-end
-
--- Peak resident set of this process in MB (VmHWM).
-local function peak_rss()
-  local f = io.open("/proc/self/status")
-  if not f then return 0 end
-  local s = f:read("*a")
-  f:close()
-  local kb = s:match("VmHWM:%s*(%d+)")
-  return kb and tonumber(kb) / 1024 or 0
-end
+local median, peak_rss = util.median, util.peak_rss
 
 local function report(name, sec, rate)
   io.write(fmt("%s %.1f %.0f tok/s %.0f\n", name, sec * 1e3, rate, peak_rss()))

@@ -5,24 +5,9 @@
 -- clock (glia.clock, monotonic), medians over several runs after a warm-up.
 -- Results are freed at once (r:free()), as PyTorch frees by refcount.
 local glia = require "glia"
-local clock, floor, fmt = glia.clock, math.floor, string.format
-
-local function median(ts)
-  table.sort(ts)
-  return ts[floor(#ts / 2) + 1]
-end
-
--- Median wall seconds of fn() over reps runs, after one warm-up run.
-local function time(fn, reps)
-  fn()
-  local ts = {}
-  for i = 1, reps do
-    local t0 = clock()
-    fn()
-    ts[i] = clock() - t0
-  end
-  return median(ts)
-end
+local util = require "bench.util"
+local fmt = string.format
+local median, time = util.median, util.time
 
 local function report(name, sec, rate, unit)
   io.write(fmt("%s %.4f %.2f %s\n", name, sec * 1e3, rate, unit))
