@@ -295,4 +295,17 @@ GLIAI_FUNC glia_status glia_attention_decode(glia_ctx *G, glia_tensor *q, glia_t
                                              glia_tensor *vc, const int64_t *lens,
                                              double scale, glia_tensor **out);
 
+/* --------------------------------------------------- ops/block.c */
+
+/* A pre-LayerNorm transformer block's inference step over a KV cache:
+** x {B,T,C} -> x + proj(attn(ln1(x))) = x1 -> x1 + fc2(gelu(fc(ln2(x1)))),
+** attn causal over cache positions 0..len+T-1 with H query heads; the new
+** keys and values are written to kc, vc {B,K,cap,C/H} at len..len+T-1.
+** p holds the 12 parameters ln1 w, b; qkv w {(H+2K)C/H, C}, b; proj w, b;
+** ln2 w, b; fc w {F,C}, b; fc2 w {C,F}, b. Records nothing for autograd and
+** fails with GLIA_EGRAD when an input requires grad in grad mode. */
+GLIAI_FUNC glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                                          glia_tensor *kc, glia_tensor *vc, int64_t len,
+                                          int64_t H, double eps, glia_tensor **out);
+
 #endif

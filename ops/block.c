@@ -1,0 +1,190 @@
+/*
+** ops/block.c -- a pre-LayerNorm transformer block's inference step
+** against a KV cache, in one call (glia.decoder_block).
+**
+**   x   = x + proj(attn(ln1(x)))      attn: causal, over the cached keys
+**   out = x + fc2(gelu(fc(ln2(x))))   gelu: the tanh form (glia.gelu)
+**
+** Why it exists: decoding runs the block on one position at a time, where
+** every op touches a few kilobytes and the weights stream from cache. From
+** Lua that is some forty calls per block, each costing about a microsecond
+** of binding and interpreter time, as much as the matrix-vector products
+** themselves. Here the same ops run back to back from C: it composes the
+** families' own entry points (layer_norm, linear, attention_decode, ...),
+** so the result is the module path's, op for op, and there is no second
+** kernel to keep in step. Inference only: nothing is recorded for autograd.
+**
+** Shapes: x {B,T,C}; H query heads and K key/value heads of D = C/H dims;
+** F the MLP width. The cache buffers are {B,K,cap,D}; the new keys and
+** values land at positions len..len+T-1 (the caller grows the buffers
+** first), and the T queries attend causally to positions 0..len+T-1.
+*/
+#include "glia_impl.h"
+#include "ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static const char *const NAME = "glia.decoder_block";
+
+/* The parameters, in the order of the Lua list. */
+enum { LN1_W, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, NPARAM };
+static const char *const PARAM_NAMES[NPARAM] = {
+    "ln1.weight", "ln1.bias", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias",
+    "ln2.weight", "ln2.bias", "fc.weight",  "fc.bias",  "fc2.weight",  "fc2.bias"};
+
+/* Fails unless t is f32 {n0} (n1 < 0) or {n0, n1}. */
+static glia_status check_param(glia_ctx *G, int i, const glia_tensor *t, int64_t n0,
+                               int64_t n1) {
+  TRY(glia_check_f32(G, NAME, PARAM_NAMES[i], t));
+  int nd = n1 < 0 ? 1 : 2;
+  if (t->ndim != nd || t->size[0] != n0 || (nd == 2 && t->size[1] != n1)) {
+    if (nd == 1)
+      return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld}, got %s", NAME, PARAM_NAMES[i],
+                       (long long)n0, glia_shape_str(t));
+    return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld,%lld}, got %s", NAME, PARAM_NAMES[i],
+                     (long long)n0, (long long)n1, glia_shape_str(t));
+  }
+  return GLIA_OK;
+}
+
+/* Checks every shape up front, so that errors name this op and nothing is
+** written to the cache unless the step can run. Sets *K (kv heads). */
+static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                              glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                              int64_t *K) {
+  TRY(glia_check_f32(G, NAME, "x", x));
+  if (x->ndim != 3)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
+  int64_t B = x->size[0], T = x->size[1], C = x->size[2];
+  if (H < 1 || C % H != 0)
+    return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", NAME,
+                     (long long)H, (long long)C);
+  int64_t D = C / H;
+  TRY(glia_check_f32(G, NAME, "key cache", kc));
+  TRY(glia_check_f32(G, NAME, "value cache", vc));
+  if (kc->ndim != 4 || kc->size[0] != B || kc->size[3] != D || vc->ndim != 4 ||
+      memcmp(vc->size, kc->size, 4 * sizeof *kc->size) != 0 || kc->size[1] < 1 ||
+      H % kc->size[1] != 0)
+    return glia_fail(G, GLIA_ESHAPE,
+                     "%s: caches must be {%lld,K,cap,%lld} with K dividing %lld heads, got %s "
+                     "and %s", NAME, (long long)B, (long long)D, (long long)H,
+                     glia_shape_str(kc), glia_shape_str(vc));
+  *K = kc->size[1];
+  if (len < 0 || len + T > kc->size[2])
+    return glia_fail(G, GLIA_ERANGE, "%s: positions %lld..%lld do not fit a cache of %lld", NAME,
+                     (long long)len + 1, (long long)(len + T), (long long)kc->size[2]);
+  if (p[FC_W]->ndim != 2 || p[FC_W]->size[1] != C)
+    return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld}, got %s", NAME,
+                     (long long)C, glia_shape_str(p[FC_W]));
+  int64_t F = p[FC_W]->size[0];
+  TRY(check_param(G, LN1_W, p[LN1_W], C, -1));
+  TRY(check_param(G, LN1_B, p[LN1_B], C, -1));
+  TRY(check_param(G, QKV_W, p[QKV_W], (H + 2 * *K) * D, C));
+  TRY(check_param(G, QKV_B, p[QKV_B], (H + 2 * *K) * D, -1));
+  TRY(check_param(G, PROJ_W, p[PROJ_W], C, C));
+  TRY(check_param(G, PROJ_B, p[PROJ_B], C, -1));
+  TRY(check_param(G, LN2_W, p[LN2_W], C, -1));
+  TRY(check_param(G, LN2_B, p[LN2_B], C, -1));
+  TRY(check_param(G, FC_W, p[FC_W], F, C));
+  TRY(check_param(G, FC_B, p[FC_B], F, -1));
+  TRY(check_param(G, FC2_W, p[FC2_W], C, F));
+  TRY(check_param(G, FC2_B, p[FC2_B], C, -1));
+  bool needs_grad = glia_tensor_needs_grad(x) || glia_tensor_needs_grad(kc) ||
+                    glia_tensor_needs_grad(vc);
+  for (int i = 0; i < NPARAM; i++) needs_grad = needs_grad || glia_tensor_needs_grad(p[i]);
+  if (G->grad_mode && needs_grad)
+    return glia_fail(G, GLIA_EGRAD,
+                     "%s: inference only, but an input requires grad (run it under "
+                     "glia.no_grad)", NAME);
+  return GLIA_OK;
+}
+
+/* The heads [first, first + n) of qkv {B,T,(H+2K)D} as {B,n,T,D}: a view. */
+static glia_status heads(glia_ctx *G, glia_tensor *qkv, int64_t first, int64_t n, int64_t D,
+                         glia_tensor **out) {
+  glia_tensor *part = NULL, *split = NULL;
+  int64_t size[4] = {qkv->size[0], qkv->size[1], n, D};
+  glia_status st = glia_narrow(G, qkv, 2, first * D, n * D, &part);
+  if (st == GLIA_OK) st = glia_reshape(G, part, 4, size, &split); /* a view */
+  if (st == GLIA_OK) st = glia_transpose(G, split, 1, 2, out);
+  glia_tensor_release(part);
+  glia_tensor_release(split);
+  return st;
+}
+
+/* Writes the new keys or values {B,K,T,D} at positions len.. of cache. */
+static glia_status append(glia_ctx *G, glia_tensor *cache, glia_tensor *kv, int64_t len) {
+  glia_tensor *dst;
+  TRY(glia_narrow(G, cache, 2, len, kv->size[2], &dst));
+  glia_status st = glia_copy_into(G, dst, kv);
+  glia_tensor_bump_version(cache);
+  glia_tensor_release(dst);
+  return st;
+}
+
+/* The temporaries of one step, released together. */
+enum { T_H1, T_QKV, T_Q, T_K, T_V, T_Y, T_YT, T_YM, T_ATT, T_X1, T_H2, T_FC, T_OUT, NTMP };
+
+glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                               glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                               double eps, glia_tensor **out) {
+  int64_t K = 0;
+  TRY(check_args(G, x, p, kc, vc, len, H, &K));
+  int64_t B = x->size[0], T = x->size[1], C = x->size[2], D = C / H;
+  glia_tensor *t[NTMP] = {NULL};
+  int saved_mode = glia_ctx_set_grad_mode(G, 0);
+  glia_status st = glia_layer_norm(G, x, p[LN1_W], p[LN1_B], eps, &t[T_H1]);
+  if (st == GLIA_OK) st = glia_linear(G, t[T_H1], p[QKV_W], p[QKV_B], &t[T_QKV]);
+  if (st == GLIA_OK) st = heads(G, t[T_QKV], 0, H, D, &t[T_Q]);
+  if (st == GLIA_OK) st = heads(G, t[T_QKV], H, K, D, &t[T_K]);
+  if (st == GLIA_OK) st = heads(G, t[T_QKV], H + K, K, D, &t[T_V]);
+  if (st == GLIA_OK) st = append(G, kc, t[T_K], len);
+  if (st == GLIA_OK) st = append(G, vc, t[T_V], len);
+  if (st == GLIA_OK) {
+    int64_t *lens = glia_malloc(G, (size_t)B * sizeof *lens);
+    if (!lens) st = glia_fail_nomem(G, (size_t)B * sizeof *lens, NAME);
+    for (int64_t b = 0; st == GLIA_OK && b < B; b++) lens[b] = len + T;
+    if (st == GLIA_OK) st = glia_attention_decode(G, t[T_Q], kc, vc, lens, NAN, &t[T_Y]);
+    free(lens);
+  }
+  int64_t merged[3] = {B, T, C};
+  if (st == GLIA_OK) st = glia_transpose(G, t[T_Y], 1, 2, &t[T_YT]); /* {B,T,H,D} */
+  if (st == GLIA_OK) st = glia_reshape(G, t[T_YT], 3, merged, &t[T_YM]);
+  if (st == GLIA_OK) st = glia_linear(G, t[T_YM], p[PROJ_W], p[PROJ_B], &t[T_ATT]);
+  if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_ADD, x, t[T_ATT], &t[T_X1]);
+  if (st == GLIA_OK) st = glia_layer_norm(G, t[T_X1], p[LN2_W], p[LN2_B], eps, &t[T_H2]);
+  if (st == GLIA_OK) st = glia_linear(G, t[T_H2], p[FC_W], p[FC_B], &t[T_FC]);
+  if (st == GLIA_OK) st = glia_unary_(G, GLIA_UN_GELU, t[T_FC]);
+  if (st == GLIA_OK) st = glia_linear(G, t[T_FC], p[FC2_W], p[FC2_B], &t[T_OUT]);
+  if (st == GLIA_OK) {
+    glia_value residual = {.kind = GLIA_VAL_TENSOR, .u.t = t[T_X1]};
+    st = glia_binary_(G, GLIA_BIN_ADD, t[T_OUT], &residual);
+  }
+  glia_ctx_set_grad_mode(G, saved_mode);
+  glia_tensor *r = t[T_OUT];
+  t[T_OUT] = NULL;
+  for (int i = 0; i < NTMP; i++) glia_tensor_release(t[i]);
+  return glia_hand_out(st, r, out);
+}
+
+/* ======================================================== registry */
+
+/* decoder_block(x, params, kcache, vcache, len, n_heads [, eps]) */
+static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                    glia_value *outs) {
+  (void)nargs;
+  if (args[1].u.list.n != NPARAM)
+    return glia_fail(G, GLIA_EARG,
+                     "%s: expected %d parameters (ln1, qkv, proj, ln2, fc, fc2: weight and "
+                     "bias each), got %d", NAME, NPARAM, args[1].u.list.n);
+  glia_tensor *r;
+  TRY(glia_decoder_block(G, args[0].u.t, args[1].u.list.v, args[2].u.t, args[3].u.t,
+                         args[4].u.i, args[5].u.i, arg_num(&args[6], 1e-5), &r));
+  return out1(nouts, outs, r);
+}
+
+const glia_op glia_ops_block[] = {
+    {"decoder_block", "TLTTii|n", op_decoder_block, 0},
+    {NULL, NULL, NULL, 0},
+};
