@@ -5,6 +5,8 @@
 --   cache:append(k_new, v_new)   -- {B,Hkv,n,d}, {B,Hkv,n,dv}: positions len+1..len+n
 --   local o = cache:attend(q)    -- q {B,H,n,d}: the last n positions, causal
 --   cache:len(), cache:capacity(), cache:reset()
+--   cache:reserve(n); write cache.k, cache.v at len+1..len+n; cache:advance(n)
+--                                -- for fused ops that fill the buffers themselves
 --
 -- The cache owns two preallocated buffers {B,Hkv,capacity,d|dv}. Appending
 -- past the capacity reallocates once with doubled capacity (copying the
@@ -53,6 +55,24 @@ local function shape_str(x)
   return "{" .. table.concat(x:shape(), ",") .. "}"
 end
 
+-- Room for n more positions (reallocating as append does); returns self.
+function Cache:reserve(n)
+  check_count(n, "reserve count")
+  if self.n + n > self.cap then self:_alloc(max(2 * self.cap, self.n + n)) end
+  return self
+end
+
+-- Counts n more positions as cached, once the caller has written them.
+function Cache:advance(n)
+  check_count(n, "advance count")
+  if self.n + n > self.cap then
+    error(format("glia.kv_cache: advance by %d past the capacity %d (length %d)", n, self.cap,
+                 self.n), 2)
+  end
+  self.n = self.n + n
+  return self
+end
+
 function Cache:append(k, v)
   local n = k:dim() == 4 and k:size(3) or -1
   if n < 0 or k:size(1) ~= self.B or k:size(2) ~= self.Hkv or k:size(4) ~= self.d
@@ -62,7 +82,7 @@ function Cache:append(k, v)
                  self.B, self.Hkv, self.d, self.B, self.Hkv, self.dv, shape_str(k), shape_str(v)), 2)
   end
   if n == 0 then return self end
-  if self.n + n > self.cap then self:_alloc(max(2 * self.cap, self.n + n)) end
+  self:reserve(n)
   glia.no_grad(function()
     self.k:narrow(3, self.n + 1, n):copy_(k)
     self.v:narrow(3, self.n + 1, n):copy_(v)
