@@ -17,7 +17,8 @@
 -- Initialization follows GPT-2: weights ~ N(0, 0.02), the projections that
 -- write into the residual stream scaled by 1/sqrt(2 n_layers), biases zero.
 --
--- Generation runs with a key/value cache per block: one forward over the
+-- The blocks are glia.nn.TransformerBlock: x + attn(ln1(x)), then
+-- x + mlp(ln2(x)). Generation runs with a key/value cache per block: one forward over the
 -- prompt, then one forward of one position per new token. When a sequence
 -- reaches ctx positions the caches restart from its last ctx/2 tokens
 -- (learned positions stop at ctx), so generation can run to any length.
@@ -29,33 +30,9 @@ local type, error, format, ipairs, pairs, tostring =
   type, error, string.format, ipairs, pairs, tostring
 local no_grad = glia.no_grad
 
--- ================================================================ block
-
--- x + attn(ln1(x)), then x + mlp(ln2(x)).
-local Block = nn.Module:extend("Block")
-
-function Block:__init(cfg)
-  local d, bias = cfg.d_model, { bias = cfg.bias }
-  self.ln1 = nn.LayerNorm(d)
-  self.attn = nn.CausalSelfAttention(d, cfg.n_heads, { dropout = cfg.dropout, bias = cfg.bias })
-  self.ln2 = nn.LayerNorm(d)
-  self.fc = nn.Linear(d, 4 * d, bias)
-  self.fc2 = nn.Linear(4 * d, d, bias)
-  if cfg.dropout > 0 then self.drop = nn.Dropout(cfg.dropout) end
-end
-
--- x {B,T,C}; cache (a glia.kv_cache of this block's attention) or nil.
-function Block:forward(x, cache)
-  x = x + self.attn(self.ln1(x), cache)
-  local h = self.fc2(glia.gelu(self.fc(self.ln2(x))))
-  if self.drop then h = self.drop(h) end
-  return x + h
-end
-
 -- ================================================================== GPT
 
 local GPT = nn.Module:extend("GPT")
-GPT.Block = Block
 
 local DEFAULTS = { d_model = 256, n_layers = 4, n_heads = 4, ctx = 256, dropout = 0,
                    bias = true, tie = false }
@@ -97,7 +74,10 @@ function GPT:__init(cfg)
   self.pos = nn.Embedding(cfg.ctx, cfg.d_model)
   if cfg.dropout > 0 then self.drop = nn.Dropout(cfg.dropout) end -- none: no call per token
   local blocks = {}
-  for i = 1, cfg.n_layers do blocks[i] = Block(cfg) end
+  for i = 1, cfg.n_layers do
+    blocks[i] = nn.TransformerBlock(cfg.d_model, cfg.n_heads, { dropout = cfg.dropout,
+                                                                bias = cfg.bias })
+  end
   self.blocks = nn.ModuleList(blocks)
   self.lnf = nn.LayerNorm(cfg.d_model)
   self.head = nn.Linear(cfg.d_model, cfg.vocab_size, { bias = cfg.bias })

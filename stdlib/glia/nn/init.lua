@@ -9,6 +9,7 @@
 --   nn.Sequential(...)  nn.ModuleList(...)  nn.ModuleDict(t)  nn.Residual(inner)
 --   nn.MultiHeadAttention(d_model, n_heads, {kv_heads, causal, dropout, bias, fused})
 --   nn.CausalSelfAttention(d_model, n_heads, {kv_heads, dropout, bias, fused})
+--   nn.TransformerBlock(d_model, n_heads, {kv_heads, mlp_ratio, dropout, bias, eps, fused})
 --   nn.init                     initializers (nn/initializers.lua)
 --   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
 local Module = require "glia.nn.module"
@@ -24,7 +25,7 @@ local nn = {
 }
 nn.F = nn.functional
 
-for _, family in ipairs { "linear", "activation", "norm", "container", "attention" } do
+for _, family in ipairs { "linear", "activation", "norm", "container", "attention", "transformer" } do
   for name, cls in pairs(require("glia.nn." .. family)) do nn[name] = cls end
 end
 

@@ -1,0 +1,100 @@
+-- glia.nn.transformer -- TransformerBlock: the pre-LayerNorm decoder block
+-- of GPT-2 style models, with a fused path for decoding.
+--
+--   x = x + attn(ln1(x) [, cache])        causal MultiHeadAttention
+--   x = x + drop(fc2(gelu(fc(ln2(x)))))   GELU (tanh form) MLP, F = mlp_ratio * C
+--
+-- TransformerBlock(d_model, n_heads [, {kv_heads = n_heads, mlp_ratio = 4,
+--   dropout = 0, bias = true, eps = 1e-5, fused}])
+-- bias covers the linear layers; the layer norms always have one.
+--
+-- forward(x [, cache]): x {B,T,C}; cache a glia.kv_cache from new_cache.
+-- With a cache, outside training with dropout, the whole block runs as
+-- one C call (glia.decoder_block) instead of some forty: decoding one token
+-- at a time is then bound by the weights streaming from memory, not by
+-- the interpreter. Its result is the module path's, op for op. fused =
+-- false keeps the module path (for comparing the two).
+local glia   = require "glia"
+local Module = require "glia.nn.module"
+local lin    = require "glia.nn.linear"
+local norm   = require "glia.nn.norm"
+local act    = require "glia.nn.activation"
+local attn   = require "glia.nn.attention"
+
+local format, tostring = string.format, tostring
+local check_int = Module.check_int
+
+local M = {}
+
+local TransformerBlock = Module:extend("TransformerBlock")
+M.TransformerBlock = TransformerBlock
+
+function TransformerBlock:__init(d_model, n_heads, opts)
+  opts = opts or {}
+  local mlp_ratio = opts.mlp_ratio or 4
+  check_int("TransformerBlock", "mlp_ratio", mlp_ratio, 1)
+  local bias = opts.bias ~= false
+  self.ln1 = norm.LayerNorm(d_model, { eps = opts.eps })
+  self.attn = attn.CausalSelfAttention(d_model, n_heads, {
+    kv_heads = opts.kv_heads, dropout = opts.dropout, bias = bias, fused = opts.fused })
+  self.ln2 = norm.LayerNorm(d_model, { eps = opts.eps })
+  self.fc = lin.Linear(d_model, mlp_ratio * d_model, { bias = bias })
+  self.fc2 = lin.Linear(mlp_ratio * d_model, d_model, { bias = bias })
+  if (opts.dropout or 0) > 0 then self.drop = act.Dropout(opts.dropout) end
+  self.fused = opts.fused
+end
+
+-- A zero tensor {n}, made once, standing in for an absent bias.
+function TransformerBlock:_zeros(n)
+  local zeros = rawget(self, "_zero_biases")
+  if not zeros then
+    zeros = {}
+    rawset(self, "_zero_biases", zeros)
+  end
+  zeros[n] = zeros[n] or glia.zeros(n)
+  return zeros[n]
+end
+
+-- The parameters in glia.decoder_block's order, zeros for absent biases.
+function TransformerBlock:_fused_params()
+  local C, F = self.attn.d_model, self.fc.weight:size(1)
+  local function b(m, n) return m.bias or self:_zeros(n) end
+  local qkv, proj = self.attn.qkv, self.attn.proj
+  return { self.ln1.weight, self.ln1.bias, qkv.weight, b(qkv, qkv.weight:size(1)),
+           proj.weight, b(proj, C), self.ln2.weight, self.ln2.bias,
+           self.fc.weight, b(self.fc, F), self.fc2.weight, b(self.fc2, C) }
+end
+
+function TransformerBlock:use_fused(cache)
+  return cache ~= nil and self.fused ~= false and glia.decoder_block ~= nil
+     and self.ln1.eps == self.ln2.eps
+     and not (self.training and self.drop)
+end
+
+function TransformerBlock:forward(x, cache)
+  if self:use_fused(cache) then
+    local T = x:dim() == 3 and x:size(2) or 0
+    cache:reserve(T)
+    local y = glia.decoder_block(x, self:_fused_params(), cache.k, cache.v, cache:len(),
+                                 self.attn.n_heads, self.ln1.eps)
+    cache:advance(T)
+    return y
+  end
+  x = x + self.attn(self.ln1(x), cache)
+  local h = self.fc2(glia.gelu(self.fc(self.ln2(x))))
+  if self.drop then h = self.drop(h) end
+  return x + h
+end
+
+-- A glia.kv_cache for this block's attention: B sequences, capacity positions.
+function TransformerBlock:new_cache(B, capacity)
+  return self.attn:new_cache(B, capacity)
+end
+
+function TransformerBlock:extra_repr()
+  return format("d_model=%d, n_heads=%d, kv_heads=%d, mlp=%d, fused=%s", self.attn.d_model,
+                self.attn.n_heads, self.attn.kv_heads, self.fc.weight:size(1),
+                tostring(self.fused ~= false))
+end
+
+return M
