@@ -260,6 +260,10 @@ static int slots_for(glia_ctx *G, int64_t ntasks, double flops) {
 static void run_tasks(glia_ctx *G, int nslots, int64_t ntasks, task_fn fn, void *ud) {
   task_queue q = {.fn = fn, .ud = ud, .ntasks = ntasks};
   atomic_init(&q.next, 0);
+  if (nslots == 1) { /* on the calling thread: OpenBLAS keeps its thread count */
+    queue_worker(0, 1, &q);
+    return;
+  }
   glia_blas_set_threads(1); /* our pool owns the cores during the region */
   glia_parallel_for(G, nslots, 1, queue_worker, &q);
   glia_blas_set_threads(G->nthreads);
