@@ -57,6 +57,9 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
   if (x->ndim != 3)
     return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
   int64_t B = x->size[0], T = x->size[1], C = x->size[2];
+  if (p[LN1_W]->ndim != 1 || p[LN1_W]->size[0] != C)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match ln1.weight %s", NAME,
+                     glia_shape_str(x), glia_shape_str(p[LN1_W]));
   if (H < 1 || C % H != 0)
     return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", NAME,
                      (long long)H, (long long)C);
@@ -67,16 +70,21 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
       memcmp(vc->size, kc->size, 4 * sizeof *kc->size) != 0 || kc->size[1] < 1 ||
       H % kc->size[1] != 0)
     return glia_fail(G, GLIA_ESHAPE,
-                     "%s: caches must be {%lld,K,cap,%lld} with K dividing %lld heads, got %s "
-                     "and %s", NAME, (long long)B, (long long)D, (long long)H,
-                     glia_shape_str(kc), glia_shape_str(vc));
+                     "%s: for x %s with %lld heads the caches must be {%lld,K,cap,%lld} with K "
+                     "dividing %lld, got %s and %s", NAME, glia_shape_str(x), (long long)H,
+                     (long long)B, (long long)D, (long long)H, glia_shape_str(kc),
+                     glia_shape_str(vc));
   *K = kc->size[1];
-  if (len < 0 || len + T > kc->size[2])
-    return glia_fail(G, GLIA_ERANGE, "%s: positions %lld..%lld do not fit a cache of %lld", NAME,
-                     (long long)len + 1, (long long)(len + T), (long long)kc->size[2]);
+  if (len < 0)
+    return glia_fail(G, GLIA_ERANGE, "%s: cached length must be >= 0, got %lld", NAME,
+                     (long long)len);
+  if (len > kc->size[2] - T) /* not len + T: that may overflow */
+    return glia_fail(G, GLIA_ERANGE, "%s: %lld cached + %lld new positions exceed the cache "
+                     "capacity %lld", NAME, (long long)len, (long long)T,
+                     (long long)kc->size[2]);
   if (p[FC_W]->ndim != 2 || p[FC_W]->size[1] != C)
-    return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld}, got %s", NAME,
-                     (long long)C, glia_shape_str(p[FC_W]));
+    return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld} for x %s, got %s", NAME,
+                     (long long)C, glia_shape_str(x), glia_shape_str(p[FC_W]));
   int64_t F = p[FC_W]->size[0];
   TRY(check_param(G, LN1_W, p[LN1_W], C, -1));
   TRY(check_param(G, LN1_B, p[LN1_B], C, -1));

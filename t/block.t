@@ -244,7 +244,7 @@ do
         function() decoder_block(x:to("f64"), p, kc, vc, 2, H) end)
   fails(DB .. ".*[{,]16[},]", "x of width 16 against a block of width 32 is an error naming 16",
         function() decoder_block(glia.randn(1, 1, 16), p, kc, vc, 2, 2) end)
-  fails(DB .. "ln1%.weight must be {32}, got {16}",
+  fails(DB .. "x {1,1,32} does not match ln1%.weight {16}",
         "an ln1 weight not matching x's last dim is an error naming both sizes",
         function() decoder_block(x, with(1, glia.ones(16)), kc, vc, 2, H) end)
   fails(DB .. "expected 12 parameters .*got 11", "a list of 11 parameters is an error",
@@ -256,19 +256,22 @@ do
         function() decoder_block(x, with(12, glia.zeros(31)), kc, vc, 2, H) end)
   fails(DB .. "ln1%.bias must be f32, got f64", "a non-f32 parameter is an error naming it",
         function() decoder_block(x, with(2, p[2]:to("f64")), kc, vc, 2, H) end)
-  fails(DB .. "caches must be .*got {1,2,4,8} and {1,2,5,8}",
+  fails(DB .. "for x {1,1,32} with 4 heads the caches must be .*got {1,2,4,8} and {1,2,5,8}",
         "key and value caches of different shapes are an error naming both",
         function() decoder_block(x, p, kc, glia.zeros(1, 2, 5, 8), 2, H) end)
-  fails(DB .. "caches must be {1,K,cap,8}.*got {2,2,4,8}",
+  fails(DB .. "for x .* the caches must be {1,K,cap,8}.*got {2,2,4,8}",
         "a cache of another batch size is an error naming its shape",
         function() decoder_block(x, p, glia.zeros(2, 2, 4, 8), glia.zeros(2, 2, 4, 8), 2, H) end)
   fails(DB .. "5 heads do not divide d_model 32", "n_heads not dividing d_model is an error",
         function() decoder_block(x, p, kc, vc, 2, 5) end)
-  fails(DB .. "positions 3%.%.5 do not fit a cache of 4",
-        "len + T past the cache's capacity is an error naming the positions",
+  fails(DB .. "2 cached %+ 3 new positions exceed the cache capacity 4",
+        "len + T past the cache's capacity is an error naming the lengths",
         function() decoder_block(glia.randn(1, 3, C), p, kc, vc, 2, H) end)
-  fails(DB .. "positions .* do not fit a cache of 4", "a negative len is an error",
+  fails(DB .. "cached length must be >= 0, got %-1", "a negative len is an error",
         function() decoder_block(x, p, kc, vc, -1, H) end)
+  fails(DB .. "%d+ cached %+ 1 new positions exceed the cache capacity 4",
+        "a len near the integer limit is refused, not wrapped",
+        function() decoder_block(x, p, kc, vc, math.maxinteger or 2 ^ 53, H) end)
   local plain = {}
   for i = 1, 12 do plain[i] = p[i]:detach() end
   fails(DB .. "inference only, but an input requires grad",
@@ -320,7 +323,7 @@ glia.no_grad(function()
   t.is(c:len(), 3, "a failed advance leaves the length")
   c:advance(room)
   t.is(c:len(), c:capacity(), "advance up to the capacity is accepted")
-  for _, bad in ipairs { -1, 1.5 } do
+  for _, bad in ipairs { -1, 1.5, math.huge } do
     t.error_like(function() c:reserve(bad) end,
                  "glia%.kv_cache: reserve count must be a non%-negative integer",
                  "reserve(" .. bad .. ") is an error")

@@ -21,7 +21,7 @@ local Cache = {}
 Cache.__index = Cache
 
 local function check_count(x, what)
-  if type(x) ~= "number" or x < 0 or x ~= floor(x) then
+  if type(x) ~= "number" or x < 0 or x ~= floor(x) or x == math.huge then
     error(format("glia.kv_cache: %s must be a non-negative integer, got %s", what, tostring(x)), 3)
   end
 end

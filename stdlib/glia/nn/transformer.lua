@@ -44,25 +44,22 @@ function TransformerBlock:__init(d_model, n_heads, opts)
   self.fused = opts.fused
 end
 
--- A zero tensor {n}, made once, standing in for an absent bias.
-function TransformerBlock:_zeros(n)
-  local zeros = rawget(self, "_zero_biases")
-  if not zeros then
-    zeros = {}
-    rawset(self, "_zero_biases", zeros)
-  end
-  zeros[n] = zeros[n] or glia.zeros(n)
-  return zeros[n]
-end
-
--- The parameters in glia.decoder_block's order, zeros for absent biases.
+-- The parameters in glia.decoder_block's order, read afresh each call (a
+-- parameter may have been replaced); an absent bias of a linear layer
+-- becomes a zero tensor, made once per size.
 function TransformerBlock:_fused_params()
-  local C, F = self.attn.d_model, self.fc.weight:size(1)
-  local function b(m, n) return m.bias or self:_zeros(n) end
-  local qkv, proj = self.attn.qkv, self.attn.proj
-  return { self.ln1.weight, self.ln1.bias, qkv.weight, b(qkv, qkv.weight:size(1)),
-           proj.weight, b(proj, C), self.ln2.weight, self.ln2.bias,
-           self.fc.weight, b(self.fc, F), self.fc2.weight, b(self.fc2, C) }
+  local qkv, proj, fc, fc2 = self.attn.qkv, self.attn.proj, self.fc, self.fc2
+  local p = { self.ln1.weight, self.ln1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
+              self.ln2.weight, self.ln2.bias, fc.weight, fc.bias, fc2.weight, fc2.bias }
+  for i = 4, 12, 2 do
+    if not p[i] then
+      local zeros, n = rawget(self, "_zero_biases") or {}, p[i - 1]:size(1)
+      rawset(self, "_zero_biases", zeros)
+      zeros[n] = zeros[n] or glia.zeros(n)
+      p[i] = zeros[n]
+    end
+  end
+  return p
 end
 
 function TransformerBlock:use_fused(cache)
