@@ -47,8 +47,8 @@
 
 /* Floats per SIMD vector (gcc lowers the vector type to what -march has).
 ** Score tiles have rows padded to whole vectors, filled with -inf. */
-#define VL 16
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+#define VL GLIA_VL
+typedef glia_vf vf;
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
 /* Below this many flops (~0.2 ms on one core) a call runs on the calling
@@ -94,12 +94,6 @@ static float hmax(vf x) {
   return m;
 }
 
-static float hsum(vf x) {
-  float s = 0;
-  for (int i = 0; i < VL; i++) s += x[i];
-  return s;
-}
-
 static float row_max(const float *s, int64_t nv) {
   vf m = vsplat(-INFINITY);
   for (int64_t k = 0; k < nv; k++) m = vmax(m, vload(s + k * VL));
@@ -114,7 +108,7 @@ static float row_exp(float *s, int64_t nv, float m) {
     vstore(s + k * VL, e);
     acc += e;
   }
-  return hsum(acc);
+  return glia_hsum(acc);
 }
 
 /* ======================================================== the plan */

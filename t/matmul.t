@@ -124,6 +124,28 @@ check_big(randn(512, 2):select(2, 1), randn(512, 256), "a strided vector x matri
 check_big(randn(256, 512), randn(512), "matrix x vector gives the naive product")
 check_big(randn(512, 256):t(), randn(512), "transposed matrix x vector gives the naive product")
 check_big(randn(256, 512), randn(512, 3):select(2, 2), "matrix x strided vector gives the naive product")
+-- Rows of the matrix dotted with a contiguous vector go to glia's own
+-- kernel, at any size: blocks of 4 rows, whole vectors of 16, then tails.
+check_big(randn(1, 29), randn(29, 37), "a 1 x 29 row times 29 x 37 (odd tails) gives the naive product")
+check_big(randn(37, 29), randn(29, 1), "37 x 29 times a 29 x 1 column gives the naive product")
+check_big(randn(1003, 1001), randn(1001), "1003 x 1001 times a vector gives the naive product")
+do
+  local x, w, b = randn(1, 1001), randn(1003, 1001), randn(1003)
+  local want, bv = ref_matmul(x, w:t()), t.flat(b, {})
+  for i = 1, #want do want[i] = want[i] + bv[i] end
+  same(glia.linear(x, w, b), want, { 1, 1003 }, 1e-3,
+       "a one-row linear with bias, 1003 outputs of 1001 inputs, gives the naive result")
+  local c = randn(1, 1003)
+  local cv, prod = t.flat(c, {}), ref_matmul(x, w:t())
+  for i = 1, #prod do prod[i] = 0.5 * cv[i] + 2 * prod[i] end
+  same(glia.addmm(c, x, w:t(), 0.5, 2), prod, { 1, 1003 }, 1e-3,
+       "addmm of one row with beta 0.5 and alpha 2 gives the naive result")
+  local nan = glia.full({ 1, 1003 }, 0 / 0)
+  same(glia.addmm(nan, x, w:t(), 0, 1), ref_matmul(x, w:t()), { 1, 1003 }, 1e-3,
+       "addmm with beta 0 ignores an input of NaNs on the matrix-vector path")
+  local r = u.by_threads(function() return glia.linear(x, w, b) end)
+  t.ok(u.identical(r[1], r[2]), "a one-row linear gives the same bits on 1 and 2 threads")
+end
 check_big(randn(4, 1, 512), randn(4, 512, 256), "a batch of one-row products gives the naive product")
 check_big(randn(2, 256, 512), randn(2, 512, 1), "a batch of one-column products gives the naive product")
 
