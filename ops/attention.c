@@ -55,6 +55,9 @@ typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 ** thread only: waking the pool costs more than it gains, e.g. for a decode
 ** step against a cache of a few thousand positions. */
 #define INLINE_FLOPS (1 << 24)
+/* The same for tasks of few-row tiles (decoding), which call no BLAS: only
+** the pool is handed the work, so less of it pays. */
+#define INLINE_FLOPS_FEW (1 << 17)
 /* Split-KV aims at this many independent tasks (a shape rule, not a thread
 ** count, so results are the same for any number of threads). */
 #define SPLIT_TARGET 8
@@ -109,6 +112,52 @@ static float row_exp(float *s, int64_t nv, float m) {
     acc += e;
   }
   return glia_hsum(acc);
+}
+
+/* Tiles of at most this many query rows (decoding: the rows of one kv
+** head's group) take their products from the loops below instead of sgemm,
+** whose per-call cost is most of the work at that size; with no BLAS call
+** inside, their tasks also spread over the pool without handing OpenBLAS's
+** thread count back and forth. */
+#define FEW_ROWS 4
+
+static float dot(const float *a, const float *b, int64_t n) {
+  vf acc = vsplat(0.0f);
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) acc += glia_vloadu(a + i) * glia_vloadu(b + i);
+  float s = glia_hsum(acc);
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
+}
+
+/* acc[0:E] += sum over c < nc of w[c] * V[c, 0:E] (V rows ldv apart), four
+** vectors of acc at a time held in registers across the keys. */
+static void weighted_rows(const float *w, int64_t nc, const float *V, int64_t ldv, float *acc,
+                          int64_t E) {
+  int64_t i = 0;
+  for (; i + 4 * VL <= E; i += 4 * VL) {
+    vf a0 = glia_vloadu(acc + i), a1 = glia_vloadu(acc + i + VL),
+       a2 = glia_vloadu(acc + i + 2 * VL), a3 = glia_vloadu(acc + i + 3 * VL);
+    for (int64_t c = 0; c < nc; c++) {
+      const float *v = V + c * ldv + i;
+      vf wc = vsplat(w[c]);
+      a0 += wc * glia_vloadu(v);
+      a1 += wc * glia_vloadu(v + VL);
+      a2 += wc * glia_vloadu(v + 2 * VL);
+      a3 += wc * glia_vloadu(v + 3 * VL);
+    }
+    memcpy(acc + i, &a0, sizeof a0);
+    memcpy(acc + i + VL, &a1, sizeof a1);
+    memcpy(acc + i + 2 * VL, &a2, sizeof a2);
+    memcpy(acc + i + 3 * VL, &a3, sizeof a3);
+  }
+  for (; i + VL <= E; i += VL) {
+    vf a = glia_vloadu(acc + i);
+    for (int64_t c = 0; c < nc; c++) a += vsplat(w[c]) * glia_vloadu(V + c * ldv + i);
+    memcpy(acc + i, &a, sizeof a);
+  }
+  for (; i < E; i++)
+    for (int64_t c = 0; c < nc; c++) acc[i] += w[c] * V[c * ldv + i];
 }
 
 /* ======================================================== the plan */
@@ -188,8 +237,14 @@ static glia_status operand_get(glia_ctx *G, glia_tensor *x, operand *o) {
 ** kp; each row is padded with -inf up to whole vectors. */
 static void score_tile(const attn_plan *p, const float *qp, int64_t ldq, int64_t R,
                        const float *kp, int64_t nc, float *S) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nc, (int)p->D, p->scale,
-              qp, (int)ldq, kp, (int)p->k.ld, 0.0f, S, (int)p->ldS);
+  if (R <= FEW_ROWS) {
+    for (int64_t r = 0; r < R; r++)
+      for (int64_t c = 0; c < nc; c++)
+        S[r * p->ldS + c] = p->scale * dot(qp + r * ldq, kp + c * p->k.ld, p->D);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nc, (int)p->D, p->scale,
+                qp, (int)ldq, kp, (int)p->k.ld, 0.0f, S, (int)p->ldS);
+  }
   int64_t end = cdiv(nc, VL) * VL;
   for (int64_t r = 0; r < R; r++)
     for (int64_t c = nc; c < end; c++) S[r * p->ldS + c] = -INFINITY;
@@ -246,21 +301,24 @@ static void queue_worker(int64_t slot, int64_t end, void *ud) {
 }
 
 /* Scratch slots (threads) worth using for ntasks tasks and `flops` work. */
-static int slots_for(glia_ctx *G, int64_t ntasks, double flops) {
-  if (flops < INLINE_FLOPS) return 1;
+static int slots_for(glia_ctx *G, int64_t ntasks, double flops, double inline_below) {
+  if (flops < inline_below) return 1;
   return (int)imax(1, imin(G->nthreads, ntasks));
 }
 
-static void run_tasks(glia_ctx *G, int nslots, int64_t ntasks, task_fn fn, void *ud) {
+/* blas: whether the tasks call OpenBLAS, which must then run single-threaded
+** inside them (one owner of the cores at a time). */
+static void run_tasks(glia_ctx *G, int nslots, int64_t ntasks, task_fn fn, void *ud,
+                      bool blas) {
   task_queue q = {.fn = fn, .ud = ud, .ntasks = ntasks};
   atomic_init(&q.next, 0);
   if (nslots == 1) { /* on the calling thread: OpenBLAS keeps its thread count */
     queue_worker(0, 1, &q);
     return;
   }
-  glia_blas_set_threads(1); /* our pool owns the cores during the region */
+  if (blas) glia_blas_set_threads(1);
   glia_parallel_for(G, nslots, 1, queue_worker, &q);
-  glia_blas_set_threads(G->nthreads);
+  if (blas) glia_blas_set_threads(G->nthreads);
 }
 
 /* Per-slot float scratch: one block of nslots * per floats. */
@@ -363,9 +421,14 @@ static void fwd_task(void *ud, int64_t t, int slot) {
       }
       m[r] = mnew;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)E, (int)nc, 1.0f, S,
-                (int)ldS, row_ptr(&p->v, b, kh, c0), (int)p->v.ld, kj == kb0 ? 0.0f : 1.0f,
-                acc, (int)imax(E, 1));
+    const float *vp = row_ptr(&p->v, b, kh, c0);
+    if (R <= FEW_ROWS) {
+      if (kj == kb0) memset(acc, 0, (size_t)(R * E) * sizeof *acc);
+      for (int64_t r = 0; r < R; r++) weighted_rows(S + r * ldS, nc, vp, p->v.ld, acc + r * E, E);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)E, (int)nc, 1.0f, S,
+                  (int)ldS, vp, (int)p->v.ld, kj == kb0 ? 0.0f : 1.0f, acc, (int)imax(E, 1));
+    }
   }
   for (int64_t g = 0; g < p->G; g++)
     fwd_finish(j, b, kh * p->G + g, r0, nr, s, acc + g * nr * E, m + g * nr, l + g * nr);
@@ -403,7 +466,9 @@ static glia_status attn_forward(glia_ctx *G, const attn_plan *p, float *o, float
   if (rows == 0) return GLIA_OK;
   fwd_job j = {.p = p, .o = o, .lse = lse};
   int64_t ntasks = p->B * p->K * p->Tr * p->nsplit, gbr = p->G * p->br;
-  int nslots = slots_for(G, ntasks, 2.0 * (double)rows * (double)p->M * (double)(p->D + p->E));
+  double flops = 2.0 * (double)rows * (double)p->M * (double)(p->D + p->E);
+  bool few_rows = gbr <= FEW_ROWS;
+  int nslots = slots_for(G, ntasks, flops, few_rows ? INLINE_FLOPS_FEW : INLINE_FLOPS);
   size_t per = (size_t)(gbr * (p->D + p->ldS + p->E + 2));
   TRY(scratch_new(G, nslots, per, &j.ws));
   size_t part_bytes = 0;
@@ -416,7 +481,7 @@ static glia_status attn_forward(glia_ctx *G, const attn_plan *p, float *o, float
     }
     j.part_lse = j.part_o + rows * p->nsplit * p->E;
   }
-  run_tasks(G, nslots, ntasks, fwd_task, &j);
+  run_tasks(G, nslots, ntasks, fwd_task, &j, !few_rows);
   if (p->nsplit > 1) {
     glia_parallel_for(G, rows, imax(1, 4096 / imax(p->E, 1)), combine_rows, &j);
     glia_free(G, j.part_o, part_bytes);
@@ -567,14 +632,14 @@ static glia_status attn_backward(glia_ctx *G, bwd_job *j, const float *o) {
   int64_t nbk = p->B * p->K, T = G->nthreads, Tc = cdiv(p->M, p->bc);
   double flops = 4.0 * (double)rows * (double)p->M * (double)(p->D + p->E);
   bool own = T <= 1 || (double)nbk / (double)(T * cdiv(nbk, T)) >= 5.0 / 7.0;
-  int nslots = slots_for(G, own ? nbk : nbk * Tc, flops);
+  int nslots = slots_for(G, own ? nbk : nbk * Tc, flops, INLINE_FLOPS);
   glia_status st = scratch_new(G, nslots, (size_t)(2 * p->br * p->ldS), &j->ws);
   if (st == GLIA_OK) {
     if (own || nslots == 1) {
-      run_tasks(G, nslots, nbk, bwd_own_task, j);
+      run_tasks(G, nslots, nbk, bwd_own_task, j, true);
     } else {
-      run_tasks(G, nslots, nbk * Tc, bwd_kv_task, j);
-      run_tasks(G, nslots, p->B * p->H * p->Tr, bwd_q_task, j);
+      run_tasks(G, nslots, nbk * Tc, bwd_kv_task, j, true);
+      run_tasks(G, nslots, p->B * p->H * p->Tr, bwd_q_task, j, true);
     }
     glia_free(G, j->ws.base, j->ws.bytes);
   }
