@@ -136,6 +136,12 @@ struct glia_ctx {
   /* allocator */
   size_t live_bytes, peak_bytes, cached_bytes, cache_limit;
   glia_block *cache[GLIA_CACHE_CLASSES];
+  /* large blocks (vm/ctx.c): arena chunks, the current chunk's free range,
+  ** and per class the blocks whose pages went back to the kernel */
+  void **chunks;
+  int nchunks, chunks_cap;
+  char *arena_next, *arena_end;
+  glia_block *released[GLIA_CACHE_CLASSES];
   int64_t fail_countdown;
   glia_tensor *free_tensors; /* recycled tensor structs */
   int nfree_tensors;

@@ -8,6 +8,8 @@
 #include "glia_impl.h"
 #include "tap.h"
 
+#include <stdlib.h>
+
 /* ========================================================= accounting */
 
 static void test_accounting(void) {
@@ -54,6 +56,78 @@ static void test_accounting(void) {
   glia_tensor_wrap(G, host, GLIA_DTYPE_F32, 1, s4, NULL, NULL, NULL, &t);
   ok(glia_ctx_live_bytes(G) == 0, "wrapped host memory is not counted as the context's bytes");
   glia_tensor_release(t);
+  glia_ctx_release(G);
+}
+
+/* ======================================================= large blocks */
+
+/* Fills n floats with a pattern of seed; true when they still hold it. */
+static void fill(float *p, int64_t n, float seed) {
+  for (int64_t i = 0; i < n; i++) p[i] = seed + (float)(i % 1000);
+}
+static bool holds(const float *p, int64_t n, float seed) {
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] != seed + (float)(i % 1000)) return false;
+  return true;
+}
+
+/* Blocks of 64 KiB and more (vm/ctx.c: huge-page arena chunks, or a mapping
+** of their own past 16 MiB) behave as the small ones do: distinct, writable,
+** counted, cached and reused, and handed back on trim. */
+static void test_large(void) {
+  glia_ctx *G = glia_ctx_new();
+  const int64_t sizes[4] = {1 << 14, 196608, 1 << 18, 5 << 20}; /* 64 KiB .. 20 MiB */
+  glia_tensor *t[4][3];
+  bool ok_all = true;
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 3; j++) {
+      ok_all &= glia_tensor_new(G, GLIA_DTYPE_F32, 1, &sizes[i], &t[i][j]) == GLIA_OK;
+      fill(glia_tensor_data(t[i][j]), sizes[i], (float)(10 * i + j));
+    }
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 3; j++) ok_all &= holds(glia_tensor_data(t[i][j]), sizes[i], 10 * i + j);
+  ok(ok_all, "twelve large blocks of 64 KiB to 20 MiB are distinct and keep what was written");
+  size_t live = glia_ctx_live_bytes(G);
+  ok(live >= 3 * 4 * (size_t)(sizes[0] + sizes[1] + sizes[2] + sizes[3]) &&
+         glia_ctx_peak_bytes(G) == live,
+     "large blocks count as live bytes (%zu) and set the peak", live);
+  void *last = glia_tensor_data(t[2][2]); /* freed last: first out of its class */
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 3; j++) glia_tensor_release(t[i][j]);
+  ok(glia_ctx_live_bytes(G) == 0 && glia_ctx_cached_bytes(G) == live,
+     "released large blocks are cached");
+  glia_tensor *u = NULL;
+  glia_tensor_new(G, GLIA_DTYPE_F32, 1, &sizes[2], &u);
+  ok(glia_tensor_data(u) == last, "a large tensor of a cached size reuses a cached block");
+  glia_tensor_release(u);
+  glia_ctx_trim(G);
+  ok(glia_ctx_cached_bytes(G) == 0 && glia_ctx_live_bytes(G) == 0,
+     "trim hands every cached large block back");
+  ok_all = true;
+  for (int i = 0; i < 4; i++) { /* blocks whose pages were handed back serve again */
+    ok_all &= glia_tensor_new(G, GLIA_DTYPE_F32, 1, &sizes[i], &t[i][0]) == GLIA_OK;
+    fill(glia_tensor_data(t[i][0]), sizes[i], (float)i);
+  }
+  for (int i = 0; i < 4; i++) {
+    ok_all &= holds(glia_tensor_data(t[i][0]), sizes[i], (float)i);
+    glia_tensor_release(t[i][0]);
+  }
+  ok(ok_all, "after a trim, large blocks of the same sizes are writable again");
+  glia_ctx_release(G);
+
+  /* With no room in the cache, a freed large block goes back at once. */
+  setenv("GLIA_CACHE_MB", "0", 1);
+  G = glia_ctx_new();
+  unsetenv("GLIA_CACHE_MB");
+  ok_all = true;
+  for (int r = 0; r < 50; r++) {
+    ok_all &= glia_tensor_new(G, GLIA_DTYPE_F32, 1, &sizes[1], &u) == GLIA_OK;
+    fill(glia_tensor_data(u), sizes[1], (float)r);
+    ok_all &= holds(glia_tensor_data(u), sizes[1], (float)r);
+    glia_tensor_release(u);
+  }
+  ok(ok_all && glia_ctx_cached_bytes(G) == 0 && glia_ctx_live_bytes(G) == 0,
+     "with a cache limit of 0, fifty large temporaries in a row are fresh and uncached");
   glia_ctx_release(G);
 }
 
@@ -179,6 +253,7 @@ static void test_faults(void) {
 
 int main(void) {
   test_accounting();
+  test_large();
   test_faults();
   return tap_done();
 }
