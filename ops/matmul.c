@@ -153,6 +153,7 @@ static void scale_c(const gemm_plan *P, float *c, float beta) {
 typedef struct {
   const float *w, *x;
   float *y;
+  const float *bias; /* added to y[r] (linear's bias), or NULL */
   int64_t rows, k, ldw, incy;
   float alpha, beta;
 } rowdot;
@@ -179,13 +180,35 @@ static void rowdot_rows(int64_t r0, int64_t r1, void *ud) {
     for (; i < k16; i += GLIA_VL) a0 += glia_vloadu(w + i) * glia_vloadu(x + i);
     float dot = glia_hsum((a0 + a1) + (a2 + a3));
     for (; i < k; i++) dot += w[i] * x[i];
-    float *y = d->y + r * d->incy;
-    *y = d->beta == 0.0f ? d->alpha * dot : d->alpha * dot + d->beta * *y;
+    float *y = d->y + r * d->incy, v = d->alpha * dot;
+    if (d->bias) v += d->bias[r];
+    *y = d->beta == 0.0f ? v : v + d->beta * *y;
   }
 }
 
 /* The row-dot form of batch item (a, b, c), when its vector is contiguous:
 ** true when done. */
+static void rowdot_run(glia_ctx *G, rowdot *d) {
+  int64_t grain = ROWDOT_GRAIN / (d->k > 0 ? d->k : 1);
+  glia_parallel_for(G, d->rows, grain > 0 ? grain : 1, rowdot_rows, d);
+}
+
+/* linear(x, w, bias) of one contiguous row x with contiguous w and bias,
+** straight into r: decoding's case, without a GEMM plan or a pass to copy
+** the bias in first. False when the operands are not of that form. */
+static bool linear_row(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor *bias,
+                       glia_tensor *r) {
+  int64_t k = w->size[1];
+  if (glia_tensor_numel(x) != k || !glia_tensor_is_contiguous(x) ||
+      !glia_tensor_is_contiguous(w) || (bias && !glia_tensor_is_contiguous(bias)))
+    return false;
+  rowdot d = {.w = (const float *)glia_ptr(w), .x = (const float *)glia_ptr(x),
+              .y = (float *)glia_ptr(r), .bias = bias ? (const float *)glia_ptr(bias) : NULL,
+              .rows = w->size[0], .k = k, .ldw = k, .incy = 1, .alpha = 1.0f};
+  rowdot_run(G, &d);
+  return true;
+}
+
 static bool gemv_rowdot(const gemm_plan *P, const float *a, const float *b, float *c,
                         float beta) {
   rowdot d = {.alpha = P->alpha, .beta = beta, .k = P->k};
@@ -196,8 +219,7 @@ static bool gemv_rowdot(const gemm_plan *P, const float *a, const float *b, floa
   } else {
     return false;
   }
-  int64_t grain = ROWDOT_GRAIN / (d.k > 0 ? d.k : 1);
-  glia_parallel_for(P->G, d.rows, grain > 0 ? grain : 1, rowdot_rows, &d);
+  rowdot_run(P->G, &d);
   return true;
 }
 
@@ -505,8 +527,11 @@ static glia_status mm_forward(glia_ctx *G, mm_kind kind, glia_tensor *a, glia_te
   glia_tensor *r;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, geo.out_ndim, geo.out_size, &r));
   bool add_c = c && beta != 0.0; /* beta 0 ignores c, even its NaNs */
-  glia_status st = add_c ? glia_copy_into(G, r, c) : GLIA_OK;
-  if (st == GLIA_OK) st = mm_run(G, kind, &geo, a, b, r, alpha, add_c ? beta : 0.0);
+  glia_status st = GLIA_OK;
+  if (!(kind == MM_LINEAR && linear_row(G, a, b, c, r))) {
+    if (add_c) st = glia_copy_into(G, r, c);
+    if (st == GLIA_OK) st = mm_run(G, kind, &geo, a, b, r, alpha, add_c ? beta : 0.0);
+  }
   glia_tensor *in[3] = {a, b, c};
   glia_node *node = st == GLIA_OK ? glia_node_begin(G, name, mm_bwd, c ? 3 : 2, in, &st) : NULL;
   if (node) {

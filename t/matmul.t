@@ -143,6 +143,11 @@ do
   local nan = glia.full({ 1, 1003 }, 0 / 0)
   same(glia.addmm(nan, x, w:t(), 0, 1), ref_matmul(x, w:t()), { 1, 1003 }, 1e-3,
        "addmm with beta 0 ignores an input of NaNs on the matrix-vector path")
+  local xs, bs = randn(1001, 2):select(2, 1):view(1, 1001), randn(1003, 2):select(2, 2)
+  local want2, bsv = ref_matmul(xs, w:t()), t.flat(bs, {})
+  for i = 1, #want2 do want2[i] = want2[i] + bsv[i] end
+  same(glia.linear(xs, w, bs), want2, { 1, 1003 }, 1e-3,
+       "a one-row linear of a strided row and a strided bias gives the naive result")
   local r = u.by_threads(function() return glia.linear(x, w, b) end)
   t.ok(u.identical(r[1], r[2]), "a one-row linear gives the same bits on 1 and 2 threads")
 end
