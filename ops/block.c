@@ -131,6 +131,76 @@ static glia_status append(glia_ctx *G, glia_tensor *cache, glia_tensor *kv, int6
   return st;
 }
 
+/* ------------------------------------------------- one row: decoding */
+
+/* Whether the step is one row (B = T = 1) of contiguous operands, with
+** cache rows contiguous: the case of row_step. */
+static bool one_row(glia_tensor *x, glia_tensor *const *p, glia_tensor *kc, glia_tensor *vc) {
+  if (x->size[0] * x->size[1] != 1 || !glia_tensor_is_contiguous(x) || kc->stride[3] != 1 ||
+      vc->stride[3] != 1)
+    return false;
+  for (int i = 0; i < NPARAM; i++)
+    if (!glia_tensor_is_contiguous(p[i])) return false;
+  return true;
+}
+
+static const float *data(glia_tensor *t) { return (const float *)glia_ptr(t); }
+
+/* The key or value heads of row qkv at positions len of cache {1,K,cap,D}. */
+static void put_row(glia_tensor *cache, const float *heads, int64_t K, int64_t D, int64_t len) {
+  float *base = (float *)glia_ptr(cache);
+  for (int64_t kh = 0; kh < K; kh++)
+    memcpy(base + kh * cache->stride[1] + len * cache->stride[2], heads + kh * D,
+           (size_t)D * sizeof(float));
+  glia_tensor_bump_version(cache);
+}
+
+/* The block on one row, through the very kernels the general path reaches
+** (glia_matvec is glia.linear's one-row kernel, glia_layer_norm_rows and
+** glia_gelu_rows those of the ops): the same numbers, with one buffer for
+** the intermediates instead of a tensor each, which is most of a decode
+** step's time outside the matrix products. */
+static glia_status row_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                            glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                            int64_t K, double eps, glia_tensor **out) {
+  int64_t C = x->size[2], D = C / H, F = p[FC_W]->size[0], Q = (H + 2 * K) * D;
+  int64_t qkv_size[3] = {1, 1, Q}, q_size[4] = {1, H, 1, D}, q_stride[4] = {Q, D, D, 1};
+  size_t ws_bytes = (size_t)(2 * C + F) * sizeof(float);
+  glia_tensor *qkv = NULL, *q = NULL, *y = NULL, *r = NULL;
+  float *ws = glia_alloc(G, ws_bytes); /* h {C}, t {C}, f {F} */
+  glia_status st = ws ? GLIA_OK : glia_fail_nomem(G, ws_bytes, NAME);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, qkv_size, &qkv);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, x->size, &r);
+  if (st == GLIA_OK) st = glia_tensor_view_raw(G, qkv, 4, q_size, q_stride, 0, &q);
+  if (st == GLIA_OK) {
+    float *h = ws, *t = ws + C, *f = ws + 2 * C, *qkvp = (float *)glia_ptr(qkv);
+    glia_layer_norm_rows(data(x), data(p[LN1_W]), data(p[LN1_B]), h, 1, C, eps);
+    glia_matvec(G, data(p[QKV_W]), h, data(p[QKV_B]), qkvp, Q, C);
+    put_row(kc, qkvp + H * D, K, D, len);
+    put_row(vc, qkvp + (H + K) * D, K, D, len);
+    int64_t n = len + 1;
+    st = glia_attention_decode(G, q, kc, vc, &n, NAN, &y);
+    if (st == GLIA_OK) {
+      const float *xp = data(x);
+      float *rp = (float *)glia_ptr(r);
+      glia_matvec(G, data(p[PROJ_W]), data(y), data(p[PROJ_B]), t, C, C);
+      for (int64_t i = 0; i < C; i++) rp[i] = xp[i] + t[i];
+      glia_layer_norm_rows(rp, data(p[LN2_W]), data(p[LN2_B]), h, 1, C, eps);
+      glia_matvec(G, data(p[FC_W]), h, data(p[FC_B]), f, F, C);
+      glia_gelu_rows(f, F);
+      glia_matvec(G, data(p[FC2_W]), f, data(p[FC2_B]), t, C, F);
+      for (int64_t i = 0; i < C; i++) rp[i] += t[i];
+    }
+  }
+  glia_free(G, ws, ws_bytes);
+  glia_tensor_release(qkv);
+  glia_tensor_release(q);
+  glia_tensor_release(y);
+  return glia_hand_out(st, r, out);
+}
+
+/* ------------------------------------------------------- any shape */
+
 /* The temporaries of one step, released together. */
 enum { T_H1, T_QKV, T_Q, T_K, T_V, T_Y, T_YT, T_YM, T_ATT, T_X1, T_H2, T_FC, T_OUT, NTMP };
 
@@ -139,6 +209,7 @@ glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *
                                double eps, glia_tensor **out) {
   int64_t K = 0;
   TRY(check_args(G, x, p, kc, vc, len, H, &K));
+  if (one_row(x, p, kc, vc)) return row_step(G, x, p, kc, vc, len, H, K, eps, out);
   int64_t B = x->size[0], T = x->size[1], C = x->size[2], D = C / H;
   glia_tensor *t[NTMP] = {NULL};
   int saved_mode = glia_ctx_set_grad_mode(G, 0);

@@ -193,6 +193,13 @@ static void rowdot_run(glia_ctx *G, rowdot *d) {
   glia_parallel_for(G, d->rows, grain > 0 ? grain : 1, rowdot_rows, d);
 }
 
+void glia_matvec(glia_ctx *G, const float *w, const float *x, const float *bias, float *y,
+                 int64_t rows, int64_t k) {
+  rowdot d = {.w = w, .x = x, .y = y, .bias = bias, .rows = rows, .k = k, .ldw = k, .incy = 1,
+              .alpha = 1.0f};
+  rowdot_run(G, &d);
+}
+
 /* linear(x, w, bias) of one contiguous row x with contiguous w and bias,
 ** straight into r: decoding's case, without a GEMM plan or a pass to copy
 ** the bias in first. False when the operands are not of that form. */
@@ -202,10 +209,8 @@ static bool linear_row(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor 
   if (glia_tensor_numel(x) != k || !glia_tensor_is_contiguous(x) ||
       !glia_tensor_is_contiguous(w) || (bias && !glia_tensor_is_contiguous(bias)))
     return false;
-  rowdot d = {.w = (const float *)glia_ptr(w), .x = (const float *)glia_ptr(x),
-              .y = (float *)glia_ptr(r), .bias = bias ? (const float *)glia_ptr(bias) : NULL,
-              .rows = w->size[0], .k = k, .ldw = k, .incy = 1, .alpha = 1.0f};
-  rowdot_run(G, &d);
+  glia_matvec(G, (const float *)glia_ptr(w), (const float *)glia_ptr(x),
+              bias ? (const float *)glia_ptr(bias) : NULL, (float *)glia_ptr(r), w->size[0], k);
   return true;
 }
 

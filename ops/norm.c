@@ -35,8 +35,8 @@ typedef struct {
   const float *x;     /* {R, C} */
   const float *w, *b; /* {C}, or NULL for 1 and 0 */
   float *y;           /* {R, C} out */
-  float *mean;        /* {R} out, or NULL: no centering (rms_norm) */
-  float *rstd;        /* {R} out */
+  bool center;        /* layer_norm; rms_norm does not center */
+  float *mean, *rstd; /* {R} out (mean: layer_norm only), or NULL: not kept */
   int64_t C;
   double eps;
 } norm_fwd_arg;
@@ -97,14 +97,14 @@ static void norm_fwd_rows(int64_t begin, int64_t end, void *ud) {
     const float *x = k->x + r * C;
     float *y = k->y + r * C;
     float m = 0, ss;
-    if (k->mean) {
+    if (k->center) {
       GLIA_LANE_SUM(m, C, c, x[c]);
       m /= (float)C;
     }
     GLIA_LANE_SUM(ss, C, c, (x[c] - m) * (x[c] - m));
     float rs = (float)(1.0 / sqrt((double)ss / (double)C + k->eps));
     if (k->mean) k->mean[r] = m;
-    k->rstd[r] = rs;
+    if (k->rstd) k->rstd[r] = rs;
 #define AFFINE(c, n) affine_chunk(y + (c), x + (c), w ? w + (c) : NULL, b ? b + (c) : NULL, n, m, rs)
     FOR_CHUNKS(C, AFFINE);
 #undef AFFINE
@@ -235,7 +235,7 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 1, &R, &rstd);
   if (st == GLIA_OK) {
     norm_fwd_arg k = {(const float *)glia_ptr(xc), wc ? (const float *)glia_ptr(wc) : NULL,
-                      bc ? (const float *)glia_ptr(bc) : NULL, (float *)glia_ptr(y),
+                      bc ? (const float *)glia_ptr(bc) : NULL, (float *)glia_ptr(y), center,
                       mean ? (float *)glia_ptr(mean) : NULL, (float *)glia_ptr(rstd), C, eps};
     glia_parallel_for(G, R, task_grain(C), norm_fwd_rows, &k);
     glia_tensor *in[3] = {x, w, b};
@@ -252,6 +252,12 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
   glia_tensor_release(mean);
   glia_tensor_release(rstd);
   return glia_hand_out(st, y, out);
+}
+
+void glia_layer_norm_rows(const float *x, const float *w, const float *b, float *y, int64_t R,
+                          int64_t C, double eps) {
+  norm_fwd_arg k = {x, w, b, y, true, NULL, NULL, C, eps};
+  norm_fwd_rows(0, R, &k);
 }
 
 glia_status glia_layer_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,

@@ -151,6 +151,21 @@ GLIAI_FUNC glia_status glia_contiguous(glia_ctx *G, glia_tensor *x, glia_tensor 
 /* Fills x in place with a number (any dtype); refused on tensors that need grad. */
 GLIAI_FUNC glia_status glia_fill_(glia_ctx *G, glia_tensor *x, double v);
 
+/* ------------------------------------- raw-buffer kernels (decoding) */
+
+/* These run the ops' own kernels on contiguous f32 buffers, without tensors
+** or autograd, for fused inference steps (ops/block.c). */
+
+/* y[r] = w[r,:] . x + bias[r] (bias may be NULL) for r < rows; w {rows, k}
+** row-major: glia.linear's one-row kernel, on the pool (ops/matmul.c). */
+GLIAI_FUNC void glia_matvec(glia_ctx *G, const float *w, const float *x, const float *bias,
+                            float *y, int64_t rows, int64_t k);
+/* glia.layer_norm of R rows of C (w, b may be NULL) into y (ops/norm.c). */
+GLIAI_FUNC void glia_layer_norm_rows(const float *x, const float *w, const float *b, float *y,
+                                     int64_t R, int64_t C, double eps);
+/* x = glia.gelu(x), the tanh form, over n floats (ops/unary.c). */
+GLIAI_FUNC void glia_gelu_rows(float *x, int64_t n);
+
 /* ---------------------------------------------------- ops/reduce.c */
 
 /* Reductions of an f32 x over the dims flagged in mask (bit d = dim d;

@@ -218,6 +218,14 @@ BWD_BLOCK(relu, v > 0.0f ? g : 0.0f) /* v = relu(x) */
 FWD_BLOCK(gelu, gelu_f(x))
 BWD_BLOCK(gelu, g * gelu_grad(v)) /* v = x */
 
+/* In place, through the vectorized block (a plain loop over gelu_f stays
+** scalar), the tail one by one. */
+void glia_gelu_rows(float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + BLOCK <= n; i += BLOCK) gelu_fwd(x + i, x + i, NULL, NULL);
+  for (; i < n; i++) x[i] = gelu_f(x[i]);
+}
+
 FWD_BLOCK(gelu_erf, gelu_erf_f(x))
 BWD_BLOCK(gelu_erf, g * gelu_erf_grad(v)) /* v = x */
 

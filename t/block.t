@@ -95,6 +95,8 @@ local CASES = {
   { B = 1, kv = 1, prefill = 4, cap = 2 },
   { B = 2, kv = 1, prefill = 2, cap = 2, bias = false, mlp_ratio = 2, eps = 1e-3, scale = 0.1 },
   { B = 2, kv = 2, prefill = 3, cap = 16, bias = false, eps = 1e-3, scale = 0.1 },
+  -- one row per step (ops/block.c's row_step), an MLP width of 96: not whole blocks of 64
+  { B = 1, kv = 2, prefill = 1, cap = 2, bias = false, mlp_ratio = 3 },
 }
 
 glia.no_grad(function()
