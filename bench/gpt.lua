@@ -12,7 +12,9 @@
 --   gpt_profile    gpt_train split into forward / backward / optimizer
 --                  times, for finding what is slow
 --   --torch        also run bench/torch_ref.py (or the shared copy) on the
---                  same workloads and print the ratios
+--                  same workloads and print the ratios: glia and PyTorch
+--                  alternate for --rounds N rounds (3), and the ratio is the
+--                  median of the rounds' ratios
 -- Prints one line per workload: "name median_ms rate unit peak_rss_MB"
 -- (rate: tokens/s), then the PyTorch side and the ratios with --torch.
 -- Times are medians of several runs after a warm-up, by glia.clock.
@@ -119,12 +121,23 @@ local W = {
   gpt_decode = gpt_decode,
 }
 
-local with_torch, names = false, {}
-for _, a in ipairs(arg or {}) do
-  if a == "--torch" then with_torch = true else names[#names + 1] = a end
+local with_torch, rounds, names = false, 3, {}
+local i = 1
+while arg and arg[i] do
+  local a = arg[i]
+  if a == "--torch" then
+    with_torch = true
+  elseif a == "--rounds" then
+    rounds = tonumber(arg[i + 1])
+    i = i + 1
+  else
+    names[#names + 1] = a
+  end
+  i = i + 1
 end
-if #names == 0 then
-  io.stderr:write("usage: glia bench/gpt.lua [--torch] gpt_train|gpt_decode|gpt_profile...\n")
+if #names == 0 or not rounds or rounds < 1 then
+  io.stderr:write("usage: glia bench/gpt.lua [--torch [--rounds N]] " ..
+                  "gpt_train|gpt_decode|gpt_profile...\n")
   os.exit(1)
 end
 for _, w in ipairs(names) do
@@ -133,21 +146,40 @@ for _, w in ipairs(names) do
     os.exit(1)
   end
 end
+
+-- Runs workload w in a glia process of its own (so its peak RSS is its own);
+-- returns the output line, tokens/s and peak RSS MB.
+local function glia_side(w)
+  local h = io.popen(fmt("%s %s %s", arg[-1] or "glia", arg[0], w))
+  local line = h:read("*a")
+  h:close()
+  local rate, rss = line:match("^%S+ %S+ (%S+) tok/s (%S+)")
+  return line, tonumber(rate), tonumber(rss)
+end
+
 for _, w in ipairs(names) do
   if with_torch then
-    -- each side in a process of its own, so each peak RSS is its own
-    local h = io.popen(fmt("%s %s %s", arg[-1] or "glia", arg[0], w))
-    local mine = h:read("*a")
-    h:close()
-    io.write(mine)
-    local rate, rss = mine:match("^%S+ %S+ (%S+) tok/s (%S+)")
-    local trate, trss, tline = torch_side(w == "gpt_profile" and "gpt_train" or w)
-    if trate then
+    -- glia and PyTorch alternate, round after round, and the ratio is the
+    -- median of the rounds' ratios: a slow spell of this shared machine then
+    -- hits both sides of a round instead of one side of the whole comparison
+    local ratios, rss_ratio = {}, nil
+    for r = 1, rounds do
+      local line, rate, rss = glia_side(w)
+      io.write(line)
+      local trate, trss, tline = torch_side(w == "gpt_profile" and "gpt_train" or w)
+      if not trate then
+        io.write("  torch: not available\n")
+        break
+      end
       io.write("  torch: ", tline)
-      io.write(fmt("  glia/torch: tokens/s %.2fx, peak RSS %.2fx\n", tonumber(rate) / trate,
-                   tonumber(rss) / trss))
-    else
-      io.write("  torch: not available\n")
+      ratios[r], rss_ratio = rate / trate, rss / trss
+    end
+    if #ratios > 0 then
+      local each = {}
+      for r, v in ipairs(ratios) do each[r] = fmt("%.2fx", v) end
+      io.write(fmt("  glia/torch: tokens/s %.2fx (median of %d alternating rounds: %s), " ..
+                   "peak RSS %.2fx\n", median(ratios), #ratios, table.concat(each, " "),
+                   rss_ratio))
     end
   else
     W[w](w)
