@@ -59,6 +59,24 @@ W.linear_fwdbwd = function(name)
   report(name, s, 3 * 2 * 4096 * 256 * 1024 / s * 1e-9, "GFLOP/s")
 end
 
+-- decode_linears: one token through the 16 linear layers of the gpt_train
+-- model (4 blocks of qkv 256->768, proj 256->256, fc 256->1024, fc2
+-- 1024->256, 12.6 MB of weights), one row each, as decoding runs them;
+-- bench/gemm_c.c times the same with OpenBLAS's sgemv. Rate: GB/s of weights.
+W.decode_linears = function(name)
+  local shapes, layers, bytes = { {256, 768}, {256, 256}, {256, 1024}, {1024, 256} }, {}, 0
+  for _ = 1, 4 do
+    for _, s in ipairs(shapes) do
+      layers[#layers + 1] = { glia.randn(1, s[1]), glia.randn(s[2], s[1]), glia.randn(s[2]) }
+      bytes = bytes + 4 * s[1] * s[2]
+    end
+  end
+  local sec = time(function()
+    for _, l in ipairs(layers) do glia.linear(l[1], l[2], l[3]):free() end
+  end, 100)
+  report(name, sec, bytes / sec * 1e-9, "GB/s")
+end
+
 -- linear_row_*: one token through a layer, as in decoding (matrix-vector).
 for name, s in pairs({linear_row_256x1024 = {256, 1024}, linear_row_1024x256 = {1024, 256},
                       linear_row_768x3072 = {768, 3072}}) do

@@ -139,9 +139,11 @@ static void scale_c(const gemm_plan *P, float *c, float beta) {
 ** matrix is read along its rows (linear's weight {out,in} times a token, or
 ** A {m,k} times a column), each output is a dot product and rowdot_rows
 ** below computes them, each thread of our pool taking a fixed run of rows.
-** Against OpenBLAS's threaded sgemv it reads the weights of the GPT's
-** decode step (16 matrices, 12.6 MB) in 73 us instead of 110 on 2 cores,
-** as fast as a plain 2-thread read of 12 MB (70-78 us here). Other
+** Against OpenBLAS's threaded sgemv it keeps the work on threads that are
+** already spinning and adds the bias as it goes: the GPT decode step ran
+** 10% faster on it than on sgemv, and 9% faster again once it read one row
+** at a time (alternating runs; bench/ops.lua and bench/gemm_c.c
+** decode_linears time the 16 layers of that step on both sides). Other
 ** layouts go to sgemv when the matrix has at least 2^17 elements (sgemv
 ** reads the matrix once where sgemm packs it first); below that sgemm is
 ** as fast or faster. */
