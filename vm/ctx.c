@@ -124,10 +124,12 @@ static bool should_fail(glia_ctx *G) {
 ** sets of 12 runs alternating with malloc's pages). Blocks of ARENA_MIN or more
 ** are cut, one after another, from chunks of address space aligned to 2 MiB
 ** and marked MADV_HUGEPAGE, and several blocks share each huge page; blocks
-** above ARENA_BIG get a mapping of their own. Freed large blocks are parked
+** above ARENA_BIG get a mapping of their own (counted at their rounded size,
+** though the mapping is rounded up to 2 MiB). Freed large blocks are parked
 ** by size class like the others; past the cache limit (or on trim) their
-** pages go back to the kernel and the block waits, empty, for its class to
-** be asked for again. Sanitizer builds keep malloc, which ASan can watch. */
+** pages go back to the kernel and the block, down to one page, waits for
+** its class to be asked for again: address space is reused by the same
+** class only. Sanitizer builds keep malloc, which ASan can watch. */
 #define HUGE_PAGE ((size_t)2 << 20)
 #define ARENA_MIN ((size_t)64 << 10)
 #define ARENA_CHUNK ((size_t)64 << 20)
@@ -149,8 +151,7 @@ static bool is_large(size_t rounded) { return USE_ARENA && rounded >= ARENA_MIN;
 /* n bytes of zero pages at a 2 MiB boundary, marked for huge pages. */
 static void *map_huge(size_t n) {
   size_t len = n + HUGE_PAGE;
-  char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return NULL;
   char *a = (char *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
   if (a > p) munmap(p, (size_t)(a - p));
@@ -179,13 +180,16 @@ static void *arena_take(glia_ctx *G, size_t rounded) {
   return p;
 }
 
-/* Gives a parked large block's pages back; the block stays for reuse. */
+/* Gives a parked large block's pages back, all but its first 4 KiB, which
+** hold the link of the class's list of released blocks; the block stays
+** for reuse. (Blocks are multiples of 16 KiB from 2 MiB boundaries, so the
+** rest starts on a page.) */
 static void arena_release(glia_ctx *G, int c, void *p, size_t rounded) {
   if (rounded > ARENA_BIG) {
     munmap(p, (rounded + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1));
     return;
   }
-  madvise(p, rounded, MADV_DONTNEED);
+  madvise((char *)p + 4096, rounded - 4096, MADV_DONTNEED);
   glia_block *blk = p;
   blk->next = G->released[c];
   G->released[c] = blk;
@@ -193,16 +197,16 @@ static void arena_release(glia_ctx *G, int c, void *p, size_t rounded) {
 
 static void *block_new(glia_ctx *G, int c, size_t rounded) {
   void *p = NULL;
+  if (rounded > ((size_t)1 << 46)) return NULL; /* no machine has it; c may be past the lists */
   if (is_large(rounded)) {
-    if (G->released[c]) {
+    if (rounded <= ARENA_BIG && G->released[c]) {
       p = G->released[c];
       G->released[c] = G->released[c]->next;
       return p;
     }
     return arena_take(G, rounded);
   }
-  if (rounded > ((size_t)1 << 46) || posix_memalign(&p, 64, rounded) != 0) return NULL;
-  return p;
+  return posix_memalign(&p, 64, rounded) == 0 ? p : NULL;
 }
 
 void *glia_alloc(glia_ctx *G, size_t nbytes) {
