@@ -25,10 +25,12 @@
 **   straddling it are masked. The output is normalized once at the end and
 **   only O and LSE are kept for backward.
 ** - Tile products are OpenBLAS sgemm calls, run single-threaded inside our
-**   pool tasks (one owner of the cores at a time). Tasks are handed out by
-**   an atomic counter, largest first; each output element is computed by
-**   exactly one task in a fixed order, so results do not depend on the
-**   thread count.
+**   pool tasks (one owner of the cores at a time); when a group has at most
+**   FEW_ROWS query rows (decoding) they are vector loops instead. A call
+**   small enough to stay on the calling thread leaves OpenBLAS as it is.
+**   Tasks are handed out by an atomic counter, largest first; each output
+**   element is computed by exactly one task in a fixed order, so results do
+**   not depend on the thread count.
 ** - Backward recomputes P from Q, K and LSE (D = rowsum(dO * O) first). One
 **   task owns a whole (batch, kv head) when there are enough of them;
 **   otherwise a two-pass variant (dK/dV over key blocks, then dQ over query
@@ -114,21 +116,13 @@ static float row_exp(float *s, int64_t nv, float m) {
   return glia_hsum(acc);
 }
 
-/* Tiles of at most this many query rows (decoding: the rows of one kv
-** head's group) take their products from the loops below instead of sgemm,
-** whose per-call cost is most of the work at that size; with no BLAS call
-** inside, their tasks also spread over the pool without handing OpenBLAS's
-** thread count back and forth. */
+/* When a kv head's group has at most this many query rows in all (G * N:
+** decoding), every tile takes its products from glia_dot and the loop below
+** instead of sgemm, whose per-call cost is most of the work at that size;
+** with no BLAS call inside, the tasks also spread over the pool without
+** handing OpenBLAS's thread count back and forth. Decided per plan, so the
+** forward and the backward of one call compute scores the same way. */
 #define FEW_ROWS 4
-
-static float dot(const float *a, const float *b, int64_t n) {
-  vf acc = vsplat(0.0f);
-  int64_t i = 0;
-  for (; i + VL <= n; i += VL) acc += glia_vloadu(a + i) * glia_vloadu(b + i);
-  float s = glia_hsum(acc);
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
-}
 
 /* acc[0:E] += sum over c < nc of w[c] * V[c, 0:E] (V rows ldv apart), four
 ** vectors of acc at a time held in registers across the keys. */
@@ -187,6 +181,7 @@ typedef struct {
   int64_t br, bc;   /* query rows per head and key rows per tile */
   int64_t Tr, ldS;  /* query blocks; score tile row stride (whole vectors) */
   int nsplit;       /* key-range chunks per task (split-KV) */
+  bool few_rows;    /* G * N <= FEW_ROWS: products without BLAS (see FEW_ROWS) */
   operand q, k, v;
   mask_view mask;
 } attn_plan;
@@ -237,10 +232,10 @@ static glia_status operand_get(glia_ctx *G, glia_tensor *x, operand *o) {
 ** kp; each row is padded with -inf up to whole vectors. */
 static void score_tile(const attn_plan *p, const float *qp, int64_t ldq, int64_t R,
                        const float *kp, int64_t nc, float *S) {
-  if (R <= FEW_ROWS) {
+  if (p->few_rows) {
     for (int64_t r = 0; r < R; r++)
       for (int64_t c = 0; c < nc; c++)
-        S[r * p->ldS + c] = p->scale * dot(qp + r * ldq, kp + c * p->k.ld, p->D);
+        S[r * p->ldS + c] = p->scale * glia_dot(qp + r * ldq, kp + c * p->k.ld, p->D);
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nc, (int)p->D, p->scale,
                 qp, (int)ldq, kp, (int)p->k.ld, 0.0f, S, (int)p->ldS);
@@ -422,7 +417,7 @@ static void fwd_task(void *ud, int64_t t, int slot) {
       m[r] = mnew;
     }
     const float *vp = row_ptr(&p->v, b, kh, c0);
-    if (R <= FEW_ROWS) {
+    if (p->few_rows) {
       if (kj == kb0) memset(acc, 0, (size_t)(R * E) * sizeof *acc);
       for (int64_t r = 0; r < R; r++) weighted_rows(S + r * ldS, nc, vp, p->v.ld, acc + r * E, E);
     } else {
@@ -467,8 +462,7 @@ static glia_status attn_forward(glia_ctx *G, const attn_plan *p, float *o, float
   fwd_job j = {.p = p, .o = o, .lse = lse};
   int64_t ntasks = p->B * p->K * p->Tr * p->nsplit, gbr = p->G * p->br;
   double flops = 2.0 * (double)rows * (double)p->M * (double)(p->D + p->E);
-  bool few_rows = gbr <= FEW_ROWS;
-  int nslots = slots_for(G, ntasks, flops, few_rows ? INLINE_FLOPS_FEW : INLINE_FLOPS);
+  int nslots = slots_for(G, ntasks, flops, p->few_rows ? INLINE_FLOPS_FEW : INLINE_FLOPS);
   size_t per = (size_t)(gbr * (p->D + p->ldS + p->E + 2));
   TRY(scratch_new(G, nslots, per, &j.ws));
   size_t part_bytes = 0;
@@ -481,7 +475,7 @@ static glia_status attn_forward(glia_ctx *G, const attn_plan *p, float *o, float
     }
     j.part_lse = j.part_o + rows * p->nsplit * p->E;
   }
-  run_tasks(G, nslots, ntasks, fwd_task, &j, !few_rows);
+  run_tasks(G, nslots, ntasks, fwd_task, &j, !p->few_rows);
   if (p->nsplit > 1) {
     glia_parallel_for(G, rows, imax(1, 4096 / imax(p->E, 1)), combine_rows, &j);
     glia_free(G, j.part_o, part_bytes);
@@ -744,6 +738,7 @@ static glia_status plan_new(glia_ctx *G, const char *name, glia_tensor *q, glia_
   p->bc = imax(1, imin(p->bc, p->M));
   p->Tr = cdiv(p->N, p->br);
   p->ldS = cdiv(p->bc, VL) * VL;
+  p->few_rows = p->G * p->N <= FEW_ROWS;
   /* split the key range only where tasks are few and the call is big
   ** enough to run on the pool (both shape rules: same bits on any pool) */
   int64_t tasks = p->B * p->K * p->Tr, Tc = cdiv(p->M, p->bc);

@@ -111,6 +111,8 @@ static inline glia_vf glia_vloadu(const float *p) {
   return v;
 }
 
+_Static_assert(GLIA_VL == 16, "glia_hsum adds 16 lanes");
+
 static inline float glia_hsum(glia_vf x) {
   typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
   typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
@@ -118,6 +120,24 @@ static inline float glia_hsum(glia_vf x) {
          __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
   v4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
   return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* a . b over n floats: four vector accumulators (four FMA chains in
+** flight), then whole vectors, then the leftover floats; always in this
+** order, so a given row gives the same bits wherever it is computed. */
+static inline float glia_dot(const float *a, const float *b, int64_t n) {
+  glia_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+  int64_t n64 = n - n % (4 * GLIA_VL), n16 = n - n % GLIA_VL, i = 0;
+  for (; i < n64; i += 4 * GLIA_VL) {
+    a0 += glia_vloadu(a + i) * glia_vloadu(b + i);
+    a1 += glia_vloadu(a + i + GLIA_VL) * glia_vloadu(b + i + GLIA_VL);
+    a2 += glia_vloadu(a + i + 2 * GLIA_VL) * glia_vloadu(b + i + 2 * GLIA_VL);
+    a3 += glia_vloadu(a + i + 3 * GLIA_VL) * glia_vloadu(b + i + 3 * GLIA_VL);
+  }
+  for (; i < n16; i += GLIA_VL) a0 += glia_vloadu(a + i) * glia_vloadu(b + i);
+  float s = glia_hsum((a0 + a1) + (a2 + a3));
+  for (; i < n; i++) s += a[i] * b[i];
+  return s;
 }
 
 /* ---------------------------------------------------- ops/view.c */

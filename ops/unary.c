@@ -219,11 +219,17 @@ FWD_BLOCK(gelu, gelu_f(x))
 BWD_BLOCK(gelu, g * gelu_grad(v)) /* v = x */
 
 /* In place, through the vectorized block (a plain loop over gelu_f stays
-** scalar), the tail one by one. */
+** scalar); the tail through a block-sized buffer, as block_loop does, so
+** every element is computed by the very instructions of glia.gelu. */
 void glia_gelu_rows(float *x, int64_t n) {
+  float buf[BLOCK] __attribute__((aligned(64))) = {0};
   int64_t i = 0;
   for (; i + BLOCK <= n; i += BLOCK) gelu_fwd(x + i, x + i, NULL, NULL);
-  for (; i < n; i++) x[i] = gelu_f(x[i]);
+  if (i < n) {
+    memcpy(buf, x + i, (size_t)(n - i) * sizeof *buf);
+    gelu_fwd(buf, buf, NULL, NULL);
+    memcpy(x + i, buf, (size_t)(n - i) * sizeof *buf);
+  }
 }
 
 FWD_BLOCK(gelu_erf, gelu_erf_f(x))
