@@ -6,13 +6,16 @@
 **   out = x + fc2(gelu(fc(ln2(x))))   gelu: the tanh form (glia.gelu)
 **
 ** Why it exists: decoding runs the block on one position at a time, where
-** every op touches a few kilobytes and the weights stream from cache. From
-** Lua that is some forty calls per block, each costing about a microsecond
-** of binding and interpreter time, as much as the matrix-vector products
-** themselves. Here the same ops run back to back from C: it composes the
-** families' own entry points (layer_norm, linear, attention_decode, ...),
-** so the result is the module path's, op for op, and there is no second
-** kernel to keep in step. Inference only: nothing is recorded for autograd.
+** every op touches a few kilobytes and the weights stream from memory.
+** From Lua that is some forty op calls per block, at 0.7-1 us each on Lua
+** 5.4 (bench/run's per-op overhead), as much time as the matrix-vector
+** products themselves: the GPT decode step ran about 2850 tokens/s that
+** way and 3700 with this op in its first form (bench/gpt.lua gpt_decode). Two
+** paths, one result: any shape composes the families' own entry points
+** (layer_norm, linear, attention_decode, ...); one row (B = T = 1, the
+** decoding case) runs the same kernels on raw buffers (row_step). The
+** checks are shared (check_args). Inference only: nothing is recorded for
+** autograd.
 **
 ** Shapes: x {B,T,C}; H query heads and K key/value heads of D = C/H dims;
 ** F the MLP width. The cache buffers are {B,K,cap,D}; the new keys and
@@ -52,7 +55,7 @@ static glia_status check_param(glia_ctx *G, int i, const glia_tensor *t, int64_t
 ** written to the cache unless the step can run. Sets *K (kv heads). */
 static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                               glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
-                              int64_t *K) {
+                              double eps, int64_t *K) {
   TRY(glia_check_f32(G, NAME, "x", x));
   if (x->ndim != 3)
     return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
@@ -60,9 +63,11 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
   if (p[LN1_W]->ndim != 1 || p[LN1_W]->size[0] != C)
     return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match ln1.weight %s", NAME,
                      glia_shape_str(x), glia_shape_str(p[LN1_W]));
-  if (H < 1 || C % H != 0)
+  if (H < 1 || H > (C > 0 ? C : 1) || C % H != 0)
     return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", NAME,
                      (long long)H, (long long)C);
+  if (!(eps >= 0))
+    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", NAME, eps);
   int64_t D = C / H;
   TRY(glia_check_f32(G, NAME, "key cache", kc));
   TRY(glia_check_f32(G, NAME, "value cache", vc));
@@ -74,6 +79,10 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
                      "dividing %lld, got %s and %s", NAME, glia_shape_str(x), (long long)H,
                      (long long)B, (long long)D, (long long)H, glia_shape_str(kc),
                      glia_shape_str(vc));
+  if (kc->storage == vc->storage)
+    return glia_fail(G, GLIA_EARG, "%s: the key and value caches share memory", NAME);
+  TRY(glia_check_no_overlap(G, NAME, kc));
+  TRY(glia_check_no_overlap(G, NAME, vc));
   *K = kc->size[1];
   if (len < 0)
     return glia_fail(G, GLIA_ERANGE, "%s: cached length must be >= 0, got %lld", NAME,
@@ -208,7 +217,7 @@ glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *
                                glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
                                double eps, glia_tensor **out) {
   int64_t K = 0;
-  TRY(check_args(G, x, p, kc, vc, len, H, &K));
+  TRY(check_args(G, x, p, kc, vc, len, H, eps, &K));
   if (one_row(x, p, kc, vc)) return row_step(G, x, p, kc, vc, len, H, K, eps, out);
   int64_t B = x->size[0], T = x->size[1], C = x->size[2], D = C / H;
   glia_tensor *t[NTMP] = {NULL};

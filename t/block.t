@@ -266,6 +266,19 @@ do
         function() decoder_block(x, p, glia.zeros(2, 2, 4, 8), glia.zeros(2, 2, 4, 8), 2, H) end)
   fails(DB .. "5 heads do not divide d_model 32", "n_heads not dividing d_model is an error",
         function() decoder_block(x, p, kc, vc, 2, 5) end)
+  fails(DB .. "64 heads do not divide d_model 32", "more heads than d_model is an error",
+        function() decoder_block(x, p, kc, vc, 2, 64) end)
+  fails(DB .. "eps must be >= 0, got %-1", "a negative eps is an error (the one-row path)",
+        function() decoder_block(x, p, kc, vc, 2, H, -1) end)
+  fails(DB .. "eps must be >= 0, got %-1", "a negative eps is an error (two rows)",
+        function() decoder_block(glia.randn(1, 2, C), p, kc, vc, 2, H, -1) end)
+  fails(DB .. "the key and value caches share memory", "one tensor as both caches is an error",
+        function() decoder_block(x, p, kc, kc, 2, H) end)
+  fails(DB .. "in%-place op on an expanded tensor", "an expanded (stride 0) cache is an error",
+        function()
+          local e = kc:narrow(3, 1, 1):expand(1, 2, 4, 8)
+          decoder_block(x, p, e, vc, 2, H)
+        end)
   fails(DB .. "2 cached %+ 3 new positions exceed the cache capacity 4",
         "len + T past the cache's capacity is an error naming the lengths",
         function() decoder_block(glia.randn(1, 3, C), p, kc, vc, 2, H) end)
@@ -290,6 +303,18 @@ do
     return decoder_block(glia.randn(1, 1, C):requires_grad(), p, k2, v2, 2, H)
   end)
   t.ok(ok, "under glia.no_grad, inputs that require grad are accepted")
+end
+
+do -- the module checks x against the cache before growing it
+  local blk = block {}
+  local cache = blk:new_cache(1, 4)
+  local ok, err = pcall(glia.no_grad, function() return blk(glia.randn(2, 100, C), cache) end)
+  t.ok(not ok and tostring(err):find("glia%.nn%.TransformerBlock: expected input {1,T,32}")
+       and cache:capacity() == 4 and cache:len() == 0,
+       "a batch the cache was not made for is an error, and the cache is not grown")
+  ok, err = pcall(glia.no_grad, function() return blk(glia.randn(1, 100, 16), cache) end)
+  t.ok(not ok and tostring(err):find("got {1,100,16}") and cache:capacity() == 4,
+       "so is an input of the wrong width")
 end
 
 -- ============================================================== kv_cache

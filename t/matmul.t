@@ -125,7 +125,7 @@ check_big(randn(256, 512), randn(512), "matrix x vector gives the naive product"
 check_big(randn(512, 256):t(), randn(512), "transposed matrix x vector gives the naive product")
 check_big(randn(256, 512), randn(512, 3):select(2, 2), "matrix x strided vector gives the naive product")
 -- Rows of the matrix dotted with a contiguous vector go to glia's own
--- kernel, at any size: blocks of 4 rows, whole vectors of 16, then tails.
+-- kernel, at any size: four vector accumulators, whole vectors, then tails.
 check_big(randn(1, 29), randn(29, 37), "a 1 x 29 row times 29 x 37 (odd tails) gives the naive product")
 check_big(randn(37, 29), randn(29, 1), "37 x 29 times a 29 x 1 column gives the naive product")
 check_big(randn(1003, 1001), randn(1001), "1003 x 1001 times a vector gives the naive product")
@@ -148,6 +148,11 @@ do
   for i = 1, #want2 do want2[i] = want2[i] + bsv[i] end
   same(glia.linear(xs, w, bs), want2, { 1, 1003 }, 1e-3,
        "a one-row linear of a strided row and a strided bias gives the naive result")
+  t.near(glia.linear(glia.zeros(2, 0), glia.zeros(3, 0), glia.ones(3)),
+         { { 1, 1, 1 }, { 1, 1, 1 } }, 0,
+         "a linear over 0 inputs of 2 rows gives the bias in every row")
+  t.is(glia.linear(glia.zeros(0, 0), glia.zeros(100, 0)):numel(), 0,
+       "a linear of 0 rows over 0 inputs gives an empty result")
   local r = u.by_threads(function() return glia.linear(x, w, b) end)
   t.ok(u.identical(r[1], r[2]), "a one-row linear gives the same bits on 1 and 2 threads")
 end

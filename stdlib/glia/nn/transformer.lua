@@ -70,7 +70,12 @@ end
 
 function TransformerBlock:forward(x, cache)
   if self:use_fused(cache) then
-    local T = x:dim() == 3 and x:size(2) or 0
+    -- shapes first: a wrong x must not make reserve grow the cache
+    if x:dim() ~= 3 or x:size(1) ~= cache.B or x:size(3) ~= self.attn.d_model then
+      error(format("glia.nn.TransformerBlock: expected input {%d,T,%d} for this cache, got {%s}",
+                   cache.B, self.attn.d_model, table.concat(x:shape(), ",")), 2)
+    end
+    local T = x:size(2)
     cache:reserve(T)
     local y = glia.decoder_block(x, self:_fused_params(), cache.k, cache.v, cache:len(),
                                  self.attn.n_heads, self.ln1.eps)
