@@ -68,6 +68,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   int n = atoi(argv[1]), reps = argc > 2 ? atoi(argv[2]) : 10;
+  if (reps < 1) {
+    fprintf(stderr, "gemm_c: reps must be >= 1\n");
+    return 2;
+  }
   const char *env = getenv("GLIA_NUM_THREADS");
   openblas_set_num_threads(env && *env ? atoi(env) : 2);
   if (strcmp(argv[1], "decode_linears") == 0) return decode_linears(reps);

@@ -14,7 +14,7 @@
 --   --torch        also run bench/torch_ref.py (or the shared copy) on the
 --                  same workloads and print the ratios: glia and PyTorch
 --                  alternate for --rounds N rounds (3), and the ratio is the
---                  median of the rounds' ratios
+--                  median of the rounds' ratios (--rounds needs --torch)
 -- Prints one line per workload: "name median_ms rate unit peak_rss_MB"
 -- (rate: tokens/s), then the PyTorch side and the ratios with --torch.
 -- Times are medians of several runs after a warm-up, by glia.clock.
@@ -135,7 +135,7 @@ while arg and arg[i] do
   end
   i = i + 1
 end
-if #names == 0 or not rounds or rounds < 1 then
+if #names == 0 or not rounds or rounds < 1 or rounds ~= math.floor(rounds) then
   io.stderr:write("usage: glia bench/gpt.lua [--torch [--rounds N]] " ..
                   "gpt_train|gpt_decode|gpt_profile...\n")
   os.exit(1)
@@ -162,24 +162,28 @@ for _, w in ipairs(names) do
     -- glia and PyTorch alternate, round after round, and the ratio is the
     -- median of the rounds' ratios: a slow spell of this shared machine then
     -- hits both sides of a round instead of one side of the whole comparison
-    local ratios, rss_ratio = {}, nil
+    local ratios, rss_ratios = {}, {}
     for r = 1, rounds do
       local line, rate, rss = glia_side(w)
       io.write(line)
+      if not rate then
+        io.write("  glia: no result\n")
+        break
+      end
       local trate, trss, tline = torch_side(w == "gpt_profile" and "gpt_train" or w)
       if not trate then
         io.write("  torch: not available\n")
         break
       end
       io.write("  torch: ", tline)
-      ratios[r], rss_ratio = rate / trate, rss / trss
+      ratios[r], rss_ratios[r] = rate / trate, rss / trss
     end
     if #ratios > 0 then
       local each = {}
       for r, v in ipairs(ratios) do each[r] = fmt("%.2fx", v) end
       io.write(fmt("  glia/torch: tokens/s %.2fx (median of %d alternating rounds: %s), " ..
                    "peak RSS %.2fx\n", median(ratios), #ratios, table.concat(each, " "),
-                   rss_ratio))
+                   median(rss_ratios)))
     end
   else
     W[w](w)
