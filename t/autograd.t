@@ -94,4 +94,30 @@ do -- a long chain does not overflow anything on backward or release
   t.ok(true, "a 5000-op graph is released without trouble")
 end
 
+do -- a graph far deeper than the C stack: in a process with a 1 MiB stack,
+   -- 200000 ops deep (a recursive release needed about 100 bytes a level)
+  local u = require "t.util"
+  local script = u.spit(os.tmpname(), [[
+    local glia = require "glia"
+    local function chain(x)
+      local y = x
+      for _ = 1, 200000 do y = y + 1 end
+      return y
+    end
+    local x = glia.ones(1):requires_grad()
+    chain(x):backward() -- backward frees the graph as it goes
+    io.write(x.grad:item(), " ")
+    local y = chain(x)  -- this one is dropped whole
+    y = nil
+    collectgarbage()
+    io.write("released")
+  ]])
+  local out, code = u.sh("ulimit -s 1024 && " .. u.sh_quote(u.exe()) .. " " .. script ..
+                         " 2>&1")
+  os.remove(script)
+  t.ok(code == 0 and (out == "1.0 released" or out == "1 released"),
+       "backward through and release of a 200000-op chain run in a 1 MiB stack")
+  if code ~= 0 then t.diag("exit " .. tostring(code) .. ": " .. tostring(out)) end
+end
+
 t.done()

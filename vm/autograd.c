@@ -82,11 +82,29 @@ static void node_drop_history(glia_node *node) {
   node->extra = NULL;
 }
 
+/* Nodes whose last reference is gone, waiting to drop their history. A
+** node's inputs may hold the last references to other nodes: releasing them
+** recursively would nest one level per op, and a graph a million ops deep
+** would overflow the C stack. So the outermost release drains a work list
+** and the nested ones only add to it. Per thread: each context is used by
+** one thread at a time, and pool workers never release. */
+static __thread glia_node *dying;
+static __thread bool draining;
+
 void glia_node_release(glia_node *node) {
   if (!node || --node->refcount > 0) return;
-  node_drop_history(node);
-  glia_tensor_release(node->gout);
-  free(node);
+  node->next_dying = dying;
+  dying = node;
+  if (draining) return;
+  draining = true;
+  while (dying) {
+    glia_node *n = dying;
+    dying = n->next_dying;
+    node_drop_history(n); /* may add to the list */
+    glia_tensor_release(n->gout);
+    free(n);
+  }
+  draining = false;
 }
 
 glia_status glia_node_saved(glia_ctx *G, glia_node *node, int i, glia_tensor **out) {

@@ -98,6 +98,7 @@ struct glia_node {
   glia_tensor *gout;
   int64_t pending;
   uint64_t seq;
+  struct glia_node *next_dying; /* glia_node_release's work list */
 };
 
 /* Returns a node recording op `name` if grad mode is on and any of the n
