@@ -222,7 +222,13 @@ glia_status glia_binary_(glia_ctx *G, glia_binop op, glia_tensor *t, const glia_
       return glia_fail(G, GLIA_ESHAPE, "%s: in-place result %s would not fit in %s", name,
                        glia_sizes_str(nd, shape), glia_shape_str(t));
   }
-  run_binary(G, d, t, &a, b);
+  glia_value bc = *b;
+  if (b->kind == GLIA_VAL_TENSOR && glia_tensor_overlaps(t, b->u.t)) {
+    /* x:add_(x:t()): read a copy of the operand, not x as it changes */
+    TRY(glia_tensor_clone(G, b->u.t, &bc.u.t));
+  }
+  run_binary(G, d, t, &a, &bc);
+  if (bc.kind == GLIA_VAL_TENSOR && bc.u.t != b->u.t) glia_tensor_release(bc.u.t);
   glia_tensor_bump_version(t);
   return GLIA_OK;
 }

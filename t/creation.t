@@ -215,6 +215,9 @@ do
   d:t():copy_(glia.tensor({{1, 2}, {3, 4}, {5, 6}}, "i64"))
   t.near(d, {{1, 3, 5}, {2, 4, 6}}, 0, "copy_ converts dtypes into a transposed view")
   t.error_like(function() d:copy_(glia.zeros(4)) end, "glia%.copy_: .*{4}", "copy_ refuses shapes that do not broadcast")
+  local sq = glia.tensor{{1, 2}, {3, 4}}
+  sq:copy_(sq:t())
+  t.near(sq, {{1, 3}, {2, 4}}, 0, "x:copy_(x:t()) copies the transpose x had before the call")
   t.error_like(function() w:copy_(glia.zeros(3)) end, "glia%.copy_: in%-place",
                "copy_ is refused on a tensor that requires grad")
 end

@@ -413,6 +413,21 @@ do
   t.error_like(function() glia.ones(2):to("i64"):masked_fill(glia.ones(2):gt(0), 1) end,
                "glia%.masked_fill: argument 1 must be f32, got i64 {2}",
                "masked_fill on an i64 tensor names the op, the argument and the dtype")
+  do -- an operand that overlaps the written tensor is read as it was
+    local x = glia.tensor{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}
+    local want = x + x:t()
+    x:add_(x:t())
+    t.near(x, want, 0, "x:add_(x:t()) adds the transpose x had before the call")
+    local z = glia.tensor{{1, 2}, {3, 4}, {5, 6}}
+    z:add_(z[1])
+    t.near(z, {{2, 4}, {4, 6}, {6, 8}}, 0, "z:add_(z[1]) adds row 1 as it was to every row")
+    local y = glia.tensor{1, 2, 3, 4}
+    y:narrow(1, 2, 3):mul_(y:narrow(1, 1, 3))
+    t.near(y, {1, 2, 6, 12}, 0, "a shifted view of the same storage is read as it was")
+    local s = glia.tensor{1, 2}
+    s:add_(s)
+    t.near(s, {2, 4}, 0, "x:add_(x) (the very same view) still works in place")
+  end
   t.error_like(function() glia.ones(4):expand(3, 4):add_(1) end,
                "glia%.add_: in%-place op on an expanded tensor {3,4}",
                "add_ refuses an expanded tensor, whose elements would be updated three times")

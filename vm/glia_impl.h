@@ -230,7 +230,13 @@ GLIAI_FUNC glia_status glia_check_f32(glia_ctx *G, const char *op, const char *w
                                       const glia_tensor *t);
 /* Marks an in-place write on t's storage. */
 GLIAI_FUNC void glia_tensor_bump_version(glia_tensor *t);
-/* Copies src into dst (same shape, or src broadcastable), converting dtypes. */
+/* A new contiguous copy of t, same dtype. */
+GLIAI_FUNC glia_status glia_tensor_clone(glia_ctx *G, glia_tensor *t, glia_tensor **out);
+/* Whether dst and src share bytes without being the very same view: then
+** writing dst while reading src would read elements already overwritten. */
+GLIAI_FUNC bool glia_tensor_overlaps(const glia_tensor *dst, const glia_tensor *src);
+/* Copies src into dst (same shape, or src broadcastable), converting dtypes;
+** an src that overlaps dst is read from a copy. */
 GLIAI_FUNC glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor *src);
 /* t itself (retained) if contiguous with dtype dt, else a contiguous copy. */
 GLIAI_FUNC glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t,

@@ -297,9 +297,49 @@ static void convert_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   }
 }
 
+static glia_status copy_new(glia_ctx *G, glia_tensor *t, glia_dtype dt, glia_tensor **out);
+
+glia_status glia_tensor_clone(glia_ctx *G, glia_tensor *t, glia_tensor **out) {
+  return copy_new(G, t, t->dtype, out);
+}
+
+/* The bytes [lo, hi) that t's elements span in its storage. */
+static void byte_span(const glia_tensor *t, int64_t *lo, int64_t *hi) {
+  int64_t es = (int64_t)glia_dtype_size(t->dtype), a = t->offset, b = t->offset;
+  for (int d = 0; d < t->ndim; d++) {
+    if (t->size[d] == 0) {
+      *lo = *hi = 0;
+      return;
+    }
+    int64_t reach = (t->size[d] - 1) * t->stride[d];
+    if (reach < 0) a += reach;
+    else b += reach;
+  }
+  *lo = a * es, *hi = (b + 1) * es;
+}
+
+bool glia_tensor_overlaps(const glia_tensor *dst, const glia_tensor *src) {
+  if (!dst->storage || dst->storage != src->storage) return false;
+  if (dst->offset == src->offset && dst->ndim == src->ndim && dst->dtype == src->dtype &&
+      memcmp(dst->size, src->size, (size_t)dst->ndim * sizeof *dst->size) == 0 &&
+      memcmp(dst->stride, src->stride, (size_t)dst->ndim * sizeof *dst->stride) == 0)
+    return false; /* the very same view: each element is read before it is written */
+  int64_t a0, a1, b0, b1;
+  byte_span(dst, &a0, &a1);
+  byte_span(src, &b0, &b1);
+  return a0 < b1 && b0 < a1;
+}
+
 glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor *src) {
   TRY(glia_check_live(G, "glia.copy_", dst));
   TRY(glia_check_live(G, "glia.copy_", src));
+  if (glia_tensor_overlaps(dst, src)) { /* x:copy_(x:t()): read a copy, not x as it changes */
+    glia_tensor *c;
+    TRY(glia_tensor_clone(G, src, &c));
+    glia_status st = glia_copy_into(G, dst, c);
+    glia_tensor_release(c);
+    return st;
+  }
   int nd;
   int64_t shape[GLIA_MAX_DIMS];
   TRY(glia_broadcast_shape(G, "glia.copy_", dst->ndim, dst->size, src->ndim, src->size,
