@@ -345,8 +345,8 @@ static glia_status pow_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
   return GLIA_OK;
 }
 
-/* maximum/minimum: the gradient goes to the operand that was chosen; ties
-** send it to the first operand. */
+/* maximum/minimum: the gradient goes to the operand that was chosen; a tie
+** splits it in halves (as PyTorch does), a NaN takes all of it. */
 typedef struct {
   pair_arg ab;
   int is_max;
@@ -357,8 +357,8 @@ static void pick_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   for (int64_t i = 0; i < n; i++) {
     float x = pair_a(&k->ab, p[1] + i * s[1]);
     float y = pair_b(&k->ab, p[2] + i * s[2]);
-    bool first = k->is_max ? (x >= y || isnan(x)) : (x <= y || isnan(x));
-    *(float *)(p[0] + i * s[0]) = first ? 1.0f : 0.0f;
+    bool first = k->is_max ? (x > y || isnan(x)) : (x < y || isnan(x));
+    *(float *)(p[0] + i * s[0]) = first ? 1.0f : x == y ? 0.5f : 0.0f;
   }
 }
 

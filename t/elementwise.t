@@ -292,6 +292,16 @@ end
 
 -- ============================================================ gradients
 
+do -- a tie splits the gradient in halves, as in PyTorch
+  for _, op in ipairs { "maximum", "minimum" } do
+    local a, b = glia.tensor{1, 2, 3}:requires_grad(), glia.tensor{1, 5, 0}:requires_grad()
+    glia[op](a, b):sum():backward()
+    local want_a = op == "maximum" and {0.5, 0, 1} or {0.5, 1, 0}
+    t.near(a.grad, want_a, 0, op .. ": the first operand gets half at a tie, all where chosen")
+    t.near(b.grad, {0.5, 1 - want_a[2], 1 - want_a[3]}, 0, op .. ": the second operand the rest")
+  end
+end
+
 for _, c in ipairs(ARITH) do
   local op = glia[c.op]
   local function A(shape, u0) return tensor(shape, c.a[1], c.a[2], u0) end
