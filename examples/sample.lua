@@ -12,6 +12,7 @@ package.path = script_dir .. "../?.lua;" .. package.path
 local glia       = require "glia"
 local data       = require "glia.data"
 local checkpoint = require "glia.checkpoint"
+local cli        = require "glia.cli"
 local GPT        = require "models.gpt"
 
 local USAGE = [[
@@ -30,38 +31,27 @@ local function die(msg)
   os.exit(1)
 end
 
-local o = { dir = "runs/gpt", length = 500, temperature = 0.8 }
-local NUMERIC = { length = true, temperature = true, ["top-k"] = true, seed = true, threads = true }
-local args, i = arg or {}, 1
-while i <= #args do
-  local a = args[i]
-  local name = a:match("^%-%-(.+)$")
-  if a == "-h" or a == "--help" then
-    io.write(USAGE)
-    os.exit(0)
-  elseif not name then
-    o.dir = a
-    i = i + 1
-  elseif name == "prompt" or NUMERIC[name] then
-    local v = args[i + 1]
-    if v == nil then die("option --" .. name .. " needs a value") end
-    if NUMERIC[name] then
-      v = tonumber(v)
-      if not v or v < 0 then die("option --" .. name .. " needs a non-negative number") end
-    end
-    o[name] = v
-    i = i + 2
-  else
-    die("unknown option " .. a .. "\n" .. USAGE)
-  end
-end
+-- Every number is non-negative; --top-k and --threads are positive.
+local o = cli.parse(arg or {}, {
+  options = {
+    prompt      = { "string", "\n" },
+    length      = { "integer", 500 },
+    temperature = { "number", 0.8 },
+    ["top-k"]   = { "integer", min = "positive" },
+    seed        = { "integer" },
+    threads     = { "integer", min = "positive" },
+  },
+  min = "non-negative",
+  positional = 1, -- DIR
+}, USAGE)
+local dir = o[1] or "runs/gpt"
 if o.threads then glia.set_num_threads(o.threads) end
 
-local ck, msg = checkpoint.read(o.dir)
+local ck, msg = checkpoint.read(dir)
 if not ck then die(msg) end
 local run, vocab = ck.extra.run, ck.extra.vocab
 if type(run) ~= "table" or type(vocab) ~= "string" then
-  die(o.dir .. " holds no model config and vocabulary: was it written by train_gpt.lua?")
+  die(dir .. " holds no model config and vocabulary: was it written by train_gpt.lua?")
 end
 local model = GPT{ vocab_size = #vocab, d_model = run.d, n_layers = run.layers,
                    n_heads = run.heads, ctx = run.ctx }
@@ -69,7 +59,7 @@ checkpoint.load(ck, { model = model })
 if o.seed then glia.manual_seed(o.seed) end
 
 local ds = data.CharDataset(vocab, vocab) -- encode/decode only
-local prompt = o.prompt or "\n"
+local prompt = o.prompt
 local ok, ids = pcall(ds.encode, ds, prompt)
 if not ok or #prompt == 0 then
   die("the prompt must be non-empty, with characters from the vocabulary: "
@@ -77,9 +67,9 @@ if not ok or #prompt == 0 then
 end
 
 io.write(prompt)
-model:generate(ids:view(1, #prompt), math.floor(o.length), {
+model:generate(ids:view(1, #prompt), o.length, {
   temperature = o.temperature,
-  top_k = o["top-k"] and math.floor(o["top-k"]) or nil,
+  top_k = o["top-k"],
   on_token = function(id)
     io.write(ds:decode(id))
     io.flush()

@@ -27,9 +27,10 @@ local optim    = require "glia.optim"
 local data     = require "glia.data"
 local progress = require "glia.progress"
 local plot     = require "glia.plot"
+local cli      = require "glia.cli"
 local MLP      = require "models.mlp"
 
-local fmt, floor, tonumber = string.format, math.floor, tonumber
+local fmt = string.format
 local stdout, stderr = io.stdout, io.stderr
 
 -- ========================================================== arguments
@@ -45,49 +46,26 @@ usage: glia examples/train_fmnist.lua [options]
   --data DIR    read the IDX files from DIR instead of /usr/share/datasets/fashion-mnist
 ]]
 
+-- Every number is positive, but the seed may be 0.
+local opts = cli.parse(arg or {}, {
+  options = {
+    epochs   = { "integer", 5 },
+    batch    = { "integer", 128 },
+    lr       = { "number", 1e-3 },
+    schedule = { { "cosine", "constant" }, "cosine" },
+    seed     = { "integer", 0, min = "non-negative" },
+    out      = { "string" },
+    data     = { "string" },
+  },
+  min = "positive",
+}, USAGE)
+
+-- ============================================================== setup
+
 local function die(msg)
   stderr:write("train_fmnist: ", msg, "\n")
   os.exit(1)
 end
-
--- Option name -> kind: "int" (a positive integer, 0 allowed for the seed),
--- "num" (a positive number), "str", or a set of allowed words.
-local OPTIONS = { epochs = "int", batch = "int", lr = "num", seed = "int", out = "str",
-                  data = "str", schedule = { cosine = true, constant = true } }
-
-local function parse_args(argv)
-  local o = { epochs = 5, batch = 128, lr = 1e-3, seed = 0, schedule = "cosine" }
-  local i = 1
-  while argv[i] do
-    local name = argv[i]:match("^%-%-(.+)$")
-    if name == "help" then
-      stdout:write(USAGE)
-      os.exit(0)
-    end
-    local kind = name and OPTIONS[name]
-    if not kind then die("unknown argument " .. argv[i] .. "\n" .. USAGE) end
-    local v = argv[i + 1]
-    if v == nil then die("--" .. name .. " needs a value") end
-    if type(kind) == "table" then
-      if not kind[v] then die(fmt("--%s: unknown value %s", name, v)) end
-    elseif kind ~= "str" then
-      local x = tonumber(v)
-      local good = x and x == x and x >= 0 and (kind == "num" and x > 0 or x == floor(x))
-      if not good or (name ~= "seed" and x == 0) then
-        die(fmt("--%s must be a positive %s, got %s", name,
-                kind == "int" and "integer" or "number", v))
-      end
-      v = x
-    end
-    o[name] = v
-    i = i + 2
-  end
-  return o
-end
-
-local opts = parse_args(arg or {})
-
--- ============================================================== setup
 
 -- Loads one split, then hands the loader's scratch copies (the u8 images,
 -- an f32 copy) back to the system before the next large allocation.

@@ -36,6 +36,7 @@ local data       = require "glia.data"
 local progress   = require "glia.progress"
 local plot       = require "glia.plot"
 local checkpoint = require "glia.checkpoint"
+local cli        = require "glia.cli"
 local GPT        = require "models.gpt"
 
 local fmt, floor, max, min = string.format, math.floor, math.max, math.min
@@ -67,52 +68,41 @@ usage: glia examples/train_gpt.lua [options]
 
 -- ================================================================ options
 
--- Option name -> kind of value. FIXED ones come from the checkpoint when
--- resuming and may not be given again.
-local FLAGS = {
-  steps = "int", time = "num", out = "str", resume = "str", seed = "int", text = "str",
-  d = "int", layers = "int", heads = "int", ctx = "int", batch = "int",
-  lr = "num", ["min-lr"] = "num", warmup = "int", ["decay-steps"] = "int", ["decay-frac"] = "num",
-  ["weight-decay"] = "num", clip = "num", ["eval-every"] = "int", ["sample-len"] = "int",
-  threads = "int",
+-- Every number is non-negative; those a run cannot do with 0 are positive.
+-- The defaults apply after the checkpoint's values when resuming (see
+-- `run` below). FIXED options come from the checkpoint when resuming and
+-- may not be given again.
+local SPEC = {
+  options = {
+    steps            = { "integer" },
+    time             = { "number" },
+    out              = { "string" },
+    resume           = { "string" },
+    seed             = { "integer", 1337 },
+    text             = { "string" },
+    d                = { "integer", 256, min = "positive" },
+    layers           = { "integer", 4, min = "positive" },
+    heads            = { "integer", 4, min = "positive" },
+    ctx              = { "integer", 256, min = "positive" },
+    batch            = { "integer", 16, min = "positive" },
+    lr               = { "number", 1e-3 },
+    ["min-lr"]       = { "number", 1e-4 },
+    warmup           = { "integer", 30 },
+    ["decay-steps"]  = { "integer" },
+    ["decay-frac"]   = { "number", 0.2 },
+    ["weight-decay"] = { "number", 0.1 },
+    clip             = { "number", 1.0, min = "positive" },
+    ["eval-every"]   = { "integer", 100, min = "positive" },
+    ["sample-len"]   = { "integer", 200 },
+    threads          = { "integer", min = "positive" },
+  },
+  min = "non-negative",
 }
 local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
-local DEFAULTS = {
-  seed = 1337, d = 256, layers = 4, heads = 4, ctx = 256, batch = 16, lr = 1e-3,
-  ["min-lr"] = 1e-4, warmup = 30, ["decay-frac"] = 0.2, ["weight-decay"] = 0.1, clip = 1.0,
-  ["eval-every"] = 100, ["sample-len"] = 200,
-}
 
 local function die(msg)
   io.stderr:write("train_gpt: ", msg, "\n")
   os.exit(1)
-end
-
-local function parse(args)
-  local o, i = {}, 1
-  while i <= #args do
-    local a = args[i]
-    if a == "-h" or a == "--help" then
-      io.write(USAGE)
-      os.exit(0)
-    end
-    local name = a:match("^%-%-(.+)$")
-    local kind = name and FLAGS[name]
-    if not kind then die("unknown option " .. a .. "\n" .. USAGE) end
-    local v = args[i + 1]
-    if v == nil then die("option --" .. name .. " needs a value") end
-    if kind ~= "str" then
-      local x = tonumber(v)
-      if not x or (kind == "int" and x ~= floor(x)) or x < 0 then
-        die(fmt("option --%s needs a %s, got %s", name,
-                kind == "int" and "non-negative integer" or "non-negative number", v))
-      end
-      v = x
-    end
-    o[name] = v
-    i = i + 2
-  end
-  return o
 end
 
 local function read_file(path)
@@ -158,7 +148,7 @@ end
 
 -- ================================================================ setup
 
-local o = parse(arg or {})
+local o, given = cli.parse(arg or {}, SPEC, USAGE)
 if o.threads then glia.set_num_threads(o.threads) end
 
 local ck
@@ -167,19 +157,19 @@ if o.resume then
   ck, msg = checkpoint.read(o.resume)
   if not ck then die(msg) end
   for _, k in ipairs(FIXED) do
-    if o[k] ~= nil then die(fmt("--%s is fixed by the checkpoint in %s", k, o.resume)) end
+    if given[k] then die(fmt("--%s is fixed by the checkpoint in %s", k, o.resume)) end
   end
 end
 
 -- The run's settings: the command line's, then the checkpoint's, then the
--- defaults. --steps and --time belong to this invocation only.
+-- defaults (in o unless given). --steps and --time belong to this
+-- invocation only.
 local SAVED = { "seed", "text", "d", "layers", "heads", "ctx", "batch", "lr", "min-lr", "warmup",
                 "decay-frac", "weight-decay", "clip", "eval-every", "sample-len" }
 local run = {}
 for _, k in ipairs(SAVED) do
   local v = o[k]
-  if v == nil and ck then v = ck.extra.run[k] end
-  if v == nil then v = DEFAULTS[k] end
+  if ck and not given[k] and ck.extra.run[k] ~= nil then v = ck.extra.run[k] end
   run[k] = v
 end
 run.steps, run.time = o.steps, o.time
