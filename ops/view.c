@@ -350,21 +350,22 @@ glia_status glia_expand(glia_ctx *G, glia_tensor *x, int ndim, const int64_t *si
 /* ================================================ narrow, select, slice */
 
 /* iarg = {dim, start, stop, step, keep}: the gradient lands in the same
-** geometry of a zero tensor shaped like the input. */
+** geometry of the input's gradient (the engine calls slice_scatter). */
+static glia_status slice_scatter(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor *acc) {
+  geom s = slice_geom(acc, (int)n->iarg[0], n->iarg[1], n->iarg[2], n->iarg[3], (int)n->iarg[4]);
+  glia_tensor *v;
+  TRY(glia_tensor_view_raw(G, acc, s.ndim, s.size, s.stride, s.offset, &v));
+  glia_status st = glia_accumulate(G, &v, g);
+  glia_tensor_release(v);
+  return st;
+}
+
+/* The same into a zero tensor shaped like the input. */
 static glia_status slice_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
   const glia_tensor *in = n->input[0];
-  glia_tensor *z, *v = NULL;
+  glia_tensor *z;
   TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, in->ndim, in->size, &z));
-  geom s = slice_geom(z, (int)n->iarg[0], n->iarg[1], n->iarg[2], n->iarg[3], (int)n->iarg[4]);
-  glia_status st = glia_tensor_view_raw(G, z, s.ndim, s.size, s.stride, s.offset, &v);
-  if (st == GLIA_OK) st = glia_copy_into(G, v, g);
-  glia_tensor_release(v);
-  if (st != GLIA_OK) {
-    glia_tensor_release(z);
-    return st;
-  }
-  din[0] = z;
-  return GLIA_OK;
+  return glia_hand_out(slice_scatter(G, n, g, z), z, &din[0]);
 }
 
 static glia_status slice_view(glia_ctx *G, const char *name, glia_tensor *x, int dim,
@@ -372,7 +373,10 @@ static glia_status slice_view(glia_ctx *G, const char *name, glia_tensor *x, int
                               glia_tensor **out) {
   geom g = slice_geom(x, dim, start, stop, step, keep);
   int64_t iarg[5] = {dim, start, stop, step, keep};
-  return view_of(G, name, slice_bwd, x, &g, iarg, 5, out);
+  TRY(view_of(G, name, slice_bwd, x, &g, iarg, 5, out));
+  if ((*out)->grad_fn && (*out)->grad_fn->backward == slice_bwd)
+    (*out)->grad_fn->scatter = slice_scatter;
+  return GLIA_OK;
 }
 
 glia_status glia_narrow(glia_ctx *G, glia_tensor *x, int dim, int64_t start, int64_t len,

@@ -313,4 +313,18 @@ do
                "assigning a tensor of the wrong shape raises")
 end
 
+do -- gradients of several views of one tensor meet in one buffer (the engine's scatter)
+  local x = glia.tensor{1, 2, 3, 4, 5, 6}:requires_grad()
+  local a, b, c = x:narrow(1, 1, 4), x:narrow(1, 3, 4), x[{{2, 6, 2}}]
+  ;(a * 1 + 0):sum():backward(nil, true)
+  t.near(x.grad, {1, 1, 1, 1, 0, 0}, 0, "a narrow's gradient lands in its part of x.grad")
+  ;(a:sum() + (b * 2):sum() + (c * 10):sum()):backward()
+  t.near(x.grad, {2, 12, 4, 14, 2, 12}, 0,
+         "overlapping narrows and a strided slice add up, onto the gradient x already had")
+  local y = glia.tensor{{1, 2}, {3, 4}}:requires_grad()
+  local h = y * 3 -- not a leaf: the views' gradients meet in its node's buffer
+  ;(h:select(1, 1):sum() + h:select(1, 2):mul(2):sum() + h:narrow(2, 2, 1):sum()):backward()
+  t.near(y.grad, {{3, 6}, {6, 9}}, 0, "selects and a narrow of an intermediate tensor add up")
+end
+
 t.done()

@@ -159,6 +159,21 @@ static glia_status route_grad(glia_ctx *G, glia_tensor *in, glia_tensor *g, node
   return st;
 }
 
+/* A node with a scatter function adds its gradient straight into input 0's
+** accumulator, made zero-filled by the first such node to reach it. */
+static glia_status scatter_grad(glia_ctx *G, glia_node *node, glia_tensor *g, node_vec *ready) {
+  glia_tensor *in = node->input[0], **acc = NULL;
+  if (!node->needs[0] || !in) return GLIA_OK;
+  if (in->grad_fn) acc = &in->grad_fn->gout;
+  else if (in->requires_grad) acc = &in->grad;
+  else return GLIA_OK;
+  if (!*acc) TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, in->ndim, in->size, acc));
+  TRY(node->scatter(G, node, g, *acc));
+  if (in->grad_fn && --in->grad_fn->pending == 0 && !vec_push(ready, in->grad_fn))
+    return glia_fail_nomem(G, 0, "backward");
+  return GLIA_OK;
+}
+
 static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gout,
                                 int keep_graph, node_vec *all, node_vec *ready) {
   glia_node *rn = root->grad_fn;
@@ -202,7 +217,8 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     glia_tensor *din[GLIA_NODE_MAX_IN] = {0};
     glia_tensor *g = node->gout;
     node->gout = NULL;
-    glia_status st = node->backward(G, node, g, din);
+    glia_status st = node->scatter ? scatter_grad(G, node, g, ready)
+                                   : node->backward(G, node, g, din);
     for (int i = 0; i < node->ninputs && st == GLIA_OK; i++) {
       if (node->needs[i] && din[i]) {
         st = route_grad(G, node->input[i], din[i], ready);
