@@ -350,7 +350,8 @@ glia_status glia_expand(glia_ctx *G, glia_tensor *x, int ndim, const int64_t *si
 /* ================================================ narrow, select, slice */
 
 /* iarg = {dim, start, stop, step, keep}: the gradient lands in the same
-** geometry of the input's gradient (the engine calls slice_scatter). */
+** geometry of the input's gradient. A scatter function, not a backward:
+** the engine hands it that gradient (see glia_scatter_fn). */
 static glia_status slice_scatter(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor *acc) {
   geom s = slice_geom(acc, (int)n->iarg[0], n->iarg[1], n->iarg[2], n->iarg[3], (int)n->iarg[4]);
   glia_tensor *v;
@@ -360,22 +361,13 @@ static glia_status slice_scatter(glia_ctx *G, glia_node *n, glia_tensor *g, glia
   return st;
 }
 
-/* The same into a zero tensor shaped like the input. */
-static glia_status slice_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  const glia_tensor *in = n->input[0];
-  glia_tensor *z;
-  TRY(glia_tensor_zeros(G, GLIA_DTYPE_F32, in->ndim, in->size, &z));
-  return glia_hand_out(slice_scatter(G, n, g, z), z, &din[0]);
-}
-
 static glia_status slice_view(glia_ctx *G, const char *name, glia_tensor *x, int dim,
                               int64_t start, int64_t stop, int64_t step, int keep,
                               glia_tensor **out) {
   geom g = slice_geom(x, dim, start, stop, step, keep);
   int64_t iarg[5] = {dim, start, stop, step, keep};
-  TRY(view_of(G, name, slice_bwd, x, &g, iarg, 5, out));
-  if ((*out)->grad_fn && (*out)->grad_fn->backward == slice_bwd)
-    (*out)->grad_fn->scatter = slice_scatter;
+  TRY(view_of(G, name, NULL, x, &g, iarg, 5, out));
+  if ((*out)->grad_fn) (*out)->grad_fn->scatter = slice_scatter; /* the node just made */
   return GLIA_OK;
 }
 

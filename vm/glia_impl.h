@@ -80,17 +80,17 @@ typedef glia_status (*glia_backward_fn)(glia_ctx *G, glia_node *node,
                                         glia_tensor *dout, glia_tensor **din);
 /* For ops whose input gradient is dout placed into part of a zero tensor
 ** shaped like input 0 (narrow, select, slicing): adds dout into that part of
-** acc, input 0's gradient so far. The engine calls it instead of backward,
-** so that the three narrows of one qkv tensor fill one buffer rather than
-** making three of full size and adding them up. */
+** acc, input 0's gradient so far. Such ops record a node with this and no
+** backward: the three narrows of one qkv tensor then fill one buffer rather
+** than making three of full size and adding them up. */
 typedef glia_status (*glia_scatter_fn)(glia_ctx *G, glia_node *node, glia_tensor *dout,
                                        glia_tensor *acc);
 
 struct glia_node {
   int64_t refcount;
   const char *name;
-  glia_backward_fn backward;
-  glia_scatter_fn scatter; /* or NULL */
+  glia_backward_fn backward; /* exactly one of the two is set */
+  glia_scatter_fn scatter;
   int ninputs;
   glia_tensor *input[GLIA_NODE_MAX_IN]; /* references to forward inputs */
   bool needs[GLIA_NODE_MAX_IN];
