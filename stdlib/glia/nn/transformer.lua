@@ -63,8 +63,7 @@ function TransformerBlock:_fused_params()
 end
 
 function TransformerBlock:use_fused(cache)
-  return cache ~= nil and self.fused ~= false and glia.decoder_block ~= nil
-     and self.ln1.eps == self.ln2.eps
+  return cache ~= nil and self.fused ~= false and self.ln1.eps == self.ln2.eps
      and not (self.training and self.drop)
 end
 
