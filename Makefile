@@ -32,7 +32,6 @@ OBJDIR  := build/$(FLAVOR)
 LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
 LUA_LIBS   := $(shell pkg-config --libs $(LUA_PC) 2>/dev/null)
 BLAS_CFLAGS := -I/usr/include/x86_64-linux-gnu/openblas-pthread
-BLAS_LIBS   := -lopenblas
 
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT := $(if $(SAN),-O1 -g $(SANFLAGS),-O2 -g)
@@ -42,7 +41,7 @@ CFLAGS_BASE := -std=gnu11 -Wall -Wextra $(if $(WERROR),-Werror) $(OPT) $(ARCH) -
   -DGLIA_STDLIB_DIR='"$(PREFIX)/share/glia"' -MMD -MP
 CFLAGS  ?=
 ALL_CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
-LDLIBS  := $(BLAS_LIBS) $(LUA_LIBS) -lz -lm -pthread
+LDLIBS  := $(LUA_LIBS) -lz -lm -ldl -pthread
 SANLD   := $(if $(SAN),$(SANFLAGS))
 
 CORE_SRC := $(wildcard vm/*.c) $(wildcard ops/*.c)
@@ -97,7 +96,7 @@ lib/libglia.so: $(LIB_OBJ) $(STAMP)
 # The module for a stock interpreter: the interpreter provides the Lua API.
 $(LUAMOD): $(LIB_OBJ) $(STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) $(BLAS_LIBS) -lz -lm -pthread
+	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) -lz -lm -ldl -pthread
 
 $(OBJDIR)/t/%.t: t/c/%.c $(LIB_OBJ) t/c/tap.h
 	@mkdir -p $(dir $@)

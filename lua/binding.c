@@ -12,6 +12,7 @@
 #include "binding.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -697,6 +698,29 @@ static int m_num_threads(lua_State *L) {
   return 1;
 }
 
+/* glia.config(): what this process computes with (glia_config, plus the
+** context's thread count). */
+static int m_config(lua_State *L) {
+  const glia_config *c = glia_config_get();
+  lua_createtable(L, 0, 11);
+  const struct { const char *key, *value; } fields[] = {
+      {"blas_library", c->blas_library}, {"blas_kernel", c->blas_kernel},
+      {"blas_choice", c->blas_choice},   {"blas_chosen_by", c->blas_chosen_by},
+      {"blas_config", c->blas_config},   {"cpu_vendor", c->cpu_vendor},
+      {"cpu_features", c->cpu_features}, {"glia_isa", c->glia_isa},
+      {"warning", c->warning},           {"lua", GLIA_LUA_NAME},
+      {"version", GLIA_VERSION},
+  };
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if (fields[i].value) {
+      lua_pushstring(L, fields[i].value);
+      lua_setfield(L, -2, fields[i].key);
+    }
+  lua_pushinteger(L, glia_ctx_num_threads(state_of(L)->G));
+  lua_setfield(L, -2, "num_threads");
+  return 1;
+}
+
 static int m_manual_seed(lua_State *L) {
   int64_t s = glia_lua_check_int(L, 1, "glia.manual_seed", "seed");
   glia_ctx_seed(state_of(L)->G, (uint64_t)s);
@@ -786,6 +810,7 @@ static const luaL_Reg module_funcs[] = {
     {"tensor", m_tensor},
     {"set_num_threads", m_set_num_threads},
     {"num_threads", m_num_threads},
+    {"config", m_config},
     {"manual_seed", m_manual_seed},
     {"rng_state", m_rng_state},
     {"set_rng_state", m_set_rng_state},
@@ -865,7 +890,16 @@ static void set_op_closure(lua_State *L, int state_idx, const glia_op *op) {
   lua_pushcclosure(L, call_op, 3);
 }
 
+/* The one warning the binding prints itself, once per process: the BLAS
+** kernel is weaker than the CPU allows and only the user can change that. */
+static void warn_blas_once(void) {
+  static atomic_flag warned = ATOMIC_FLAG_INIT;
+  const char *w = glia_config_get()->warning;
+  if (w && !atomic_flag_test_and_set(&warned)) fprintf(stderr, "%s\n", w);
+}
+
 int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
+  warn_blas_once();
   binding_state *B = compat_newuserdata(L, sizeof *B);
   memset(B, 0, sizeof *B);
   B->G = G;
@@ -946,6 +980,9 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
 /* require "glia.core" from a stock lua5.4/luajit: the module owns its ctx. */
 GLIA_API int luaopen_glia_core(lua_State *L) {
   glia_ctx *G = glia_ctx_new();
-  if (!G) return luaL_error(L, "glia: out of memory creating a context");
+  if (!G) {
+    const char *why = glia_config_get()->error;
+    return luaL_error(L, "%s", why ? why : "glia: out of memory creating a context");
+  }
   return glia_lua_open(L, G, 1);
 }

@@ -215,15 +215,32 @@ static int run_script(glia_vm *vm, int argc, char **argv, int script) {
   return glia_vm_pcall(vm, nargs, 0) == LUA_OK ? 1 : report(vm);
 }
 
+/* -v: the version, then what this process computes with (glia_config). */
+static void print_version(glia_vm *vm) {
+  const glia_config *c = glia_config_get();
+  printf("glia %s (%s)\n", GLIA_VERSION, GLIA_LUA_NAME);
+  if (c->error) {
+    printf("BLAS:    %s\n", c->error);
+  } else {
+    printf("BLAS:    %s, kernel %s (chosen by %s)\n", c->blas_library, c->blas_kernel,
+           c->blas_chosen_by);
+    printf("         %s\n", c->blas_config);
+  }
+  printf("CPU:     %s, %s\n", c->cpu_vendor, c->cpu_features[0] ? c->cpu_features : "sse2");
+  printf("kernels: %s; best BLAS kernel for this CPU: %s\n", c->glia_isa, c->blas_choice);
+  if (vm) printf("threads: %d\n", glia_ctx_num_threads(glia_vm_ctx(vm)));
+}
+
 int main(int argc, char **argv) {
   options o;
   if (!collect_options(argc, argv, &o)) return 1;
   if (o.help) fputs(usage_text, stdout);
-  if (o.version) printf("glia %s (%s)\n", GLIA_VERSION, GLIA_LUA_NAME);
   if (o.env && !print_env()) return 1;
   glia_vm *vm = glia_vm_open();
+  if (o.version) print_version(vm);
   if (!vm) {
-    fputs("glia: cannot create a VM (out of memory)\n", stderr);
+    const char *why = glia_config_get()->error;
+    fprintf(stderr, "%s\n", why ? why : "glia: cannot create a VM (out of memory)");
     return 1;
   }
   set_arg_table(glia_vm_lua(vm), argc, argv, o.script);

@@ -42,7 +42,6 @@
 #include "glia_impl.h"
 #include "ops.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -237,7 +236,7 @@ static void score_tile(const attn_plan *p, const float *qp, int64_t ldq, int64_t
       for (int64_t c = 0; c < nc; c++)
         S[r * p->ldS + c] = p->scale * glia_dot(qp + r * ldq, kp + c * p->k.ld, p->D);
   } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nc, (int)p->D, p->scale,
+    glia_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)nc, (int)p->D, p->scale,
                 qp, (int)ldq, kp, (int)p->k.ld, 0.0f, S, (int)p->ldS);
   }
   int64_t end = cdiv(nc, VL) * VL;
@@ -421,7 +420,7 @@ static void fwd_task(void *ud, int64_t t, int slot) {
       if (kj == kb0) memset(acc, 0, (size_t)(R * E) * sizeof *acc);
       for (int64_t r = 0; r < R; r++) weighted_rows(S + r * ldS, nc, vp, p->v.ld, acc + r * E, E);
     } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)E, (int)nc, 1.0f, S,
+      glia_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)E, (int)nc, 1.0f, S,
                   (int)ldS, vp, (int)p->v.ld, kj == kb0 ? 0.0f : 1.0f, acc, (int)imax(E, 1));
     }
   }
@@ -524,10 +523,10 @@ static void bwd_tile(const bwd_job *j, float *S, float *dP, int64_t b, int64_t h
     vf lse = vsplat(j->lse[row0 + r]);
     for (int64_t k = 0; k < nv; k++) vstore(s + k * VL, vexp(vload(s + k * VL) - lse));
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)nc, (int)E, 1.0f, dop,
+  glia_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)nc, (int)E, 1.0f, dop,
               (int)j->dout.ld, vp, (int)p->v.ld, 0.0f, dP, (int)ldS);
   if (what & BW_DKV)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)E, (int)nr, 1.0f, S,
+    glia_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)E, (int)nr, 1.0f, S,
                 (int)ldS, dop, (int)j->dout.ld, 1.0f, j->dv + ((b * p->K + kh) * p->M + c0) * E,
                 (int)imax(E, 1));
   for (int64_t r = 0; r < nr; r++) { /* dS = P o (dP - D), into dP */
@@ -538,11 +537,11 @@ static void bwd_tile(const bwd_job *j, float *S, float *dP, int64_t b, int64_t h
       vstore(dr + k * VL, vload(pr + k * VL) * (vload(dr + k * VL) - Di));
   }
   if (what & BW_DKV)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)D, (int)nr, p->scale, dP,
+    glia_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)D, (int)nr, p->scale, dP,
                 (int)ldS, qp, (int)p->q.ld, 1.0f, j->dk + ((b * p->K + kh) * p->M + c0) * D,
                 (int)imax(D, 1));
   if (what & BW_DQ) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)D, (int)nc, p->scale,
+    glia_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, (int)D, (int)nc, p->scale,
                 dP, (int)ldS, kp, (int)p->k.ld, 1.0f, j->dq + row0 * D, (int)imax(D, 1));
     if (j->dmask)
       for (int64_t r = 0; r < nr; r++)

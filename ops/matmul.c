@@ -21,7 +21,6 @@
 #include "glia_impl.h"
 #include "ops.h"
 
-#include <cblas.h>
 #include <limits.h>
 
 /* ================================================= strided matrices */
@@ -222,18 +221,18 @@ static void gemv_batch(const gemm_plan *P, const float *a, const float *b, float
   if (P->m == 1) { /* c^T = B^T a^T, a a row of k */
     int inca = P->ta == CblasNoTrans ? 1 : (int)P->lda;
     if (P->tb == CblasNoTrans)
-      cblas_sgemv(CblasRowMajor, CblasTrans, (int)P->k, (int)P->n, P->alpha, b, (int)P->ldb, a,
+      glia_sgemv(CblasRowMajor, CblasTrans, (int)P->k, (int)P->n, P->alpha, b, (int)P->ldb, a,
                   inca, beta, c, 1);
     else
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)P->n, (int)P->k, P->alpha, b, (int)P->ldb,
+      glia_sgemv(CblasRowMajor, CblasNoTrans, (int)P->n, (int)P->k, P->alpha, b, (int)P->ldb,
                   a, inca, beta, c, 1);
   } else { /* c = A b, b a column of k */
     int incb = P->tb == CblasNoTrans ? (int)P->ldb : 1;
     if (P->ta == CblasNoTrans)
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)P->m, (int)P->k, P->alpha, a, (int)P->lda,
+      glia_sgemv(CblasRowMajor, CblasNoTrans, (int)P->m, (int)P->k, P->alpha, a, (int)P->lda,
                   b, incb, beta, c, (int)P->ldc);
     else
-      cblas_sgemv(CblasRowMajor, CblasTrans, (int)P->k, (int)P->m, P->alpha, a, (int)P->lda, b,
+      glia_sgemv(CblasRowMajor, CblasTrans, (int)P->k, (int)P->m, P->alpha, a, (int)P->lda, b,
                   incb, beta, c, (int)P->ldc);
   }
 }
@@ -251,7 +250,7 @@ static void gemm_batch(const gemm_plan *P, int64_t i) {
   else if ((P->m == 1 || P->n == 1) && P->k * (P->m == 1 ? P->n : P->m) >= GEMV_MIN_ELEMS)
     gemv_batch(P, P->a.p + oa, P->b.p + ob, c, beta);
   else
-    cblas_sgemm(CblasRowMajor, P->ta, P->tb, (int)P->m, (int)P->n, (int)P->k, P->alpha,
+    glia_sgemm(CblasRowMajor, P->ta, P->tb, (int)P->m, (int)P->n, (int)P->k, P->alpha,
                 P->a.p + oa, (int)P->lda, P->b.p + ob, (int)P->ldb, beta, c, (int)P->ldc);
 }
 

@@ -37,8 +37,15 @@ out = glia_run("-e 'x = 20' -e 'print(x + 1)'")
 t.is(out, "21\n", "several -e options run in order in one state")
 
 out = glia_run("-v")
-t.ok(out:find("^glia " .. glia.version:gsub("%.", "%%.") .. " %((.-)%)\n$"),
+t.ok(out:find("^glia " .. glia.version:gsub("%.", "%%.") .. " %((.-)%)\n"),
      "-v prints the version and the Lua it was built for")
+local cfg = glia.config()
+t.ok(out:find("\nBLAS: +" .. cfg.blas_library:gsub("%p", "%%%0") .. ", kernel " .. cfg.blas_kernel
+              .. " %(chosen by " .. cfg.blas_chosen_by .. "%)\n")
+     and out:find("\nthreads: " .. cfg.num_threads .. "\n", 1, true),
+     "-v names the BLAS kernel in use, who chose it, and the thread count")
+t.ok(out:find("\nCPU: +" .. cfg.cpu_vendor .. ", " .. cfg.cpu_features:gsub("%p", "%%%0")),
+     "-v lists the CPU features that decide the kernels")
 t.is(out:find("LuaJIT") ~= nil, jit ~= nil, "-v names LuaJIT exactly when running on LuaJIT")
 
 out = glia_run("-l glia -e 'print(glia.version)'")

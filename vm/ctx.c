@@ -290,6 +290,7 @@ static int env_threads(void) {
 }
 
 glia_ctx *glia_ctx_new(void) {
+  if (glia_config_get()->error) return NULL;
   glia_ctx *G = calloc(1, sizeof *G);
   if (!G) return NULL;
   G->grad_mode = 1;

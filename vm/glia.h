@@ -73,7 +73,8 @@ typedef struct glia_ctx glia_ctx;
 typedef struct glia_tensor glia_tensor;
 
 /* Creates a VM instance: thread pool (GLIA_NUM_THREADS, else online CPUs),
-** RNG seeded with 0, grad mode on. Returns NULL only if memory is exhausted. */
+** RNG seeded with 0, grad mode on. Returns NULL if memory is exhausted or
+** OpenBLAS cannot be loaded (glia_config_get()->error says why). */
 GLIA_API glia_ctx *glia_ctx_new(void);
 GLIA_API void glia_ctx_release(glia_ctx *G);
 
@@ -105,6 +106,29 @@ GLIA_API void glia_ctx_trim(glia_ctx *G);
 /* Test hook: the n-th allocation from now and every later one fail, until
 ** called again with 0. */
 GLIA_API void glia_ctx_fail_alloc_after(glia_ctx *G, int64_t n);
+
+/* ------------------------------------------------------------ the machine */
+
+/* What this process computes with. OpenBLAS is loaded once per process, by
+** the first context, with the kernel glia chose for the CPU unless
+** OPENBLAS_CORETYPE was set (vm/blas.c says why). Every string is static,
+** valid for the life of the process; absent ones are NULL. */
+typedef struct glia_config {
+  const char *blas_library;   /* the file loaded: "libopenblas.so.0", or $GLIA_BLAS_LIB */
+  const char *blas_kernel;    /* the kernel OpenBLAS runs: "SkylakeX", "Haswell", ... */
+  const char *blas_choice;    /* the kernel glia picks for this CPU's features */
+  const char *blas_chosen_by; /* "glia", "OPENBLAS_CORETYPE" (the user's) or
+                              ** "loaded before glia" (the process had OpenBLAS) */
+  const char *blas_config;    /* openblas_get_config() */
+  const char *cpu_vendor;     /* "GenuineIntel", "AuthenticAMD", ... */
+  const char *cpu_features;   /* the ones that matter here: "avx2 fma avx512f ..." */
+  const char *glia_isa;       /* what glia's own kernels were compiled for */
+  const char *warning;        /* why GEMM may run slower than the CPU allows */
+  const char *error;          /* why OpenBLAS could not be loaded: no context can be made */
+} glia_config;
+
+/* Loads OpenBLAS if no context has yet; never fails (see error). Borrowed. */
+GLIA_API const glia_config *glia_config_get(void);
 
 /* ----------------------------------------------------------------- tensors */
 

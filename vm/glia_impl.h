@@ -10,6 +10,7 @@
 #define GLIA_IMPL_H
 
 #include "glia.h"
+#include <cblas.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <string.h>
@@ -289,8 +290,28 @@ GLIAI_FUNC void glia_parallel_for(glia_ctx *G, int64_t n, int64_t grain,
                                   glia_range_fn fn, void *ud);
 GLIAI_FUNC glia_pool *glia_pool_new(int nthreads);
 GLIAI_FUNC void glia_pool_release(glia_pool *p);
+/* ------------------------------------------------------------------ blas */
+
+/* OpenBLAS's entry points, set when the first context loads it (vm/blas.c);
+** every op calls GEMM through these. */
+extern GLIAI_FUNC __typeof__(cblas_sgemm) *glia_sgemm;
+extern GLIAI_FUNC __typeof__(cblas_sgemv) *glia_sgemv;
 /* OpenBLAS thread count (1 inside pool tasks, nthreads otherwise). */
 GLIAI_FUNC void glia_blas_set_threads(int n);
+
+/* The CPU features that decide a BLAS kernel; vendor is cpuid's string. */
+typedef struct glia_cpu_features {
+  char vendor[13];
+  unsigned char sse3, ssse3, sse4_2, avx, fma, avx2, avx512f, avx512dq, avx512cd, avx512bw,
+      avx512vl, avx512_bf16, amx;
+} glia_cpu_features;
+/* This CPU's, with AVX and AVX-512 only where the OS saves their state. */
+GLIAI_FUNC void glia_cpu_features_read(glia_cpu_features *f);
+/* The OpenBLAS kernel for a feature set: a pure function. */
+GLIAI_FUNC const char *glia_blas_core_for(const glia_cpu_features *f);
+/* How much of the instruction set a kernel name needs (higher: more); -1
+** for a name it does not know. */
+GLIAI_FUNC int glia_blas_core_rank(const char *name);
 
 /* ------------------------------------------------------------------ files */
 

@@ -1,6 +1,5 @@
 /*
-** vm/pool.c -- the thread pool behind glia_parallel_for, and OpenBLAS's
-** thread count.
+** vm/pool.c -- the thread pool behind glia_parallel_for.
 **
 ** A pool has nthreads-1 workers; the calling thread works too. A job's
 ** chunk boundaries depend only on (n, nchunks), and each chunk runs once,
@@ -22,8 +21,6 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-
-extern void openblas_set_num_threads(int);
 
 struct glia_pool {
   int nthreads;
@@ -161,5 +158,3 @@ void glia_parallel_for(glia_ctx *G, int64_t n, int64_t grain, glia_range_fn fn, 
     else sched_yield();
   }
 }
-
-void glia_blas_set_threads(int n) { openblas_set_num_threads(n); }
