@@ -300,18 +300,18 @@ static int slots_for(glia_ctx *G, int64_t ntasks, double flops, double inline_be
   return (int)imax(1, imin(G->nthreads, ntasks));
 }
 
-/* blas: whether the tasks call OpenBLAS, which must then run single-threaded
-** inside them (one owner of the cores at a time). */
+/* blas: whether the tasks call OpenBLAS, which then runs single-threaded
+** inside them: one owner of the cores at a time, and the same bits for every
+** thread count (a tile product on OpenBLAS's threads need not give them). */
 static void run_tasks(glia_ctx *G, int nslots, int64_t ntasks, task_fn fn, void *ud,
                       bool blas) {
   task_queue q = {.fn = fn, .ud = ud, .ntasks = ntasks};
   atomic_init(&q.next, 0);
-  if (nslots == 1) { /* on the calling thread: OpenBLAS keeps its thread count */
-    queue_worker(0, 1, &q);
-    return;
-  }
   if (blas) glia_blas_set_threads(1);
-  glia_parallel_for(G, nslots, 1, queue_worker, &q);
+  if (nslots == 1) /* on the calling thread */
+    queue_worker(0, 1, &q);
+  else
+    glia_parallel_for(G, nslots, 1, queue_worker, &q);
   if (blas) glia_blas_set_threads(G->nthreads);
 }
 
