@@ -14,8 +14,6 @@
 
 #include <math.h>
 
-#define GRAIN (1 << 15)
-
 /* ======================================================== kernels */
 
 typedef struct {

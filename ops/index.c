@@ -24,8 +24,6 @@
 
 #include <math.h>
 
-#define GRAIN (1 << 15)
-
 /* ================================================== shared helpers */
 
 /* [outer, inner] around dim for a shape. */
@@ -33,9 +31,6 @@ static void split_at(int ndim, const int64_t *size, int dim, int64_t *outer, int
   *outer = glia_numel_of(dim, size);
   *inner = glia_numel_of(ndim - dim - 1, size + dim + 1);
 }
-
-/* Items of `work` elements each, so a parallel chunk holds about GRAIN. */
-static int64_t grain_for(int64_t work) { return work > 0 && work < GRAIN ? GRAIN / work : 1; }
 
 static glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x, int dim) {
   if (dim < 0 || dim >= x->ndim)
@@ -160,7 +155,7 @@ static void gather_rows(int64_t begin, int64_t end, void *ud) {
 }
 
 static void run_gather(glia_ctx *G, const indexed *K) {
-  glia_parallel_for(G, K->outer * K->n, grain_for(K->inner), gather_rows, (void *)K);
+  glia_parallel_for(G, K->outer * K->n, glia_grain_items(K->inner), gather_rows, (void *)K);
 }
 
 /* Column kernels take a range [begin, end) of the outer*inner columns
@@ -196,7 +191,7 @@ static void scatter_add_columns(int64_t begin, int64_t end, void *ud) {
 }
 
 static void run_scatter_add(glia_ctx *G, const indexed *K) {
-  glia_parallel_for(G, K->outer * K->inner, grain_for(K->n), scatter_add_columns, (void *)K);
+  glia_parallel_for(G, K->outer * K->inner, glia_grain_items(K->n), scatter_add_columns, (void *)K);
 }
 
 /* Sets *out to zeros of `size` with g scattered (added) into it along dim
@@ -695,7 +690,7 @@ static glia_status cumsum_fwd(glia_ctx *G, glia_tensor *x, int dim, int reverse,
     cumsum_job J = {(const float *)glia_ptr(xc), (float *)glia_ptr(r), x->size[dim], 0, reverse};
     int64_t outer;
     split_at(x->ndim, x->size, dim, &outer, &J.inner);
-    glia_parallel_for(G, outer * J.inner, grain_for(J.len), cumsum_columns, &J);
+    glia_parallel_for(G, outer * J.inner, glia_grain_items(J.len), cumsum_columns, &J);
     *out = r;
   }
   glia_tensor_release(xc);

@@ -21,13 +21,7 @@
 
 #include <math.h>
 
-#define GRAIN (1 << 15) /* elements per task, at least */
 #define NORM_BLOCK 64   /* rows per dweight/dbias partial (fixed: determinism) */
-
-/* Items per task so that a task touches at least GRAIN elements. */
-static int64_t task_grain(int64_t elems_per_item) {
-  return elems_per_item > 0 && elems_per_item < GRAIN ? GRAIN / elems_per_item : 1;
-}
 
 /* ============================================== layer_norm, rms_norm */
 
@@ -194,7 +188,7 @@ static glia_status norm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tens
                       mean ? (const float *)glia_ptr(mean) : NULL,
                       (const float *)glia_ptr(rstd),
                       n->needs[0] ? (float *)glia_ptr(din[0]) : NULL, pw, pb, R, C};
-    glia_parallel_for(G, nb, task_grain(C * NORM_BLOCK), norm_bwd_blocks, &k);
+    glia_parallel_for(G, nb, glia_grain_items(C * NORM_BLOCK), norm_bwd_blocks, &k);
     if (need_w) st = sum_partials(G, pw, nb, C, &din[1]);
     if (st == GLIA_OK && need_b) st = sum_partials(G, pb, nb, C, &din[2]);
   }
@@ -237,7 +231,7 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
     norm_fwd_arg k = {(const float *)glia_ptr(xc), wc ? (const float *)glia_ptr(wc) : NULL,
                       bc ? (const float *)glia_ptr(bc) : NULL, (float *)glia_ptr(y), center,
                       mean ? (float *)glia_ptr(mean) : NULL, (float *)glia_ptr(rstd), C, eps};
-    glia_parallel_for(G, R, task_grain(C), norm_fwd_rows, &k);
+    glia_parallel_for(G, R, glia_grain_items(C), norm_fwd_rows, &k);
     glia_tensor *in[3] = {x, w, b};
     glia_node *node = glia_node_begin(G, name, norm_bwd, center ? 3 : 2, in, &st);
     if (node) {
@@ -306,7 +300,7 @@ static glia_status dropout_apply(glia_ctx *G, glia_tensor *src, uint64_t seed, u
     int64_t n = glia_tensor_numel(sc);
     dropout_arg k = {(const float *)glia_ptr(sc), (float *)glia_ptr(y), n, seed, first, p,
                      p < 1 ? (float)(1.0 / (1.0 - p)) : 0.0f};
-    glia_parallel_for(G, (n + 3) / 4, task_grain(4), dropout_groups, &k);
+    glia_parallel_for(G, (n + 3) / 4, glia_grain_items(4), dropout_groups, &k);
     *out = y;
   }
   glia_tensor_release(sc);

@@ -13,6 +13,16 @@
 
 #include "glia_impl.h"
 
+/* Elements of work per pool task, at least: below 2 * GRAIN a loop runs
+** inline on the calling thread, where waking workers would cost more than
+** it saves. One value for every family, so that their threading agrees. */
+#define GRAIN (1 << 15)
+/* Items per task for items of `work` elements each, so that a task touches
+** at least GRAIN elements. */
+static inline int64_t glia_grain_items(int64_t work) {
+  return work > 0 && work < GRAIN ? GRAIN / work : 1;
+}
+
 /* ---------------------------------------------- ops/elementwise.c */
 
 typedef enum {

@@ -35,7 +35,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define GRAIN (1 << 15) /* elements of work below which a loop runs inline */
 #define LANES 16        /* accumulators per vectorized reduction */
 #define CH (1 << 14)    /* row layout: elements per chunk */
 #define CHR 1024        /* column layout: rows per chunk */

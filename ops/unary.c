@@ -29,7 +29,6 @@
 #include <xmmintrin.h>
 #endif
 
-#define GRAIN (1 << 15)
 #define BLOCK 64
 
 /* gelu's tanh approximation: gelu(x) = x * sigmoid(2u), u = C0 (x + C1 x^3),
