@@ -480,14 +480,6 @@ static glia_status reduce_into(glia_ctx *G, const char *name, const red_spec *S,
 
 /* ============================================ arguments and shapes */
 
-static glia_status check_f32(glia_ctx *G, const char *name, const glia_tensor *x) {
-  TRY(glia_check_live(G, name, x));
-  if (x->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: expected an f32 tensor, got %s %s", name,
-                     glia_dtype_name(x->dtype), glia_shape_str(x));
-  return GLIA_OK;
-}
-
 /* Checks a mask of dims against x; 0 means every dim. */
 static glia_status norm_mask(glia_ctx *G, const char *name, const glia_tensor *x,
                              unsigned *mask) {
@@ -640,7 +632,7 @@ static glia_status sum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
 
 static glia_status sum_mean(glia_ctx *G, const char *name, fin_kind fin, glia_tensor *x,
                             unsigned mask, int keepdim, glia_tensor **out) {
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(norm_mask(G, name, x, &mask));
   red_spec S = {R_SUM, fin, 0, 0};
   glia_tensor *r;
@@ -680,7 +672,7 @@ static glia_status var_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
 /* Two passes: the mean, then the squared deviations from it. */
 static glia_status var_std(glia_ctx *G, const char *name, int is_std, glia_tensor *x,
                            unsigned mask, int keepdim, double correction, glia_tensor **out) {
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(norm_mask(G, name, x, &mask));
   if (!isfinite(correction) || correction < 0)
     return glia_fail(G, GLIA_EARG, "%s: correction must be a number >= 0, got %g", name,
@@ -723,7 +715,7 @@ static glia_status lse_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
 glia_status glia_logsumexp(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
                            glia_tensor **out) {
   static const char name[] = "glia.logsumexp";
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(norm_mask(G, name, x, &mask));
   red_spec Sm = {R_MAX, FIN_NONE, 0, 0}, Se = {R_EXPDEV, FIN_LSE, 0, 0};
   glia_tensor *m, *r = NULL;
@@ -763,7 +755,7 @@ static glia_status norm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tens
 glia_status glia_norm(glia_ctx *G, glia_tensor *x, double p, unsigned mask, int keepdim,
                       glia_tensor **out) {
   static const char name[] = "glia.norm";
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(norm_mask(G, name, x, &mask));
   if (!(p > 0))
     return glia_fail(G, GLIA_EARG, "%s: p must be > 0 (or math.huge), got %g", name, p);
@@ -945,7 +937,7 @@ static glia_status extreme_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_t
 static glia_status extreme(glia_ctx *G, const char *name, glia_tensor *x, int dim, int keepdim,
                            int is_min, int64_t base, glia_tensor **values,
                            glia_tensor **indices) {
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   if (dim >= 0) {
     TRY(check_dim(G, name, x, dim));
     if (x->size[dim] == 0)
@@ -1176,7 +1168,7 @@ static glia_status softmax_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_t
 
 static glia_status softmax_any(glia_ctx *G, const char *name, int is_log, glia_tensor *x, int dim,
                                glia_tensor **out) {
-  TRY(check_f32(G, name, x));
+  TRY(glia_check_f32(G, name, "x", x));
   TRY(check_dim(G, name, x, dim));
   glia_tensor *y;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &y));
