@@ -394,8 +394,7 @@ static int t_is_contiguous(lua_State *L) {
   return 1;
 }
 
-/* Pushes element at p (of dtype dt) as a Lua number/integer/boolean. */
-static void push_elem(lua_State *L, const char *p, glia_dtype dt) {
+void glia_lua_push_elem(lua_State *L, const char *p, glia_dtype dt) {
   switch (dt) {
   case GLIA_DTYPE_F32: lua_pushnumber(L, *(const float *)p); break;
   case GLIA_DTYPE_F64: lua_pushnumber(L, *(const double *)p); break;
@@ -411,7 +410,7 @@ static int t_item(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (glia_tensor_numel(t) != 1)
     return luaL_error(L, "glia.item: expected a 1-element tensor, got %s", glia_shape_str(t));
-  push_elem(L, glia_ptr(t), t->dtype);
+  glia_lua_push_elem(L, glia_ptr(t), t->dtype);
   return 1;
 }
 
@@ -421,7 +420,7 @@ static void totable_rec(lua_State *L, const glia_tensor *t, int d, const char *p
   for (int64_t i = 0; i < t->size[d]; i++) {
     const char *q = p + i * t->stride[d] * (int64_t)es;
     if (d == t->ndim - 1)
-      push_elem(L, q, t->dtype);
+      glia_lua_push_elem(L, q, t->dtype);
     else
       totable_rec(L, t, d + 1, q);
     lua_rawseti(L, -2, (int)i + 1);
@@ -431,7 +430,7 @@ static void totable_rec(lua_State *L, const glia_tensor *t, int d, const char *p
 static int t_totable(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (t->ndim == 0) {
-    push_elem(L, glia_ptr(t), t->dtype);
+    glia_lua_push_elem(L, glia_ptr(t), t->dtype);
     return 1;
   }
   luaL_checkstack(L, t->ndim + 4, "glia.totable");
