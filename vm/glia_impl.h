@@ -330,8 +330,8 @@ struct glia_op {
 
 /* The ops of each family, each array ending with a {NULL} line. */
 #define GLIA_OP_FAMILIES(X) \
-  X(creation) X(view) X(elementwise) X(unary) X(reduce) X(matmul) X(index) X(join) X(loss) \
-  X(norm) X(attention) X(block) X(optim)
+  X(creation) X(view) X(elementwise) X(unary) X(reduce) X(softmax) X(sort) X(matmul) X(index) \
+  X(join) X(loss) X(norm) X(dropout) X(attention) X(block) X(optim)
 #define GLIA_X(f) extern const glia_op glia_ops_##f[];
 GLIA_OP_FAMILIES(GLIA_X)
 #undef GLIA_X
