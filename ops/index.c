@@ -437,16 +437,16 @@ glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes, int
 
 /* ========================================================== registry */
 
-/* Lua-facing entries: indices count from 1. Optional dims default to the
-** last dim. */
-#define LUA_BASE 1
+/* Index tensors count from the call's base (vm/registry.c): 0 from C, 1
+** from Lua. */
 
 /* index_select(x, dim, idx) */
 static glia_status op_index_select(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                    glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_index_select(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  TRY(glia_index_select(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, glia_index_base(G),
+                        &r));
   return out1(nouts, outs, r);
 }
 
@@ -455,7 +455,7 @@ static glia_status op_gather(glia_ctx *G, int nargs, glia_value *args, int *nout
                              glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_gather(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  TRY(glia_gather(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -464,8 +464,8 @@ static glia_status op_scatter_add(glia_ctx *G, int nargs, glia_value *args, int 
                                   glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_scatter_add(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE,
-                       &r));
+  TRY(glia_scatter_add(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, args[3].u.t,
+                       glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -474,7 +474,8 @@ static glia_status op_scatter_add_(glia_ctx *G, int nargs, glia_value *args, int
                                    glia_value *outs) {
   (void)nargs;
   glia_tensor *x = args[0].u.t;
-  TRY(scatter_add_inplace(G, x, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE));
+  TRY(scatter_add_inplace(G, x, (int)args[1].u.i, args[2].u.t, args[3].u.t,
+                          glia_index_base(G)));
   return out1(nouts, outs, glia_tensor_retain(x));
 }
 
@@ -483,7 +484,7 @@ static glia_status op_embedding(glia_ctx *G, int nargs, glia_value *args, int *n
                                 glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_embedding(G, args[0].u.t, args[1].u.t, LUA_BASE, &r));
+  TRY(glia_embedding(G, args[0].u.t, args[1].u.t, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -492,7 +493,7 @@ static glia_status op_one_hot(glia_ctx *G, int nargs, glia_value *args, int *nou
                               glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, LUA_BASE, &r));
+  TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 

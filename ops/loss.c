@@ -384,8 +384,8 @@ static glia_status op_cross_entropy(glia_ctx *G, int nargs, glia_value *args, in
   glia_loss_reduction red;
   TRY(parse_reduction(G, "glia.cross_entropy", &args[4], &red));
   glia_tensor *r;
-  TRY(glia_cross_entropy(G, args[0].u.t, args[1].u.t, 1, arg_int(&args[2], -100),
-                         arg_num(&args[3], 0.0), red, &r));
+  TRY(glia_cross_entropy(G, args[0].u.t, args[1].u.t, glia_index_base(G),
+                         arg_int(&args[2], -100), arg_num(&args[3], 0.0), red, &r));
   return out1(nouts, outs, r);
 }
 

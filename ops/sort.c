@@ -428,8 +428,8 @@ glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending, int 
 
 /* ========================================================== registry */
 
-/* Lua-facing entries: indices count from 1. */
-#define LUA_BASE 1
+/* Indices count from the call's base (vm/registry.c): 0 from C, 1 from
+** Lua, Torch7's convention, so that results feed the index ops as they are. */
 
 /* Optional dims default to the last dim. */
 static int opt_dim(const glia_value *a, const glia_tensor *x) {
@@ -437,14 +437,15 @@ static int opt_dim(const glia_value *a, const glia_tensor *x) {
 }
 
 /* max/min(x [, dim [, keepdim]]): without a dim, the 0-d extreme; with one,
-** values and 1-based indices. argmax/argmin: the 1-based indices only
-** (row-major positions without a dim). */
+** values and indices. argmax/argmin: the indices only (row-major positions
+** without a dim). Indices count from the call's base. */
 static glia_status op_extreme(glia_ctx *G, const char *name, int is_min, int want_values,
                               glia_value *args, int *nouts, glia_value *outs) {
   glia_tensor *x = args[0].u.t, *v = NULL, *ix = NULL;
   int dim = arg_present(&args[1]) ? (int)args[1].u.i : -1;
   int keepdim = arg_bool(&args[2], 0), both = want_values && dim >= 0;
-  TRY(extreme(G, name, x, dim, keepdim, is_min, 1, want_values ? &v : NULL,
+  TRY(extreme(G, name, x, dim, keepdim, is_min, glia_index_base(G),
+              want_values ? &v : NULL,
               want_values && dim < 0 ? NULL : &ix));
   if (!both) return out1(nouts, outs, v ? v : ix);
   return out2(nouts, outs, v, ix);
@@ -467,8 +468,8 @@ static glia_status op_topk(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                            glia_value *outs) {
   (void)nargs;
   glia_tensor *x = args[0].u.t, *v, *i;
-  TRY(glia_topk(G, x, args[1].u.i, opt_dim(&args[2], x), arg_bool(&args[3], 1), LUA_BASE, &v,
-                &i));
+  TRY(glia_topk(G, x, args[1].u.i, opt_dim(&args[2], x), arg_bool(&args[3], 1),
+                glia_index_base(G), &v, &i));
   return out2(nouts, outs, v, i);
 }
 
@@ -477,7 +478,8 @@ static glia_status op_sort(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                            glia_value *outs) {
   (void)nargs;
   glia_tensor *x = args[0].u.t, *v, *i;
-  TRY(glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i));
+  TRY(glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), glia_index_base(G), &v,
+                &i));
   return out2(nouts, outs, v, i);
 }
 
@@ -487,7 +489,8 @@ static glia_status op_argsort(glia_ctx *G, int nargs, glia_value *args, int *nou
   (void)nargs;
   glia_tensor *x = args[0].u.t, *v, *i;
   int old = glia_ctx_set_grad_mode(G, 0); /* indices carry no gradient */
-  glia_status st = glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i);
+  glia_status st = glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0),
+                             glia_index_base(G), &v, &i);
   glia_ctx_set_grad_mode(G, old);
   TRY(st);
   glia_tensor_release(v);
