@@ -181,8 +181,21 @@ static glia_tensor *op_tensor_arg(lua_State *L, int idx, const char *fname, int 
 
 /* ===================================================== op dispatcher */
 
-/* Upvalues: 1 = binding state, 2 = the op (light userdata), 3 = its
-** Lua-facing name ("glia.add") for messages. */
+/* A 1-based (or negative) Lua dim or position at idx as the registry takes
+** it: 0-based, negatives left for the registry to count from the end. */
+static int64_t lua_dim_arg(lua_State *L, int idx, const char *fname, const char *what) {
+  int64_t d = glia_lua_check_int(L, idx, fname, what);
+  if (d == 0)
+    luaL_error(L, "%s: %s are 1-based (got 0)", fname, what[0] == 'd' ? "dims" : "indices");
+  return d > 0 ? d - 1 : d;
+}
+
+/* Converts the Lua arguments by the letters of the op's signature (see
+** vm/registry.c) into tagged values: 1-based dims and positions become
+** 0-based, tables become lists. Arity, kinds, dim ranges and negative
+** dims are the registry's to check, with the index base 1. Upvalues: 1 =
+** binding state, 2 = the op (light userdata), 3 = its Lua-facing name
+** ("glia.add") for messages. */
 static int call_op(lua_State *L) {
   binding_state *B = state_of(L);
   const glia_op *op = lua_touserdata(L, lua_upvalueindex(2));
@@ -190,18 +203,14 @@ static int call_op(lua_State *L) {
   const char *fname = lua_tostring(L, lua_upvalueindex(3));
   glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
   int top = lua_gettop(L), na = 0, idx = 1, optional = 0;
-  glia_tensor *ref = NULL; /* the first tensor argument: dims refer to it */
-  int last_dim = -1, empty_list = 0;
-  for (const char *s = op->sig; *s; s++) {
+  for (const char *s = op->sig; *s && na < GLIA_MAX_ARGS; s++) {
     if (*s == '|') {
       optional = 1;
       continue;
     }
     glia_value *a = &args[na++];
     a->kind = GLIA_VAL_NONE;
-    int absent = idx > top || lua_isnil(L, idx);
-    if (absent && *s != 'I') {
-      if (!optional && *s != 't') luaL_error(L, "%s: missing argument #%d", fname, idx);
+    if ((idx > top || lua_isnil(L, idx)) && *s != 'I') { /* the registry judges */
       idx++;
       continue;
     }
@@ -224,17 +233,11 @@ static int call_op(lua_State *L) {
       }
       break;
     case 'd':
-    case 'e': {
-      if (!ref && !empty_list) luaL_error(L, "%s: a dim needs a tensor argument first", fname);
-      int64_t d = glia_lua_check_int(L, idx, fname, "dim");
+    case 'e':
       a->kind = GLIA_VAL_INT;
-      /* after an empty list there is nothing to check d against: it goes
-      ** through as given, and the op reports the empty list */
-      a->u.i = ref ? (last_dim = glia_lua_dim(L, d, ref, *s == 'e', fname)) : d;
+      a->u.i = lua_dim_arg(L, idx, fname, "dim");
       break;
-    }
     case 'D':
-      if (!ref) luaL_error(L, "%s: dims need a tensor argument first", fname);
       a->kind = GLIA_VAL_INTS;
       a->u.ints.n = 0;
       if (lua_istable(L, idx)) {
@@ -242,23 +245,17 @@ static int call_op(lua_State *L) {
         if (len > GLIA_MAX_DIMS) luaL_error(L, "%s: too many dims (%d)", fname, len);
         for (int i = 1; i <= len; i++) {
           lua_rawgeti(L, idx, i);
-          int64_t d = glia_lua_check_int(L, -1, fname, "dim");
+          a->u.ints.v[a->u.ints.n++] = lua_dim_arg(L, -1, fname, "dim");
           lua_pop(L, 1);
-          a->u.ints.v[a->u.ints.n++] = glia_lua_dim(L, d, ref, 0, fname);
         }
       } else {
-        int64_t d = glia_lua_check_int(L, idx, fname, "dim");
-        a->u.ints.v[a->u.ints.n++] = last_dim = glia_lua_dim(L, d, ref, 0, fname);
+        a->u.ints.v[a->u.ints.n++] = lua_dim_arg(L, idx, fname, "dim");
       }
       break;
-    case 'p': {
-      int64_t p = glia_lua_check_int(L, idx, fname, "index");
-      if (p == 0) luaL_error(L, "%s: indices are 1-based (got 0)", fname);
-      int64_t dimsize = ref && last_dim >= 0 ? ref->size[last_dim] : 0;
+    case 'p':
       a->kind = GLIA_VAL_INT;
-      a->u.i = p > 0 ? p - 1 : dimsize + p;
+      a->u.i = lua_dim_arg(L, idx, fname, "index");
       break;
-    }
     case 'i':
       a->kind = GLIA_VAL_INT;
       a->u.i = glia_lua_check_int(L, idx, fname, "argument");
@@ -295,8 +292,6 @@ static int call_op(lua_State *L) {
       a->kind = GLIA_VAL_TENSORS;
       a->u.list.n = len;
       a->u.list.v = v;
-      if (!ref && len > 0) ref = v[0];
-      if (len == 0) empty_list = 1;
       break;
     }
     case 'I': {
@@ -315,7 +310,6 @@ static int call_op(lua_State *L) {
     default:
       luaL_error(L, "%s: bad signature", fname);
     }
-    if (a->kind == GLIA_VAL_TENSOR && !ref) ref = a->u.t;
     if (a->kind == GLIA_VAL_TENSOR && !a->u.t->storage)
       luaL_error(L, "%s: argument #%d: tensor was freed", fname, idx);
     idx++;
@@ -324,11 +318,11 @@ static int call_op(lua_State *L) {
     luaL_error(L, "%s: too many arguments (expected at most %d, got %d)", fname, idx - 1, top);
   int nouts = 0;
   release_pending(B);
-  glia_status st = glia_op_call(G, op, na, args, &nouts, outs);
+  glia_status st = glia_op_call_base(G, op, 1, na, args, &nouts, outs);
   if (st == GLIA_ENOMEM) { /* a full collection may free enough */
     lua_gc(L, LUA_GCCOLLECT, 0);
     glia_ctx_trim(G);
-    st = glia_op_call(G, op, na, args, &nouts, outs);
+    st = glia_op_call_base(G, op, 1, na, args, &nouts, outs);
   }
   if (st != GLIA_OK) return glia_lua_raise(L, G);
   for (int k = 0; k < nouts; k++)
@@ -395,8 +389,7 @@ static int t_is_contiguous(lua_State *L) {
   return 1;
 }
 
-/* Pushes element at p (of dtype dt) as a Lua number/integer/boolean. */
-static void push_elem(lua_State *L, const char *p, glia_dtype dt) {
+void glia_lua_push_elem(lua_State *L, const char *p, glia_dtype dt) {
   switch (dt) {
   case GLIA_DTYPE_F32: lua_pushnumber(L, *(const float *)p); break;
   case GLIA_DTYPE_F64: lua_pushnumber(L, *(const double *)p); break;
@@ -412,7 +405,7 @@ static int t_item(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (glia_tensor_numel(t) != 1)
     return luaL_error(L, "glia.item: expected a 1-element tensor, got %s", glia_shape_str(t));
-  push_elem(L, glia_ptr(t), t->dtype);
+  glia_lua_push_elem(L, glia_ptr(t), t->dtype);
   return 1;
 }
 
@@ -422,7 +415,7 @@ static void totable_rec(lua_State *L, const glia_tensor *t, int d, const char *p
   for (int64_t i = 0; i < t->size[d]; i++) {
     const char *q = p + i * t->stride[d] * (int64_t)es;
     if (d == t->ndim - 1)
-      push_elem(L, q, t->dtype);
+      glia_lua_push_elem(L, q, t->dtype);
     else
       totable_rec(L, t, d + 1, q);
     lua_rawseti(L, -2, (int)i + 1);
@@ -432,7 +425,7 @@ static void totable_rec(lua_State *L, const glia_tensor *t, int d, const char *p
 static int t_totable(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (t->ndim == 0) {
-    push_elem(L, glia_ptr(t), t->dtype);
+    glia_lua_push_elem(L, glia_ptr(t), t->dtype);
     return 1;
   }
   luaL_checkstack(L, t->ndim + 4, "glia.totable");

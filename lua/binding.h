@@ -17,6 +17,10 @@ GLIAI_FUNC glia_tensor **glia_lua_push_box(lua_State *L);
 /* Boxes t, taking over its reference. */
 GLIAI_FUNC void glia_lua_push_tensor(lua_State *L, glia_tensor *t);
 GLIAI_FUNC glia_tensor *glia_lua_test_tensor(lua_State *L, int idx);
+/* Pushes the element at p, of dtype dt: integer dtypes as Lua integers,
+** floats as numbers, bool as a boolean. The one reader behind t:item(),
+** t:totable() and t[i]. */
+GLIAI_FUNC void glia_lua_push_elem(lua_State *L, const char *p, glia_dtype dt);
 GLIAI_FUNC glia_tensor *glia_lua_check_tensor(lua_State *L, int idx);
 /* luaL_error with the full printf format (%lld, %zu...), which
 ** lua_pushfstring lacks. */

@@ -101,28 +101,9 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
 int glia_lua_index(lua_State *L, glia_ctx *G) {
   glia_tensor *t = glia_lua_check_tensor(L, 1);
   glia_tensor *v = apply_key(L, G, t, 2);
-  if (v->ndim == 0) {
-    double x;
-    switch (v->dtype) {
-    case GLIA_DTYPE_F32: x = *(float *)glia_ptr(v); break;
-    case GLIA_DTYPE_F64: x = *(double *)glia_ptr(v); break;
-    case GLIA_DTYPE_I64: {
-      lua_Integer i = (lua_Integer) * (int64_t *)glia_ptr(v);
-      glia_tensor_release(v);
-      lua_pushinteger(L, i);
-      return 1;
-    }
-    case GLIA_DTYPE_I32: x = *(int32_t *)glia_ptr(v); break;
-    case GLIA_DTYPE_BOOL: {
-      int b = *(uint8_t *)glia_ptr(v) != 0;
-      glia_tensor_release(v);
-      lua_pushboolean(L, b);
-      return 1;
-    }
-    default: x = *(uint8_t *)glia_ptr(v); break;
-    }
+  if (v->ndim == 0) { /* pushing a number or boolean cannot raise */
+    glia_lua_push_elem(L, glia_ptr(v), v->dtype);
     glia_tensor_release(v);
-    lua_pushnumber(L, x);
     return 1;
   }
   glia_lua_push_tensor(L, v);

@@ -21,7 +21,6 @@
 
 #include <math.h>
 
-#define GRAIN (1 << 16)         /* elements per chunk for fills */
 #define RNG_GRAIN (1 << 14)     /* Philox counters (2-4 elements each) per chunk */
 
 /* ======================================================== helpers */

@@ -13,8 +13,7 @@
 #include "ops.h"
 
 #include <math.h>
-
-#define GRAIN (1 << 15)
+#include <stdio.h>
 
 /* ======================================================== kernels */
 
@@ -129,12 +128,12 @@ static const binary_def binary_defs[GLIA_BIN_COUNT] = {
 
 /* ============================================== forward: arithmetic */
 
-static glia_status check_f32(glia_ctx *G, const char *name, const glia_value *v, int pos) {
+/* An operand is a number or an f32 tensor; pos names it in messages. */
+static glia_status check_operand(glia_ctx *G, const char *name, const glia_value *v, int pos) {
   if (v->kind == GLIA_VAL_TENSOR) {
-    if (v->u.t->dtype != GLIA_DTYPE_F32)
-      return glia_fail(G, GLIA_EDTYPE, "%s: argument %d must be f32, got %s %s (convert with :to(\"f32\"))",
-                       name, pos, glia_dtype_name(v->u.t->dtype), glia_shape_str(v->u.t));
-    return GLIA_OK;
+    char what[16];
+    snprintf(what, sizeof what, "argument %d", pos);
+    return glia_check_f32(G, name, what, v->u.t);
   }
   if (v->kind == GLIA_VAL_NUMBER || v->kind == GLIA_VAL_INT) return GLIA_OK;
   return glia_fail(G, GLIA_EARG, "%s: argument %d must be a tensor or a number", name, pos);
@@ -173,8 +172,8 @@ static glia_status result_shape(glia_ctx *G, const char *name, const glia_tensor
 glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const glia_value *b,
                         glia_tensor **out) {
   const binary_def *d = &binary_defs[op];
-  TRY(check_f32(G, d->name, a, 1));
-  TRY(check_f32(G, d->name, b, 2));
+  TRY(check_operand(G, d->name, a, 1));
+  TRY(check_operand(G, d->name, b, 2));
   const glia_tensor *ta = a->kind == GLIA_VAL_TENSOR ? a->u.t : NULL;
   const glia_tensor *tb = b->kind == GLIA_VAL_TENSOR ? b->u.t : NULL;
   if (!ta && !tb)
@@ -209,8 +208,8 @@ glia_status glia_binary_(glia_ctx *G, glia_binop op, glia_tensor *t, const glia_
   const binary_def *d = &binary_defs[op];
   const char *name = d->inplace_name;
   glia_value a = {.kind = GLIA_VAL_TENSOR, .u.t = t};
-  TRY(check_f32(G, name, &a, 1));
-  TRY(check_f32(G, name, b, 2));
+  TRY(check_operand(G, name, &a, 1));
+  TRY(check_operand(G, name, b, 2));
   TRY(glia_check_inplace(G, name, t));
   TRY(glia_check_no_overlap(G, name, t));
   if (b->kind == GLIA_VAL_TENSOR) {
@@ -468,8 +467,8 @@ static void where_loop(int64_t n, char **p, const int64_t *s, void *ud) {
 static glia_status where_fwd(glia_ctx *G, const char *name, glia_tensor *cond,
                              const glia_value *a, const glia_value *b, glia_tensor **out) {
   TRY(check_mask(G, name, cond));
-  TRY(check_f32(G, name, a, 2));
-  TRY(check_f32(G, name, b, 3));
+  TRY(check_operand(G, name, a, 2));
+  TRY(check_operand(G, name, b, 3));
   glia_tensor *ta = arg_t((glia_value *)a), *tb = arg_t((glia_value *)b);
   int nd = cond->ndim;
   int64_t shape[GLIA_MAX_DIMS];
@@ -534,7 +533,7 @@ glia_status glia_masked_fill(glia_ctx *G, glia_tensor *x, glia_tensor *mask, dou
   glia_value vx = {.kind = GLIA_VAL_TENSOR, .u.t = x};
   glia_value vv = {.kind = GLIA_VAL_NUMBER, .u.num = value};
   glia_tensor *r;
-  TRY(check_f32(G, "glia.masked_fill", &vx, 1)); /* where_fwd would call x argument 3 */
+  TRY(check_operand(G, "glia.masked_fill", &vx, 1)); /* where_fwd would call x argument 3 */
   TRY(where_fwd(G, "glia.masked_fill", mask, &vv, &vx, &r));
   if (!glia_has_shape(r, x->ndim, x->size)) {
     glia_tensor_release(r);
@@ -552,7 +551,7 @@ static glia_status op_masked_fill_(glia_ctx *G, int nargs, glia_value *args, int
   static const char name[] = "glia.masked_fill_";
   TRY(check_mask(G, name, mask));
   glia_value vx = {.kind = GLIA_VAL_TENSOR, .u.t = x};
-  TRY(check_f32(G, name, &vx, 1));
+  TRY(check_operand(G, name, &vx, 1));
   TRY(glia_check_inplace(G, name, x));
   TRY(glia_check_no_overlap(G, name, x));
   int nd;

@@ -1,7 +1,8 @@
 /*
 ** ops/index.c -- ops that address elements through index tensors
-** (index_select, gather, scatter_add, scatter_add_, embedding, one_hot), the
-** ops that produce indices (sort, argsort, topk), and cumsum.
+** (index_select, gather, scatter_add, scatter_add_, embedding, one_hot).
+** The ops that produce indices (max, min, argmax, argmin, sort, argsort,
+** topk) are in ops/sort.c; cumsum is in ops/reduce.c.
 **
 ** Indices: index tensors are i64 or i32 of any layout. From Lua they count
 ** from 1 (Torch7's convention, also what glia's argmax, sort and topk
@@ -21,28 +22,11 @@
 */
 #include "glia_impl.h"
 #include "ops.h"
+#include "rows.h"
 
 #include <math.h>
 
-#define GRAIN (1 << 15)
-
 /* ================================================== shared helpers */
-
-/* [outer, inner] around dim for a shape. */
-static void split_at(int ndim, const int64_t *size, int dim, int64_t *outer, int64_t *inner) {
-  *outer = glia_numel_of(dim, size);
-  *inner = glia_numel_of(ndim - dim - 1, size + dim + 1);
-}
-
-/* Items of `work` elements each, so a parallel chunk holds about GRAIN. */
-static int64_t grain_for(int64_t work) { return work > 0 && work < GRAIN ? GRAIN / work : 1; }
-
-static glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x, int dim) {
-  if (dim < 0 || dim >= x->ndim)
-    return glia_fail(G, GLIA_EARG, "%s: dim %d out of range for %s", name, dim + 1,
-                     glia_shape_str(x));
-  return GLIA_OK;
-}
 
 /* Shapes a and b agree in every dim but `dim` (and have equal ndim). */
 static bool same_but(const glia_tensor *a, const glia_tensor *b, int dim) {
@@ -54,9 +38,9 @@ static bool same_but(const glia_tensor *a, const glia_tensor *b, int dim) {
 
 /* Records node `name` on out: inputs in[0..n), `saved` (may be NULL) saved,
 ** dim in iarg[0], aux in iarg[1]. A no-op when no input needs grad. */
-static glia_status record(glia_ctx *G, const char *name, glia_backward_fn bw, int n,
-                          glia_tensor *const *in, glia_tensor *saved, int dim, int64_t aux,
-                          glia_tensor *out) {
+static glia_status record_indexed(glia_ctx *G, const char *name, glia_backward_fn bw, int n,
+                                  glia_tensor *const *in, glia_tensor *saved, int dim,
+                                  int64_t aux, glia_tensor *out) {
   glia_status st;
   glia_node *node = glia_node_begin(G, name, bw, n, in, &st);
   if (!node) return st;
@@ -160,15 +144,7 @@ static void gather_rows(int64_t begin, int64_t end, void *ud) {
 }
 
 static void run_gather(glia_ctx *G, const indexed *K) {
-  glia_parallel_for(G, K->outer * K->n, grain_for(K->inner), gather_rows, (void *)K);
-}
-
-/* Column kernels take a range [begin, end) of the outer*inner columns
-** (o, c); within outer row o they cover the columns [c0, c1). */
-static inline void column_span(int64_t o, int64_t inner, int64_t begin, int64_t end,
-                               int64_t *c0, int64_t *c1) {
-  *c0 = begin > o * inner ? begin - o * inner : 0;
-  *c1 = end < (o + 1) * inner ? end - o * inner : inner;
+  glia_parallel_for(G, K->outer * K->n, glia_grain_items(K->inner), gather_rows, (void *)K);
 }
 
 /* table[o, idx(o, j, c), c] += flat[o, j, c] (f32) for the columns (o, c)
@@ -196,7 +172,7 @@ static void scatter_add_columns(int64_t begin, int64_t end, void *ud) {
 }
 
 static void run_scatter_add(glia_ctx *G, const indexed *K) {
-  glia_parallel_for(G, K->outer * K->inner, grain_for(K->n), scatter_add_columns, (void *)K);
+  glia_parallel_for(G, K->outer * K->inner, glia_grain_items(K->n), scatter_add_columns, (void *)K);
 }
 
 /* Sets *out to zeros of `size` with g scattered (added) into it along dim
@@ -214,6 +190,16 @@ static glia_status scatter_into_zeros(glia_ctx *G, glia_tensor *g, int dim, glia
     *out = dx;
   }
   glia_tensor_release(gc);
+  return st;
+}
+
+glia_status glia_scatter_zeros(glia_ctx *G, const char *name, glia_tensor *g, int dim,
+                               glia_tensor *idx, int base, const glia_tensor *like,
+                               glia_tensor **out) {
+  glia_tensor *ix;
+  TRY(normalize_index(G, name, idx, dim, like->size[dim], base, &ix));
+  glia_status st = scatter_into_zeros(G, g, dim, ix, false, like->ndim, like->size, out);
+  glia_tensor_release(ix);
   return st;
 }
 
@@ -243,7 +229,7 @@ glia_status glia_index_select(glia_ctx *G, glia_tensor *x, int dim, glia_tensor 
   if (st == GLIA_OK) {
     indexed K = make_indexed(xc, r, dim, ix, true);
     run_gather(G, &K);
-    st = record(G, name, index_select_bwd, 1, &x, ix, dim, 0, r);
+    st = record_indexed(G, name, index_select_bwd, 1, &x, ix, dim, 0, r);
   }
   glia_tensor_release(ix);
   glia_tensor_release(xc);
@@ -292,7 +278,7 @@ glia_status glia_gather(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, 
   glia_tensor *ix, *r = NULL;
   TRY(normalize_index(G, name, idx, dim, x->size[dim], base, &ix));
   glia_status st = gather_fwd(G, x, dim, ix, &r);
-  if (st == GLIA_OK) st = record(G, name, gather_bwd, 1, &x, ix, dim, 0, r);
+  if (st == GLIA_OK) st = record_indexed(G, name, gather_bwd, 1, &x, ix, dim, 0, r);
   glia_tensor_release(ix);
   return glia_hand_out(st, r, out);
 }
@@ -344,7 +330,7 @@ glia_status glia_scatter_add(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *
   if (st == GLIA_OK) st = glia_copy_into(G, r, x);
   if (st == GLIA_OK) st = scatter_add_into(G, r, dim, ix, src);
   glia_tensor *in[2] = {x, src};
-  if (st == GLIA_OK) st = record(G, name, scatter_add_bwd, 2, in, ix, dim, 0, r);
+  if (st == GLIA_OK) st = record_indexed(G, name, scatter_add_bwd, 2, in, ix, dim, 0, r);
   glia_tensor_release(ix);
   return glia_hand_out(st, r, out);
 }
@@ -414,7 +400,7 @@ glia_status glia_embedding(glia_ctx *G, glia_tensor *idx, glia_tensor *weight, i
   if (st == GLIA_OK) {
     indexed K = make_indexed(wc, r2, 0, ix, true);
     run_gather(G, &K);
-    st = record(G, name, embedding_bwd, 1, &weight, ix, 0, 0, r);
+    st = record_indexed(G, name, embedding_bwd, 1, &weight, ix, 0, 0, r);
   }
   glia_tensor_release(r2);
   glia_tensor_release(wc);
@@ -449,289 +435,18 @@ glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes, int
   return st;
 }
 
-/* ===================================================== sort and topk */
-
-/* Lines are sorted through unique 64-bit keys: the value's order as an
-** unsigned integer in the high half (NaN above +inf, -0 equal to +0,
-** complemented for descending order), the position along the line in the
-** low half. Plain integer order on the keys is then the stable order of
-** the values, and a key names its element. Lines are therefore limited to
-** 2^32 - 1 elements. */
-#define SORT_MAX_LEN ((int64_t)UINT32_MAX)
-
-static inline uint64_t sort_key(float v, int64_t j, int desc) {
-  uint32_t u;
-  if (isnan(v)) {
-    u = UINT32_MAX;
-  } else {
-    if (v == 0) v = 0; /* -0 sorts as +0 */
-    memcpy(&u, &v, sizeof u);
-    u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
-  }
-  if (desc) u = ~u;
-  return (uint64_t)u << 32 | (uint64_t)j;
-}
-
-#define SORT_RUN 16
-
-/* Sorts a[0..n) ascending: runs of SORT_RUN by insertion, then bottom-up
-** merges through tmp (room for n). Returns the array holding the result. */
-static uint64_t *merge_sort(uint64_t *a, uint64_t *tmp, int64_t n) {
-  for (int64_t lo = 0; lo < n; lo += SORT_RUN) {
-    int64_t hi = lo + SORT_RUN < n ? lo + SORT_RUN : n;
-    for (int64_t i = lo + 1; i < hi; i++) {
-      uint64_t v = a[i];
-      int64_t j = i;
-      for (; j > lo && v < a[j - 1]; j--) a[j] = a[j - 1];
-      a[j] = v;
-    }
-  }
-  for (int64_t w = SORT_RUN; w < n; w *= 2) {
-    for (int64_t lo = 0; lo < n; lo += 2 * w) {
-      int64_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
-      int64_t i = lo, j = mid, o = lo;
-      while (i < mid && j < hi) tmp[o++] = a[j] < a[i] ? a[j++] : a[i++];
-      while (i < mid) tmp[o++] = a[i++];
-      while (j < hi) tmp[o++] = a[j++];
-    }
-    uint64_t *t = a;
-    a = tmp;
-    tmp = t;
-  }
-  return a;
-}
-
-static void sift_down(uint64_t *h, int64_t n, int64_t i) {
-  uint64_t v = h[i];
-  for (;;) {
-    int64_t c = 2 * i + 1;
-    if (c >= n) break;
-    if (c + 1 < n && h[c + 1] > h[c]) c++;
-    if (h[c] <= v) break;
-    h[i] = h[c];
-    i = c;
-  }
-  h[i] = v;
-}
-
-/* Lines (o, c) of the contiguous x {outer, len, inner}; the first k of each
-** sorted line go to val and ind {outer, k, inner}. Lines are split into
-** nchunks chunks, chunk w with its own workspace (2 * len keys) at
-** ws + w * 2 * len. */
-typedef struct {
-  const float *x;
-  float *val;
-  int64_t *ind;
-  int64_t inner, len, k, nlines, nchunks, base;
-  int desc;
-  uint64_t *ws;
-} sort_job;
-
-/* Sets key[0..k) to the k smallest keys of the line, ascending. A small k
-** keeps a max-heap of the best k seen (one comparison per element once
-** it fills); otherwise the whole line is merge sorted. Returns the array
-** holding the result (key or tmp). */
-static uint64_t *smallest_keys(const sort_job *J, const float *src, uint64_t *key,
-                               uint64_t *tmp) {
-  int64_t len = J->len, k = J->k, inner = J->inner;
-  if (k * 8 > len) {
-    for (int64_t j = 0; j < len; j++) key[j] = sort_key(src[j * inner], j, J->desc);
-    return merge_sort(key, tmp, len);
-  }
-  for (int64_t j = 0; j < k; j++) key[j] = sort_key(src[j * inner], j, J->desc);
-  for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(key, k, i);
-  for (int64_t j = k; j < len; j++) {
-    uint64_t q = sort_key(src[j * inner], j, J->desc);
-    if (q < key[0]) {
-      key[0] = q;
-      sift_down(key, k, 0);
-    }
-  }
-  for (int64_t m = k - 1; m > 0; m--) { /* heapsort: largest to the back */
-    uint64_t t = key[0];
-    key[0] = key[m];
-    key[m] = t;
-    sift_down(key, m, 0);
-  }
-  return key;
-}
-
-static void sort_chunks(int64_t w0, int64_t w1, void *ud) {
-  const sort_job *J = ud;
-  int64_t len = J->len, inner = J->inner;
-  for (int64_t w = w0; w < w1; w++) {
-    uint64_t *key = J->ws + w * 2 * len, *tmp = key + len;
-    for (int64_t l = J->nlines * w / J->nchunks; l < J->nlines * (w + 1) / J->nchunks; l++) {
-      int64_t o = l / inner, c = l % inner;
-      const float *src = J->x + o * len * inner + c;
-      const uint64_t *s = smallest_keys(J, src, key, tmp);
-      float *dv = J->val + o * J->k * inner + c;
-      int64_t *di = J->ind + o * J->k * inner + c;
-      for (int64_t j = 0; j < J->k; j++) {
-        int64_t p = (int64_t)(s[j] & UINT32_MAX);
-        dv[j * inner] = src[p * inner];
-        di[j * inner] = p + J->base;
-      }
-    }
-  }
-}
-
-/* dx = zeros with g put back at the positions the indices name. */
-static glia_status sorted_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  glia_tensor *ind, *ix, *x = n->input[0];
-  int dim = (int)n->iarg[0];
-  TRY(glia_node_saved(G, n, 0, &ind));
-  TRY(normalize_index(G, n->name, ind, dim, x->size[dim], (int)n->iarg[1], &ix));
-  glia_status st = scatter_into_zeros(G, g, dim, ix, false, x->ndim, x->size, &din[0]);
-  glia_tensor_release(ix);
-  return st;
-}
-
-/* The first k of x sorted along dim (descending when desc), with indices. */
-static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64_t k, int dim,
-                            int desc, int base, glia_tensor **values, glia_tensor **indices) {
-  TRY(glia_check_f32(G, name, "x", x));
-  if (x->ndim == 0)
-    return glia_fail(G, GLIA_ESHAPE, "%s: expected at least 1 dim, got %s", name,
-                     glia_shape_str(x));
-  TRY(check_dim(G, name, x, dim));
-  int64_t len = x->size[dim];
-  if (k < 0 || k > len)
-    return glia_fail(G, GLIA_ERANGE, "%s: k = %lld out of range for dim %d of size %lld", name,
-                     (long long)k, dim + 1, (long long)len);
-  if (len > SORT_MAX_LEN)
-    return glia_fail(G, GLIA_ESHAPE, "%s: dim %d of %s is too long to sort (at most %lld)", name,
-                     dim + 1, glia_shape_str(x), (long long)SORT_MAX_LEN);
-  int64_t size[GLIA_MAX_DIMS];
-  memcpy(size, x->size, sizeof size);
-  size[dim] = k;
-  glia_tensor *xc = NULL, *v = NULL, *ind = NULL;
-  glia_status st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc);
-  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, size, &v);
-  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, x->ndim, size, &ind);
-  sort_job J = {0};
-  split_at(x->ndim, x->size, dim, &J.nlines, &J.inner);
-  J.nlines *= J.inner;
-  if (st == GLIA_OK && J.nlines > 0 && k > 0) {
-    int64_t worth = J.nlines * len / GRAIN + 1; /* chunks of about GRAIN elements */
-    J.nchunks = glia_ctx_num_threads(G);
-    if (J.nchunks > worth) J.nchunks = worth;
-    if (J.nchunks > J.nlines) J.nchunks = J.nlines;
-    size_t nbytes = (size_t)J.nchunks * 2 * (size_t)len * sizeof(uint64_t);
-    J.ws = glia_alloc(G, nbytes);
-    if (!J.ws) st = glia_fail_nomem(G, nbytes, name);
-    if (st == GLIA_OK) {
-      J.x = (const float *)glia_ptr(xc);
-      J.val = (float *)glia_ptr(v);
-      J.ind = (int64_t *)glia_ptr(ind);
-      J.len = len;
-      J.k = k;
-      J.base = base;
-      J.desc = desc;
-      glia_parallel_for(G, J.nchunks, 1, sort_chunks, &J);
-      glia_free(G, J.ws, nbytes);
-    }
-  }
-  if (st == GLIA_OK) st = record(G, name, sorted_bwd, 1, &x, ind, dim, base, v);
-  glia_tensor_release(xc);
-  if (st != GLIA_OK) {
-    glia_tensor_release(v);
-    glia_tensor_release(ind);
-    return st;
-  }
-  *values = v;
-  *indices = ind;
-  return GLIA_OK;
-}
-
-glia_status glia_topk(glia_ctx *G, glia_tensor *x, int64_t k, int dim, int largest, int base,
-                      glia_tensor **values, glia_tensor **indices) {
-  return sorted_k(G, "glia.topk", x, k, dim, largest, base, values, indices);
-}
-
-glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending, int base,
-                      glia_tensor **values, glia_tensor **indices) {
-  int64_t len = dim >= 0 && dim < x->ndim ? x->size[dim] : 0;
-  return sorted_k(G, "glia.sort", x, len, dim, descending, base, values, indices);
-}
-
-/* ============================================================ cumsum */
-
-/* Running sums along the middle axis of contiguous {outer, len, inner}:
-** forward (out[j] = x[0] + ... + x[j]) or reversed (out[j] = x[j] + ... +
-** x[len-1], cumsum's backward). Threads split the columns (o, c). */
-typedef struct {
-  const float *x;
-  float *out;
-  int64_t len, inner;
-  int reverse;
-} cumsum_job;
-
-static void cumsum_columns(int64_t begin, int64_t end, void *ud) {
-  const cumsum_job *J = ud;
-  int64_t len = J->len, inner = J->inner;
-  for (int64_t o = begin / inner; o * inner < end; o++) {
-    int64_t c0, c1;
-    column_span(o, inner, begin, end, &c0, &c1);
-    const float *x = J->x + o * len * inner;
-    float *y = J->out + o * len * inner;
-    for (int64_t t = 0; t < len; t++) {
-      int64_t j = J->reverse ? len - 1 - t : t, prev = J->reverse ? j + 1 : j - 1;
-      if (t == 0)
-        for (int64_t c = c0; c < c1; c++) y[j * inner + c] = x[j * inner + c];
-      else
-        for (int64_t c = c0; c < c1; c++) y[j * inner + c] = y[prev * inner + c] + x[j * inner + c];
-    }
-  }
-}
-
-/* A new tensor with the running sums of x along dim; no node. */
-static glia_status cumsum_fwd(glia_ctx *G, glia_tensor *x, int dim, int reverse,
-                              glia_tensor **out) {
-  glia_tensor *xc, *r;
-  TRY(glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc));
-  glia_status st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &r);
-  if (st == GLIA_OK) {
-    cumsum_job J = {(const float *)glia_ptr(xc), (float *)glia_ptr(r), x->size[dim], 0, reverse};
-    int64_t outer;
-    split_at(x->ndim, x->size, dim, &outer, &J.inner);
-    glia_parallel_for(G, outer * J.inner, grain_for(J.len), cumsum_columns, &J);
-    *out = r;
-  }
-  glia_tensor_release(xc);
-  return st;
-}
-
-static glia_status cumsum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  return cumsum_fwd(G, g, (int)n->iarg[0], 1, &din[0]);
-}
-
-glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out) {
-  static const char name[] = "glia.cumsum";
-  TRY(glia_check_f32(G, name, "x", x));
-  TRY(check_dim(G, name, x, dim));
-  glia_tensor *r;
-  TRY(cumsum_fwd(G, x, dim, 0, &r));
-  glia_status st = record(G, name, cumsum_bwd, 1, &x, NULL, dim, 0, r);
-  return glia_hand_out(st, r, out);
-}
-
 /* ========================================================== registry */
 
-/* Lua-facing entries: indices count from 1. Optional dims default to the
-** last dim. */
-#define LUA_BASE 1
-
-static int opt_dim(const glia_value *a, const glia_tensor *x) {
-  return arg_present(a) ? (int)a->u.i : x->ndim - 1;
-}
+/* Index tensors count from the call's base (vm/registry.c): 0 from C, 1
+** from Lua. */
 
 /* index_select(x, dim, idx) */
 static glia_status op_index_select(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                    glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_index_select(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  TRY(glia_index_select(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, glia_index_base(G),
+                        &r));
   return out1(nouts, outs, r);
 }
 
@@ -740,7 +455,7 @@ static glia_status op_gather(glia_ctx *G, int nargs, glia_value *args, int *nout
                              glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_gather(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, LUA_BASE, &r));
+  TRY(glia_gather(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -749,8 +464,8 @@ static glia_status op_scatter_add(glia_ctx *G, int nargs, glia_value *args, int 
                                   glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_scatter_add(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE,
-                       &r));
+  TRY(glia_scatter_add(G, args[0].u.t, (int)args[1].u.i, args[2].u.t, args[3].u.t,
+                       glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -759,7 +474,8 @@ static glia_status op_scatter_add_(glia_ctx *G, int nargs, glia_value *args, int
                                    glia_value *outs) {
   (void)nargs;
   glia_tensor *x = args[0].u.t;
-  TRY(scatter_add_inplace(G, x, (int)args[1].u.i, args[2].u.t, args[3].u.t, LUA_BASE));
+  TRY(scatter_add_inplace(G, x, (int)args[1].u.i, args[2].u.t, args[3].u.t,
+                          glia_index_base(G)));
   return out1(nouts, outs, glia_tensor_retain(x));
 }
 
@@ -768,7 +484,7 @@ static glia_status op_embedding(glia_ctx *G, int nargs, glia_value *args, int *n
                                 glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_embedding(G, args[0].u.t, args[1].u.t, LUA_BASE, &r));
+  TRY(glia_embedding(G, args[0].u.t, args[1].u.t, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -777,49 +493,7 @@ static glia_status op_one_hot(glia_ctx *G, int nargs, glia_value *args, int *nou
                               glia_value *outs) {
   (void)nargs;
   glia_tensor *r;
-  TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, LUA_BASE, &r));
-  return out1(nouts, outs, r);
-}
-
-/* topk(x, k [, dim [, largest = true [, sorted = true]]]) -> values, indices.
-** Results always come sorted, which also satisfies sorted = false. */
-static glia_status op_topk(glia_ctx *G, int nargs, glia_value *args, int *nouts,
-                           glia_value *outs) {
-  (void)nargs;
-  glia_tensor *x = args[0].u.t, *v, *i;
-  TRY(glia_topk(G, x, args[1].u.i, opt_dim(&args[2], x), arg_bool(&args[3], 1), LUA_BASE, &v,
-                &i));
-  return out2(nouts, outs, v, i);
-}
-
-/* sort(x [, dim [, descending = false]]) -> values, indices */
-static glia_status op_sort(glia_ctx *G, int nargs, glia_value *args, int *nouts,
-                           glia_value *outs) {
-  (void)nargs;
-  glia_tensor *x = args[0].u.t, *v, *i;
-  TRY(glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i));
-  return out2(nouts, outs, v, i);
-}
-
-/* argsort(x [, dim [, descending = false]]) -> indices */
-static glia_status op_argsort(glia_ctx *G, int nargs, glia_value *args, int *nouts,
-                              glia_value *outs) {
-  (void)nargs;
-  glia_tensor *x = args[0].u.t, *v, *i;
-  int old = glia_ctx_set_grad_mode(G, 0); /* indices carry no gradient */
-  glia_status st = glia_sort(G, x, opt_dim(&args[1], x), arg_bool(&args[2], 0), LUA_BASE, &v, &i);
-  glia_ctx_set_grad_mode(G, old);
-  TRY(st);
-  glia_tensor_release(v);
-  return out1(nouts, outs, i);
-}
-
-/* cumsum(x, dim) */
-static glia_status op_cumsum(glia_ctx *G, int nargs, glia_value *args, int *nouts,
-                             glia_value *outs) {
-  (void)nargs;
-  glia_tensor *r;
-  TRY(glia_cumsum(G, args[0].u.t, (int)args[1].u.i, &r));
+  TRY(glia_one_hot(G, args[0].u.t, args[1].u.i, glia_index_base(G), &r));
   return out1(nouts, outs, r);
 }
 
@@ -830,9 +504,5 @@ const glia_op glia_ops_index[] = {
     {"scatter_add_", "TdTT", op_scatter_add_, 1},
     {"embedding", "TT", op_embedding, 0},
     {"one_hot", "Ti", op_one_hot, 1},
-    {"topk", "Ti|dbb", op_topk, 1},
-    {"sort", "T|db", op_sort, 1},
-    {"argsort", "T|db", op_argsort, 1},
-    {"cumsum", "Td", op_cumsum, 1},
     {NULL, NULL, NULL, 0},
 };

@@ -22,11 +22,7 @@
 
 #include <math.h>
 
-#define GRAIN (1 << 15)    /* elements per task, at least */
 #define SUM_BLOCK 8192     /* elements per partial sum (fixed: determinism) */
-
-/* Rows per task so that a task touches at least GRAIN elements. */
-static int64_t row_grain(int64_t C) { return C > 0 && C < GRAIN ? GRAIN / C : 1; }
 
 static glia_status parse_reduction(glia_ctx *G, const char *name, const glia_value *v,
                                    glia_loss_reduction *out) {
@@ -160,7 +156,7 @@ static glia_status ce_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor
     float gv = *(const float *)glia_ptr(g);
     k.gscale = red == GLIA_LOSS_SUM ? gv : count > 0 ? gv / (float)count : 0.0f;
   }
-  glia_parallel_for(G, N, row_grain(k.C), ce_bwd_rows, &k);
+  glia_parallel_for(G, N, glia_grain_items(k.C), ce_bwd_rows, &k);
   glia_tensor_release(gc);
   din[0] = dx;
   return GLIA_OK;
@@ -224,7 +220,7 @@ glia_status glia_cross_entropy(glia_ctx *G, glia_tensor *logits, glia_tensor *ta
   ce_fwd_arg k = {(const float *)glia_ptr(xc), (const int64_t *)glia_ptr(yc),
                   (float *)glia_ptr(lse), (float *)glia_ptr(loss), C, base, ignore_index,
                   label_smoothing};
-  glia_parallel_for(G, N, row_grain(C), ce_fwd_rows, &k);
+  glia_parallel_for(G, N, glia_grain_items(C), ce_fwd_rows, &k);
   if (red == GLIA_LOSS_NONE) {
     r = glia_tensor_retain(loss);
   } else {
@@ -388,8 +384,8 @@ static glia_status op_cross_entropy(glia_ctx *G, int nargs, glia_value *args, in
   glia_loss_reduction red;
   TRY(parse_reduction(G, "glia.cross_entropy", &args[4], &red));
   glia_tensor *r;
-  TRY(glia_cross_entropy(G, args[0].u.t, args[1].u.t, 1, arg_int(&args[2], -100),
-                         arg_num(&args[3], 0.0), red, &r));
+  TRY(glia_cross_entropy(G, args[0].u.t, args[1].u.t, glia_index_base(G),
+                         arg_int(&args[2], -100), arg_num(&args[3], 0.0), red, &r));
   return out1(nouts, outs, r);
 }
 

@@ -1,6 +1,6 @@
 /*
-** ops/norm.c -- normalization over the last dim (layer_norm, rms_norm) and
-** dropout, each with its backward right after its forward.
+** ops/norm.c -- normalization over the last dim (layer_norm, rms_norm),
+** each with its backward right after its forward.
 **
 ** Shape letters: R rows (every leading dim, flattened), C features (the
 ** last dim).
@@ -10,24 +10,13 @@
 ** norm only) and rstd, so backward never recomputes statistics. Backward
 ** sums dweight/dbias per fixed block of NORM_BLOCK rows, then adds the
 ** blocks in order: results do not depend on the thread count.
-**
-** dropout draws its mask from the context's Philox stream: element i (in
-** row-major order) uses word i%4 of counter first+i/4, so the mask is a
-** function of (seed, offset, i) alone. Backward regenerates it from the
-** saved counter instead of storing it.
 */
 #include "glia_impl.h"
 #include "ops.h"
 
 #include <math.h>
 
-#define GRAIN (1 << 15) /* elements per task, at least */
 #define NORM_BLOCK 64   /* rows per dweight/dbias partial (fixed: determinism) */
-
-/* Items per task so that a task touches at least GRAIN elements. */
-static int64_t task_grain(int64_t elems_per_item) {
-  return elems_per_item > 0 && elems_per_item < GRAIN ? GRAIN / elems_per_item : 1;
-}
 
 /* ============================================== layer_norm, rms_norm */
 
@@ -194,7 +183,7 @@ static glia_status norm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tens
                       mean ? (const float *)glia_ptr(mean) : NULL,
                       (const float *)glia_ptr(rstd),
                       n->needs[0] ? (float *)glia_ptr(din[0]) : NULL, pw, pb, R, C};
-    glia_parallel_for(G, nb, task_grain(C * NORM_BLOCK), norm_bwd_blocks, &k);
+    glia_parallel_for(G, nb, glia_grain_items(C * NORM_BLOCK), norm_bwd_blocks, &k);
     if (need_w) st = sum_partials(G, pw, nb, C, &din[1]);
     if (st == GLIA_OK && need_b) st = sum_partials(G, pb, nb, C, &din[2]);
   }
@@ -237,7 +226,7 @@ static glia_status norm_fwd(glia_ctx *G, const char *name, bool center, glia_ten
     norm_fwd_arg k = {(const float *)glia_ptr(xc), wc ? (const float *)glia_ptr(wc) : NULL,
                       bc ? (const float *)glia_ptr(bc) : NULL, (float *)glia_ptr(y), center,
                       mean ? (float *)glia_ptr(mean) : NULL, (float *)glia_ptr(rstd), C, eps};
-    glia_parallel_for(G, R, task_grain(C), norm_fwd_rows, &k);
+    glia_parallel_for(G, R, glia_grain_items(C), norm_fwd_rows, &k);
     glia_tensor *in[3] = {x, w, b};
     glia_node *node = glia_node_begin(G, name, norm_bwd, center ? 3 : 2, in, &st);
     if (node) {
@@ -270,77 +259,6 @@ glia_status glia_rms_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight, doub
   return norm_fwd(G, "glia.rms_norm", false, x, weight, NULL, eps, out);
 }
 
-/* ========================================================== dropout */
-
-typedef struct {
-  const float *x; /* contiguous input (forward) or upstream gradient (backward) */
-  float *y;       /* contiguous output */
-  int64_t n;
-  uint64_t seed, first;
-  double p;
-  float scale; /* 1/(1-p) */
-} dropout_arg;
-
-/* Each task handles whole groups of 4 elements: one Philox call each. */
-static void dropout_groups(int64_t begin, int64_t end, void *ud) {
-  const dropout_arg *k = ud;
-  for (int64_t gi = begin; gi < end; gi++) {
-    uint32_t r[4];
-    glia_philox(k->seed, k->first + (uint64_t)gi, r);
-    for (int j = 0; j < 4; j++) {
-      int64_t i = gi * 4 + j;
-      if (i >= k->n) break;
-      double u = (double)(r[j] >> 8) * 0x1p-24; /* uniform in [0, 1) */
-      k->y[i] = u >= k->p ? k->x[i] * k->scale : 0.0f;
-    }
-  }
-}
-
-/* Runs the mask over the contiguous f32 src into a new tensor shaped like src. */
-static glia_status dropout_apply(glia_ctx *G, glia_tensor *src, uint64_t seed, uint64_t first,
-                                 double p, glia_tensor **out) {
-  glia_tensor *sc, *y;
-  TRY(glia_tensor_contiguous_as(G, src, GLIA_DTYPE_F32, &sc));
-  glia_status st = glia_tensor_new_like(G, src, GLIA_DTYPE_F32, &y);
-  if (st == GLIA_OK) {
-    int64_t n = glia_tensor_numel(sc);
-    dropout_arg k = {(const float *)glia_ptr(sc), (float *)glia_ptr(y), n, seed, first, p,
-                     p < 1 ? (float)(1.0 / (1.0 - p)) : 0.0f};
-    glia_parallel_for(G, (n + 3) / 4, task_grain(4), dropout_groups, &k);
-    *out = y;
-  }
-  glia_tensor_release(sc);
-  return st;
-}
-
-/* The same mask (seed iarg[0], first counter iarg[1]) times the gradient. */
-static glia_status dropout_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  return dropout_apply(G, g, (uint64_t)n->iarg[0], (uint64_t)n->iarg[1], n->farg[0], &din[0]);
-}
-
-glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train, glia_tensor **out) {
-  TRY(glia_check_f32(G, "glia.dropout", "input", x));
-  if (!(p >= 0 && p <= 1))
-    return glia_fail(G, GLIA_EARG, "glia.dropout: p must be in [0, 1], got %g", p);
-  if (!train || p == 0) {
-    *out = glia_tensor_retain(x);
-    return GLIA_OK;
-  }
-  int64_t n = glia_tensor_numel(x);
-  uint64_t seed = G->seed, first = glia_rng_reserve(G, (uint64_t)(n + 3) / 4);
-  glia_tensor *y;
-  TRY(dropout_apply(G, x, seed, first, p, &y));
-  glia_status st;
-  glia_node *node = glia_node_begin(G, "glia.dropout", dropout_bwd, 1, &x, &st);
-  if (node) {
-    node->iarg[0] = (int64_t)seed;
-    node->iarg[1] = (int64_t)first;
-    node->farg[0] = p;
-    glia_node_finish(node, y);
-  }
-  return glia_hand_out(st, y, out);
-}
-
 /* ========================================================= registry */
 
 /* layer_norm(x [, weight [, bias [, eps]]]) */
@@ -362,18 +280,8 @@ static glia_status op_rms_norm(glia_ctx *G, int nargs, glia_value *args, int *no
   return out1(nouts, outs, r);
 }
 
-/* dropout(x, p [, train = true]) */
-static glia_status op_dropout(glia_ctx *G, int nargs, glia_value *args, int *nouts,
-                              glia_value *outs) {
-  (void)nargs;
-  glia_tensor *r;
-  TRY(glia_dropout(G, args[0].u.t, arg_num(&args[1], 0.5), arg_bool(&args[2], 1), &r));
-  return out1(nouts, outs, r);
-}
-
 const glia_op glia_ops_norm[] = {
     {"layer_norm", "Ttt|n", op_layer_norm, 1},
     {"rms_norm", "Tt|n", op_rms_norm, 1},
-    {"dropout", "Tn|b", op_dropout, 1},
     {NULL, NULL, NULL, 0},
 };

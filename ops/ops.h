@@ -13,6 +13,16 @@
 
 #include "glia_impl.h"
 
+/* Elements of work per pool task, at least: below 2 * GRAIN a loop runs
+** inline on the calling thread, where waking workers would cost more than
+** it saves. One value for every family, so that their threading agrees. */
+#define GRAIN (1 << 15)
+/* Items per task for items of `work` elements each, so that a task touches
+** at least GRAIN elements. */
+static inline int64_t glia_grain_items(int64_t work) {
+  return work > 0 && work < GRAIN ? GRAIN / work : 1;
+}
+
 /* ---------------------------------------------- ops/elementwise.c */
 
 typedef enum {
@@ -208,6 +218,20 @@ GLIAI_FUNC glia_status glia_logsumexp(glia_ctx *G, glia_tensor *x, unsigned mask
 /* (sum |x|^p)^(1/p) for p > 0; p = INFINITY gives max |x|. */
 GLIAI_FUNC glia_status glia_norm(glia_ctx *G, glia_tensor *x, double p, unsigned mask,
                                  int keepdim, glia_tensor **out);
+/* Inclusive running sum of f32 x along dim. */
+GLIAI_FUNC glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
+
+/* --------------------------------------------------- ops/softmax.c */
+
+/* Stable, fused softmax / log_softmax along dim; the output is contiguous. */
+GLIAI_FUNC glia_status glia_softmax(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
+GLIAI_FUNC glia_status glia_log_softmax(glia_ctx *G, glia_tensor *x, int dim,
+                                        glia_tensor **out);
+
+/* ------------------------------------------------------ ops/sort.c */
+
+/* Indices these return are i64 counted from base (0 for C callers, 1 for
+** Lua), as for the index ops below. */
 /* Max/min along dim with 0-based i64 indices of the first extreme (NaN
 ** counts as the extreme). dim < 0 reduces all elements to 0-d (indices are
 ** then row-major positions). values (recorded for autograd) and indices
@@ -216,10 +240,13 @@ GLIAI_FUNC glia_status glia_max(glia_ctx *G, glia_tensor *x, int dim, int keepdi
                                 glia_tensor **values, glia_tensor **indices);
 GLIAI_FUNC glia_status glia_min(glia_ctx *G, glia_tensor *x, int dim, int keepdim,
                                 glia_tensor **values, glia_tensor **indices);
-/* Stable, fused softmax / log_softmax along dim; the output is contiguous. */
-GLIAI_FUNC glia_status glia_softmax(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
-GLIAI_FUNC glia_status glia_log_softmax(glia_ctx *G, glia_tensor *x, int dim,
-                                        glia_tensor **out);
+/* The k largest (or smallest) elements of f32 x along dim, in order, with
+** their indices; ties keep their original order, NaN counts as largest. */
+GLIAI_FUNC glia_status glia_topk(glia_ctx *G, glia_tensor *x, int64_t k, int dim, int largest,
+                                 int base, glia_tensor **values, glia_tensor **indices);
+/* Stable sort of f32 x along dim (NaN last ascending, first descending). */
+GLIAI_FUNC glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending,
+                                 int base, glia_tensor **values, glia_tensor **indices);
 
 /* ---------------------------------------------------- ops/matmul.c */
 
@@ -258,15 +285,12 @@ GLIAI_FUNC glia_status glia_embedding(glia_ctx *G, glia_tensor *idx, glia_tensor
 /* f32 idx's shape + {num_classes}: 1 at each index, 0 elsewhere. */
 GLIAI_FUNC glia_status glia_one_hot(glia_ctx *G, glia_tensor *idx, int64_t num_classes,
                                     int base, glia_tensor **out);
-/* The k largest (or smallest) elements of f32 x along dim, in order, with
-** their indices; ties keep their original order, NaN counts as largest. */
-GLIAI_FUNC glia_status glia_topk(glia_ctx *G, glia_tensor *x, int64_t k, int dim, int largest,
-                                 int base, glia_tensor **values, glia_tensor **indices);
-/* Stable sort of f32 x along dim (NaN last ascending, first descending). */
-GLIAI_FUNC glia_status glia_sort(glia_ctx *G, glia_tensor *x, int dim, int descending,
-                                 int base, glia_tensor **values, glia_tensor **indices);
-/* Inclusive running sum of f32 x along dim. */
-GLIAI_FUNC glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
+/* Zeros shaped like `like` with g added at the positions idx (counted from
+** base) names along dim: the gradient of an op that picked elements of
+** `like` along dim (sort, topk). Records nothing. name is for messages. */
+GLIAI_FUNC glia_status glia_scatter_zeros(glia_ctx *G, const char *name, glia_tensor *g,
+                                          int dim, glia_tensor *idx, int base,
+                                          const glia_tensor *like, glia_tensor **out);
 
 /* ------------------------------------------------------ ops/join.c */
 
@@ -324,6 +348,9 @@ GLIAI_FUNC glia_status glia_layer_norm(glia_ctx *G, glia_tensor *x, glia_tensor 
 /* x * rsqrt(mean(x^2) + eps) * weight over the last dim; weight {C} or NULL. */
 GLIAI_FUNC glia_status glia_rms_norm(glia_ctx *G, glia_tensor *x, glia_tensor *weight,
                                      double eps, glia_tensor **out);
+
+/* --------------------------------------------------- ops/dropout.c */
+
 /* Zeroes each element with probability p (from the context's Philox stream:
 ** the mask depends only on seed, offset and element index) and scales the
 ** rest by 1/(1-p). With train = 0 or p = 0, *out is x itself (retained). */

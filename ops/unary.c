@@ -29,7 +29,6 @@
 #include <xmmintrin.h>
 #endif
 
-#define GRAIN (1 << 15)
 #define BLOCK 64
 
 /* gelu's tanh approximation: gelu(x) = x * sigmoid(2u), u = C0 (x + C1 x^3),
@@ -312,13 +311,6 @@ static const unary_def unary_defs[GLIA_UN_COUNT + 1] = {
     [UN_CLAMP] = {"glia.clamp", "glia.clamp_", clamp_fwd, clamp_bwd, SAVE_INPUT},
 };
 
-static glia_status check_f32(glia_ctx *G, const char *name, const glia_tensor *x) {
-  if (x->dtype != GLIA_DTYPE_F32)
-    return glia_fail(G, GLIA_EDTYPE, "%s: expected an f32 tensor, got %s %s (convert with :to(\"f32\"))",
-                     name, glia_dtype_name(x->dtype), glia_shape_str(x));
-  return GLIA_OK;
-}
-
 /* One backward for every op: din = bwd(v, g), v the saved tensor (g itself
 ** for neg, which needs no saved value). */
 static glia_status unary_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
@@ -335,7 +327,7 @@ static glia_status unary_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_ten
 static glia_status unary_new(glia_ctx *G, int op, glia_tensor *x, unary_arg k,
                              glia_tensor **out) {
   const unary_def *d = &unary_defs[op];
-  TRY(check_f32(G, d->name, x));
+  TRY(glia_check_f32(G, d->name, "x", x));
   glia_tensor *r;
   TRY(glia_tensor_new_like(G, x, GLIA_DTYPE_F32, &r));
   run_blocks(G, d->fwd, r, x, NULL, k);
@@ -356,7 +348,7 @@ static glia_status unary_new(glia_ctx *G, int op, glia_tensor *x, unary_arg k,
 ** fails in backward instead of using the new values. */
 static glia_status unary_inplace(glia_ctx *G, int op, glia_tensor *x, unary_arg k) {
   const unary_def *d = &unary_defs[op];
-  TRY(check_f32(G, d->name_, x));
+  TRY(glia_check_f32(G, d->name_, "x", x));
   TRY(glia_check_inplace(G, d->name_, x));
   TRY(glia_check_no_overlap(G, d->name_, x));
   run_blocks(G, d->fwd, x, x, NULL, k);

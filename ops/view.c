@@ -498,22 +498,23 @@ static glia_status op_t(glia_ctx *G, int nargs, glia_value *args, int *nouts,
   return out1(nouts, outs, r);
 }
 
-/* permute(x, dims...): dims arrive raw from Lua, 1-based (negatives count
-** from the end). */
+/* permute(x, dims...): dims arrive raw (a list of sizes, 'I'), counted from
+** the call's index base (1 from Lua, 0 from C); negatives count from the end. */
 static glia_status op_permute(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                               glia_value *outs) {
   (void)nargs;
   glia_tensor *x = args[0].u.t, *r;
   int64_t raw[GLIA_MAX_DIMS];
-  int n = ints_of(&args[1], raw), perm[GLIA_MAX_DIMS];
+  int n = ints_of(&args[1], raw), perm[GLIA_MAX_DIMS], base = glia_index_base(G);
   if (n != x->ndim)
     return glia_fail(G, GLIA_EARG, "glia.permute: got %d dims for a %d-D tensor %s", n,
                      x->ndim, glia_shape_str(x));
   for (int d = 0; d < n; d++) {
-    if (raw[d] == 0 || raw[d] > n || raw[d] < -n)
+    int64_t p = raw[d] < 0 ? n + raw[d] : raw[d] - base;
+    if (p < 0 || p >= n)
       return glia_fail(G, GLIA_EARG, "glia.permute: dim %lld out of range for a %d-D tensor %s",
                        (long long)raw[d], n, glia_shape_str(x));
-    perm[d] = (int)(raw[d] > 0 ? raw[d] - 1 : n + raw[d]);
+    perm[d] = (int)p;
   }
   TRY(glia_permute(G, x, perm, &r));
   return out1(nouts, outs, r);

@@ -26,6 +26,13 @@ do -- accessors
   t.is(glia.tensor{7}:item(), 7, "item reads a 1-element tensor")
   t.near(x:totable(), {{1, 2, 3}, {4, 5, 6}}, 0, "totable round-trips values")
   t.is(glia.tensor({5}, "i64"):item(), 5, "i64 items come back as integers")
+  local same = true
+  for _, dt in ipairs { "f32", "f64", "i64", "i32", "u8", "bool" } do
+    local v = glia.tensor({ 7, 1 }, dt)
+    local a, b = v[1], v:narrow(1, 1, 1):item()
+    same = same and a == b and tostring(a) == tostring(b) and (not math.type or math.type(a) == math.type(b))
+  end
+  t.ok(same, "x[i] and x:narrow(1, i, 1):item() read an element alike for every dtype (i32 7 is 7, not 7.0)")
   t.ok(glia.is_tensor(x) and not glia.is_tensor({}), "is_tensor tells tensors apart")
 end
 

@@ -315,11 +315,11 @@ end
 do
   local i64 = glia.tensor({ 1, 2 }, "i64")
   for _, c in ipairs(CASES) do
-    t.error_like(function() apply(c, i64) end, "glia%." .. c.op .. ": expected an f32 tensor, got i64 {2}",
+    t.error_like(function() apply(c, i64) end, "glia%." .. c.op .. ": x must be f32, got i64 {2}",
                  c.label .. " rejects an i64 tensor, naming the op, dtype and shape")
   end
   t.error_like(function() glia.tensor({ true }, "bool"):relu_() end,
-               "glia%.relu_: expected an f32 tensor, got bool {1}",
+               "glia%.relu_: x must be f32, got bool {1}",
                "an in-place op rejects a bool tensor under its own name")
   t.error_like(function() glia.gelu(glia.ones(2), "fast") end,
                'glia%.gelu: approximate must be "tanh", "none" or "erf", got "fast"',

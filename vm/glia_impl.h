@@ -156,6 +156,7 @@ struct glia_ctx {
   glia_tensor *free_tensors; /* recycled tensor structs */
   int nfree_tensors;
   uint64_t node_seq;
+  int index_base; /* of the op call running now: 0 from C, 1 from Lua */
   void *lua; /* the binding's back pointer, never touched by vm/ */
 };
 
@@ -332,16 +333,9 @@ GLIAI_FUNC uint64_t glia_rng_reserve(glia_ctx *G, uint64_t n);
 typedef glia_status (*glia_op_fn)(glia_ctx *G, int nargs, glia_value *args,
                                   int *nouts, glia_value *outs);
 
-/* One registry line. `sig` tells the binding how to convert Lua arguments:
-**   T tensor        S tensor or number     t tensor or nil
-**   d dim (1-based in Lua, checked against the first tensor)
-**   D dims: one dim, a table of dims, or nil for all
-**   p position (1-based in Lua -> 0-based, negative counts from the end of
-**     the dim named by the previous 'd' argument)
-**   i integer       n number    b boolean     s string    I sizes (rest, varargs or table)
-**   L a table (list) of tensors; dims after it refer to its first tensor
-**   | marks the start of optional arguments (passed as GLIA_VAL_NONE)
-** `method` says whether t:name(...) exists besides glia.name(...). */
+/* One registry line. `sig` has one letter per argument, giving its kind
+** (the letters are described in vm/registry.c, next to the code that checks
+** them). `method` says whether t:name(...) exists besides glia.name(...). */
 struct glia_op {
   const char *name;
   const char *sig;
@@ -349,15 +343,17 @@ struct glia_op {
   int method;
 };
 
-/* The ops of each family, each array ending with a {NULL} line. */
-#define GLIA_OP_FAMILIES(X) \
-  X(creation) X(view) X(elementwise) X(unary) X(reduce) X(matmul) X(index) X(join) X(loss) \
-  X(norm) X(attention) X(block) X(optim)
-#define GLIA_X(f) extern const glia_op glia_ops_##f[];
-GLIA_OP_FAMILIES(GLIA_X)
-#undef GLIA_X
-/* All families, for enumeration by the binding. */
+/* All families (each an array of ops ending with a {NULL} line), for
+** enumeration by the binding. */
 GLIAI_FUNC const glia_op *const *glia_op_families(void);
+/* glia_op_call with the index base of the call: 0 is glia_op_call, 1 is
+** the Lua binding's (Lua counts indices from 1). Checks args against
+** op->sig and calls op->fn with the full argument list. */
+GLIAI_FUNC glia_status glia_op_call_base(glia_ctx *G, const glia_op *op, int base, int nargs,
+                                         const glia_value *args, int *nouts, glia_value *outs);
+/* The index base of the op call running now (see vm/registry.c): index
+** tensors an op reads, and indices it returns, count from it. */
+static inline int glia_index_base(const glia_ctx *G) { return G->index_base; }
 
 /* Argument helpers for op functions. */
 static inline glia_tensor *arg_t(glia_value *a) {

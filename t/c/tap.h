@@ -57,22 +57,15 @@ static inline glia_tensor *tap_tensor(glia_ctx *G, int ndim, const int64_t *size
 }
 
 #ifdef GLIA_IMPL_H
-/* Calls registry op `name` on one or two tensors (b may be NULL), the
-** remaining arguments of its signature absent, as the binding passes them.
-** On success *out owns the first result and any others are released. */
+/* Calls registry op `name` on one or two tensors (b may be NULL); the
+** registry fills the rest of its signature as absent. On success *out owns
+** the first result and any others are released. */
 static inline glia_status tap_op(glia_ctx *G, const char *name, glia_tensor *a,
                                  glia_tensor *b, glia_tensor **out) {
-  const glia_op *op = glia_op_find(name);
-  glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
-  int nargs = 0, nouts = 0;
-  for (const char *s = op ? op->sig : ""; *s && nargs < GLIA_MAX_ARGS; s++)
-    if (*s != '|') args[nargs++].kind = GLIA_VAL_NONE;
-  glia_tensor *given[2] = {a, b};
-  for (int i = 0; i < 2 && i < nargs && given[i]; i++) {
-    args[i].kind = GLIA_VAL_TENSOR;
-    args[i].u.t = given[i];
-  }
-  glia_status st = glia_op_call(G, op, nargs, args, &nouts, outs);
+  glia_value args[2] = {{.kind = GLIA_VAL_TENSOR, .u.t = a}, {.kind = GLIA_VAL_TENSOR, .u.t = b}};
+  glia_value outs[GLIA_MAX_OUTS];
+  int nouts = 0;
+  glia_status st = glia_op_call(G, glia_op_find(name), b ? 2 : 1, args, &nouts, outs);
   if (st != GLIA_OK) return st;
   for (int k = 1; k < nouts; k++)
     if (outs[k].kind == GLIA_VAL_TENSOR) glia_tensor_release(outs[k].u.t);
