@@ -2,6 +2,7 @@
 -- element: Identity, ReLU, GELU, SiLU, Dropout.
 local Module = require "glia.nn.module"
 local F      = require "glia.nn.functional"
+local options = require "glia.options"
 
 local type, error, format, tostring = type, error, string.format, tostring
 
@@ -26,7 +27,9 @@ local GELU = Module:extend("GELU")
 M.GELU = GELU
 
 function GELU:__init(approximate)
-  if type(approximate) == "table" then approximate = approximate.approximate end
+  if type(approximate) == "table" then
+    approximate = options.check("glia.nn.GELU", approximate, { "approximate" }, 2).approximate
+  end
   approximate = approximate or "tanh"
   if approximate ~= "tanh" and approximate ~= "none" then
     error(format("glia.nn.GELU: approximate must be \"tanh\" or \"none\", got %s",

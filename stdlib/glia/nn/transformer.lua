@@ -16,6 +16,7 @@
 -- false keeps the module path (for comparing the two).
 local glia   = require "glia"
 local Module = require "glia.nn.module"
+local options = require "glia.options"
 local lin    = require "glia.nn.linear"
 local norm   = require "glia.nn.norm"
 local act    = require "glia.nn.activation"
@@ -30,7 +31,8 @@ local TransformerBlock = Module:extend("TransformerBlock")
 M.TransformerBlock = TransformerBlock
 
 function TransformerBlock:__init(d_model, n_heads, opts)
-  opts = opts or {}
+  opts = options.check("glia.nn.TransformerBlock", opts,
+                       { "kv_heads", "mlp_ratio", "dropout", "bias", "eps", "fused" }, 2)
   local mlp_ratio = opts.mlp_ratio or 4
   check_int("TransformerBlock", "mlp_ratio", mlp_ratio, 1)
   local bias = opts.bias ~= false
