@@ -61,7 +61,7 @@ t.error_like(function() m(glia.randint(1, 12, 1, 13)) end,
              "a sequence longer than the context is an error naming the positions")
 t.error_like(function() GPT{ vocab_size = 5, d_model = 10, n_heads = 3 } end,
              "d_model 10 is not a multiple of n_heads 3", "heads must divide d_model")
-t.error_like(function() GPT{ vocab_size = 5, layers = 2 } end, "unknown config field 'layers'",
+t.error_like(function() GPT{ vocab_size = 5, layers = 2 } end, "models.gpt: unknown option 'layers' %(known: vocab_size",
              "an unknown config field is an error")
 t.error_like(function() GPT{} end, "vocab_size must be a positive integer",
              "vocab_size is required")

@@ -70,6 +70,12 @@ local cases = {
   { "load_state_dict", function() nn.Linear(2, 2):load_state_dict({}, { strikt = false }) end, "strikt" },
   { "optim.SGD", function() optim.SGD({ glia.ones(2) }, { learning_rate = 1 }) end, "learning_rate" },
   { "optim group", function() optim.SGD({ { params = { glia.ones(2) }, mom = 1 } }, { lr = 1 }) end, "mom" },
+  { "models.gpt", function() require("models.gpt")({ vocab_size = 5, layers = 2 }) end, "layers" },
+  { "models.gpt generate", function()
+      require("models.gpt")({ vocab_size = 5, d_model = 4, n_heads = 1, n_layers = 1, ctx = 4 })
+        :generate(glia.ones(1, 1):to("i64"), 1, { topk = 2 })
+    end, "topk" },
+  { "models.mlp", function() require("models.mlp")({ size = { 2, 2 } }) end, "size" },
   { "optim.schedule.cosine", function() optim.schedule.cosine({ lr = 1, total = 2, warm = 1 }) end, "warm" },
 }
 for _, c in ipairs(cases) do
