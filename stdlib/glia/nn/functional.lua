@@ -80,8 +80,9 @@ end
 function F.relu(x) return glia.relu(x) end
 function F.silu(x) return glia.silu(x) end
 
--- approximate: "tanh" (the default) or "none" (the exact erf form).
-function F.gelu(x, approximate) return glia.gelu(x, approximate or "tanh") end
+-- approximate: "none" (the default, as PyTorch's: the exact erf form) or
+-- "tanh" (GPT-2's approximation).
+function F.gelu(x, approximate) return glia.gelu(x, approximate or "none") end
 
 function F.softmax(x, dim) return glia.softmax(x, dim or -1) end
 function F.log_softmax(x, dim) return glia.log_softmax(x, dim or -1) end

@@ -2,7 +2,8 @@
 -- of GPT-2 style models, with a fused path for decoding.
 --
 --   x = x + attn(ln1(x) [, cache])        causal MultiHeadAttention
---   x = x + drop(fc2(gelu(fc(ln2(x)))))   GELU (tanh form) MLP, F = mlp_ratio * C
+--   x = x + drop(fc2(gelu(fc(ln2(x)))))   GELU MLP, F = mlp_ratio * C; GPT-2's tanh
+--                                         form of GELU, as glia.decoder_block has it
 --
 -- TransformerBlock(d_model, n_heads [, {kv_heads = n_heads, mlp_ratio = 4,
 --   dropout = 0, bias = true, eps = 1e-5, fused}])
@@ -84,7 +85,7 @@ function TransformerBlock:forward(x, cache)
     return y
   end
   x = x + self.attn(self.ln1(x), cache)
-  local h = self.fc2(glia.gelu(self.fc(self.ln2(x))))
+  local h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh"))
   if self.drop then h = self.drop(h) end
   return x + h
 end
