@@ -11,9 +11,11 @@ u.seed(1234)
 -- ============================================================ references
 
 -- Rows of logits (tables) -> per-row loss (nil when ignored) and the
--- per-row softmax, in doubles.
-local function ce_ref(x, y, ignore, eps)
+-- per-row softmax, in doubles. w: PyTorch's class weights (nil: all 1),
+-- row r's loss then (1-eps) w[y] (lse - x[y]) + eps/C sum_c w[c] (lse - x[c]).
+local function ce_ref(x, y, ignore, eps, w)
   eps = eps or 0
+  local function wt(c) return w and w[c] or 1 end
   local loss, prob = {}, {}
   for r = 1, #x do
     local row, C = x[r], #x[r]
@@ -26,8 +28,8 @@ local function ce_ref(x, y, ignore, eps)
     for c = 1, C do prob[r][c] = exp(row[c] - lse) end
     if y[r] ~= ignore then
       local smooth = 0
-      for c = 1, C do smooth = smooth + (lse - row[c]) end
-      loss[r] = (1 - eps) * (lse - row[y[r]]) + eps * smooth / C
+      for c = 1, C do smooth = smooth + wt(c) * (lse - row[c]) end
+      loss[r] = (1 - eps) * wt(y[r]) * (lse - row[y[r]]) + eps * smooth / C
     end
   end
   return loss, prob
@@ -267,25 +269,14 @@ end
 
 -- ============================================ class weights (nn.F.cross_entropy)
 
--- PyTorch's weighted cross entropy, in doubles: row r's loss is
--- (1-eps) w[y] (lse - x[y]) + eps/C sum_c w[c] (lse - x[c]); 'mean' divides
--- by the sum of w[y] over the rows that are not ignored.
+-- PyTorch's weighted cross entropy, in doubles: ce_ref's weighted rows;
+-- 'mean' divides by the sum of w[y] over the rows that are not ignored.
 local function wce_ref(x, y, w, ignore, eps, how)
+  local loss = ce_ref(x, y, ignore, eps, w)
   local rows, den = {}, 0
   for r = 1, #x do
-    local row, C = x[r], #x[r]
-    local m = -math.huge
-    for c = 1, C do m = max(m, row[c]) end
-    local s = 0
-    for c = 1, C do s = s + exp(row[c] - m) end
-    local lse = m + log(s)
-    if y[r] == ignore then rows[r] = 0
-    else
-      local smooth = 0
-      for c = 1, C do smooth = smooth + w[c] * (lse - row[c]) end
-      rows[r] = (1 - eps) * w[y[r]] * (lse - row[y[r]]) + eps / C * smooth
-      den = den + w[y[r]]
-    end
+    rows[r] = loss[r] or 0
+    if loss[r] then den = den + w[y[r]] end
   end
   if how == "none" then return rows end
   local total = 0
