@@ -133,10 +133,10 @@ end
 -- glia.attention(q, k, v [, opts]) with opts {causal, scale, mask, block_q,
 -- block_k, splits}; the positional form of the core op works as well.
 local attention = core.attention
+local ATTENTION_OPTIONS = { "causal", "scale", "mask", "block_q", "block_k", "splits" }
 function glia.attention(q, k, v, opts, ...)
   if type(opts) == "table" then
-    options.check("glia.attention", opts,
-                  { "causal", "scale", "mask", "block_q", "block_k", "splits" })
+    options.check("glia.attention", opts, ATTENTION_OPTIONS)
     return attention(q, k, v, opts.causal, opts.scale, opts.mask, opts.block_q, opts.block_k,
                      opts.splits)
   end

@@ -7,10 +7,14 @@
 --                        { "batch_size", "shuffle", "seed", "drop_last" })
 --
 -- Pure Lua, requiring nothing, so that glia's own init.lua can use it.
-local type, error, pairs, tostring, concat, sort = type, error, pairs, tostring, table.concat,
-  table.sort
+local type, error, pairs, tostring, setmetatable = type, error, pairs, tostring, setmetatable
+local concat, sort = table.concat, table.sort
 
 local options = {}
+
+-- known list -> set of its keys, made once per list (callers on hot paths
+-- keep their list in an upvalue); a list must not change after its first use
+local sets = setmetatable({}, { __mode = "k" })
 
 -- Returns opts, or a new empty table when opts is nil. Raises when opts is
 -- not a table or holds a key not in the list known; the error is reported
@@ -22,13 +26,20 @@ function options.check(where, opts, known, level)
   if type(opts) ~= "table" then
     error(where .. ": options must be a table, got " .. type(opts), level)
   end
-  local set = {}
-  for i = 1, #known do set[known[i]] = true end
-  local bad = {}
-  for k in pairs(opts) do
-    if not set[k] then bad[#bad + 1] = type(k) == "string" and "'" .. k .. "'" or tostring(k) end
+  local set = sets[known]
+  if not set then
+    set = {}
+    for i = 1, #known do set[known[i]] = true end
+    sets[known] = set
   end
-  if #bad > 0 then
+  local bad
+  for k in pairs(opts) do
+    if not set[k] then
+      bad = bad or {}
+      bad[#bad + 1] = type(k) == "string" and "'" .. k .. "'" or tostring(k)
+    end
+  end
+  if bad then
     sort(bad)
     error(where .. ": unknown option" .. (#bad > 1 and "s " or " ") .. concat(bad, ", ") ..
           " (known: " .. concat(known, ", ") .. ")", level)

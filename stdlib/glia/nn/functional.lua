@@ -10,6 +10,7 @@ local type, error, format, concat, tostring = type, error, string.format, table.
 local F = {}
 
 local CE_OPTIONS = { "weight", "ignore_index", "label_smoothing", "reduction" }
+local MSE_OPTIONS = { "reduction" }
 
 -- ================================================================ losses
 
@@ -71,7 +72,7 @@ end
 
 -- Mean squared error; opts.reduction as for cross_entropy.
 function F.mse(a, b, opts)
-  opts = options.check("glia.nn.functional.mse", opts, { "reduction" })
+  opts = options.check("glia.nn.functional.mse", opts, MSE_OPTIONS)
   return glia.mse(a, b, opts.reduction)
 end
 
