@@ -2,7 +2,7 @@
 # Needs Debian's python3-torch (1.13) and python3-numpy: run it with /usr/bin/python3.
 # Usage: /usr/bin/python3 torch_ref.py WORKLOAD   (one workload per process, so maxrss is its own)
 # Prints one line: the workload, its figures, and the process's peak RSS.
-# (A copy of /work/shared/bench/torch_ref.py, plus gelu_tanh_16M: GELU's tanh form, glia's default.)
+# (A copy of /work/shared/bench/torch_ref.py, plus gelu_tanh_16M: GELU's tanh form, the one glia's GPT uses.)
 import sys, time, math, resource, gzip, struct
 import torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(int(__import__('os').environ.get('GLIA_NUM_THREADS', '2'))); torch.manual_seed(0)

@@ -21,7 +21,8 @@
 --
 -- Resuming continues bit-identically: batches come from a seeded generator
 -- whose state the checkpoint keeps, as it keeps glia's RNG state. The model
--- shape, batch size, seed and text are fixed by the checkpoint; --steps,
+-- shape, batch size, seed and text are fixed by the checkpoint (giving one
+-- again is allowed only with the checkpoint's value); --steps,
 -- --time and the schedule flags may be given again. --steps N counts from
 -- the start of the run (a resumed run stops at step N) and sets the length
 -- of the schedule unless --decay-steps does; a run limited by --time
@@ -157,7 +158,11 @@ if o.resume then
   ck, msg = checkpoint.read(o.resume)
   if not ck then die(msg) end
   for _, k in ipairs(FIXED) do
-    if given[k] then die(fmt("--%s is fixed by the checkpoint in %s", k, o.resume)) end
+    local saved = ck.extra.run[k]
+    if given[k] and o[k] ~= saved then
+      die(fmt("--%s %s differs from the checkpoint's %s in %s (the checkpoint fixes it)", k,
+              tostring(o[k]), tostring(saved), o.resume))
+    end
   end
 end
 

@@ -828,9 +828,9 @@ static int t_index(lua_State *L) {
     if (!lua_isnil(L, -1)) return 1;
     const char *k = lua_tostring(L, 2);
     if (strcmp(k, "grad") == 0) {
-      glia_tensor *t = self_tensor(L);
-      if (!t->grad) return 0;
-      glia_lua_push_tensor(L, glia_tensor_retain(t->grad));
+      glia_tensor *g = glia_tensor_grad(self_tensor(L));
+      if (!g) return 0;
+      glia_lua_push_tensor(L, glia_tensor_retain(g));
       return 1;
     }
     return 0;
@@ -844,8 +844,8 @@ static int t_newindex(lua_State *L) {
     if (strcmp(k, "grad") == 0) {
       glia_tensor *t = self_tensor(L);
       glia_tensor *g = lua_isnil(L, 3) ? NULL : glia_lua_check_tensor(L, 3);
-      glia_tensor_release(t->grad);
-      t->grad = glia_tensor_retain(g);
+      glia_ctx *G = state_of(L)->G;
+      if (glia_tensor_set_grad(G, t, g) != GLIA_OK) return glia_lua_raise(L, G);
       return 0;
     }
     return luaL_error(L, "glia.tensor: cannot set field '%s'", k);

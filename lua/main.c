@@ -15,6 +15,8 @@
 ** (arg[0] = script, arg[-1].. = what came before) and in `...`. With no
 ** script, -e, -v or --env, the REPL opens. The exit status is 1 when an
 ** option or the script fails (message and traceback on stderr), else 0.
+** The global `glia` is already require "glia" for -e, -l, the script and
+** the REPL alike (as Torch7's th has `torch`).
 */
 #include "binding.h"
 
@@ -244,7 +246,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   set_arg_table(glia_vm_lua(vm), argc, argv, o.script);
-  int ok = run_options(vm, o.script, argv);
+  int ok = run_library(vm, "glia") && run_options(vm, o.script, argv);
   if (ok && o.script < argc) ok = run_script(vm, argc, argv, o.script);
   int repl = o.interactive || (o.script == argc && !o.run_e && !o.version && !o.env && !o.help);
   if (ok && repl) ok = glia_repl(vm) == 0;

@@ -24,10 +24,10 @@
 -- (learned positions stop at ctx), so generation can run to any length.
 local glia = require "glia"
 local nn   = require "glia.nn"
+local options = require "glia.options"
 
 local sqrt, floor, max, min, huge = math.sqrt, math.floor, math.max, math.min, math.huge
-local type, error, format, ipairs, pairs, tostring =
-  type, error, string.format, ipairs, pairs, tostring
+local type, error, format, ipairs, tostring = type, error, string.format, ipairs, tostring
 local no_grad = glia.no_grad
 
 -- ================================================================== GPT
@@ -41,11 +41,7 @@ local KEYS = { "vocab_size", "d_model", "n_layers", "n_heads", "ctx", "dropout",
 -- The full config: cfg's fields over the defaults, checked.
 local function configure(cfg)
   if type(cfg) ~= "table" then error("models.gpt: expected a config table", 4) end
-  local known = {}
-  for _, k in ipairs(KEYS) do known[k] = true end
-  for k in pairs(cfg) do
-    if not known[k] then error(format("models.gpt: unknown config field '%s'", tostring(k)), 4) end
-  end
+  options.check("models.gpt", cfg, KEYS, 3)
   local c = {}
   for _, k in ipairs(KEYS) do
     local v = cfg[k]
@@ -159,7 +155,7 @@ end
 -- Returns i64 {B, T0 + n}. Runs in eval mode without autograd, and puts the
 -- module back in the mode it was in.
 function GPT:generate(idx, n, opts)
-  opts = opts or {}
+  opts = options.check("models.gpt: generate", opts, { "temperature", "top_k", "on_token" })
   local temperature, top_k, on_token = opts.temperature or 1, opts.top_k, opts.on_token
   if type(temperature) ~= "number" or temperature < 0 then
     error("models.gpt: temperature must be a number >= 0, got " .. tostring(temperature), 2)

@@ -12,6 +12,7 @@
 -- "3.weight", ... (the ReLUs hold none).
 local glia = require "glia"
 local nn   = require "glia.nn"
+local options = require "glia.options"
 
 local type, ipairs, error, tostring = type, ipairs, error, tostring
 local floor, min, concat = math.floor, math.min, table.concat
@@ -24,7 +25,7 @@ local EVAL_BATCH = 2048 -- rows per forward pass in evaluate: bounds the activat
 -- MLP([{sizes = {n_in, hidden..., n_out}}]): Linear layers between
 -- consecutive sizes, each but the last followed by a ReLU.
 function MLP:__init(opts)
-  local sizes = opts and opts.sizes or DEFAULT_SIZES
+  local sizes = options.check("models.mlp", opts, { "sizes" }, 2).sizes or DEFAULT_SIZES
   if type(sizes) ~= "table" or #sizes < 2 then
     error("models.mlp: sizes must list at least the input and output widths, got "
           .. tostring(sizes), 3)

@@ -3,7 +3,7 @@
 ** against a KV cache, in one call (glia.decoder_block).
 **
 **   x   = x + proj(attn(ln1(x)))      attn: causal, over the cached keys
-**   out = x + fc2(gelu(fc(ln2(x))))   gelu: the tanh form (glia.gelu)
+**   out = x + fc2(gelu(fc(ln2(x))))   gelu: the tanh form (glia.gelu(x, "tanh"))
 **
 ** Why it exists: decoding runs the block on one position at a time, where
 ** every op touches a few kilobytes and the weights stream from memory.

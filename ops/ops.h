@@ -193,7 +193,7 @@ GLIAI_FUNC void glia_matvec(glia_ctx *G, const float *w, const float *x, const f
 /* glia.layer_norm of R rows of C (w, b may be NULL) into y (ops/norm.c). */
 GLIAI_FUNC void glia_layer_norm_rows(const float *x, const float *w, const float *b, float *y,
                                      int64_t R, int64_t C, double eps);
-/* x = glia.gelu(x), the tanh form, over n floats (ops/unary.c). */
+/* x = glia.gelu(x, "tanh"), the tanh form, over n floats (ops/unary.c). */
 GLIAI_FUNC void glia_gelu_rows(float *x, int64_t n);
 
 /* ---------------------------------------------------- ops/reduce.c */

@@ -1,6 +1,6 @@
 /*
 ** ops/unary.c -- unary elementwise ops on f32: neg, abs, exp, log, sqrt,
-** rsqrt, tanh, sigmoid, relu, gelu (tanh approximation, or exact with erf),
+** rsqrt, tanh, sigmoid, relu, gelu (exact with erf, or the tanh approximation),
 ** silu and clamp, plus their in-place forms (neg_, ..., clamp_).
 **
 ** Every kernel is a *block*: a loop over BLOCK contiguous floats that gcc
@@ -410,9 +410,10 @@ UNARY_OP(sigmoid, GLIA_UN_SIGMOID)
 UNARY_OP(relu, GLIA_UN_RELU)
 UNARY_OP(silu, GLIA_UN_SILU)
 
-/* gelu(x [, approximate]): "tanh" (default) or "none"/"erf" for the exact form. */
+/* gelu(x [, approximate]): "none"/"erf", the exact form (the default, as
+** PyTorch's), or "tanh" (GPT-2's approximation). */
 static glia_status gelu_kind(glia_ctx *G, const char *name, const glia_value *a, glia_unop *op) {
-  const char *s = arg_present(a) ? a->u.s : "tanh";
+  const char *s = arg_present(a) ? a->u.s : "none";
   if (strcmp(s, "tanh") == 0) *op = GLIA_UN_GELU;
   else if (strcmp(s, "none") == 0 || strcmp(s, "erf") == 0) *op = GLIA_UN_GELU_ERF;
   else

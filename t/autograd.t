@@ -17,6 +17,71 @@ do -- accumulation over two backward passes
   t.is(x.grad, nil, "zero_grad clears .grad")
 end
 
+do -- assigning .grad: checked, and backward adds into what is kept
+  local function ok_err(f, pat, desc) t.error_like(f, pat, desc) end
+  local x = glia.ones(3):requires_grad()
+  ok_err(function() x.grad = glia.zeros(100000) end,
+         "glia.tensor.grad: gradient f32 {100000} does not match tensor f32 {3}",
+         "a .grad larger than the tensor is refused, naming both shapes")
+  local big = glia.ones(100000):requires_grad()
+  ok_err(function() big.grad = glia.zeros(3) end, "does not match tensor f32 {100000}",
+         "a .grad smaller than the tensor is refused")
+  ok_err(function() x.grad = glia.zeros(3):to("f64") end,
+         "gradient f64 {3} does not match tensor f32 {3}", "a .grad of another dtype is refused")
+  ok_err(function() glia.ones(3):to("i32").grad = glia.zeros(3):to("i32") end,
+         "only f32 tensors have a gradient", "a non-f32 tensor takes no .grad")
+  ok_err(function() x.grad = 3 end, "tensor", "a .grad that is not a tensor is refused")
+  t.is(x.grad, nil, "a refused assignment leaves .grad as it was")
+  ;(x * 2):sum():backward()
+  t.near(x.grad, {2, 2, 2}, 0, "backward after refused assignments accumulates as usual")
+
+  local g = glia.tensor{10, 20, 30}
+  x.grad = g
+  ;(x * 2):sum():backward()
+  t.near(g, {12, 22, 32}, 0, "an assigned contiguous .grad is kept as is: backward adds into it")
+  x.grad = nil
+  t.is(x.grad, nil, "x.grad = nil clears the gradient")
+  ;(x * 2):sum():backward()
+  t.near(x.grad, {2, 2, 2}, 0, "after clearing, backward starts from zero")
+
+  local one = glia.zeros(1)
+  x.grad = one:expand(3)
+  ;(x * 2):sum():backward()
+  t.near(x.grad, {2, 2, 2}, 0, "an expanded (stride 0) .grad is kept as a copy: each element gets its own gradient")
+  t.near(one, {0}, 0, "... and the expanded tensor's storage is not written")
+
+  local m = glia.tensor{{1, 2}, {3, 4}, {5, 6}}
+  local w = glia.ones(2, 3):requires_grad()
+  w.grad = m:t()
+  ;(w * 2):sum():backward()
+  t.near(w.grad, {{3, 5, 7}, {4, 6, 8}}, 0, "a transposed .grad keeps its values (as a contiguous copy)")
+  t.near(m, {{1, 2}, {3, 4}, {5, 6}}, 0, "... and the view's storage is not written")
+
+  local y = glia.tensor{1, 2, 3}:requires_grad()
+  y.grad = y
+  ;(y * 2):sum():backward()
+  t.near(y, {1, 2, 3}, 0, "a .grad that is the tensor itself is copied: backward does not write the tensor")
+  t.near(y.grad, {3, 4, 5}, 0, "... and the copy accumulates")
+  local z = glia.tensor{1, 2, 3, 4}:requires_grad()
+  z.grad = z:detach():narrow(1, 1, 4)
+  ;(z * 1):sum():backward()
+  t.near(z, {1, 2, 3, 4}, 0, "a .grad sharing the tensor's bytes is copied")
+
+  local h = glia.ones(3):requires_grad()
+  x.grad = h * 1
+  t.ok(not x.grad:needs_grad(), "a .grad with a history is stored detached")
+
+  local v = glia.ones(4):requires_grad()
+  v.grad = glia.tensor{1, 1, 1, 1}
+  v:narrow(1, 2, 2):sum():backward()
+  t.near(v.grad, {1, 2, 2, 1}, 0, "a slice's backward adds into an assigned .grad")
+
+  local nv = glia.ones(3):requires_grad()
+  local freed = glia.ones(3)
+  freed:free()
+  t.error_like(function() nv.grad = freed end, "freed", "a freed tensor is refused as .grad")
+end
+
 do -- the diamond: x used on two paths
   local x = glia.tensor{1, -2}:requires_grad()
   local y = x * x + x * 3

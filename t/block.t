@@ -360,6 +360,14 @@ glia.no_grad(function()
   end
 end)
 
+do -- the module path's MLP is GPT-2's tanh GELU, not glia.gelu's exact default
+  local blk = block()
+  local x = glia.randn(1, 3, C)
+  local h = x + blk.attn(blk.ln1(x))
+  local want = h + blk.fc2(glia.gelu(blk.fc(blk.ln2(h)), "tanh"))
+  t.ok(u.identical(blk(x), want), "TransformerBlock's MLP uses the tanh form of GELU, as before")
+end
+
 -- =================================================================== GPT
 
 do

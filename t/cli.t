@@ -36,6 +36,13 @@ t.ok(out == "2\n" and code == 0, "-e runs a statement and exits with status 0")
 out = glia_run("-e 'x = 20' -e 'print(x + 1)'")
 t.is(out, "21\n", "several -e options run in order in one state")
 
+out = glia_run("-e 'print(glia.ones(2):sum():item())'")
+t.ok(out == "2.0\n" or out == "2\n", "-e sees the global glia without requiring it (as th preloads torch)")
+out = glia_run(write("uses_glia.lua", "print(glia.version, glia == require 'glia')"))
+t.is(out, glia.version .. "\ttrue\n", "a script sees the global glia, the module require returns")
+out = glia_run("-", "print(type(glia.zeros))")
+t.is(out, "function\n", "a script from stdin sees the global glia")
+
 out = glia_run("-v")
 t.ok(out:find("^glia " .. glia.version:gsub("%.", "%%.") .. " %((.-)%)\n"),
      "-v prints the version and the Lua it was built for")
@@ -64,9 +71,6 @@ t.ok(code == 1 and err:find("unknown option '%-x'") and err:find("usage"),
 out, err, code = glia_run("-e")
 t.ok(code == 1 and err:find("'%-e' needs an argument"),
      "-e without a statement fails with status 1 and says so")
-
-out = glia_run("-e 'print(glia)'")
-t.is(out, "nil\n", "scripts and -e see no preloaded glia global (they require it)")
 
 -- ======================================================== scripts
 

@@ -61,7 +61,7 @@ t.error_like(function() m(glia.randint(1, 12, 1, 13)) end,
              "a sequence longer than the context is an error naming the positions")
 t.error_like(function() GPT{ vocab_size = 5, d_model = 10, n_heads = 3 } end,
              "d_model 10 is not a multiple of n_heads 3", "heads must divide d_model")
-t.error_like(function() GPT{ vocab_size = 5, layers = 2 } end, "unknown config field 'layers'",
+t.error_like(function() GPT{ vocab_size = 5, layers = 2 } end, "models.gpt: unknown option 'layers' %(known: vocab_size",
              "an unknown config field is an error")
 t.error_like(function() GPT{} end, "vocab_size must be a positive integer",
              "vocab_size is required")
@@ -281,6 +281,12 @@ for k, v in pairs(ta) do
 end
 t.ok(names > 20 and equal, "... and ends with a bit-identical checkpoint (model and optimizer)")
 t.ok(slurp(A .. "/loss.svg"):find("<svg"), "train_gpt.lua writes the loss curve as SVG")
+local same_seed = run("examples/train_gpt.lua --resume " .. B .. " --steps 20 --seed 3 --d 16")
+t.ok(same_seed:find("resumed from .* at step 20"),
+     "train_gpt.lua --resume accepts --seed and --d equal to the checkpoint's")
+local other_seed = run("examples/train_gpt.lua --resume " .. B .. " --steps 20 --seed 4")
+t.ok(other_seed:find("^train_gpt: %-%-seed 4 differs from the checkpoint's 3 in "),
+     "train_gpt.lua --resume refuses a --seed other than the checkpoint's, naming both")
 
 local sample = run("examples/sample.lua " .. A .. " --length 30 --prompt 'in the' --top-k 3")
 t.ok(sample:find("^in the[a-z \n]+\n%-%- .*step 20"),

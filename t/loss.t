@@ -11,9 +11,11 @@ u.seed(1234)
 -- ============================================================ references
 
 -- Rows of logits (tables) -> per-row loss (nil when ignored) and the
--- per-row softmax, in doubles.
-local function ce_ref(x, y, ignore, eps)
+-- per-row softmax, in doubles. w: PyTorch's class weights (nil: all 1),
+-- row r's loss then (1-eps) w[y] (lse - x[y]) + eps/C sum_c w[c] (lse - x[c]).
+local function ce_ref(x, y, ignore, eps, w)
   eps = eps or 0
+  local function wt(c) return w and w[c] or 1 end
   local loss, prob = {}, {}
   for r = 1, #x do
     local row, C = x[r], #x[r]
@@ -26,8 +28,8 @@ local function ce_ref(x, y, ignore, eps)
     for c = 1, C do prob[r][c] = exp(row[c] - lse) end
     if y[r] ~= ignore then
       local smooth = 0
-      for c = 1, C do smooth = smooth + (lse - row[c]) end
-      loss[r] = (1 - eps) * (lse - row[y[r]]) + eps * smooth / C
+      for c = 1, C do smooth = smooth + wt(c) * (lse - row[c]) end
+      loss[r] = (1 - eps) * wt(y[r]) * (lse - row[y[r]]) + eps * smooth / C
     end
   end
   return loss, prob
@@ -263,6 +265,69 @@ do -- allocation failures end in clean errors (and leak nothing under SAN)
     xs:zero_grad() xs:requires_grad()
     glia.cross_entropy(xs:t(), y, nil, nil, "none"):backward(glia.ones(5))
   end, "cross_entropy 'none' on strided logits fails cleanly at every allocation")
+end
+
+-- ============================================ class weights (nn.F.cross_entropy)
+
+-- PyTorch's weighted cross entropy, in doubles: ce_ref's weighted rows;
+-- 'mean' divides by the sum of w[y] over the rows that are not ignored.
+local function wce_ref(x, y, w, ignore, eps, how)
+  local loss = ce_ref(x, y, ignore, eps, w)
+  local rows, den = {}, 0
+  for r = 1, #x do
+    rows[r] = loss[r] or 0
+    if loss[r] then den = den + w[y[r]] end
+  end
+  if how == "none" then return rows end
+  local total = 0
+  for r = 1, #rows do total = total + rows[r] end
+  if how == "sum" then return total end
+  return den ~= 0 and total / den or 0
+end
+
+do
+  local F = require("glia.nn").F
+  local N, C = 7, 4
+  local x = glia.randn(N, C) * 2
+  local yl = { 1, 4, -100, 2, 3, 4, 2 }
+  local y = glia.tensor(yl, "i64")
+  local wl = { 0.5, 2, 1, 3 }
+  local w = glia.tensor(wl)
+  local xl = x:totable()
+  for _, how in ipairs { "mean", "sum", "none" } do
+    for _, eps in ipairs { 0, 0.1 } do
+      t.near(F.cross_entropy(x, y, { weight = w, reduction = how, label_smoothing = eps }),
+             wce_ref(xl, yl, wl, -100, eps, how), 1e-5,
+             ("F.cross_entropy with class weights, reduction %s, label_smoothing %g, matches "
+              .. "PyTorch's formula computed in Lua"):format(how, eps))
+    end
+  end
+  t.near(F.cross_entropy(x, y, { weight = glia.ones(C), label_smoothing = 0.2 }),
+         glia.cross_entropy(x, y, -100, 0.2), 1e-6, "weights of ones give the unweighted loss")
+  local y2 = glia.tensor({ 1, 4, 2, 2, 3, 4, 2 }, "i64")
+  t.near(F.cross_entropy(x, y2, { weight = w, ignore_index = 2 }),
+         wce_ref(xl, { 1, 4, 2, 2, 3, 4, 2 }, wl, 2, 0, "mean"), 1e-5,
+         "ignored rows' weights are left out of the mean's denominator")
+  local all = glia.tensor({ -100, -100, -100, -100, -100, -100, -100 }, "i64")
+  t.near(F.cross_entropy(x, all, { weight = w }), 0, 0,
+         "a weighted mean over no kept rows is 0, as the unweighted op gives")
+  local x3 = glia.randn(2, 3, C)
+  local y3 = glia.tensor({ { 1, 2, 3 }, { 4, -100, 1 } }, "i64")
+  t.near(F.cross_entropy(x3, y3, { weight = w }),
+         F.cross_entropy(x3:view(6, C), y3:view(6), { weight = w }), 1e-6,
+         "weighted cross entropy over {B, T, C} logits equals it over the flattened rows")
+  local xg = glia.randn(N, C)
+  u.gradcheck(function(a) return F.cross_entropy(a, y, { weight = w, label_smoothing = 0.1 }) end,
+              { xg }, "gradcheck passes for weighted cross entropy with smoothing and an ignored row")
+  u.gradcheck(function(a) return F.cross_entropy(a, y, { weight = w, reduction = "sum" }) end,
+              { xg }, "gradcheck passes for weighted cross entropy with reduction 'sum'")
+  t.error_like(function() F.cross_entropy(x, y, { weight = glia.ones(3) }) end,
+               "weight must be a 1%-D tensor of 4 class weights, got {3}",
+               "a weight of the wrong size is refused, naming the class count")
+  t.error_like(function() F.cross_entropy(x, glia.tensor({ 1, 5, 1, 1, 1, 1, 1 }, "i64"), { weight = w }) end,
+               "out of range", "weighted cross entropy checks the targets as the op does")
+  t.error_like(function() F.cross_entropy(x, y, { weight = w, reduction = "avg" }) end,
+               "reduction must be", "weighted cross entropy checks the reduction")
 end
 
 -- ==================================================================== mse

@@ -232,11 +232,13 @@ local function pointwise(x, f)
   return out
 end
 t.near(nn.ReLU()(xa), pointwise(xa, function(v) return math.max(v, 0) end), 0, "ReLU is max(x, 0)")
-t.near(nn.GELU()(xa), pointwise(xa, function(v)
+t.near(nn.GELU()(xa), glia.gelu(xa, "none"), 0,
+       "GELU defaults to the exact erf form (t/unary.t checks it against erf), as PyTorch's")
+t.ok(nn.GELU().approximate == "none", "GELU's default approximate is \"none\"")
+t.near(nn.GELU("tanh")(xa), pointwise(xa, function(v)
   return 0.5 * v * (1 + tanh(sqrt(2 / math.pi) * (v + 0.044715 * v ^ 3)))
-end), TOL, "GELU defaults to the tanh approximation")
-t.near(nn.GELU("none")(xa), glia.gelu(xa, "none"), 0, "GELU('none') is the exact erf form")
-t.near(nn.GELU({ approximate = "none" })(xa), glia.gelu(xa, "none"), 0, "GELU takes an options table too")
+end), TOL, "GELU('tanh') is the tanh approximation")
+t.near(nn.GELU({ approximate = "tanh" })(xa), glia.gelu(xa, "tanh"), 0, "GELU takes an options table too")
 t.error_like(function() nn.GELU("fast") end, "approximate must be", "GELU rejects an unknown approximation")
 t.near(nn.SiLU()(xa), pointwise(xa, function(v) return v / (1 + exp(-v)) end), TOL, "SiLU is x * sigmoid(x)")
 t.ok(nn.Identity()(xa) == xa, "Identity returns its input")
@@ -533,7 +535,8 @@ t.ok(none:size(1) == 5 and none[3] == 0 and none[4] == 0, "F.cross_entropy's ign
 local ya = glia.randn(5, 4)
 t.near(nn.F.mse(logits, ya, { reduction = "sum" }), glia.mse(logits, ya, "sum"), 0, "F.mse passes its reduction")
 t.near(nn.F.softmax(logits), glia.softmax(logits, -1), 0, "F.softmax defaults to the last dim")
-t.near(nn.F.gelu(logits), glia.gelu(logits, "tanh"), 0, "F.gelu defaults to the tanh form")
+t.near(nn.F.gelu(logits), glia.gelu(logits, "none"), 0, "F.gelu defaults to the exact form, as PyTorch's")
+t.near(nn.F.gelu(logits, "tanh"), glia.gelu(logits, "tanh"), 0, "F.gelu passes the tanh form on")
 t.near(nn.F.relu(logits), glia.relu(logits), 0, "F.relu is glia.relu")
 t.near(nn.F.dropout(logits, 0.5, false), logits, 0, "F.dropout with training false is the identity")
 t.error_like(function() nn.F.cross_entropy(logits, tgt, "sum") end, "options must be a table",

@@ -21,7 +21,7 @@ t.ok(out:find("^2\ntime: [%d.]+ m?s\n4\n0%.5\n"),
      ".time on prints each statement's wall time until .time off; .5 is still Lua")
 t.ok(out:find("%.time on|off"), ".help lists the REPL commands")
 
-out = sh("printf '1+1\\n' | " .. exe .. " -e " .. sh_quote("package.loaded.glia = nil "
+out = sh("printf '1+1\\n' | " .. exe .. " -e " .. sh_quote("glia = nil package.loaded.glia = nil "
          .. "package.preload.glia = function() error('no glia here') end") .. " -i 2>&1")
 t.ok(out:find("no glia here") and out:find("\n2\n"),
      "when require 'glia' fails, the REPL prints why and still starts")

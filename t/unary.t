@@ -54,10 +54,10 @@ local REF = {
   tanh = tanh,
   sigmoid = function(x) return 1 / (1 + exp(-x)) end,
   relu = function(x) if x < 0 then return 0 end return x end,
-  gelu = function(x)
+  gelu_tanh = function(x)
     return gated(x, function(v) return 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) end)
   end,
-  gelu_erf = function(x)
+  gelu = function(x)
     return gated(x, function(v) return 0.5 * v * (1 + erf(v / sqrt(2))) end)
   end,
   silu = function(x) return gated(x, function(v) return v / (1 + exp(-v)) end) end,
@@ -88,7 +88,7 @@ local CASES = {
   case("sigmoid", "sigmoid", { n = 0 }, REF.sigmoid),
   case("relu", "relu", { n = 0 }, REF.relu, "any", { 0 }),
   case("gelu", "gelu", { n = 0 }, REF.gelu),
-  case('gelu "none"', "gelu", { n = 1, "none" }, REF.gelu_erf),
+  case('gelu "tanh"', "gelu", { n = 1, "tanh" }, REF.gelu_tanh),
   case("silu", "silu", { n = 0 }, REF.silu),
   case("clamp(-0.5, 0.7)", "clamp", { n = 2, -0.5, 0.7 }, clamp_ref(-0.5, 0.7), "any", { -0.5, 0.7 }),
   case("clamp(nil, 0.7)", "clamp", { n = 2, nil, 0.7 }, clamp_ref(nil, 0.7), "any", { 0.7 }),
@@ -178,7 +178,7 @@ do
   for _, name in ipairs({ "exp", "tanh", "sigmoid", "gelu", "silu" }) do
     ok_ref(x[name](x), x, REF[name], name .. " is within the stated tolerance of the reference on [-20, 20]")
   end
-  ok_ref(x:gelu("none"), x, REF.gelu_erf, 'gelu "none" is within the stated tolerance of the reference on [-20, 20]')
+  ok_ref(x:gelu("tanh"), x, REF.gelu_tanh, 'gelu "tanh" is within the stated tolerance of the reference on [-20, 20]')
   local p = {}
   for e = -149, 127 do
     for j = 0, 6 do p[#p + 1] = 2 ^ e * (1 + j / 7) end
@@ -300,7 +300,9 @@ do
   local x = glia.tensor({ { -1, 2 }, { 3, -4 } })
   t.ok(u.identical(-x, glia.neg(x)), "unary minus is glia.neg")
   t.ok(u.identical(x:exp(), glia.exp(x)), "ops are methods too: x:exp() is glia.exp(x)")
-  t.ok(u.identical(glia.gelu(x, "tanh"), glia.gelu(x)), "gelu's default approximation is \"tanh\"")
+  t.ok(u.identical(glia.gelu(x, "none"), glia.gelu(x)), "gelu's default is the exact (erf) form, as PyTorch's")
+  t.ok(u.identical(x:clone():gelu_(), glia.gelu(x, "none")), "gelu_'s default is the exact form too")
+  t.ok(not u.identical(glia.gelu(x, "tanh"), glia.gelu(x)), "the tanh form differs from the default")
   t.ok(u.identical(glia.gelu(x, "erf"), glia.gelu(x, "none")), "gelu \"erf\" and \"none\" are the exact form")
   t.ok(u.identical(glia.clamp(x, 1, -1), { -1, -1, -1, -1 }),
        "clamp with lo > hi sets every element to hi, as torch does")

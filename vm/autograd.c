@@ -291,6 +291,38 @@ glia_status glia_tensor_set_requires_grad(glia_ctx *G, glia_tensor *t, int on) {
   return GLIA_OK;
 }
 
+/* Backward adds into an assigned gradient in place, so it must be exactly
+** what backward would have made: an f32 tensor of t's shape. One that backward
+** could not safely add into -- a non-contiguous or expanded view (stride 0
+** would add many gradients into one element, racing across threads), or bytes
+** shared with t itself -- is stored as a contiguous copy instead; one with a
+** history is stored detached, so that the gradient stays a leaf. */
+glia_status glia_tensor_set_grad(glia_ctx *G, glia_tensor *t, glia_tensor *g) {
+  static const char op[] = "glia.tensor.grad";
+  glia_tensor *keep = NULL;
+  if (g) {
+    TRY(glia_check_live(G, op, t));
+    TRY(glia_check_live(G, op, g));
+    if (t->dtype != GLIA_DTYPE_F32)
+      return glia_fail(G, GLIA_EDTYPE, "%s: only f32 tensors have a gradient, got a %s tensor %s",
+                       op, glia_dtype_name(t->dtype), glia_shape_str(t));
+    if (g->dtype != t->dtype || !glia_has_shape(g, t->ndim, t->size))
+      return glia_fail(G, g->dtype != t->dtype ? GLIA_EDTYPE : GLIA_ESHAPE,
+                       "%s: gradient %s %s does not match tensor %s %s", op,
+                       glia_dtype_name(g->dtype), glia_shape_str(g), glia_dtype_name(t->dtype),
+                       glia_shape_str(t));
+    if (!glia_tensor_is_contiguous(g) || g->storage == t->storage)
+      TRY(glia_tensor_clone(G, g, &keep));
+    else if (glia_tensor_needs_grad(g))
+      TRY(glia_tensor_detach(G, g, &keep));
+    else
+      keep = glia_tensor_retain(g);
+  }
+  glia_tensor_release(t->grad);
+  t->grad = keep;
+  return GLIA_OK;
+}
+
 int glia_tensor_requires_grad(const glia_tensor *t) { return glia_tensor_needs_grad(t); }
 glia_tensor *glia_tensor_grad(glia_tensor *t) { return t->grad; }
 void glia_tensor_zero_grad(glia_tensor *t) {

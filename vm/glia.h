@@ -162,6 +162,12 @@ GLIA_API int glia_tensor_requires_grad(const glia_tensor *t);
 /* Borrowed; NULL when no gradient has been accumulated. */
 GLIA_API glia_tensor *glia_tensor_grad(glia_tensor *t);
 GLIA_API void glia_tensor_zero_grad(glia_tensor *t);
+/* Sets t's gradient to g (NULL clears it). g must be an f32 tensor of t's
+** shape, else GLIA_ESHAPE/GLIA_EDTYPE and t's gradient is unchanged. t keeps
+** its own reference to g, or to a contiguous copy of g when g is a
+** non-contiguous view or shares t's bytes (backward adds into the gradient
+** in place). */
+GLIA_API glia_status glia_tensor_set_grad(glia_ctx *G, glia_tensor *t, glia_tensor *g);
 /* Backpropagates from t (a scalar unless gout is given); accumulates into
 ** the .grad of every leaf that requires grad. keep_graph=0 frees the graph. */
 GLIA_API glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout,

@@ -22,6 +22,7 @@
 -- another. Failures from outside (a missing or corrupt file, a full disk)
 -- return nil and a message; wrong arguments raise.
 local glia = require "glia"
+local options = require "glia.options"
 
 local type, error, pairs, ipairs, tostring, tonumber, next =
   type, error, pairs, ipairs, tostring, tonumber, next
@@ -124,6 +125,9 @@ local function check_state(fname, state, need_step)
   if type(state) ~= "table" then
     error(fmt("glia.checkpoint.%s: expected a table {model =, optimizer =, ...}", fname), 3)
   end
+  options.check("glia.checkpoint." .. fname, state,
+                need_step and { "model", "optimizer", "step", "extra" }
+                  or { "model", "optimizer", "rng" }, 2)
   local m, opt = state.model, state.optimizer
   if m ~= nil and (type(m) ~= "table" or type(m.state_dict) ~= "function") then
     error(fmt("glia.checkpoint.%s: model must be a glia.nn module", fname), 3)

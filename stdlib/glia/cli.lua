@@ -46,6 +46,7 @@ local type, pairs, ipairs, tonumber, tostring, error = type, pairs, ipairs, tonu
 local fmt, concat, floor = string.format, table.concat, math.floor
 local stdout, stderr, exit = io.stdout, io.stderr, os.exit
 local MAX_INT = 2 ^ 53 -- integers beyond it are not exact in a double
+local options = require "glia.options"
 
 local cli = {}
 
@@ -63,6 +64,7 @@ end
 -- Raises, at the caller of cli.read, for a declaration that is not one.
 local function check_spec(spec)
   if type(spec) ~= "table" then error("glia.cli: spec must be a table", 3) end
+  options.check("glia.cli: spec", spec, { "options", "min", "positional" }, 2)
   check_rule(spec.min, "")
   for name, decl in pairs(spec.options or {}) do
     local kind = type(decl) == "table" and decl[1]
@@ -71,6 +73,7 @@ local function check_spec(spec)
       error(fmt("glia.cli: option --%s must be declared as { kind [, default] } with a kind "
                 .. "\"integer\", \"number\", \"string\" or a list of words", name), 3)
     end
+    options.check("glia.cli: option --" .. name, decl, { 1, 2, "min" }, 2)
     check_rule(decl.min, "option --" .. name .. ": ")
   end
 end

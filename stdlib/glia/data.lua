@@ -14,6 +14,7 @@
 -- `#` works on loaders and datasets under Lua 5.4 only (LuaJIT ignores __len
 -- on tables): portable code calls :len().
 local glia = require "glia"
+local options = require "glia.options"
 
 local floor, ceil, min = math.floor, math.ceil, math.min
 local concat = table.concat
@@ -63,7 +64,7 @@ function data.fashion_mnist(split, opts)
   if not prefix then
     error(fmt('data.fashion_mnist: split must be "train" or "test", got %s', tostring(split)), 2)
   end
-  local dir = (opts and opts.dir) or FMNIST_DIR
+  local dir = options.check("data.fashion_mnist", opts, { "dir" }).dir or FMNIST_DIR
   local images = read_fmnist(dir .. "/" .. prefix .. "-images-idx3-ubyte.gz")
   local labels = read_fmnist(dir .. "/" .. prefix .. "-labels-idx1-ubyte.gz")
   if images:dim() ~= 3 or labels:dim() ~= 1 or images:size(1) ~= labels:size(1) then
@@ -182,7 +183,7 @@ DataLoader.__index = DataLoader
 -- Shuffling uses its own generator, seeded from (seed, epoch): the order of
 -- every epoch is fixed by the seed, whatever else draws random numbers.
 function data.DataLoader(dataset, opts)
-  opts = opts or {}
+  opts = options.check("data.DataLoader", opts, { "batch_size", "shuffle", "seed", "drop_last" })
   if type(dataset) ~= "table" or type(dataset.len) ~= "function"
       or type(dataset.get) ~= "function" then
     error("data.DataLoader: dataset must have :len() and :get(idx)", 2)

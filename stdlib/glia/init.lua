@@ -1,6 +1,7 @@
 -- glia -- what `require "glia"` returns: the C core (glia.core) plus the
 -- helpers written in Lua: no_grad and gradcheck.
 local core = require "glia.core"
+local options = require "glia.options"
 
 local glia = core
 local pcall, error, select, type, ipairs = pcall, error, select, type, ipairs
@@ -53,7 +54,7 @@ end
 -- opts: eps (1e-3), atol (1e-2), rtol (1e-2). Returns true, or false and a
 -- message naming the input, the element and both values.
 function glia.gradcheck(fn, inputs, opts)
-  opts = opts or {}
+  opts = options.check("glia.gradcheck", opts, { "eps", "atol", "rtol" })
   local eps, atol, rtol = opts.eps or 1e-3, opts.atol or 1e-2, opts.rtol or 1e-2
   for _, x in ipairs(inputs) do x:zero_grad() x:requires_grad() end
   local out = fn(unpack(inputs))
@@ -132,12 +133,21 @@ end
 -- glia.attention(q, k, v [, opts]) with opts {causal, scale, mask, block_q,
 -- block_k, splits}; the positional form of the core op works as well.
 local attention = core.attention
+local ATTENTION_OPTIONS = { "causal", "scale", "mask", "block_q", "block_k", "splits" }
 function glia.attention(q, k, v, opts, ...)
   if type(opts) == "table" then
+    options.check("glia.attention", opts, ATTENTION_OPTIONS)
     return attention(q, k, v, opts.causal, opts.scale, opts.mask, opts.block_q, opts.block_k,
                      opts.splits)
   end
   return attention(q, k, v, opts, ...)
+end
+
+-- glia.load(path [, {mmap}]): the options are checked here, the file read in C.
+local load = core.load
+function glia.load(path, opts)
+  if opts ~= nil then options.check("glia.load", opts, { "mmap" }) end
+  return load(path, opts)
 end
 
 -- A per-layer KV cache for decoding (stdlib/glia/kv_cache.lua).

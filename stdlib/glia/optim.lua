@@ -22,6 +22,7 @@
 -- writes as they are; load_state_dict restores all of it, so a resumed run
 -- continues bit-identically.
 local glia = require "glia"
+local options = require "glia.options"
 
 local type, error, ipairs, pairs, tostring, tonumber, setmetatable =
   type, error, ipairs, pairs, tostring, tonumber, setmetatable
@@ -92,11 +93,8 @@ end
 -- defaults, each checked. A group table (where ~= "") may hold `params`
 -- besides options; the optimizer's options table may not.
 local function group_options(cls, where, given, defaults)
-  for k in pairs(given) do
-    if not cls.kind_of[k] and not (k == "params" and where ~= "") then
-      error(fmt("glia.optim.%s: %sunknown option '%s'", cls.name, where, tostring(k)), 4)
-    end
-  end
+  options.check(fmt("glia.optim.%s%s", cls.name, where == "" and "" or ": " .. where:sub(1, -3)),
+                given, where == "" and cls.option_names or cls.group_keys, 3)
   local group = {}
   for _, opt in ipairs(cls.options) do
     local name, x = opt[1], given[opt[1]]
@@ -166,17 +164,22 @@ local function new_optimizer(cls, params, opts)
   return self
 end
 
--- Defines an optimizer class: options is an ordered list of {name, kind},
+-- Defines an optimizer class: opt_list is an ordered list of {name, kind},
 -- defaults their values, update(p, grad, state, group) the step of one
 -- parameter, state_names the tensors its state may hold.
-local function class(name, options, defaults, state_names, update, check_group)
-  local cls = setmetatable({ name = name, options = options, defaults = defaults,
+local function class(name, opt_list, defaults, state_names, update, check_group)
+  local cls = setmetatable({ name = name, options = opt_list, defaults = defaults,
                              state_names = state_names, update = update,
                              check_group = check_group, kind_of = {} },
                            { __index = Optimizer,
                              __call = function(c, params, opts) return new_optimizer(c, params, opts) end })
   cls.__index = cls
-  for _, opt in ipairs(options) do cls.kind_of[opt[1]] = opt[2] end
+  cls.option_names, cls.group_keys = {}, { "params" }
+  for _, opt in ipairs(opt_list) do
+    cls.kind_of[opt[1]] = opt[2]
+    cls.option_names[#cls.option_names + 1] = opt[1]
+    cls.group_keys[#cls.group_keys + 1] = opt[1]
+  end
   return cls
 end
 
@@ -484,11 +487,7 @@ function schedule.cosine(o)
   if type(o) ~= "table" then
     error("glia.optim.schedule.cosine: expected a table {lr =, total =, warmup =, min_lr =}", 2)
   end
-  for k in pairs(o) do
-    if k ~= "lr" and k ~= "total" and k ~= "warmup" and k ~= "min_lr" then
-      error(fmt("glia.optim.schedule.cosine: unknown option '%s'", tostring(k)), 2)
-    end
-  end
+  options.check("glia.optim.schedule.cosine", o, { "lr", "total", "warmup", "min_lr" })
   local lr, total, warmup, min_lr = o.lr, o.total, o.warmup or 0, o.min_lr or 0
   check_number("cosine", "lr", lr)
   check_number("cosine", "total", total, true)

@@ -20,6 +20,7 @@ local fmt = string.format
 local concat = table.concat
 local type, ipairs, tostring, error = type, ipairs, tostring, error
 local io_open = io.open
+local options = require "glia.options"
 
 local plot = {}
 
@@ -278,11 +279,15 @@ function plot.loss_curve(path, opts)
   if type(path) ~= "string" then error("plot.loss_curve: path must be a string", 2) end
   if type(opts) ~= "table" then error("plot.loss_curve: expected a table of options", 2) end
   if opts[1] ~= nil or opts.series == nil then opts = { series = opts } end
+  options.check("plot.loss_curve", opts,
+                { "series", "title", "xlabel", "ylabel", "logy", "width", "height" })
   for i, ser in ipairs(opts.series) do
     if type(ser) ~= "table" or (ser.y ~= nil and type(ser.y) ~= "table")
         or (ser.x ~= nil and type(ser.x) ~= "table") then
       error(fmt("plot.loss_curve: series %d must be a table with lists x and y", i), 2)
     end
+    options.check(fmt("plot.loss_curve: series %d", i), ser,
+                  { "name", "x", "y", "smooth", "color" })
   end
   local f, err = io_open(path, "wb")
   if not f then return nil, "plot.loss_curve: " .. err end

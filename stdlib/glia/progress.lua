@@ -12,6 +12,7 @@
 --   log:write{step = 1, loss = 4.2}   -- one line, flushed: a crash keeps the log
 --   log:close()
 local glia = require "glia"
+local options = require "glia.options"
 
 local floor, ceil, max, min, huge = math.floor, math.ceil, math.max, math.min, math.huge
 local fmt, rep = string.format, string.rep
@@ -69,7 +70,8 @@ end
 -- every_s (10: the most seconds between plain lines), ema (0.98: loss
 -- smoothing), clock (glia.clock: a function returning seconds).
 function progress.bar(opts)
-  opts = opts or {}
+  opts = options.check("progress.bar", opts,
+                       { "total", "desc", "out", "tty", "every_s", "ema", "clock" })
   local out = opts.out or io_stderr
   local tty = opts.tty
   if tty == nil then
@@ -221,7 +223,7 @@ function progress.csv(path, columns, opts)
   if type(columns) ~= "table" or #columns == 0 then
     error("progress.csv: columns must be a non-empty list of names", 2)
   end
-  local append = opts and opts.append
+  local append = options.check("progress.csv", opts, { "append" }).append
   local size = 0
   if append then
     local old = io_open(path, "rb")

@@ -2,7 +2,8 @@
 ** t/c/tape.c -- autograd through the op registry, as a C host drives it:
 ** gradients of broadcast and shared inputs, explicit output gradients,
 ** keep_graph, grad mode, and the version counter that turns an in-place
-** change to a saved tensor into an error instead of a wrong gradient.
+** change to a saved tensor into an error instead of a wrong gradient, and
+** the checks on an assigned gradient.
 */
 #include "glia_impl.h"
 #include "tap.h"
@@ -148,10 +149,36 @@ static void test_versions(glia_ctx *G) {
   glia_tensor_release(b);
 }
 
+/* ================================================== assigned gradients */
+
+static void test_set_grad(glia_ctx *G) {
+  glia_tensor *a = tap_tensor(G, 1, S3, (const float[3]){1, 2, 3});
+  glia_tensor *wrong = tap_tensor(G, 2, S23, NULL), *g = tap_tensor(G, 1, S3, (const float[3]){0});
+  glia_tensor_set_requires_grad(G, a, 1);
+  glia_status st = glia_tensor_set_grad(G, a, wrong);
+  ok(st == GLIA_ESHAPE && strstr(glia_ctx_errmsg(G), "gradient f32 {2,3} does not match tensor f32 {3}") &&
+         glia_tensor_grad(a) == NULL,
+     "glia_tensor_set_grad refuses a gradient of another shape with GLIA_ESHAPE, naming both");
+  st = glia_tensor_set_grad(G, a, g);
+  glia_tensor *s = NULL;
+  tap_op(G, "sum", a, NULL, &s);
+  glia_status bw = glia_backward(G, s, NULL, 0);
+  ok(st == GLIA_OK && bw == GLIA_OK && glia_tensor_grad(a) == g &&
+         tap_values_are(g, (const float[3]){1, 1, 1}, 3, 0),
+     "an assigned gradient of the right shape is kept and backward adds into it");
+  glia_tensor_release(s);
+  ok(glia_tensor_set_grad(G, a, NULL) == GLIA_OK && glia_tensor_grad(a) == NULL,
+     "glia_tensor_set_grad with NULL clears the gradient");
+  glia_tensor_release(g);
+  glia_tensor_release(wrong);
+  glia_tensor_release(a);
+}
+
 int main(void) {
   glia_ctx *G = glia_ctx_new();
   test_gradients(G);
   test_versions(G);
+  test_set_grad(G);
   glia_ctx_release(G);
   return tap_done();
 }

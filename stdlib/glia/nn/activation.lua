@@ -2,6 +2,7 @@
 -- element: Identity, ReLU, GELU, SiLU, Dropout.
 local Module = require "glia.nn.module"
 local F      = require "glia.nn.functional"
+local options = require "glia.options"
 
 local type, error, format, tostring = type, error, string.format, tostring
 
@@ -20,14 +21,16 @@ simple("SiLU", F.silu)
 
 -- ================================================================== GELU
 
--- GELU([approximate]) or GELU{approximate = ...}: "tanh" (the default,
--- GPT-2's form) or "none" (exact, with erf).
+-- GELU([approximate]) or GELU{approximate = ...}: "none" (the default, as
+-- PyTorch's: exact, with erf) or "tanh" (GPT-2's approximation).
 local GELU = Module:extend("GELU")
 M.GELU = GELU
 
 function GELU:__init(approximate)
-  if type(approximate) == "table" then approximate = approximate.approximate end
-  approximate = approximate or "tanh"
+  if type(approximate) == "table" then
+    approximate = options.check("glia.nn.GELU", approximate, { "approximate" }, 2).approximate
+  end
+  approximate = approximate or "none"
   if approximate ~= "tanh" and approximate ~= "none" then
     error(format("glia.nn.GELU: approximate must be \"tanh\" or \"none\", got %s",
                  tostring(approximate)), 3)

@@ -18,6 +18,7 @@
 -- module was built with fused = false.
 local glia   = require "glia"
 local Module = require "glia.nn.module"
+local options = require "glia.options"
 local lin    = require "glia.nn.linear"
 local act    = require "glia.nn.activation"
 local F      = require "glia.nn.functional"
@@ -35,8 +36,9 @@ local MultiHeadAttention = Module:extend("MultiHeadAttention")
 M.MultiHeadAttention = MultiHeadAttention
 
 function MultiHeadAttention:__init(d_model, n_heads, opts)
-  opts = opts or {}
   local name = self.__name or "MultiHeadAttention"
+  opts = options.check("glia.nn." .. name, opts,
+                       { "kv_heads", "causal", "dropout", "bias", "fused" }, 2)
   check_int(name, "d_model", d_model, 1)
   check_int(name, "n_heads", n_heads, 1)
   local kv_heads = opts.kv_heads or n_heads
@@ -147,7 +149,9 @@ M.CausalSelfAttention = CausalSelfAttention
 
 function CausalSelfAttention:__init(d_model, n_heads, opts)
   local o = {}
-  for key, val in pairs(opts or {}) do o[key] = val end
+  opts = options.check("glia.nn.CausalSelfAttention", opts,
+                       { "kv_heads", "dropout", "bias", "fused" }, 2)
+  for key, val in pairs(opts) do o[key] = val end
   o.causal = true
   MultiHeadAttention.__init(self, d_model, n_heads, o)
 end

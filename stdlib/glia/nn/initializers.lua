@@ -7,6 +7,7 @@
 -- Fans of a tensor {out, in, k1, k2, ...}: fan_in = in * k1 * k2 ...,
 -- fan_out = out * k1 * k2 ... (a Linear weight {out, in} has fan_in = in).
 local glia = require "glia"
+local options = require "glia.options"
 
 local sqrt, type, error, format, tostring, concat =
   math.sqrt, type, error, string.format, tostring, table.concat
@@ -102,8 +103,9 @@ end
 
 -- He et al.: std = gain / sqrt(fan). opts: a (leaky_relu slope, 0),
 -- mode ("fan_in" or "fan_out"), nonlinearity ("leaky_relu").
+local KAIMING = { "a", "mode", "nonlinearity" }
+
 local function kaiming_std(t, opts)
-  opts = opts or {}
   local mode = opts.mode or "fan_in"
   if mode ~= "fan_in" and mode ~= "fan_out" then
     error("glia.nn.init: mode must be 'fan_in' or 'fan_out', got " .. tostring(mode), 3)
@@ -114,21 +116,17 @@ local function kaiming_std(t, opts)
 end
 
 function init.kaiming_uniform_(t, opts)
+  opts = options.check("glia.nn.init.kaiming_uniform_", opts, KAIMING)
   check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
-  if type(opts) ~= "table" and opts ~= nil then
-    error("glia.nn.init.kaiming_uniform_: options must be a table {a=, mode=, nonlinearity=}", 2)
-  end
   local bound = sqrt(3) * kaiming_std(t, opts)
   return init.uniform_(t, -bound, bound)
 end
 
 function init.kaiming_normal_(t, opts)
+  opts = options.check("glia.nn.init.kaiming_normal_", opts, KAIMING)
   check_fan_dims(t, 2)
   if t:numel() == 0 then return t end
-  if type(opts) ~= "table" and opts ~= nil then
-    error("glia.nn.init.kaiming_normal_: options must be a table {a=, mode=, nonlinearity=}", 2)
-  end
   return init.normal_(t, 0, kaiming_std(t, opts))
 end
 

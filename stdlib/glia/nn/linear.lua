@@ -4,6 +4,7 @@
 -- PyTorch's, drawn from the context's seeded RNG.
 local glia   = require "glia"
 local Module = require "glia.nn.module"
+local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 local F      = require "glia.nn.functional"
 
@@ -19,10 +20,11 @@ local Linear = Module:extend("Linear")
 M.Linear = Linear
 
 function Linear:__init(n_in, n_out, opts)
+  opts = options.check("glia.nn.Linear", opts, { "bias" }, 2)
   self.in_features = check_int("Linear", "in_features", n_in, 0)
   self.out_features = check_int("Linear", "out_features", n_out, 0)
   self.weight = Parameter(glia.empty(n_out, n_in))
-  if not (opts and opts.bias == false) then self.bias = Parameter(glia.empty(n_out)) end
+  if opts.bias ~= false then self.bias = Parameter(glia.empty(n_out)) end
   self:reset_parameters()
 end
 

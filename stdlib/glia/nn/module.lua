@@ -28,6 +28,7 @@
 -- made with `Module.init(setmetatable({}, C))`) works too: Module.init gives
 -- the class the module metamethods it lacks.
 local glia = require "glia"
+local options = require "glia.options"
 
 local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
 local type, ipairs, pairs, tostring, error = type, ipairs, pairs, tostring, error
@@ -320,7 +321,7 @@ function Module:load_state_dict(sd, opts)
   if type(sd) ~= "table" then
     error("glia.nn.load_state_dict: expected a table of tensors, got " .. type(sd), 2)
   end
-  local strict = not (opts and opts.strict == false)
+  local strict = options.check("glia.nn.load_state_dict", opts, { "strict" }).strict ~= false
   local own, known = collect(self, "", STATE, {}), {}
   local missing, unexpected, mismatched, pairs_to_copy = {}, {}, {}, {}
   for _, e in ipairs(own) do

@@ -3,6 +3,7 @@
 -- the batch (composed from VM ops, with running statistics as buffers).
 local glia   = require "glia"
 local Module = require "glia.nn.module"
+local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 local F      = require "glia.nn.functional"
 
@@ -14,7 +15,7 @@ local M = {}
 -- LayerNorm and RMSNorm take (dim, opts) where opts.elementwise_affine
 -- (true) adds a weight of ones.
 local function affine(opts)
-  return not (opts and opts.elementwise_affine == false)
+  return opts.elementwise_affine ~= false
 end
 
 -- ============================================================= LayerNorm
@@ -24,6 +25,7 @@ local LayerNorm = Module:extend("LayerNorm")
 M.LayerNorm = LayerNorm
 
 function LayerNorm:__init(dim, opts)
+  opts = options.check("glia.nn.LayerNorm", opts, { "eps", "elementwise_affine", "bias" }, 2)
   self.dim = check_int("LayerNorm", "dim", dim, 1)
   self.eps = opts and opts.eps or 1e-5
   if affine(opts) then
@@ -53,6 +55,7 @@ local RMSNorm = Module:extend("RMSNorm")
 M.RMSNorm = RMSNorm
 
 function RMSNorm:__init(dim, opts)
+  opts = options.check("glia.nn.RMSNorm", opts, { "eps", "elementwise_affine" }, 2)
   self.dim = check_int("RMSNorm", "dim", dim, 1)
   self.eps = opts and opts.eps or 1e-6
   if affine(opts) then self.weight = Parameter(glia.empty(dim)) end
@@ -82,7 +85,8 @@ local BatchNorm1d = Module:extend("BatchNorm1d")
 M.BatchNorm1d = BatchNorm1d
 
 function BatchNorm1d:__init(C, opts)
-  opts = opts or {}
+  opts = options.check("glia.nn.BatchNorm1d", opts,
+                       { "eps", "momentum", "affine", "track_running_stats" }, 2)
   self.num_features = check_int("BatchNorm1d", "num_features", C, 1)
   self.eps = opts.eps or 1e-5
   self.momentum = opts.momentum or 0.1

@@ -2,7 +2,8 @@
 -- of GPT-2 style models, with a fused path for decoding.
 --
 --   x = x + attn(ln1(x) [, cache])        causal MultiHeadAttention
---   x = x + drop(fc2(gelu(fc(ln2(x)))))   GELU (tanh form) MLP, F = mlp_ratio * C
+--   x = x + drop(fc2(gelu(fc(ln2(x)))))   GELU MLP, F = mlp_ratio * C; GPT-2's tanh
+--                                         form of GELU, as glia.decoder_block has it
 --
 -- TransformerBlock(d_model, n_heads [, {kv_heads = n_heads, mlp_ratio = 4,
 --   dropout = 0, bias = true, eps = 1e-5, fused}])
@@ -16,6 +17,7 @@
 -- false keeps the module path (for comparing the two).
 local glia   = require "glia"
 local Module = require "glia.nn.module"
+local options = require "glia.options"
 local lin    = require "glia.nn.linear"
 local norm   = require "glia.nn.norm"
 local act    = require "glia.nn.activation"
@@ -30,7 +32,8 @@ local TransformerBlock = Module:extend("TransformerBlock")
 M.TransformerBlock = TransformerBlock
 
 function TransformerBlock:__init(d_model, n_heads, opts)
-  opts = opts or {}
+  opts = options.check("glia.nn.TransformerBlock", opts,
+                       { "kv_heads", "mlp_ratio", "dropout", "bias", "eps", "fused" }, 2)
   local mlp_ratio = opts.mlp_ratio or 4
   check_int("TransformerBlock", "mlp_ratio", mlp_ratio, 1)
   local bias = opts.bias ~= false
@@ -82,7 +85,7 @@ function TransformerBlock:forward(x, cache)
     return y
   end
   x = x + self.attn(self.ln1(x), cache)
-  local h = self.fc2(glia.gelu(self.fc(self.ln2(x))))
+  local h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh"))
   if self.drop then h = self.drop(h) end
   return x + h
 end
