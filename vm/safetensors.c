@@ -280,7 +280,7 @@ static glia_status parse_meta(jreader *r, glia_st_file *f) {
   if (!jeat(r, '{')) return jfail(r, "expected '{' for __metadata__");
   if (jeat(r, '}')) return GLIA_OK;
   do {
-    void *m = realloc(f->meta, (size_t)(f->nmeta + 1) * sizeof *f->meta);
+    void *m = glia_realloc(r->G, f->meta, (size_t)(f->nmeta + 1) * sizeof *f->meta);
     if (!m) return r->st = glia_fail_nomem(r->G, sizeof *f->meta, "safetensors metadata");
     f->meta = m;
     TRY(jstring(r, f->meta[f->nmeta][0], sizeof f->meta[0][0]));
@@ -299,7 +299,7 @@ static int cmp_begin(const void *a, const void *b) {
 
 /* Checks sizes, offsets and overlaps of every entry against the buffer. */
 static glia_status validate(glia_ctx *G, glia_st_file *f) {
-  st_entry **order = malloc(sizeof *order * (size_t)(f->n ? f->n : 1));
+  st_entry **order = glia_malloc(G, sizeof *order * (size_t)(f->n ? f->n : 1));
   if (!order) return glia_fail_nomem(G, 0, "safetensors index");
   for (int i = 0; i < f->n; i++) {
     st_entry *e = &f->entries[i];
@@ -378,11 +378,12 @@ glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **
   close(fd);
   if (map == MAP_FAILED)
     return glia_fail(G, GLIA_EIO, "glia.load: cannot map %s: %s", path, strerror(errno));
-  glia_st_file *f = calloc(1, sizeof *f);
+  glia_st_file *f = glia_malloc(G, sizeof *f);
   if (!f) {
     munmap(map, (size_t)fsize);
     return glia_fail_nomem(G, sizeof *f, "safetensors file");
   }
+  memset(f, 0, sizeof *f);
   f->refs = 1;
   f->map = map;
   f->map_size = (size_t)fsize;
@@ -417,7 +418,7 @@ glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **
       }
       if (f->n == cap) {
         cap = cap ? cap * 2 : 16;
-        void *e = realloc(f->entries, (size_t)cap * sizeof *f->entries);
+        void *e = glia_realloc(G, f->entries, (size_t)cap * sizeof *f->entries);
         if (!e) {
           r.st = glia_fail_nomem(G, 0, "safetensors index");
           break;
@@ -503,6 +504,7 @@ glia_status glia_safetensors_tensor(glia_ctx *G, glia_st_file *f, int i, int map
 /* ========================================================== writing */
 
 typedef struct {
+  glia_ctx *G;
   char *s;
   size_t n, cap;
   bool oom;
@@ -512,7 +514,7 @@ static void sb_add(sbuf *b, const char *s, size_t n) {
   if (b->oom) return;
   if (b->n + n + 1 > b->cap) {
     size_t cap = (b->cap + n + 1) * 2;
-    char *p = realloc(b->s, cap);
+    char *p = glia_realloc(b->G, b->s, cap);
     if (!p) {
       b->oom = true;
       return;
@@ -570,7 +572,7 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
       return glia_fail(G, GLIA_EARG, "glia.save: '__metadata__' is reserved");
   }
   /* header */
-  sbuf h = {0};
+  sbuf h = {G, NULL, 0, 0, false};
   sb_str(&h, "{");
   if (nmeta > 0) {
     sb_str(&h, "\"__metadata__\":{");
@@ -609,7 +611,7 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
   }
   /* temporary file next to the target, then fsync + rename */
   size_t plen = strlen(path);
-  char *tmp = malloc(plen + 16);
+  char *tmp = glia_malloc(G, plen + 16);
   if (!tmp) {
     free(h.s);
     return glia_fail_nomem(G, plen + 16, "glia.save");
