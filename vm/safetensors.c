@@ -9,11 +9,16 @@
 ** and size is checked against the file before a byte of data is read.
 ** Writing goes to a temporary file in the same directory, is fsynced, then
 ** renamed over the target: a crash mid-save leaves the old file intact.
+** The temporary file is named <path>.tmp<pid>-XXXXXX; a process killed
+** mid-save leaves it behind, and the next successful save of the same path
+** removes every such file whose process is gone.
 */
 #include "glia_impl.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -561,6 +566,31 @@ static glia_status write_all(glia_ctx *G, int fd, const void *p, size_t n, const
   return GLIA_OK;
 }
 
+/* Removes the temporary files of saves to base (a name in the directory
+** dfd) whose process is gone: a save killed mid-write leaves its
+** base.tmp<pid>-XXXXXX behind. Those of live processes (this one included)
+** may be saves in progress and stay. Best effort: errors are ignored. */
+static void remove_stale_temps(int dfd, const char *base) {
+  int fd = dup(dfd);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  size_t bl = strlen(base);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *name = e->d_name, *p = name + bl + 4;
+    if (strncmp(name, base, bl) != 0 || strncmp(name + bl, ".tmp", 4) != 0) continue;
+    char *end;
+    long pid = strtol(p, &end, 10);
+    if (end == p || *end != '-' || strlen(end + 1) != 6 || pid <= 0 || pid == (long)getpid())
+      continue;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) unlinkat(dirfd(d), name, 0);
+  }
+  closedir(d);
+}
+
 glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const char *const *names,
                                   glia_tensor *const *tensors, int nmeta,
                                   const char *const *meta_keys, const char *const *meta_vals) {
@@ -610,13 +640,13 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
     return glia_fail_nomem(G, h.cap, "glia.save header");
   }
   /* temporary file next to the target, then fsync + rename */
-  size_t plen = strlen(path);
-  char *tmp = glia_malloc(G, plen + 16);
+  size_t tlen = strlen(path) + 40;
+  char *tmp = glia_malloc(G, tlen);
   if (!tmp) {
     free(h.s);
-    return glia_fail_nomem(G, plen + 16, "glia.save");
+    return glia_fail_nomem(G, tlen, "glia.save");
   }
-  snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+  snprintf(tmp, tlen, "%s.tmp%ld-XXXXXX", path, (long)getpid());
   int fd = mkstemp(tmp);
   if (fd >= 0) { /* mkstemp makes 0600; give the file the usual 0666 & ~umask */
     mode_t mask = umask(0);
@@ -651,14 +681,16 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
     st = glia_fail(G, GLIA_EIO, "glia.save: rename to %s: %s", path, strerror(errno));
   if (st != GLIA_OK) unlink(tmp);
   free(tmp);
-  if (st == GLIA_OK) { /* make the rename durable */
+  if (st == GLIA_OK) { /* make the rename durable; clear what killed saves left */
     char *dir = strdup(path);
     if (dir) {
       char *slash = strrchr(dir, '/');
       const char *d = slash ? (slash == dir ? "/" : (*slash = 0, dir)) : ".";
+      const char *base = slash ? path + (slash - dir) + 1 : path;
       int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
       if (dfd >= 0) {
         fsync(dfd);
+        remove_stale_temps(dfd, base);
         close(dfd);
       }
       free(dir);
