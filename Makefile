@@ -151,7 +151,7 @@ deps:
 FUZZ_CC    ?= clang
 FUZZ_TIME  ?= 45
 FUZZ_DIR   := build/fuzz
-FUZZ_FLAGS := -std=gnu11 -O1 -g $(ARCH) -pthread -Ivm -Iops $(BLAS_CFLAGS) \
+FUZZ_FLAGS := -std=gnu11 -O1 -g $(ARCH) -pthread -Ivm -Iops -Ibuild/gen $(BLAS_CFLAGS) \
   -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(CORE_SRC))
 FUZZ_BIN   := $(FUZZ_DIR)/safetensors $(FUZZ_DIR)/idx
@@ -161,9 +161,10 @@ $(FUZZ_DIR)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "FUZZ CC $<"
 	@$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(FUZZ_DIR)/vm/registry.o: $(FAMILIES_H)
 
 $(FUZZ_DIR)/%: fuzz/%.c fuzz/input.h $(FUZZ_OBJ)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(BLAS_LIBS) -lz -lm
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) -lz -lm -ldl
 
 fuzz: $(FUZZ_BIN)
 	@for t in $(notdir $(FUZZ_BIN)); do \
