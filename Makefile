@@ -9,6 +9,8 @@
 #   make test            the TAP suite through prove
 #   make bench           benchmarks (PyTorch side by side when installed)
 #   make deps            apt-get the Debian packages that are missing
+#   make fuzz            libFuzzer targets for the file readers (clang), then
+#                        FUZZ_TIME seconds of fuzzing each from fuzz/corpus
 #   make install PREFIX=/usr/local
 
 LUA     ?= lua5.4
@@ -55,7 +57,7 @@ CTEST_BIN := $(patsubst t/c/%.c,$(OBJDIR)/t/%.t,$(CTEST_SRC))
 LUAMOD  := lib/lua/$(LUA_ABI)/glia/core.so
 STAMP   := build/.flavor
 
-.PHONY: all test test-gemm bench run deps install clean check-deps FORCE
+.PHONY: all test test-gemm bench run deps install clean check-deps fuzz FORCE
 
 all: check-deps bin/glia lib/libglia.a lib/libglia.so $(LUAMOD) $(CTEST_BIN)
 
@@ -141,6 +143,36 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "all build dependencies are installed"; fi
+
+# libFuzzer targets (fuzz/*.c) over the core built once more with clang and
+# coverage, ASan and UBSan. Each runs FUZZ_TIME seconds from its seed corpus
+# (fuzz/corpus/<target>, read only: new inputs go to build/fuzz/corpus);
+# a crashing input is written to build/fuzz/ and fails the target.
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 45
+FUZZ_DIR   := build/fuzz
+FUZZ_FLAGS := -std=gnu11 -O1 -g $(ARCH) -pthread -Ivm -Iops -Ibuild/gen $(BLAS_CFLAGS) \
+  -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_DIR)/%.o,$(CORE_SRC))
+FUZZ_BIN   := $(FUZZ_DIR)/safetensors $(FUZZ_DIR)/idx
+.SECONDARY: $(FUZZ_OBJ)
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "FUZZ CC $<"
+	@$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(FUZZ_DIR)/vm/registry.o: $(FAMILIES_H)
+
+$(FUZZ_DIR)/%: fuzz/%.c fuzz/input.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) -lz -lm -ldl
+
+fuzz: $(FUZZ_BIN)
+	@for t in $(notdir $(FUZZ_BIN)); do \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$t; \
+	  echo "=== fuzz $$t for $(FUZZ_TIME) s"; \
+	  $(FUZZ_DIR)/$$t -max_total_time=$(FUZZ_TIME) -max_len=4096 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_DIR)/$$t- $(FUZZ_DIR)/corpus/$$t fuzz/corpus/$$t || exit 1; \
+	done
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \

@@ -254,6 +254,11 @@ void *glia_malloc(glia_ctx *G, size_t n) {
   return malloc(n);
 }
 
+void *glia_realloc(glia_ctx *G, void *p, size_t n) {
+  if (should_fail(G)) return NULL;
+  return realloc(p, n);
+}
+
 void glia_ctx_trim(glia_ctx *G) {
   for (int c = 0; c < GLIA_CACHE_CLASSES; c++) {
     while (G->cache[c]) {

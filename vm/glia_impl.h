@@ -173,8 +173,10 @@ GLIAI_FUNC const char *glia_sizes_str(int ndim, const int64_t *size);
 /* 64-byte aligned blocks, cached by size class. NULL on failure (no message). */
 GLIAI_FUNC void *glia_alloc(glia_ctx *G, size_t nbytes);
 GLIAI_FUNC void glia_free(glia_ctx *G, void *p, size_t nbytes);
-/* Plain small allocations through the context (counted for fault tests). */
+/* Plain small allocations through the context (counted for fault tests),
+** released with free(). */
 GLIAI_FUNC void *glia_malloc(glia_ctx *G, size_t n);
+GLIAI_FUNC void *glia_realloc(glia_ctx *G, void *p, size_t n);
 
 /* ----------------------------------------------------------------- tensors */
 

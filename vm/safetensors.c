@@ -9,11 +9,16 @@
 ** and size is checked against the file before a byte of data is read.
 ** Writing goes to a temporary file in the same directory, is fsynced, then
 ** renamed over the target: a crash mid-save leaves the old file intact.
+** The temporary file is named <path>.tmp<pid>-XXXXXX; a process killed
+** mid-save leaves it behind, and the next successful save of the same path
+** removes every such file whose process is gone.
 */
 #include "glia_impl.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -280,7 +285,7 @@ static glia_status parse_meta(jreader *r, glia_st_file *f) {
   if (!jeat(r, '{')) return jfail(r, "expected '{' for __metadata__");
   if (jeat(r, '}')) return GLIA_OK;
   do {
-    void *m = realloc(f->meta, (size_t)(f->nmeta + 1) * sizeof *f->meta);
+    void *m = glia_realloc(r->G, f->meta, (size_t)(f->nmeta + 1) * sizeof *f->meta);
     if (!m) return r->st = glia_fail_nomem(r->G, sizeof *f->meta, "safetensors metadata");
     f->meta = m;
     TRY(jstring(r, f->meta[f->nmeta][0], sizeof f->meta[0][0]));
@@ -299,7 +304,7 @@ static int cmp_begin(const void *a, const void *b) {
 
 /* Checks sizes, offsets and overlaps of every entry against the buffer. */
 static glia_status validate(glia_ctx *G, glia_st_file *f) {
-  st_entry **order = malloc(sizeof *order * (size_t)(f->n ? f->n : 1));
+  st_entry **order = glia_malloc(G, sizeof *order * (size_t)(f->n ? f->n : 1));
   if (!order) return glia_fail_nomem(G, 0, "safetensors index");
   for (int i = 0; i < f->n; i++) {
     st_entry *e = &f->entries[i];
@@ -378,11 +383,12 @@ glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **
   close(fd);
   if (map == MAP_FAILED)
     return glia_fail(G, GLIA_EIO, "glia.load: cannot map %s: %s", path, strerror(errno));
-  glia_st_file *f = calloc(1, sizeof *f);
+  glia_st_file *f = glia_malloc(G, sizeof *f);
   if (!f) {
     munmap(map, (size_t)fsize);
     return glia_fail_nomem(G, sizeof *f, "safetensors file");
   }
+  memset(f, 0, sizeof *f);
   f->refs = 1;
   f->map = map;
   f->map_size = (size_t)fsize;
@@ -417,7 +423,7 @@ glia_status glia_safetensors_open(glia_ctx *G, const char *path, glia_st_file **
       }
       if (f->n == cap) {
         cap = cap ? cap * 2 : 16;
-        void *e = realloc(f->entries, (size_t)cap * sizeof *f->entries);
+        void *e = glia_realloc(G, f->entries, (size_t)cap * sizeof *f->entries);
         if (!e) {
           r.st = glia_fail_nomem(G, 0, "safetensors index");
           break;
@@ -503,6 +509,7 @@ glia_status glia_safetensors_tensor(glia_ctx *G, glia_st_file *f, int i, int map
 /* ========================================================== writing */
 
 typedef struct {
+  glia_ctx *G;
   char *s;
   size_t n, cap;
   bool oom;
@@ -512,7 +519,7 @@ static void sb_add(sbuf *b, const char *s, size_t n) {
   if (b->oom) return;
   if (b->n + n + 1 > b->cap) {
     size_t cap = (b->cap + n + 1) * 2;
-    char *p = realloc(b->s, cap);
+    char *p = glia_realloc(b->G, b->s, cap);
     if (!p) {
       b->oom = true;
       return;
@@ -559,6 +566,31 @@ static glia_status write_all(glia_ctx *G, int fd, const void *p, size_t n, const
   return GLIA_OK;
 }
 
+/* Removes the temporary files of saves to base (a name in the directory
+** dfd) whose process is gone: a save killed mid-write leaves its
+** base.tmp<pid>-XXXXXX behind. Those of live processes (this one included)
+** may be saves in progress and stay. Best effort: errors are ignored. */
+static void remove_stale_temps(int dfd, const char *base) {
+  int fd = dup(dfd);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  size_t bl = strlen(base);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    const char *name = e->d_name, *p = name + bl + 4;
+    if (strncmp(name, base, bl) != 0 || strncmp(name + bl, ".tmp", 4) != 0) continue;
+    char *end;
+    long pid = strtol(p, &end, 10);
+    if (end == p || *end != '-' || strlen(end + 1) != 6 || pid <= 0 || pid == (long)getpid())
+      continue;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) unlinkat(dirfd(d), name, 0);
+  }
+  closedir(d);
+}
+
 glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const char *const *names,
                                   glia_tensor *const *tensors, int nmeta,
                                   const char *const *meta_keys, const char *const *meta_vals) {
@@ -570,7 +602,7 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
       return glia_fail(G, GLIA_EARG, "glia.save: '__metadata__' is reserved");
   }
   /* header */
-  sbuf h = {0};
+  sbuf h = {G, NULL, 0, 0, false};
   sb_str(&h, "{");
   if (nmeta > 0) {
     sb_str(&h, "\"__metadata__\":{");
@@ -608,13 +640,13 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
     return glia_fail_nomem(G, h.cap, "glia.save header");
   }
   /* temporary file next to the target, then fsync + rename */
-  size_t plen = strlen(path);
-  char *tmp = malloc(plen + 16);
+  size_t tlen = strlen(path) + 40;
+  char *tmp = glia_malloc(G, tlen);
   if (!tmp) {
     free(h.s);
-    return glia_fail_nomem(G, plen + 16, "glia.save");
+    return glia_fail_nomem(G, tlen, "glia.save");
   }
-  snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+  snprintf(tmp, tlen, "%s.tmp%ld-XXXXXX", path, (long)getpid());
   int fd = mkstemp(tmp);
   if (fd >= 0) { /* mkstemp makes 0600; give the file the usual 0666 & ~umask */
     mode_t mask = umask(0);
@@ -649,14 +681,16 @@ glia_status glia_safetensors_save(glia_ctx *G, const char *path, int n, const ch
     st = glia_fail(G, GLIA_EIO, "glia.save: rename to %s: %s", path, strerror(errno));
   if (st != GLIA_OK) unlink(tmp);
   free(tmp);
-  if (st == GLIA_OK) { /* make the rename durable */
+  if (st == GLIA_OK) { /* make the rename durable; clear what killed saves left */
     char *dir = strdup(path);
     if (dir) {
       char *slash = strrchr(dir, '/');
       const char *d = slash ? (slash == dir ? "/" : (*slash = 0, dir)) : ".";
+      const char *base = slash ? path + (slash - dir) + 1 : path;
       int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
       if (dfd >= 0) {
         fsync(dfd);
+        remove_stale_temps(dfd, base);
         close(dfd);
       }
       free(dir);

@@ -32,15 +32,18 @@ glia_status glia_check_sizes(glia_ctx *G, const char *op, int ndim, const int64_
   if (ndim < 0 || ndim > GLIA_MAX_DIMS)
     return glia_fail(G, GLIA_ESHAPE, "%s: at most %d dims are supported, got %d", op,
                      GLIA_MAX_DIMS, ndim);
+  /* The bound is on the product of the sizes with zeros counted as ones:
+  ** that is the largest stride (glia_contiguous_strides), which must not
+  ** overflow even when a zero size makes the tensor empty. */
   int64_t n = 1;
   for (int i = 0; i < ndim; i++) {
     if (size[i] < 0)
       return glia_fail(G, GLIA_ESHAPE, "%s: negative size %lld in dim %d", op,
                        (long long)size[i], i + 1);
-    if (size[i] > 0 && n > (INT64_MAX >> 4) / size[i])
+    if (size[i] > 1 && n > (INT64_MAX >> 4) / size[i])
       return glia_fail(G, GLIA_ESHAPE, "%s: size %s is too large", op,
                        glia_sizes_str(ndim, size));
-    n *= size[i];
+    if (size[i] > 1) n *= size[i];
   }
   return GLIA_OK;
 }
