@@ -2,7 +2,8 @@
 # Needs Debian's python3-torch (1.13) and python3-numpy: run it with /usr/bin/python3.
 # Usage: /usr/bin/python3 torch_ref.py WORKLOAD   (one workload per process, so maxrss is its own)
 # Prints one line: the workload, its figures, and the process's peak RSS.
-# (A copy of /work/shared/bench/torch_ref.py, plus gelu_tanh_16M: GELU's tanh form, the one glia's GPT uses.)
+# glia's copy of the shared PyTorch reference, plus gelu_tanh_16M, and the GPT block's GELU in its tanh
+# form, the one glia's GPT uses, so both sides compute the same model.
 import sys, time, math, resource, gzip, struct
 import torch, torch.nn as nn, torch.nn.functional as F
 torch.set_num_threads(int(__import__('os').environ.get('GLIA_NUM_THREADS', '2'))); torch.manual_seed(0)
@@ -35,7 +36,7 @@ class Block(nn.Module):
         else:
             a = attn_naive(q, k, v)
         x = x + s.proj(a.transpose(1, 2).reshape(B, T, C))
-        return x + s.fc2(F.gelu(s.fc(s.ln2(x))))
+        return x + s.fc2(F.gelu(s.fc(s.ln2(x)), approximate='tanh'))
 class GPT(nn.Module):
     def __init__(s, V=73, d=256, L=4, h=4, T=256):
         super().__init__()
