@@ -852,6 +852,7 @@ static glia_status attention_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout,
     if (st == GLIA_OK && i < n->ninputs && n->needs[i]) din[i] = g[i];
     else glia_tensor_release(g[i]);
   }
+  if (st == GLIA_OK) st = glia_grads_to_inputs(G, n, din); /* the mask broadcasts */
   return st;
 }
 

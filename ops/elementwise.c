@@ -6,8 +6,9 @@
 ** Either operand may be a Lua number (a scalar): it is never turned into a
 ** tensor. Arithmetic computes in f32; comparisons accept any pair of equal
 ** dtypes (or a scalar) and produce bool. Each op's backward sits next to
-** its forward; gradients come out in the broadcast shape and the autograd
-** engine sums them back to each input's shape.
+** its forward; gradients come out in the broadcast shape and are summed
+** back to each input's shape (glia_grads_to_inputs) before the engine
+** gets them.
 */
 #include "glia_impl.h"
 #include "ops.h"
@@ -169,6 +170,13 @@ static glia_status result_shape(glia_ctx *G, const char *name, const glia_tensor
   return GLIA_OK;
 }
 
+/* The op's backward (iarg[0] is the op), then each gradient summed back to
+** its input's shape. */
+static glia_status binary_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
+  TRY(binary_defs[n->iarg[0]].backward(G, n, g, din));
+  return glia_grads_to_inputs(G, n, din);
+}
+
 glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const glia_value *b,
                         glia_tensor **out) {
   const binary_def *d = &binary_defs[op];
@@ -186,7 +194,7 @@ glia_status glia_binary(glia_ctx *G, glia_binop op, const glia_value *a, const g
   run_binary(G, d, r, a, b);
   glia_tensor *in[2] = {arg_t((glia_value *)a), arg_t((glia_value *)b)};
   glia_status st;
-  glia_node *node = glia_node_begin(G, d->name, d->backward, 2, in, &st);
+  glia_node *node = glia_node_begin(G, d->name, binary_bwd, 2, in, &st);
   if (node) {
     node->iarg[0] = op;
     node->farg[0] = a->kind == GLIA_VAL_TENSOR ? 0 : arg_num(a, 0);
@@ -492,7 +500,7 @@ static glia_status where_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_ten
   /* input 0 is the condition: no gradient */
   if (n->needs[1]) TRY(where_fwd(G, n->name, cond, &vg, &zero, &din[1]));
   if (n->needs[2]) TRY(where_fwd(G, n->name, cond, &zero, &vg, &din[2]));
-  return GLIA_OK;
+  return glia_grads_to_inputs(G, n, din);
 }
 
 static glia_status record_where(glia_ctx *G, const char *name, glia_tensor *cond, glia_tensor *a,

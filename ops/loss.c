@@ -331,7 +331,7 @@ static glia_status mse_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tenso
     glia_tensor *ops[3] = {din[i], diff, g};
     glia_iter(G, 3, ops, scaled_mul_loop, &sa, GRAIN);
   }
-  return GLIA_OK;
+  return glia_grads_to_inputs(G, n, din); /* a and b broadcast together */
 }
 
 glia_status glia_mse(glia_ctx *G, glia_tensor *a, glia_tensor *b, glia_loss_reduction red,

@@ -484,6 +484,7 @@ static glia_status mm_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor
                        : glia_ts(G, GLIA_BIN_MUL, g, beta, &din[2]);
   }
   glia_tensor_release(hg);
+  if (st == GLIA_OK) st = glia_grads_to_inputs(G, n, din); /* broadcast batch dims, addmm's c */
   return st;
 }
 

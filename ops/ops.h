@@ -218,6 +218,12 @@ GLIAI_FUNC glia_status glia_logsumexp(glia_ctx *G, glia_tensor *x, unsigned mask
 /* (sum |x|^p)^(1/p) for p > 0; p = INFINITY gives max |x|. */
 GLIAI_FUNC glia_status glia_norm(glia_ctx *G, glia_tensor *x, double p, unsigned mask,
                                  int keepdim, glia_tensor **out);
+/* The last step of the backward of an op that broadcasts its inputs: sums
+** each din[i] of node n (for the inputs that need it) over the dims that
+** input i was broadcast along, so that it comes back in input i's shape,
+** as the autograd engine requires. On failure the din[i] stay the
+** engine's to release. */
+GLIAI_FUNC glia_status glia_grads_to_inputs(glia_ctx *G, const glia_node *n, glia_tensor **din);
 /* Inclusive running sum of f32 x along dim. */
 GLIAI_FUNC glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out);
 

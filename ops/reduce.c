@@ -455,6 +455,42 @@ glia_status glia_sum(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
   return sum_mean(G, "glia.sum", FIN_NONE, x, mask, keepdim, out);
 }
 
+/* Reduces g (a broadcast of shape `size`) back to `size` by summing: the
+** leading dims g has beyond size, and the dims size keeps as 1. */
+static glia_status sum_to_size(glia_ctx *G, glia_tensor *g, int ndim, const int64_t *size,
+                               glia_tensor **out) {
+  if (glia_has_shape(g, ndim, size)) {
+    *out = glia_tensor_retain(g);
+    return GLIA_OK;
+  }
+  int lead = g->ndim - ndim;
+  unsigned mask = 0;
+  for (int d = 0; d < g->ndim; d++)
+    if (d < lead || (size[d - lead] == 1 && g->size[d] != 1)) mask |= 1u << d;
+  glia_tensor *r = NULL, *c = NULL;
+  glia_status st = mask ? glia_sum(G, g, mask, 1, &r) : glia_tensor_detach(G, g, &r);
+  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, r, GLIA_DTYPE_F32, &c);
+  glia_tensor_release(r);
+  if (st != GLIA_OK) return st;
+  /* same element count: reshape the contiguous result in place */
+  c->ndim = ndim;
+  if (ndim > 0) memcpy(c->size, size, (size_t)ndim * sizeof *size);
+  glia_contiguous_strides(ndim, size, c->stride);
+  *out = c;
+  return GLIA_OK;
+}
+
+glia_status glia_grads_to_inputs(glia_ctx *G, const glia_node *n, glia_tensor **din) {
+  for (int i = 0; i < n->ninputs; i++) {
+    glia_tensor *in = n->input[i], *r;
+    if (!n->needs[i] || !in || !din[i]) continue;
+    TRY(sum_to_size(G, din[i], in->ndim, in->size, &r));
+    glia_tensor_release(din[i]);
+    din[i] = r;
+  }
+  return GLIA_OK;
+}
+
 glia_status glia_mean(glia_ctx *G, glia_tensor *x, unsigned mask, int keepdim,
                       glia_tensor **out) {
   return sum_mean(G, "glia.mean", FIN_MEAN, x, mask, keepdim, out);

@@ -9,7 +9,7 @@
 ** backward maps the output gradient back to the input's geometry:
 ** reshape-like ops reshape it back, transpose/permute undo the permutation,
 ** narrow/select/slice place it in a zero gradient of the input's shape, and
-** expand returns it in the expanded shape (the engine sums it back).
+** expand sums it back over the expanded dims.
 **
 ** C dims and indices are 0-based; messages show them 1-based, as Lua users
 ** wrote them.
@@ -310,12 +310,10 @@ glia_status glia_permute(glia_ctx *G, glia_tensor *x, const int *perm, glia_tens
 
 /* ============================================================ expand */
 
-/* The gradient comes back in the expanded shape; the engine sums it over
-** the broadcast dims. */
+/* The gradient, summed over the dims x was expanded along. */
 static glia_status expand_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_tensor **din) {
-  (void)G, (void)n;
   din[0] = glia_tensor_retain(g);
-  return GLIA_OK;
+  return glia_grads_to_inputs(G, n, din);
 }
 
 /* size may hold -1 (keep the size) in the dims that line up with x's. */

@@ -138,14 +138,18 @@ static bool vec_push(node_vec *s, glia_node *node) {
   return true;
 }
 
-/* Routes one input gradient: reduced to the input's shape, then added into
-** the producing node's gout or the leaf's grad. Consumes the reference g
-** (so an unshared gradient can be adopted instead of copied). */
-static glia_status route_grad(glia_ctx *G, glia_tensor *in, glia_tensor *g, node_vec *ready) {
-  glia_tensor *r;
-  glia_status rs = glia_sum_to_size(G, g, in->ndim, in->size, &r);
-  glia_tensor_release(g);
-  TRY(rs);
+/* Routes one input gradient, in the input's shape, into the producing
+** node's gout or the leaf's grad. Consumes the reference r (so an unshared
+** gradient can be adopted instead of copied). */
+static glia_status route_grad(glia_ctx *G, const glia_node *node, glia_tensor *in,
+                              glia_tensor *r, node_vec *ready) {
+  if (GLIA_NEVER(!glia_has_shape(r, in->ndim, in->size))) {
+    glia_status st = glia_fail(G, GLIA_EINTERNAL,
+                               "glia.backward: %s gave a gradient %s for an input %s",
+                               node->name, glia_shape_str(r), glia_shape_str(in));
+    glia_tensor_release(r);
+    return st;
+  }
   glia_status st = GLIA_OK;
   if (in->grad_fn) {
     glia_node *nx = in->grad_fn;
@@ -221,7 +225,7 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
                                    : node->backward(G, node, g, din);
     for (int i = 0; i < node->ninputs && st == GLIA_OK; i++) {
       if (node->needs[i] && din[i]) {
-        st = route_grad(G, node->input[i], din[i], ready);
+        st = route_grad(G, node, node->input[i], din[i], ready);
         din[i] = NULL;
       }
     }

@@ -75,8 +75,9 @@ struct glia_tensor {
 #define GLIA_NODE_MAX_SAVED 6
 
 /* Fills din[i] (owned by the engine afterwards) for every i with
-** node->needs[i]; din may have the broadcast shape of the forward op: the
-** engine reduces it to the input's shape. */
+** node->needs[i], in the shape of input i: an op that broadcasts its inputs
+** sums its gradients back with glia_grads_to_inputs (ops/ops.h). The
+** engine only checks the shape (GLIA_EINTERNAL otherwise). */
 typedef glia_status (*glia_backward_fn)(glia_ctx *G, glia_node *node,
                                         glia_tensor *dout, glia_tensor **din);
 /* For ops whose input gradient is dout placed into part of a zero tensor
@@ -253,9 +254,6 @@ GLIAI_FUNC glia_status glia_copy_into(glia_ctx *G, glia_tensor *dst, glia_tensor
 /* t itself (retained) if contiguous with dtype dt, else a contiguous copy. */
 GLIAI_FUNC glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t,
                                                  glia_dtype dt, glia_tensor **out);
-/* Reduces g (a broadcast of shape `size`) back to `size` by summing. */
-GLIAI_FUNC glia_status glia_sum_to_size(glia_ctx *G, glia_tensor *g, int ndim,
-                                        const int64_t *size, glia_tensor **out);
 /* Adds src into *acc (allocating *acc as a copy when NULL). */
 GLIAI_FUNC glia_status glia_accumulate(glia_ctx *G, glia_tensor **acc, glia_tensor *src);
 

@@ -8,7 +8,6 @@
 ** to keep the cost of a tiny op low.
 */
 #include "glia_impl.h"
-#include "ops.h" /* glia_sum: the engine reduces broadcast gradients with it */
 
 #include <stdlib.h>
 
@@ -374,30 +373,6 @@ glia_status glia_tensor_contiguous_as(glia_ctx *G, glia_tensor *t, glia_dtype dt
 }
 
 /* ================================================== grads helpers */
-
-glia_status glia_sum_to_size(glia_ctx *G, glia_tensor *g, int ndim, const int64_t *size,
-                             glia_tensor **out) {
-  if (glia_has_shape(g, ndim, size)) {
-    *out = glia_tensor_retain(g);
-    return GLIA_OK;
-  }
-  /* Sum the leading dims g has beyond size, and the dims size keeps as 1. */
-  int lead = g->ndim - ndim;
-  unsigned mask = 0;
-  for (int d = 0; d < g->ndim; d++)
-    if (d < lead || (size[d - lead] == 1 && g->size[d] != 1)) mask |= 1u << d;
-  glia_tensor *r = NULL, *c = NULL;
-  glia_status st = mask ? glia_sum(G, g, mask, 1, &r) : glia_tensor_detach(G, g, &r);
-  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, r, GLIA_DTYPE_F32, &c);
-  glia_tensor_release(r);
-  if (st != GLIA_OK) return st;
-  /* same element count: reshape the contiguous result in place */
-  c->ndim = ndim;
-  if (ndim > 0) memcpy(c->size, size, (size_t)ndim * sizeof *size);
-  glia_contiguous_strides(ndim, size, c->stride);
-  *out = c;
-  return GLIA_OK;
-}
 
 static void add_into_loop(int64_t n, char **p, const int64_t *s, void *ud) {
   (void)ud;
