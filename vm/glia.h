@@ -208,6 +208,12 @@ typedef struct glia_value {
 typedef struct glia_op glia_op;
 /* Looks up an op by name ("add", "matmul", ...); NULL if unknown. */
 GLIA_API const glia_op *glia_op_find(const char *name);
+/* Calls op with args[0..nargs): checked against the op's signature (count,
+** kinds, dims in range; trailing optional arguments may be left out or
+** passed as GLIA_VAL_NONE), failing with GLIA_EARG and a message naming the
+** op and the argument. Dims are 0-based, negatives count from the end.
+** Index tensors the op reads and indices it returns are 0-based. On
+** success outs[0..*nouts) hold the results. args is not modified. */
 GLIA_API glia_status glia_op_call(glia_ctx *G, const glia_op *op, int nargs,
                                   glia_value *args, int *nouts, glia_value *outs);
 
