@@ -215,7 +215,7 @@ static glia_status index_select_bwd(glia_ctx *G, glia_node *n, glia_tensor *g,
 glia_status glia_index_select(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, int base,
                               glia_tensor **out) {
   static const char name[] = "glia.index_select";
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   TRY(check_index(G, name, idx));
   if (idx->ndim != 1)
     return glia_fail(G, GLIA_ESHAPE, "%s: index must be 1-D, got %s", name, glia_shape_str(idx));
@@ -249,8 +249,8 @@ static glia_status check_index_shape(glia_ctx *G, const char *name, const glia_t
                                      int dim, const glia_tensor *idx) {
   if (!same_but(x, idx, dim))
     return glia_fail(G, GLIA_ESHAPE,
-                     "%s: index %s must have the shape of %s except along dim %d", name,
-                     glia_shape_str(idx), glia_shape_str(x), dim + 1);
+                     "%s: index %s must have the shape of %s except along dim %lld", name,
+                     glia_shape_str(idx), glia_shape_str(x), glia_shown(G, dim));
   return GLIA_OK;
 }
 
@@ -272,7 +272,7 @@ static glia_status gather_fwd(glia_ctx *G, glia_tensor *x, int dim, glia_tensor 
 glia_status glia_gather(glia_ctx *G, glia_tensor *x, int dim, glia_tensor *idx, int base,
                         glia_tensor **out) {
   static const char name[] = "glia.gather";
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   TRY(check_index(G, name, idx));
   TRY(check_index_shape(G, name, x, dim, idx));
   glia_tensor *ix, *r = NULL;
@@ -299,7 +299,7 @@ static glia_status scatter_add_bwd(glia_ctx *G, glia_node *n, glia_tensor *g,
 static glia_status scatter_prepare(glia_ctx *G, const char *name, glia_tensor *x, int dim,
                                    glia_tensor *idx, glia_tensor *src, int base,
                                    glia_tensor **ix) {
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   TRY(glia_check_f32(G, name, "x", x));
   TRY(glia_check_f32(G, name, "src", src));
   TRY(check_index(G, name, idx));

@@ -111,8 +111,8 @@ static glia_status check_members(glia_ctx *G, const char *name, int n, glia_tens
   const glia_tensor *a = xs[0];
   int maxdim = stack ? a->ndim : a->ndim - 1;
   if (dim < 0 || dim > maxdim)
-    return glia_fail(G, GLIA_EARG, "%s: dim %d out of range for %d-D members %s", name, dim + 1,
-                     a->ndim, glia_shape_str(a));
+    return glia_fail(G, GLIA_EARG, "%s: dim %lld out of range for %d-D members %s", name,
+                     glia_shown(G, dim), a->ndim, glia_shape_str(a));
   if (stack && a->ndim + 1 > GLIA_MAX_DIMS)
     return glia_fail(G, GLIA_ESHAPE, "%s: stacking %d-D members exceeds %d dims", name, a->ndim,
                      GLIA_MAX_DIMS);

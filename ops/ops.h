@@ -17,6 +17,23 @@
 ** inline on the calling thread, where waking workers would cost more than
 ** it saves. One value for every family, so that their threading agrees. */
 #define GRAIN (1 << 15)
+/* A 0-based dim or index as the caller of the running op counts it: 1 more
+** from Lua, as is from C (the call's index base, vm/registry.c). For
+** messages. */
+static inline long long glia_shown(const glia_ctx *G, int64_t i) {
+  return (long long)(i + glia_index_base(G));
+}
+
+/* Fails with GLIA_ERANGE naming op `name` unless 0 <= dim < x's ndim +
+** extra (extra 1 admits the position after the last dim: unsqueeze). */
+static inline glia_status glia_check_dim(glia_ctx *G, const char *name, const glia_tensor *x,
+                                         int dim, int extra) {
+  if (dim < 0 || dim >= x->ndim + extra)
+    return glia_fail(G, GLIA_ERANGE, "%s: dim %lld out of range for a %d-D tensor %s", name,
+                     glia_shown(G, dim), x->ndim, glia_shape_str(x));
+  return GLIA_OK;
+}
+
 /* Items per task for items of `work` elements each, so that a task touches
 ** at least GRAIN elements. */
 static inline int64_t glia_grain_items(int64_t work) {

@@ -668,7 +668,7 @@ static glia_status cumsum_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_te
 glia_status glia_cumsum(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out) {
   static const char name[] = "glia.cumsum";
   TRY(glia_check_f32(G, name, "x", x));
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   glia_tensor *r;
   TRY(cumsum_fwd(G, x, dim, 0, &r));
   return record(G, name, cumsum_bwd, x, NULL, 0, 0, 0, dim, 0, 0, r, out);
@@ -685,7 +685,8 @@ static glia_status dims_mask(glia_ctx *G, const char *name, const glia_value *a,
   for (int i = 0; i < a->u.ints.n; i++) {
     unsigned bit = 1u << a->u.ints.v[i];
     if (*mask & bit)
-      return glia_fail(G, GLIA_EARG, "%s: dim %d given twice", name, (int)a->u.ints.v[i] + 1);
+      return glia_fail(G, GLIA_EARG, "%s: dim %lld given twice", name,
+                       glia_shown(G, a->u.ints.v[i]));
     *mask |= bit;
   }
   return GLIA_OK;

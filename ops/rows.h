@@ -165,13 +165,6 @@ static inline void column_span(int64_t o, int64_t inner, int64_t begin, int64_t 
 
 /* ================================================ reduction shapes */
 
-static inline glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x, int dim) {
-  if (dim < 0 || dim >= x->ndim)
-    return glia_fail(G, GLIA_ERANGE, "%s: dim %d out of range for a %d-D tensor %s", name,
-                     dim + 1, x->ndim, glia_shape_str(x));
-  return GLIA_OK;
-}
-
 /* The shape of x reduced over mask: reduced dims kept as 1 or dropped. */
 static inline int reduced_shape(const glia_tensor *x, unsigned mask, int keepdim, int64_t *size) {
   int n = 0;

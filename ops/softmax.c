@@ -204,7 +204,7 @@ static glia_status softmax_bwd(glia_ctx *G, glia_node *n, glia_tensor *g, glia_t
 static glia_status softmax_any(glia_ctx *G, const char *name, int is_log, glia_tensor *x, int dim,
                                glia_tensor **out) {
   TRY(glia_check_f32(G, name, "x", x));
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   glia_tensor *y;
   TRY(glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &y));
   glia_tensor *t[2] = {y, x};

@@ -187,10 +187,10 @@ static glia_status extreme(glia_ctx *G, const char *name, glia_tensor *x, int di
                            glia_tensor **indices) {
   TRY(glia_check_f32(G, name, "x", x));
   if (dim >= 0) {
-    TRY(check_dim(G, name, x, dim));
+    TRY(glia_check_dim(G, name, x, dim, 0));
     if (x->size[dim] == 0)
-      return glia_fail(G, GLIA_ESHAPE, "%s: cannot reduce over dim %d of size 0 in %s", name,
-                       dim + 1, glia_shape_str(x));
+      return glia_fail(G, GLIA_ESHAPE, "%s: cannot reduce over dim %lld of size 0 in %s", name,
+                       glia_shown(G, dim), glia_shape_str(x));
   } else if (glia_tensor_numel(x) == 0) {
     return glia_fail(G, GLIA_ESHAPE, "%s: cannot reduce an empty tensor %s", name,
                      glia_shape_str(x));
@@ -369,14 +369,14 @@ static glia_status sorted_k(glia_ctx *G, const char *name, glia_tensor *x, int64
   if (x->ndim == 0)
     return glia_fail(G, GLIA_ESHAPE, "%s: expected at least 1 dim, got %s", name,
                      glia_shape_str(x));
-  TRY(check_dim(G, name, x, dim));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   int64_t len = x->size[dim];
   if (k < 0 || k > len)
-    return glia_fail(G, GLIA_ERANGE, "%s: k = %lld out of range for dim %d of size %lld", name,
-                     (long long)k, dim + 1, (long long)len);
+    return glia_fail(G, GLIA_ERANGE, "%s: k = %lld out of range for dim %lld of size %lld", name,
+                     (long long)k, glia_shown(G, dim), (long long)len);
   if (len > SORT_MAX_LEN)
-    return glia_fail(G, GLIA_ESHAPE, "%s: dim %d of %s is too long to sort (at most %lld)", name,
-                     dim + 1, glia_shape_str(x), (long long)SORT_MAX_LEN);
+    return glia_fail(G, GLIA_ESHAPE, "%s: dim %lld of %s is too long to sort (at most %lld)",
+                     name, glia_shown(G, dim), glia_shape_str(x), (long long)SORT_MAX_LEN);
   int64_t size[GLIA_MAX_DIMS];
   memcpy(size, x->size, sizeof size);
   size[dim] = k;

@@ -11,8 +11,8 @@
 ** narrow/select/slice place it in a zero gradient of the input's shape, and
 ** expand sums it back over the expanded dims.
 **
-** C dims and indices are 0-based; messages show them 1-based, as Lua users
-** wrote them.
+** C dims and indices are 0-based; messages show them as the caller counts
+** (glia_shown: 1-based from Lua, 0-based from C).
 */
 #include "glia_impl.h"
 #include "ops.h"
@@ -90,18 +90,10 @@ static bool view_strides(int on, const int64_t *osize, const int64_t *ostride, i
   return vd == -1;
 }
 
-/* Shows a 0-based index as the 1-based (or negative) position a Lua user
-** gave: negatives arrive as size + p. */
-static long long lua_pos(int64_t index, int64_t size) {
-  return (long long)(index >= 0 ? index + 1 : index - size);
-}
-
-static glia_status check_dim(glia_ctx *G, const char *name, const glia_tensor *x, int dim,
-                             int extra) {
-  if (dim < 0 || dim >= x->ndim + extra)
-    return glia_fail(G, GLIA_ERANGE, "%s: dim %d out of range for a %d-D tensor %s", name,
-                     dim + 1, x->ndim, glia_shape_str(x));
-  return GLIA_OK;
+/* Shows a 0-based position as the caller gave it: counted from the call's
+** base, or negative (negatives arrive as size + p). */
+static long long shown_pos(const glia_ctx *G, int64_t index, int64_t size) {
+  return index >= 0 ? glia_shown(G, index) : (long long)(index - size);
 }
 
 /* ==================================================== recording */
@@ -220,11 +212,11 @@ static glia_status flatten(glia_ctx *G, glia_tensor *x, int start, int end, glia
     int64_t one = 1;
     return reshape_as(G, name, x, 1, &one, 1, out);
   }
-  TRY(check_dim(G, name, x, start, 0));
-  TRY(check_dim(G, name, x, end, 0));
+  TRY(glia_check_dim(G, name, x, start, 0));
+  TRY(glia_check_dim(G, name, x, end, 0));
   if (start > end)
-    return glia_fail(G, GLIA_EARG, "%s: start dim %d comes after end dim %d, %s", name,
-                     start + 1, end + 1, glia_shape_str(x));
+    return glia_fail(G, GLIA_EARG, "%s: start dim %lld comes after end dim %lld, %s", name,
+                     glia_shown(G, start), glia_shown(G, end), glia_shape_str(x));
   int64_t size[GLIA_MAX_DIMS];
   int n = 0;
   for (int d = 0; d < start; d++) size[n++] = x->size[d];
@@ -246,7 +238,7 @@ static glia_status squeeze(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **o
 
 glia_status glia_unsqueeze(glia_ctx *G, glia_tensor *x, int dim, glia_tensor **out) {
   static const char name[] = "glia.unsqueeze";
-  TRY(check_dim(G, name, x, dim, 1));
+  TRY(glia_check_dim(G, name, x, dim, 1));
   if (x->ndim == GLIA_MAX_DIMS)
     return glia_fail(G, GLIA_ESHAPE, "%s: %s already has the maximum of %d dims", name,
                      glia_shape_str(x), GLIA_MAX_DIMS);
@@ -270,8 +262,8 @@ static glia_status transpose_bwd(glia_ctx *G, glia_node *n, glia_tensor *g,
 
 static glia_status transpose_named(glia_ctx *G, const char *name, glia_tensor *x, int d0,
                                    int d1, glia_tensor **out) {
-  TRY(check_dim(G, name, x, d0, 0));
-  TRY(check_dim(G, name, x, d1, 0));
+  TRY(glia_check_dim(G, name, x, d0, 0));
+  TRY(glia_check_dim(G, name, x, d1, 0));
   geom g = geom_of(x);
   g.size[d0] = x->size[d1], g.stride[d0] = x->stride[d1];
   g.size[d1] = x->size[d0], g.stride[d1] = x->stride[d0];
@@ -372,40 +364,43 @@ static glia_status slice_view(glia_ctx *G, const char *name, glia_tensor *x, int
 glia_status glia_narrow(glia_ctx *G, glia_tensor *x, int dim, int64_t start, int64_t len,
                         glia_tensor **out) {
   static const char name[] = "glia.narrow";
-  TRY(check_dim(G, name, x, dim, 0));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   int64_t size = x->size[dim];
   if (start < 0 || start > size)
-    return glia_fail(G, GLIA_ERANGE, "%s: start %lld out of range for dim %d of size %lld, %s",
-                     name, lua_pos(start, size), dim + 1, (long long)size, glia_shape_str(x));
+    return glia_fail(G, GLIA_ERANGE, "%s: start %lld out of range for dim %lld of size %lld, %s",
+                     name, shown_pos(G, start, size), glia_shown(G, dim), (long long)size,
+                     glia_shape_str(x));
   if (len < 0 || len > size - start)
     return glia_fail(G, GLIA_ERANGE,
-                     "%s: length %lld from start %lld out of range for dim %d of size %lld, %s",
-                     name, (long long)len, lua_pos(start, size), dim + 1, (long long)size,
-                     glia_shape_str(x));
+                     "%s: length %lld from start %lld out of range for dim %lld of size %lld, %s",
+                     name, (long long)len, shown_pos(G, start, size), glia_shown(G, dim),
+                     (long long)size, glia_shape_str(x));
   return slice_view(G, name, x, dim, start, start + len, 1, 1, out);
 }
 
 glia_status glia_select(glia_ctx *G, glia_tensor *x, int dim, int64_t index,
                         glia_tensor **out) {
   static const char name[] = "glia.select";
-  TRY(check_dim(G, name, x, dim, 0));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   int64_t size = x->size[dim];
   if (index < 0 || index >= size)
-    return glia_fail(G, GLIA_ERANGE, "%s: index %lld out of range for dim %d of size %lld, %s",
-                     name, lua_pos(index, size), dim + 1, (long long)size, glia_shape_str(x));
+    return glia_fail(G, GLIA_ERANGE, "%s: index %lld out of range for dim %lld of size %lld, %s",
+                     name, shown_pos(G, index, size), glia_shown(G, dim), (long long)size,
+                     glia_shape_str(x));
   return slice_view(G, name, x, dim, index, index + 1, 1, 0, out);
 }
 
 glia_status glia_slice(glia_ctx *G, glia_tensor *x, int dim, int64_t start, int64_t stop,
                        int64_t step, glia_tensor **out) {
   static const char name[] = "glia.slice";
-  TRY(check_dim(G, name, x, dim, 0));
+  TRY(glia_check_dim(G, name, x, dim, 0));
   int64_t size = x->size[dim];
   if (step < 1)
     return glia_fail(G, GLIA_EARG, "%s: step must be >= 1, got %lld", name, (long long)step);
   if (start < 0 || stop < start || stop > size)
-    return glia_fail(G, GLIA_ERANGE, "%s: range [%lld, %lld) out of range for dim %d of size %lld, %s",
-                     name, (long long)start, (long long)stop, dim + 1, (long long)size,
+    return glia_fail(G, GLIA_ERANGE,
+                     "%s: range [%lld, %lld) out of range for dim %lld of size %lld, %s", name,
+                     (long long)start, (long long)stop, glia_shown(G, dim), (long long)size,
                      glia_shape_str(x));
   return slice_view(G, name, x, dim, start, stop, step, 1, out);
 }

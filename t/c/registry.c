@@ -3,7 +3,7 @@
 ** host program calls them: the registry checks arity, argument kinds and
 ** dims against each op's signature (too few arguments are filled, never
 ** read past), and indices are 0-based both ways (argmax, topk, gather,
-** cross_entropy). Runs under ASan in `make SAN=1 test`.
+** cross_entropy), messages included. Runs under ASan in `make SAN=1 test`.
 */
 #include "glia.h"
 #include "tap.h"
@@ -163,6 +163,14 @@ static void test_zero_based(void) {
   ok(call("index_select", 3, args, &nouts, outs) == GLIA_ERANGE &&
          says("index 3 out of range for dim 0 of size 3"),
      "index 3 of a dim of size 3 is out of range from C");
+  args[1] = I(4);
+  ok(call("topk", 2, args, &nouts, outs) == GLIA_ERANGE &&
+         says("glia.topk: k = 4 out of range for dim 0 of size 3"),
+     "an op's own messages count dims from 0 for C callers");
+  args[1] = I(0), args[2] = I(5), args[3] = I(1);
+  ok(call("narrow", 4, args, &nouts, outs) == GLIA_ERANGE &&
+         says("glia.narrow: start 5 out of range for dim 0 of size 3"),
+     "narrow from C names the 0-based start and dim it refused");
   int64_t s23[2] = {2, 3};
   glia_tensor *logits = tap_tensor(G, 2, s23, (const float[]){0, 9, 0, 9, 0, 0});
   glia_tensor *target = i64(2, (const int64_t[]){1, 0});
