@@ -151,9 +151,11 @@ static glia_status infer_sizes(glia_ctx *G, const char *name, const glia_tensor 
       return glia_fail(G, GLIA_ESHAPE, "%s: bad size %lld in %s (one -1 may be inferred)", name,
                        (long long)size[d], glia_sizes_str(ndim, size));
     out[d] = size[d];
-    known *= size[d];
   }
-  TRY(glia_check_sizes(G, name, ndim, out)); /* overflow, with out[infer] unset as 0 */
+  if (infer >= 0) out[infer] = 0;
+  TRY(glia_check_sizes(G, name, ndim, out)); /* before the product: it must not overflow */
+  for (int d = 0; d < ndim; d++)
+    if (d != infer) known *= out[d];
   int64_t numel = glia_tensor_numel(x);
   if (infer >= 0) {
     if (known == 0 || numel % known != 0)

@@ -78,6 +78,10 @@ do
        "view infers one -1 size")
   t.error_like(function() return x:view(-1, -1) end, "glia%.view: bad size %-1 in {%-1,%-1}",
                "view refuses a second -1")
+  t.error_like(function() return x:view(2 ^ 53, 1e12) end, "glia%.view: size .* is too large",
+               "view refuses sizes whose product overflows, before multiplying them (UBSan)")
+  t.error_like(function() return x:reshape(-1, 2 ^ 53, 1e12) end, "glia%.reshape: size .* is too large",
+               "reshape refuses them beside a -1 too")
   local y = iota{2, 3, 4}:transpose(1, 2) -- {3,2,4}, strides {4,12,1}
   local s = y:view(3, 2, 2, 2)
   t.near(s, build({3, 2, 2, 2}, function(i)
