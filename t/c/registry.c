@@ -185,6 +185,34 @@ static void test_zero_based(void) {
   glia_tensor_release(x);
 }
 
+/* One context, two conventions: a Lua function's argmax counts from 1, a C
+** call's from 0, and neither leaks into the other. */
+static void test_lua_and_c(void) {
+  glia_vm *vm = glia_vm_open();
+  glia_ctx *C = vm ? glia_vm_ctx(vm) : NULL;
+  glia_tensor *x = NULL, *r = NULL;
+  int64_t n = 3;
+  int good = C && glia_tensor_new(C, GLIA_DTYPE_F32, 1, &n, &x) == GLIA_OK &&
+             glia_vm_run_string(vm, "local glia = require 'glia'\n"
+                                         "function am(t) return glia.argmax(t) end") == GLIA_OK;
+  if (!good && vm) diag("%s", glia_vm_errmsg(vm));
+  if (good) memcpy(glia_tensor_data(x), (const float[]){1, 5, 2}, sizeof(float[3]));
+  glia_value args[1] = {T(x)}, outs[GLIA_MAX_OUTS];
+  int nouts = 0;
+  for (int round = 0; round < 2 && good; round++) {
+    good = glia_vm_call(vm, "am", 1, &x, 1, &r) == GLIA_OK &&
+           i64_are(r, (const int64_t[]){2}, 1);
+    glia_tensor_release(r);
+    good = good && glia_op_call(C, glia_op_find("argmax"), 1, args, &nouts, outs) == GLIA_OK &&
+           i64_are(outs[0].u.t, (const int64_t[]){1}, 1);
+    if (nouts > 0) release_outs(nouts, outs);
+    nouts = 0;
+  }
+  ok(good, "on one context, argmax from Lua is 2 and from C is 1, calls alternating");
+  glia_tensor_release(x);
+  glia_vm_close(vm);
+}
+
 int main(void) {
   G = glia_ctx_new();
   if (!G) return 1;
@@ -192,6 +220,7 @@ int main(void) {
   test_kinds();
   test_dims();
   test_zero_based();
+  test_lua_and_c();
   glia_ctx_release(G);
   return tap_done();
 }
