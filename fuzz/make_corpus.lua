@@ -61,6 +61,7 @@ local raw = {
   reversed = st("{" .. entry("a", "U8", "0", 4, 0) .. "}", "abcd"),
   duplicate = st("{" .. entry("a", "U8", "1", 0, 1) .. "," .. entry("a", "U8", "1", 1, 2) .. "}", "ab"),
   huge_dim = st("{" .. entry("a", "U8", "281474976710656,281474976710656", 0, 0) .. "}"),
+  empty_huge_dims = st("{" .. entry("e", "U8", "0,281474976710656,281474976710656", 0, 0) .. "}"),
   bad_dtype = st("{" .. entry("a", "Q4", "1", 0, 1) .. "}", "a"),
   escapes = st('{"\\u00e9\\n\\"x\\\\":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', "a"),
   unknown_keys = st('{"a":{"dtype":"U8","extra":[1,{"x":[true,null,-1.5e3]}],"shape":[1],' ..

@@ -781,6 +781,12 @@ static int m_fail_alloc_after(lua_State *L) {
   return 0;
 }
 
+static int m_fail_alloc_once(lua_State *L) {
+  int64_t n = glia_lua_check_int(L, 1, "glia.fail_alloc_once", "count");
+  glia_ctx_fail_alloc_once(state_of(L)->G, n);
+  return 0;
+}
+
 static const luaL_Reg tensor_methods[] = {
     {"size", t_size},
     {"shape", t_size},
@@ -814,6 +820,7 @@ static const luaL_Reg module_funcs[] = {
     {"trim", m_trim},
     {"clock", m_clock},
     {"fail_alloc_after", m_fail_alloc_after},
+    {"fail_alloc_once", m_fail_alloc_once},
     {NULL, NULL},
 };
 

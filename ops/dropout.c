@@ -66,16 +66,20 @@ glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int train, glia_
   }
   int64_t n = glia_tensor_numel(x);
   uint64_t seed = G->seed, first = glia_rng_reserve(G, (uint64_t)(n + 3) / 4);
-  glia_tensor *y;
-  TRY(dropout_apply(G, x, seed, first, p, &y));
-  glia_status st;
-  glia_node *node = glia_node_begin(G, "glia.dropout", dropout_bwd, 1, &x, &st);
-  if (node) {
-    node->iarg[0] = (int64_t)seed;
-    node->iarg[1] = (int64_t)first;
-    node->farg[0] = p;
-    glia_node_finish(node, y);
+  glia_tensor *y = NULL;
+  glia_status st = dropout_apply(G, x, seed, first, p, &y);
+  if (st == GLIA_OK) {
+    glia_node *node = glia_node_begin(G, "glia.dropout", dropout_bwd, 1, &x, &st);
+    if (node) {
+      node->iarg[0] = (int64_t)seed;
+      node->iarg[1] = (int64_t)first;
+      node->farg[0] = p;
+      glia_node_finish(node, y);
+    }
   }
+  /* a failed call gives its counters back, so a retry (the binding's, after
+  ** running out of memory) draws the mask this call would have */
+  if (st != GLIA_OK) glia_ctx_set_rng_state(G, seed, first);
   return glia_hand_out(st, y, out);
 }
 

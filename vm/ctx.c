@@ -108,13 +108,15 @@ static size_t class_bytes(int c) {
 }
 
 /* Fault injection: once the countdown reaches its n-th allocation, that one
-** and every later one fail until the hook is reset. */
+** and every later one fail until the hook is reset; with fail_once, that
+** one alone. */
 static bool should_fail(glia_ctx *G) {
   if (G->fail_countdown <= 0) return false;
   if (G->fail_countdown > 1) {
     G->fail_countdown--;
     return false;
   }
+  if (G->fail_once) G->fail_countdown = 0;
   return true;
 }
 
@@ -279,7 +281,15 @@ void glia_ctx_trim(glia_ctx *G) {
 size_t glia_ctx_live_bytes(const glia_ctx *G) { return G->live_bytes; }
 size_t glia_ctx_cached_bytes(const glia_ctx *G) { return G->cached_bytes; }
 size_t glia_ctx_peak_bytes(const glia_ctx *G) { return G->peak_bytes; }
-void glia_ctx_fail_alloc_after(glia_ctx *G, int64_t n) { G->fail_countdown = n; }
+void glia_ctx_fail_alloc_after(glia_ctx *G, int64_t n) {
+  G->fail_countdown = n;
+  G->fail_once = false;
+}
+
+void glia_ctx_fail_alloc_once(glia_ctx *G, int64_t n) {
+  G->fail_countdown = n;
+  G->fail_once = true;
+}
 
 /* ======================================================= contexts */
 

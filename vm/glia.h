@@ -106,6 +106,8 @@ GLIA_API void glia_ctx_trim(glia_ctx *G);
 /* Test hook: the n-th allocation from now and every later one fail, until
 ** called again with 0. */
 GLIA_API void glia_ctx_fail_alloc_after(glia_ctx *G, int64_t n);
+/* Test hook: the n-th allocation from now fails, and only that one. */
+GLIA_API void glia_ctx_fail_alloc_once(glia_ctx *G, int64_t n);
 
 /* ------------------------------------------------------------ the machine */
 

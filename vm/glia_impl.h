@@ -154,6 +154,7 @@ struct glia_ctx {
   char *arena_next, *arena_end;
   glia_block *released[GLIA_CACHE_CLASSES];
   int64_t fail_countdown;
+  bool fail_once; /* the countdown's allocation fails alone */
   glia_tensor *free_tensors; /* recycled tensor structs */
   int nfree_tensors;
   uint64_t node_seq;

@@ -309,14 +309,18 @@ static glia_status validate(glia_ctx *G, glia_st_file *f) {
   for (int i = 0; i < f->n; i++) {
     st_entry *e = &f->entries[i];
     order[i] = e;
-    uint64_t numel = 1;
+    /* span: the sizes' product with zeros as ones (the largest stride),
+    ** bounded even when a zero size leaves nothing to read */
+    uint64_t numel = 1, span = 1;
     for (int d = 0; d < e->ndim; d++) {
-      if (e->size[d] && numel > ((uint64_t)1 << 50) / (uint64_t)e->size[d]) {
+      uint64_t s = (uint64_t)e->size[d];
+      if (s > 1 && span > ((uint64_t)1 << 50) / s) {
         free(order);
         return glia_fail(G, GLIA_EFORMAT, "glia.load: %s: tensor '%s' is too large", f->path,
                          e->name);
       }
-      numel *= (uint64_t)e->size[d];
+      if (s > 1) span *= s;
+      numel *= s;
     }
     if (e->begin > e->end || e->end > f->data_size ||
         e->end - e->begin != numel * st_dtypes[e->dtype].size) {
