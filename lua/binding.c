@@ -6,8 +6,10 @@
 ** Ownership: a tensor userdata ("box") holds one reference to a glia_tensor
 ** (NULL once freed or before it is filled). Every C resource is owned by a
 ** box or by the binding state before anything that can raise runs, so a
-** Lua error never leaks. Lua positions are 1-based; converting them to the
-** C API's 0-based dims and indices happens here and nowhere else.
+** Lua error never leaks. Lua dims and positions are 1-based: the binding
+** makes them 0-based before the registry sees them. Index tensors stay as
+** Lua wrote them: ops are called with index base 1 (glia_op_call_base), so
+** they read and return indices counted from 1.
 */
 #include "binding.h"
 
