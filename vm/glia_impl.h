@@ -387,9 +387,4 @@ static inline glia_status out2(int *nouts, glia_value *outs, glia_tensor *a, gli
   return GLIA_OK;
 }
 
-/* Calls an op by its C function with tensors and returns its first output.
-** Convenience for backward functions and composite ops. */
-GLIAI_FUNC glia_status glia_call(glia_ctx *G, const char *name, glia_tensor **out,
-                                 const char *fmt, ...);
-
 #endif

@@ -1,7 +1,7 @@
 /*
 ** vm/registry.c -- the op registry: every op by name, with its argument
 ** signature, checked here for every caller (C through glia_op_call, Lua
-** through the binding), and a varargs convenience for calling ops from C.
+** through the binding).
 **
 ** Each ops/ family file exports one array of glia_op lines ending in {NULL},
 ** named glia_ops_<family>. The build collects them: the Makefile writes
@@ -249,38 +249,4 @@ glia_status glia_op_call_base(glia_ctx *G, const glia_op *op, int base, int narg
 glia_status glia_op_call(glia_ctx *G, const glia_op *op, int nargs, glia_value *args,
                          int *nouts, glia_value *outs) {
   return glia_op_call_base(G, op, 0, nargs, args, nouts, outs);
-}
-
-/* fmt letters: T tensor (may be NULL: passed as none), n double, i int64_t,
-** b int (bool), s string, - none. Goes through glia_op_call: indices are
-** 0-based, whatever the caller's own base. */
-glia_status glia_call(glia_ctx *G, const char *name, glia_tensor **out, const char *fmt, ...) {
-  const glia_op *op = glia_op_find(name);
-  if (GLIA_NEVER(!op)) return glia_fail(G, GLIA_EINTERNAL, "glia: no op named %s", name);
-  glia_value args[GLIA_MAX_ARGS], outs[GLIA_MAX_OUTS];
-  int n = 0, nouts = 0;
-  va_list ap;
-  va_start(ap, fmt);
-  for (const char *f = fmt; *f && n < GLIA_MAX_ARGS; f++, n++) {
-    glia_value *a = &args[n];
-    switch (*f) {
-    case 'T':
-      a->u.t = va_arg(ap, glia_tensor *);
-      a->kind = a->u.t ? GLIA_VAL_TENSOR : GLIA_VAL_NONE;
-      break;
-    case 'n': a->kind = GLIA_VAL_NUMBER; a->u.num = va_arg(ap, double); break;
-    case 'i': a->kind = GLIA_VAL_INT; a->u.i = va_arg(ap, int64_t); break;
-    case 'b': a->kind = GLIA_VAL_BOOL; a->u.b = va_arg(ap, int); break;
-    case 's': a->kind = GLIA_VAL_STRING; a->u.s = va_arg(ap, const char *); break;
-    default: a->kind = GLIA_VAL_NONE; break;
-    }
-  }
-  va_end(ap);
-  TRY(glia_op_call(G, op, n, args, &nouts, outs));
-  for (int k = 1; k < nouts; k++)
-    if (outs[k].kind == GLIA_VAL_TENSOR) glia_tensor_release(outs[k].u.t);
-  if (GLIA_NEVER(nouts < 1 || outs[0].kind != GLIA_VAL_TENSOR))
-    return glia_fail(G, GLIA_EINTERNAL, "glia.%s: returned no tensor", name);
-  *out = outs[0].u.t;
-  return GLIA_OK;
 }
