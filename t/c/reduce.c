@@ -13,17 +13,6 @@
 static const int64_t S23[2] = {2, 3};
 static const float V23[6] = {1, 5, 5, -2, 7, 0};
 
-static int indices_are(glia_tensor *t, const int64_t *want, int64_t n) {
-  if (!t || glia_tensor_dtype(t) != GLIA_DTYPE_I64 || glia_tensor_numel(t) != n) return 0;
-  const int64_t *p = glia_tensor_data(t);
-  for (int64_t i = 0; i < n; i++)
-    if (p[i] != want[i]) {
-      diag("index %lld: got %lld, want %lld", (long long)i, (long long)p[i], (long long)want[i]);
-      return 0;
-    }
-  return 1;
-}
-
 static void test_masks(glia_ctx *G) {
   glia_tensor *x = tap_tensor(G, 2, S23, V23), *r = NULL;
   ok(glia_sum(G, x, 0, 0, &r) == GLIA_OK && glia_tensor_ndim(r) == 0 &&
@@ -51,18 +40,18 @@ static void test_indices(glia_ctx *G) {
   glia_tensor *x = tap_tensor(G, 2, S23, V23), *v = NULL, *i = NULL;
   ok(glia_max(G, x, 1, 0, &v, &i) == GLIA_OK &&
          tap_values_are(v, (const float[]){5, 7}, 2, 1e-6f) &&
-         indices_are(i, (const int64_t[]){1, 1}, 2),
+         tap_indices_are(i, (const int64_t[]){1, 1}, 2),
      "glia_max along dim 1 gives 0-based indices of the first maximum");
   glia_tensor_release(v);
   glia_tensor_release(i);
   v = i = NULL;
   ok(glia_min(G, x, 0, 1, NULL, &i) == GLIA_OK && glia_tensor_ndim(i) == 2 &&
-         indices_are(i, (const int64_t[]){1, 0, 1}, 3),
+         tap_indices_are(i, (const int64_t[]){1, 0, 1}, 3),
      "glia_min with NULL values is argmin, 0-based, keepdim kept");
   glia_tensor_release(i);
   i = NULL;
   ok(glia_max(G, x, -1, 0, NULL, &i) == GLIA_OK && glia_tensor_ndim(i) == 0 &&
-         indices_are(i, (const int64_t[]){4}, 1),
+         tap_indices_are(i, (const int64_t[]){4}, 1),
      "glia_max over all elements gives the 0-based row-major position");
   glia_tensor_release(i);
   ok(glia_max(G, x, -1, 0, &v, NULL) == GLIA_OK && tap_values_are(v, (const float[]){7}, 1, 1e-6f),

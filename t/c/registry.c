@@ -25,17 +25,6 @@ static glia_tensor *i64(int64_t n, const int64_t *v) {
   return t;
 }
 
-static int i64_are(glia_tensor *t, const int64_t *want, int64_t n) {
-  if (!t || glia_tensor_dtype(t) != GLIA_DTYPE_I64 || glia_tensor_numel(t) != n) return 0;
-  const int64_t *p = glia_tensor_data(t);
-  for (int64_t i = 0; i < n; i++)
-    if (p[i] != want[i]) {
-      diag("index %lld: got %lld, want %lld", (long long)i, (long long)p[i], (long long)want[i]);
-      return 0;
-    }
-  return 1;
-}
-
 /* Calls op `name` with n arguments; returns the status, outs filled. */
 static glia_status call(const char *name, int n, glia_value *args, int *nouts, glia_value *outs) {
   *nouts = 0;
@@ -62,7 +51,7 @@ static void test_arity(void) {
   ** not read the two it was not given (ASan: stack-buffer-overflow before) */
   glia_value one[1] = {T(x)};
   ok(call("argmax", 1, one, &nouts, outs) == GLIA_OK && nouts == 1 &&
-         i64_are(outs[0].u.t, (const int64_t[]){1}, 1),
+         tap_indices_are(outs[0].u.t, (const int64_t[]){1}, 1),
      "argmax with only its tensor argument works and reads nothing past args");
   release_outs(nouts, outs);
   ok(call("gather", 1, one, &nouts, outs) == GLIA_EARG &&
@@ -123,12 +112,12 @@ static void test_dims(void) {
      "dim -3 of a 2-D tensor is out of range");
   args[1] = I(-1);
   ok(call("argmax", 2, args, &nouts, outs) == GLIA_OK &&
-         i64_are(outs[0].u.t, (const int64_t[]){1, 0}, 2),
+         tap_indices_are(outs[0].u.t, (const int64_t[]){1, 0}, 2),
      "dim -1 is the last dim: argmax along it gives 0-based column indices");
   release_outs(nouts, outs);
   args[1] = I(0);
   ok(call("argmax", 2, args, &nouts, outs) == GLIA_OK &&
-         i64_are(outs[0].u.t, (const int64_t[]){1, 0, 1}, 3),
+         tap_indices_are(outs[0].u.t, (const int64_t[]){1, 0, 1}, 3),
      "dim 0 is the first dim from C");
   release_outs(nouts, outs);
   args[1] = (glia_value){.kind = GLIA_VAL_INTS, .u.ints = {2, {0, 5}}};
@@ -143,13 +132,13 @@ static void test_zero_based(void) {
   int nouts;
   args[0] = T(x);
   ok(call("argmax", 1, args, &nouts, outs) == GLIA_OK &&
-         i64_are(outs[0].u.t, (const int64_t[]){1}, 1),
+         tap_indices_are(outs[0].u.t, (const int64_t[]){1}, 1),
      "argmax of {1,5,2} from C is 1 (0-based)");
   release_outs(nouts, outs);
   args[1] = I(2);
   ok(call("topk", 2, args, &nouts, outs) == GLIA_OK && nouts == 2 &&
          tap_values_are(outs[0].u.t, (const float[]){5, 2}, 2, 0) &&
-         i64_are(outs[1].u.t, (const int64_t[]){1, 2}, 2),
+         tap_indices_are(outs[1].u.t, (const int64_t[]){1, 2}, 2),
      "topk 2 of {1,5,2} from C gives values {5,2} at 0-based indices {1,2}");
   release_outs(nouts, outs);
   glia_tensor *idx = i64(2, (const int64_t[]){2, 0});
@@ -201,10 +190,10 @@ static void test_lua_and_c(void) {
   int nouts = 0;
   for (int round = 0; round < 2 && good; round++) {
     good = glia_vm_call(vm, "am", 1, &x, 1, &r) == GLIA_OK &&
-           i64_are(r, (const int64_t[]){2}, 1);
+           tap_indices_are(r, (const int64_t[]){2}, 1);
     glia_tensor_release(r);
     good = good && glia_op_call(C, glia_op_find("argmax"), 1, args, &nouts, outs) == GLIA_OK &&
-           i64_are(outs[0].u.t, (const int64_t[]){1}, 1);
+           tap_indices_are(outs[0].u.t, (const int64_t[]){1}, 1);
     if (nouts > 0) release_outs(nouts, outs);
     nouts = 0;
   }

@@ -2,7 +2,7 @@
 ** t/c/tap.h -- a tiny TAP producer for the C tests of the VM core.
 **   ok(cond, "what is proven"); ... ; return tap_done();
 ** Included after glia.h, it also offers small tensor helpers (tap_tensor,
-** tap_at, tap_values_are; tap_op after glia_impl.h). Everything is static inline, so a
+** tap_at, tap_values_are, tap_indices_are; tap_op after glia_impl.h). Everything is static inline, so a
 ** test uses what it needs.
 */
 #ifndef GLIA_TAP_H
@@ -93,6 +93,19 @@ static inline int tap_values_are(glia_tensor *t, const float *want, int64_t n, f
   for (int64_t i = 0; i < n; i++)
     if (fabsf(tap_at(t, i) - want[i]) > tol) {
       diag("element %lld: got %g, want %g", (long long)i, tap_at(t, i), want[i]);
+      return 0;
+    }
+  return 1;
+}
+
+/* Whether the tensor t (NULL: no) is i64 and holds the n indices want; the
+** first index off is reported as a diagnostic. */
+static inline int tap_indices_are(glia_tensor *t, const int64_t *want, int64_t n) {
+  if (!t || glia_tensor_dtype(t) != GLIA_DTYPE_I64 || glia_tensor_numel(t) != n) return 0;
+  const int64_t *p = glia_tensor_data(t);
+  for (int64_t i = 0; i < n; i++)
+    if (p[i] != want[i]) {
+      diag("index %lld: got %lld, want %lld", (long long)i, (long long)p[i], (long long)want[i]);
       return 0;
     }
   return 1;
