@@ -50,10 +50,16 @@ local function run(seed, n, env)
   local out = slurp(log)
   local done = out:find(fmt("fuzz: done, seed %d, %d calls\n", seed, n), 1, true)
   if code == 0 and done then return true end
-  local lines = {}
-  for line in out:gmatch("[^\n]*") do lines[#lines + 1] = line end
-  local tail = table.concat(lines, "\n", math.max(1, #lines - 40))
-  return false, fmt("exit status %d; the last output of %s:\n%s\nreplay: %s", code, log, tail, cmd)
+  -- the last calls made, then everything else printed (the report)
+  local calls_made, report = {}, {}
+  for line in out:gmatch("[^\n]+") do
+    if line:find("^%d+ ") then calls_made[#calls_made + 1] = line
+    elseif not line:find("^fuzz: seed") then report[#report + 1] = line end
+  end
+  local last = table.concat(calls_made, "\n", math.max(1, #calls_made - 7))
+  local rep = table.concat(report, "\n", 1, math.min(#report, 60))
+  return false, fmt("exit status %d; the last calls (log: %s):\n%s\n%s\nreplay: %s", code, log,
+                    last, rep, cmd)
 end
 
 -- The harness itself: a child that stops before its last call (here with

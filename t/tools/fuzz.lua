@@ -39,9 +39,10 @@ local floor, huge = math.floor, math.huge
 io.stdout:setvbuf("line")
 
 -- `x.grad = <wrong shape or dtype>` is being made a checked error in its
--- own change (issue #8); until it lands the fuzzer assigns only gradients
--- of the tensor's own shape and dtype. Set FUZZ_BAD_GRAD=1 to include
--- the wrong ones.
+-- own change (issue #8); until it lands the fuzzer assigns only fresh
+-- gradients of the tensor's own shape and dtype. FUZZ_BAD_GRAD=1 includes
+-- the wrong ones, and the ones that make a reference cycle (`x.grad = x`,
+-- `x.grad = x * 2`), which today leak.
 local BAD_GRAD = os.getenv("FUZZ_BAD_GRAD") == "1"
 
 -- ============================================================ randomness
@@ -354,8 +355,12 @@ local function grad_call()
   local x, g = tensor(), nil
   local ok = pcall(function()
     g = glia.zeros(x:shape()):to(x:dtype())
+    desc[g] = fmt("glia.zeros(%s):to(%q)", show(x:shape()), x:dtype())
   end)
-  if not ok or BAD_GRAD and chance(0.5) then g = value() end
+  if not ok or BAD_GRAD and chance(0.5) then
+    local k = below(3)
+    if k == 0 then g = value() elseif k == 1 then g = x else pcall(function() g = x * 2 end) end
+  end
   after(call("grad_assign_backward", function(x, g)
     x:requires_grad()
     x.grad = g
