@@ -16,4 +16,13 @@ do
                "cat of 0-element members whose sizes along dim overflow int64 is an error")
 end
 
+-- An empty tensor's strides are products of its other sizes, which
+-- glia_check_sizes let through unbounded: zeros(0, H, H) overflowed int64 in
+-- glia_contiguous_strides (UBSan), and stack of empty members too.
+t.error_like(function() return glia.zeros(0, H, H) end, "too large",
+             "an empty tensor whose other sizes overflow int64 together is an error")
+t.error_like(function() return glia.zeros(1, 0, H):expand(H, 0, H) end, "too large",
+             "so is an expand to such a shape")
+t.ok(glia.zeros(0, H):numel() == 0, "an empty tensor with one huge size is still fine")
+
 t.done()
