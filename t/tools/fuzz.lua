@@ -66,6 +66,13 @@ local NAN = 0 / 0
 local NUMBERS = { 0, 1, -1, 2, 3, 0.5, -0.5, 1e-3, 7, 16, NAN, huge, -huge, 2 ^ 53, -(2 ^ 53),
   2 ^ 53 + 2, 1e12, -1e12, 2 ^ 31, 2 ^ 31 - 1, -(2 ^ 31), 2 ^ 32, 2 ^ 62, 2 ^ 63, -(2 ^ 63), 2 ^ 64,
   1e308, -1e308, 1e-310, 2 ^ 40, 1.5, -7, 255, 256, -129, 4, 5, 8 }
+if math.maxinteger then -- Lua 5.4: integers past 2^53 reach C as they are
+  for _, v in ipairs { math.maxinteger, math.mininteger, math.maxinteger // 2 + 1, 1 << 40,
+                       (1 << 53) + 1, (1 << 31) } do
+    NUMBERS[#NUMBERS + 1] = v
+  end
+end
+local HUGE_DIMS = { 2 ^ 31, 2 ^ 40, 2 ^ 53, 1e12, math.maxinteger or 2 ^ 53 }
 local SMALL = { 1, 2, 3, 4, -1, -2, 0 }
 local STRINGS = { "f32", "f64", "i64", "i32", "u8", "bool", "", "abc", "sum", "mean", "none",
   "tanh", "exact", "\0", "1", "-1", "nan", "left", "right", ("x"):rep(300) }
@@ -77,6 +84,7 @@ local POOL = 24
 local function show(v, depth)
   local ty = type(v)
   if ty == "number" then
+    if math.type and math.type(v) == "integer" then return tostring(v) end
     if v ~= v then return "0/0" end
     if v == huge then return "math.huge" end
     if v == -huge then return "-math.huge" end
@@ -88,7 +96,8 @@ local function show(v, depth)
     depth = depth or 0
     if depth > 2 then return "{...}" end
     local parts = {}
-    for i = 1, #v do parts[#parts + 1] = show(v[i], depth + 1) end
+    for i = 1, math.min(#v, 8) do parts[#parts + 1] = show(v[i], depth + 1) end
+    if #v > 8 then parts[#parts + 1] = fmt("...(%d in all)", #v) end
     for k, x in pairs(v) do
       if type(k) ~= "number" then parts[#parts + 1] = tostring(k) .. "=" .. show(x, depth + 1) end
     end
@@ -104,6 +113,9 @@ end
 local function shape_table()
   local n, s = below(5), {}
   for i = 1, n do s[i] = below(5) == 0 and pick { 0, 1, 5 } or below(4) + 1 end
+  if n > 1 and chance(0.05) then -- empty, and huge along another dim
+    s[1], s[n] = 0, pick(HUGE_DIMS)
+  end
   return s
 end
 
@@ -184,7 +196,10 @@ local function table_value()
   if k == 0 then return shape_table()
   elseif k == 1 then return {}
   elseif k == 2 then return { pick(NUMBERS), pick(NUMBERS) }
-  elseif k == 3 then return { tensor(), tensor() }
+  elseif k == 3 then
+    local list = { tensor(), tensor() }
+    if chance(0.1) then for i = 3, pick { 100, 1100 } do list[i] = list[i % 2 + 1] end end
+    return list
   elseif k == 4 then return { { 1, 2 }, { 3 } }
   elseif k == 5 then return { dim = pick(SMALL), keepdim = chance(0.5) }
   elseif k == 6 then return { 1, 2, 3, 4, 5, 6, 7, 8, 9 }
