@@ -25,4 +25,11 @@ t.error_like(function() return glia.zeros(1, 0, H):expand(H, 0, H) end, "too lar
              "so is an expand to such a shape")
 t.ok(glia.zeros(0, H):numel() == 0, "an empty tensor with one huge size is still fine")
 
+-- view/reshape multiplied the requested sizes before checking them
+-- (UBSan: signed integer overflow in ops/view.c infer_sizes).
+t.error_like(function() return glia.zeros(3):view(2 ^ 40, 2 ^ 53) end, "too large",
+             "a view to sizes whose product overflows int64 is an error")
+t.error_like(function() return glia.zeros(3):reshape(-1, 2 ^ 40, 2 ^ 53) end, "too large",
+             "so is a reshape with -1 beside them")
+
 t.done()
