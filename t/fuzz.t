@@ -33,9 +33,9 @@ local dir = sh("mktemp -d"):gsub("\n$", "")
 
 -- The command that runs the driver for one seed; env adds variables.
 local function command(seed, n, work, env)
-  local limit = san and "" or "ulimit -v 4000000; "
+  local limit = san and "" or "ulimit -v 2000000; "
   local asan = "ASAN_OPTIONS=" .. sh_quote((os.getenv("ASAN_OPTIONS") or "detect_leaks=1")
-    .. ":allocator_may_return_null=1:max_allocation_size_mb=1024")
+    .. ":allocator_may_return_null=1:max_allocation_size_mb=256")
   return fmt("%s%s %s %s t/tools/fuzz.lua %d %d %s", limit, asan, env or "", sh_quote(exe), seed,
     n, sh_quote(work))
 end

@@ -269,7 +269,9 @@ local function call(label, f, a, n)
   local parts = {}
   for i = 1, n do parts[i] = show(a[i]) end
   io.write(fmt("%d %s(%s)\n", ncall, label, concat(parts, ", ")))
+  local t0 = VERBOSE and os.clock()
   local res = table.pack(pcall(f, unpack(a, 1, n)))
+  if VERBOSE and os.clock() - t0 > 0.05 then io.write(fmt("  slow: %.2f s\n", os.clock() - t0)) end
   if VERBOSE then io.write("  -> ", tostring(res[1]), " ", type(res[2]) == "string" and res[2]:sub(1, 120) or show(res[2]), "\n") end
   return res
 end
@@ -587,7 +589,11 @@ while ncall < CALLS do
     if r < k[1] then k[2]() break end
     r = r - k[1]
   end
-  if ncall % 200 == 0 then collectgarbage() end
+  -- Lua does not see the bytes a tensor holds: collect before big garbage piles up
+  if glia.memory().live > 64 * 2 ^ 20 or ncall % 100 == 0 then
+    collectgarbage()
+    glia.trim()
+  end
 end
 pool, modules = nil, nil
 collectgarbage()
