@@ -32,4 +32,11 @@ t.error_like(function() return glia.zeros(3):view(2 ^ 40, 2 ^ 53) end, "too larg
 t.error_like(function() return glia.zeros(3):reshape(-1, 2 ^ 40, 2 ^ 53) end, "too large",
              "so is a reshape with -1 beside them")
 
+-- totable of an empty tensor huge along its other dims built 2^40 empty
+-- Lua tables until memory ran out (and past 2^31 rows would overflow the
+-- int index): now an error at once.
+t.error_like(function() return glia.zeros(0, 2 ^ 40):t():totable() end, "too large for Lua",
+             "totable of {2^40,0} is an error")
+t.is(#glia.zeros(0, 2 ^ 40):totable(), 0, "totable of {0,2^40} is an empty table")
+
 t.done()
