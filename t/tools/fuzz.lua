@@ -98,9 +98,10 @@ local function show(v, depth)
     local parts = {}
     for i = 1, math.min(#v, 8) do parts[#parts + 1] = show(v[i], depth + 1) end
     if #v > 8 then parts[#parts + 1] = fmt("...(%d in all)", #v) end
-    for k, x in pairs(v) do
-      if type(k) ~= "number" then parts[#parts + 1] = tostring(k) .. "=" .. show(x, depth + 1) end
-    end
+    local keys = {}
+    for k in pairs(v) do if type(k) ~= "number" then keys[#keys + 1] = tostring(k) end end
+    sort(keys) -- the same text for the same table, whatever the order of pairs
+    for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. show(v[k], depth + 1) end
     return "{" .. concat(parts, ",") .. "}"
   elseif ty == "userdata" then
     return desc[v] or "<tensor>"
@@ -269,9 +270,9 @@ local function call(label, f, a, n)
   local parts = {}
   for i = 1, n do parts[i] = show(a[i]) end
   io.write(fmt("%d %s(%s)\n", ncall, label, concat(parts, ", ")))
-  local t0 = VERBOSE and os.clock()
+  local t0 = os.clock()
   local res = table.pack(pcall(f, unpack(a, 1, n)))
-  if VERBOSE and os.clock() - t0 > 0.05 then io.write(fmt("  slow: %.2f s\n", os.clock() - t0)) end
+  if os.clock() - t0 > 0.1 then io.write(fmt("  slow: %.2f s of CPU\n", os.clock() - t0)) end
   if VERBOSE then io.write("  -> ", tostring(res[1]), " ", type(res[2]) == "string" and res[2]:sub(1, 120) or show(res[2]), "\n") end
   return res
 end
