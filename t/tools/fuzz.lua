@@ -32,6 +32,7 @@ local CALLS = tonumber(arg[2]) or 1000
 local DIR = arg[3]
 
 local unpack = table.unpack or unpack
+local function pack(...) return { n = select("#", ...), ... } end
 local fmt, concat, sort = string.format, table.concat, table.sort
 local pcall, type, tostring, pairs, ipairs, select = pcall, type, tostring, pairs, ipairs, select
 local floor, huge = math.floor, math.huge
@@ -67,8 +68,9 @@ local NUMBERS = { 0, 1, -1, 2, 3, 0.5, -0.5, 1e-3, 7, 16, NAN, huge, -huge, 2 ^ 
   2 ^ 53 + 2, 1e12, -1e12, 2 ^ 31, 2 ^ 31 - 1, -(2 ^ 31), 2 ^ 32, 2 ^ 62, 2 ^ 63, -(2 ^ 63), 2 ^ 64,
   1e308, -1e308, 1e-310, 2 ^ 40, 1.5, -7, 255, 256, -129, 4, 5, 8 }
 if math.maxinteger then -- Lua 5.4: integers past 2^53 reach C as they are
-  for _, v in ipairs { math.maxinteger, math.mininteger, math.maxinteger // 2 + 1, 1 << 40,
-                       (1 << 53) + 1, (1 << 31) } do
+  local int = math.tointeger -- (no integer syntax: LuaJIT parses this file too)
+  for _, v in ipairs { math.maxinteger, math.mininteger, int(2 ^ 62), int(2 ^ 40),
+                       int(2 ^ 53) + 1, int(2 ^ 31) } do
     NUMBERS[#NUMBERS + 1] = v
   end
 end
@@ -271,7 +273,7 @@ local function call(label, f, a, n)
   for i = 1, n do parts[i] = show(a[i]) end
   io.write(fmt("%d %s(%s)\n", ncall, label, concat(parts, ", ")))
   local t0 = os.clock()
-  local res = table.pack(pcall(f, unpack(a, 1, n)))
+  local res = pack(pcall(f, unpack(a, 1, n)))
   if os.clock() - t0 > 0.1 then io.write(fmt("  slow: %.2f s of CPU\n", os.clock() - t0)) end
   if VERBOSE then io.write("  -> ", tostring(res[1]), " ", type(res[2]) == "string" and res[2]:sub(1, 120) or show(res[2]), "\n") end
   return res
@@ -407,7 +409,7 @@ local function special_call()
     n = math.max(n, 1)
     call(fmt("glia.fail_alloc_after(%d); glia.%s", nth, name), function(...)
       glia.fail_alloc_after(nth)
-      local r = table.pack(pcall(glia[name], ...))
+      local r = pack(pcall(glia[name], ...))
       glia.fail_alloc_after(0)
       return unpack(r, 1, r.n)
     end, a, n)
@@ -418,7 +420,7 @@ local function special_call()
     local a, n = args()
     call(fmt("glia.fail_alloc_after(%d); (%s):%s", nth, show(x), name), function(...)
       glia.fail_alloc_after(nth)
-      local r = table.pack(pcall(x[name], x, ...))
+      local r = pack(pcall(x[name], x, ...))
       glia.fail_alloc_after(0)
       return unpack(r, 1, r.n)
     end, a, n)
