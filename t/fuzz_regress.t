@@ -39,4 +39,9 @@ t.error_like(function() return glia.zeros(0, 2 ^ 40):t():totable() end, "too lar
              "totable of {2^40,0} is an error")
 t.is(#glia.zeros(0, 2 ^ 40):totable(), 0, "totable of {0,2^40} is an empty table")
 
+-- gradcheck took a tensor for its list of inputs and walked it with ipairs,
+-- one row view at a time: for {2^40, 0}, for hours.
+t.error_like(function() return glia.gradcheck(glia.exp, glia.zeros(0, 2 ^ 40):t()) end,
+             "inputs must be a list", "gradcheck with a tensor for its inputs list is an error")
+
 t.done()
