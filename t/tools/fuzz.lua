@@ -274,6 +274,7 @@ local VERBOSE = os.getenv("FUZZ_VERBOSE") == "1"
 local LUA_STEPS, TOO_LONG = 1e6, "fuzz: too many Lua steps"
 local function too_long() error(TOO_LONG, 0) end
 local function call(label, f, a, n)
+  if ncall >= CALLS then return { n = 2, false, "fuzz: no calls left" } end
   ncall = ncall + 1
   local parts = {}
   for i = 1, n do parts[i] = show(a[i]) end
