@@ -293,7 +293,8 @@ end
 local function after(res)
   for i = 2, res.n do
     local r = res[i]
-    if glia.is_tensor(r) then
+    local ok, big = pcall(function() return r:numel() > 100000 end)
+    if glia.is_tensor(r) and not (ok and big) then -- (an expand may have 2^32 elements)
       keep(r)
       if chance(0.3) then
         call("backward_of_result", function()
