@@ -13,6 +13,7 @@
 */
 #include "binding.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -429,6 +430,13 @@ static int t_totable(lua_State *L) {
   if (t->ndim == 0) {
     glia_lua_push_elem(L, glia_ptr(t), t->dtype);
     return 1;
+  }
+  /* Lua indexes a table with an int; an empty tensor may be huge along
+  ** its other dims, and would take ages to run out of memory */
+  int64_t values = 0, n = 1; /* how many tables and numbers at depth d */
+  for (int d = 0; d < t->ndim && n > 0; d++) {
+    if (t->size[d] > INT_MAX || (n *= t->size[d], values += n) > INT_MAX)
+      return luaL_error(L, "glia.totable: %s is too large for Lua tables", glia_shape_str(t));
   }
   luaL_checkstack(L, t->ndim + 4, "glia.totable");
   totable_rec(L, t, 0, glia_ptr(t));

@@ -143,7 +143,13 @@ static glia_status join(glia_ctx *G, const char *name, int n, glia_tensor *const
   for (int d = 0; d <= a->ndim; d++) {
     if (d == dim) {
       int64_t total = 0;
-      for (int i = 0; i < n; i++) total += stack ? 1 : xs[i]->size[dim];
+      for (int i = 0; i < n; i++) {
+        int64_t len = stack ? 1 : xs[i]->size[dim];
+        if (len > INT64_MAX - total) /* members of 0 elements may be huge along dim */
+          return glia_fail(G, GLIA_ESHAPE, "%s: %d members %s... are too large together along dim %d",
+                           name, n, glia_shape_str(a), dim + 1);
+        total += len;
+      }
       size[nd++] = total;
       if (!stack) continue;
     }

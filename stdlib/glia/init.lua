@@ -54,6 +54,9 @@ end
 -- opts: eps (1e-3), atol (1e-2), rtol (1e-2). Returns true, or false and a
 -- message naming the input, the element and both values.
 function glia.gradcheck(fn, inputs, opts)
+  if type(inputs) ~= "table" then -- ipairs would index a tensor row by row
+    error("glia.gradcheck: inputs must be a list of tensors, got " .. type(inputs), 2)
+  end
   opts = options.check("glia.gradcheck", opts, { "eps", "atol", "rtol" })
   local eps, atol, rtol = opts.eps or 1e-3, opts.atol or 1e-2, opts.rtol or 1e-2
   for _, x in ipairs(inputs) do x:zero_grad() x:requires_grad() end

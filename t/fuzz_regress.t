@@ -1,0 +1,47 @@
+-- t/fuzz_regress.t -- the calls t/fuzz.t (t/tools/fuzz.lua) found crashing
+-- glia or tripping a sanitizer, reduced to the smallest reproduction, one
+-- test each: each is now a clean error (or a right answer). Run them under
+-- `make SAN=1 test` too: there a regression is a sanitizer report.
+local t = require "t.tap"
+local glia = require "glia"
+
+local H = 2 ^ 53 -- the largest size Lua numbers give under LuaJIT too
+
+-- ops/join.c summed the members' sizes along dim without a bound: members
+-- of no elements can each be huge there (UBSan: signed integer overflow).
+do
+  local xs = {}
+  for i = 1, 1024 do xs[i] = glia.zeros(0, H) end
+  t.error_like(function() return glia.cat(xs, 2) end, "too large",
+               "cat of 0-element members whose sizes along dim overflow int64 is an error")
+end
+
+-- An empty tensor's strides are products of its other sizes, which
+-- glia_check_sizes let through unbounded: zeros(0, H, H) overflowed int64 in
+-- glia_contiguous_strides (UBSan), and stack of empty members too.
+t.error_like(function() return glia.zeros(0, H, H) end, "too large",
+             "an empty tensor whose other sizes overflow int64 together is an error")
+t.error_like(function() return glia.zeros(1, 0, H):expand(H, 0, H) end, "too large",
+             "so is an expand to such a shape")
+t.ok(glia.zeros(0, H):numel() == 0, "an empty tensor with one huge size is still fine")
+
+-- view/reshape multiplied the requested sizes before checking them
+-- (UBSan: signed integer overflow in ops/view.c infer_sizes).
+t.error_like(function() return glia.zeros(3):view(2 ^ 40, 2 ^ 53) end, "too large",
+             "a view to sizes whose product overflows int64 is an error")
+t.error_like(function() return glia.zeros(3):reshape(-1, 2 ^ 40, 2 ^ 53) end, "too large",
+             "so is a reshape with -1 beside them")
+
+-- totable of an empty tensor huge along its other dims built 2^40 empty
+-- Lua tables until memory ran out (and past 2^31 rows would overflow the
+-- int index): now an error at once.
+t.error_like(function() return glia.zeros(0, 2 ^ 40):t():totable() end, "too large for Lua",
+             "totable of {2^40,0} is an error")
+t.is(#glia.zeros(0, 2 ^ 40):totable(), 0, "totable of {0,2^40} is an empty table")
+
+-- gradcheck took a tensor for its list of inputs and walked it with ipairs,
+-- one row view at a time: for {2^40, 0}, for hours.
+t.error_like(function() return glia.gradcheck(glia.exp, glia.zeros(0, 2 ^ 40):t()) end,
+             "inputs must be a list", "gradcheck with a tensor for its inputs list is an error")
+
+t.done()
