@@ -5,6 +5,8 @@
 --   nn.Linear(in, out, {bias})  nn.Embedding(n, dim)
 --   nn.LayerNorm(dim, {eps, elementwise_affine, bias})  nn.RMSNorm(dim, {eps, elementwise_affine})
 --   nn.BatchNorm1d(C, {eps, momentum, affine, track_running_stats})
+--   nn.RepBN(C, {eps, momentum, eta})  nn.PRepBN(C, {warmup, steps, norm, eps, bn_eps, momentum, eta})
+--   nn.schedule_step(model)     advance every PRepBN's schedule (once per training step)
 --   nn.Dropout(p)  nn.ReLU()  nn.GELU(approximate)  nn.SiLU()  nn.Identity()
 --   nn.Sequential(...)  nn.ModuleList(...)  nn.ModuleDict(t)  nn.Residual(inner)
 --   nn.MultiHeadAttention(d_model, n_heads, {kv_heads, causal, dropout, bias, fused})

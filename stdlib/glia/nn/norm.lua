@@ -1,13 +1,18 @@
 -- glia.nn.norm -- normalization layers: LayerNorm and RMSNorm over the last
--- dim (the fused glia.layer_norm / glia.rms_norm ops), and BatchNorm1d over
--- the batch (composed from VM ops, with running statistics as buffers).
+-- dim (the fused glia.layer_norm / glia.rms_norm ops), BatchNorm1d over the
+-- batch (composed from VM ops, with running statistics as buffers), and
+-- SLAB's RepBN (BatchNorm plus a learnable identity branch) and PRepBN (a
+-- scheduled hand-over from LayerNorm/RMSNorm to RepBN), with
+-- nn.schedule_step(model) to advance the schedule. BatchNorm1d, RepBN and
+-- PRepBN give their eval-mode map as a per-channel affine (fold_affine),
+-- which nn.fold (nn/fold.lua) folds into neighbouring linear layers.
 local glia   = require "glia"
 local Module = require "glia.nn.module"
 local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 local F      = require "glia.nn.functional"
 
-local format, concat, tostring, error = string.format, table.concat, tostring, error
+local format, concat, tostring, error, type, ipairs = string.format, table.concat, tostring, error, type, ipairs
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}
@@ -134,32 +139,245 @@ local function update_running(self, mean, var, n)
   end)
 end
 
+local function shape_str(x)
+  return "{" .. concat(x:shape(), ",") .. "}"
+end
+
+-- Batch normalization of x ({N,C} or {N,C,L}) by bn's statistics: the
+-- batch's in training (or without running statistics), the running ones
+-- otherwise; then bn's affine. keep, an f32 {N,1} of 0/1 (only with
+-- {N,C}), restricts the batch statistics to its rows: the others are still
+-- normalized (with those statistics) but count for nothing. name is the
+-- calling module's, for errors.
+local function batch_norm(bn, x, keep, name)
+  local C = bn.num_features
+  local mean, var
+  if bn.training or not bn.running_mean then
+    local n
+    if keep then
+      n = keep:sum():item()
+      mean = (x * keep):sum({ 1 }, true) / n
+      local d = (x - mean) * keep
+      var = (d * d):sum({ 1 }, true) / n
+    else
+      n = x:numel() / C
+      local dims = x:dim() == 3 and { 1, 3 } or { 1 }
+      mean, var = x:mean(dims, true), x:var(dims, true, 0)
+    end
+    if n < 2 then
+      error(format("glia.nn.%s: training needs more than one value per channel, got %s%s", name,
+                   shape_str(x), keep and format(" with %d unmasked", n) or ""), 3)
+    end
+    if bn.training and bn.running_mean then update_running(bn, mean, var, n) end
+  else
+    mean, var = per_channel(bn.running_mean, x), per_channel(bn.running_var, x)
+  end
+  local y = (x - mean) * (var + bn.eps):rsqrt()
+  if bn.weight then y = y * per_channel(bn.weight, x) + per_channel(bn.bias, x) end
+  return y
+end
+
 function BatchNorm1d:forward(x)
   local C = self.num_features
   if (x:dim() ~= 2 and x:dim() ~= 3) or x:size(2) ~= C then
-    error(format("glia.nn.BatchNorm1d: expected input {N,%d} or {N,%d,L}, got {%s}", C, C,
-                 concat(x:shape(), ",")), 2)
+    error(format("glia.nn.BatchNorm1d: expected input {N,%d} or {N,%d,L}, got %s", C, C,
+                 shape_str(x)), 2)
   end
-  local mean, var
-  if self.training or not self.running_mean then
-    local dims = x:dim() == 3 and { 1, 3 } or { 1 }
-    local n = x:numel() / C
-    if n < 2 then
-      error(format("glia.nn.BatchNorm1d: training needs more than one value per channel, got {%s}",
-                   concat(x:shape(), ",")), 2)
-    end
-    mean, var = x:mean(dims, true), x:var(dims, true, 0)
-    if self.training and self.running_mean then update_running(self, mean, var, n) end
-  else
-    mean, var = per_channel(self.running_mean, x), per_channel(self.running_var, x)
+  return batch_norm(self, x, nil, "BatchNorm1d")
+end
+
+-- The eval-mode map as a per-channel affine y = a o x + b (a, b {C},
+-- detached): what nn.fold folds into a neighbouring linear layer.
+--   a = weight / sqrt(running_var + eps),  b = bias - a o running_mean
+function BatchNorm1d:fold_affine()
+  if not self.running_mean then
+    error(format("glia.nn.%s: without running statistics it normalizes with the batch's even in "
+                 .. "eval mode: there is no fixed affine map to fold", Module.class_name(self)), 2)
   end
-  local y = (x - mean) * (var + self.eps):rsqrt()
-  if self.weight then y = y * per_channel(self.weight, x) + per_channel(self.bias, x) end
-  return y
+  local a = (self.running_var:detach() + self.eps):rsqrt()
+  if self.weight then a = a * self.weight:detach() end
+  local b = -(self.running_mean:detach() * a)
+  if self.bias then b = b + self.bias:detach() end
+  return a, b
 end
 
 function BatchNorm1d:extra_repr()
   return format("%d, eps=%g, momentum=%s", self.num_features, self.eps, tostring(self.momentum))
+end
+
+-- ================================================================= RepBN
+
+-- RepBN(C [, {eps = 1e-5, momentum = 0.1, eta = 1}]): BatchNorm over the
+-- channels of x {..., C} (the last dim) plus a learnable identity branch,
+--   RepBN(x) = BN(x) + eta * x
+-- with one scalar eta (a {1} parameter, initialised to opts.eta: 1 for
+-- vision models, 0 in SLAB's LLaMA variant). A BatchNorm sample is every
+-- position of every sequence (M = B*N samples per channel for {B,N,C}); the
+-- statistics, the running-statistics update and the state are BatchNorm1d's
+-- (the child `bn`), so the state dict holds eta, bn.weight, bn.bias,
+-- bn.running_mean, bn.running_var, bn.num_batches_tracked. (SLAB's PyTorch
+-- RepBN names eta `alpha`: rename that one key to load its weights.)
+--
+-- forward(x [, {mask = m}]): m, of x's shape without the channel dim (bool,
+-- or numbers where non-zero counts), marks the real tokens of padded
+-- sequences. In training, the batch statistics (and the running ones) come
+-- from the marked tokens only and the unmarked positions pass through
+-- unchanged (their output is their input), so what padding holds changes
+-- nothing. In eval mode the mask is ignored: the running statistics
+-- normalize every position.
+local RepBN = Module:extend("RepBN")
+M.RepBN = RepBN
+
+function RepBN:__init(C, opts)
+  opts = options.check("glia.nn.RepBN", opts, { "eps", "momentum", "eta" }, 2)
+  self.num_features = check_int("RepBN", "num_features", C, 1)
+  self.eta_init = opts.eta or 1
+  self.eta = Parameter(glia.empty(1))
+  self.bn = BatchNorm1d(C, { eps = opts.eps, momentum = opts.momentum })
+  self:reset_parameters()
+end
+
+function RepBN:reset_parameters()
+  local eta, v = self.eta, self.eta_init
+  glia.no_grad(function() eta:fill_(v) end)
+  self.bn:reset_parameters()
+end
+
+-- The mask as an f32 {M,1} of 0/1 for x's M = numel/C positions.
+local function keep_rows(name, mask, x, M)
+  local want = x:shape()
+  want[#want] = nil
+  local ok = glia.is_tensor(mask) and mask:dim() == #want
+  for d = 1, ok and #want or 0 do ok = ok and mask:size(d) == want[d] end
+  if not ok then
+    error(format("glia.nn.%s: mask must have the input's shape without the channel dim, {%s} for "
+                 .. "input %s, got %s", name, concat(want, ","), shape_str(x),
+                 glia.is_tensor(mask) and shape_str(mask) or type(mask)), 3)
+  end
+  if mask:dtype() ~= "bool" then mask = mask:ne(0) end
+  return mask:reshape(M, 1)
+end
+
+function RepBN:forward(x, opts)
+  local mask = options.check("glia.nn.RepBN.forward", opts, { "mask" }, 2).mask
+  local C = self.num_features
+  if x:dim() < 2 or x:size(x:dim()) ~= C then
+    error(format("glia.nn.RepBN: expected input {..., %d} (channels last, at least 2-D), got %s",
+                 C, shape_str(x)), 2)
+  end
+  local shape, M = x:shape(), x:numel() / C
+  local x2 = x:reshape(M, C)
+  local keep = mask ~= nil and keep_rows("RepBN", mask, x, M) or nil
+  if not self.training then keep = nil end
+  local y = batch_norm(self.bn, x2, keep and keep:to("f32"), "RepBN") + x2 * self.eta
+  if keep then y = glia.where(keep, y, x2) end
+  return y:reshape(shape)
+end
+
+-- a = weight / sqrt(running_var + eps) + eta, b as BatchNorm1d's.
+function RepBN:fold_affine()
+  local a, b = self.bn:fold_affine()
+  return a + self.eta:detach(), b
+end
+
+function RepBN:extra_repr()
+  return format("%d, eps=%g, momentum=%s", self.num_features, self.bn.eps, tostring(self.bn.momentum))
+end
+
+-- ================================================================ PRepBN
+
+-- PRepBN(C [, {warmup = 0, steps = 300000, norm = "layer", eps, bn_eps = 1e-5,
+--   momentum = 0.1, eta = 1}]): SLAB's progressive hand-over from LayerNorm
+-- (norm = "layer", eps 1e-5 by default) or RMSNorm (norm = "rms", eps 1e-6)
+-- to RepBN over the last dim C. Children: `ln` and `repbn`.
+--
+-- In training, after s calls of schedule_step():
+--   s < warmup:  out = LN(x); the RepBN (and its running statistics) is not run
+--   else:        out = lam * LN(x) + (1 - lam) * RepBN(x),
+--                lam = max(0, steps - t) / steps, t = s - warmup
+--                (lam = 0 at once when steps = 0), and with lam = 0 the LN is
+--                skipped
+-- so lam is 1 at the end of warm-up and falls linearly to 0 over `steps`
+-- steps. In eval mode out = RepBN(x) (running statistics) whatever lam is.
+-- lam is a schedule constant, not a parameter.
+--
+-- The schedule advances only when told: m:schedule_step() (one step), or
+-- nn.schedule_step(model) once per optimizer step for every PRepBN of a
+-- model. s is the i64 buffer `step`, so it is in the state dict and a
+-- checkpoint resumes the schedule where it was.
+--
+-- forward(x [, {mask = m}]): the mask goes to the RepBN (see RepBN); the LN
+-- is per token and needs none.
+local PRepBN = Module:extend("PRepBN")
+M.PRepBN = PRepBN
+
+function PRepBN:__init(C, opts)
+  opts = options.check("glia.nn.PRepBN", opts,
+                       { "warmup", "steps", "norm", "eps", "bn_eps", "momentum", "eta" }, 2)
+  self.num_features = check_int("PRepBN", "num_features", C, 1)
+  self.warmup = check_int("PRepBN", "warmup", opts.warmup or 0, 0)
+  self.steps = check_int("PRepBN", "steps", opts.steps or 300000, 0)
+  local kind = opts.norm or "layer"
+  if kind == "layer" then
+    self.ln = LayerNorm(C, { eps = opts.eps })
+  elseif kind == "rms" then
+    self.ln = RMSNorm(C, { eps = opts.eps })
+  else
+    error(format("glia.nn.PRepBN: norm must be \"layer\" or \"rms\", got %s", tostring(kind)), 3)
+  end
+  self.norm = kind
+  self.repbn = RepBN(C, { eps = opts.bn_eps, momentum = opts.momentum, eta = opts.eta })
+  self:add_buffer("step", glia.zeros({}, "i64"))
+end
+
+-- The mixing weight of LN at the current step (1 during warm-up).
+function PRepBN:lam()
+  local t = self.step:item() - self.warmup
+  if t < 0 then return 1 end
+  if self.steps == 0 then return 0 end
+  return math.max(0, self.steps - t) / self.steps
+end
+
+function PRepBN:in_warmup()
+  return self.step:item() < self.warmup
+end
+
+-- Advances the schedule by one step; returns self.
+function PRepBN:schedule_step()
+  self.step:fill_(self.step:item() + 1)
+  return self
+end
+
+function PRepBN:forward(x, opts)
+  if not self.training then return self.repbn(x, opts) end
+  if self:in_warmup() then return self.ln(x) end
+  local lam = self:lam()
+  if lam == 0 then return self.repbn(x, opts) end
+  return self.ln(x) * lam + self.repbn(x, opts) * (1 - lam)
+end
+
+-- Eval mode is the RepBN alone, so its affine is the RepBN's.
+function PRepBN:fold_affine()
+  return self.repbn:fold_affine()
+end
+
+function PRepBN:extra_repr()
+  return format("%d, norm=%s, warmup=%d, steps=%d, step=%d", self.num_features, self.norm,
+                self.warmup, self.steps, self.step:item())
+end
+
+-- nn.schedule_step(model): the training loop's hook, called once per
+-- optimizer step: advances the schedule of every module of model that has
+-- one (every PRepBN). Returns how many it advanced.
+function M.schedule_step(model)
+  local n = 0
+  for _, m in ipairs(model:modules()) do
+    if type(m.schedule_step) == "function" then
+      m:schedule_step()
+      n = n + 1
+    end
+  end
+  return n
 end
 
 return M

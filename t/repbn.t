@@ -1,0 +1,393 @@
+-- t/repbn.t -- SLAB's normalization: nn.RepBN (BatchNorm over the channels
+-- of {..., C} plus the eta identity branch) against a plain-Lua reference in
+-- training and eval, its running statistics and padding mask; nn.PRepBN at
+-- lam = 1 (exactly LN / RMSNorm), lam = 0 (exactly RepBN) and in between,
+-- its schedule over 20 steps, the nn.schedule_step hook, state dicts and
+-- checkpoints that resume the schedule, gradient checks; nn.fold: every
+-- pattern folds with outputs unchanged, and the errors.
+--
+-- Tolerances: f32 outputs against fp64 Lua references to 1e-5 (O(1)
+-- values); "exactly" means to the bit (u.identical). Gradient checks are
+-- glia.gradcheck's central differences: glia computes in f32 only (every
+-- op's compute type), so the checks run on f32 tensors with the
+-- differences taken in Lua doubles, eps 1e-3 and tolerances 1e-2, as
+-- t/norm.t does.
+local t = require "t.tap"
+local glia = require "glia"
+local u = require "t.util"
+local nn = require "glia.nn"
+local checkpoint = require "glia.checkpoint"
+
+local sqrt, max = math.sqrt, math.max
+local SEED = u.seed(4242)
+local TOL = 1e-5
+
+-- ================================================================ helpers
+
+-- x {..., C} as a list of rows (tables of C numbers), in row-major order.
+local function rows(x)
+  local C = x:size(x:dim())
+  local flat, out = t.flat(x, {}), {}
+  for i = 0, #flat / C - 1 do
+    local r = {}
+    for c = 1, C do r[c] = flat[i * C + c] end
+    out[#out + 1] = r
+  end
+  return out
+end
+
+local function tolist(v)
+  return type(v) == "table" and v or t.flat(v, {})
+end
+
+-- Per-channel mean and biased variance over the rows whose keep[i] is true
+-- (all rows without keep), and their count.
+local function stats(r, keep)
+  local C, mean, var, n = #r[1], {}, {}, 0
+  for c = 1, C do
+    local s, k = 0, 0
+    for i = 1, #r do if not keep or keep[i] then s, k = s + r[i][c], k + 1 end end
+    mean[c] = s / k
+    local ss = 0
+    for i = 1, #r do if not keep or keep[i] then ss = ss + (r[i][c] - mean[c]) ^ 2 end end
+    var[c], n = ss / k, k
+  end
+  return mean, var, n
+end
+
+-- RepBN's output rows: gamma (x - mean) / sqrt(var + eps) + beta + eta x,
+-- and x itself on rows not kept.
+local function repbn_ref(r, mean, var, w, b, eta, eps, keep)
+  local out = {}
+  for i = 1, #r do
+    local o = {}
+    for c = 1, #r[i] do
+      if keep and not keep[i] then
+        o[c] = r[i][c]
+      else
+        o[c] = w[c] * (r[i][c] - mean[c]) / sqrt(var[c] + eps) + b[c] + eta * r[i][c]
+      end
+    end
+    out[i] = o
+  end
+  return out
+end
+
+-- LayerNorm of each row (rms: RMSNorm without centering or bias).
+local function ln_ref(r, w, b, eps, rms)
+  local out = {}
+  for i = 1, #r do
+    local C, m, v = #r[i], 0, 0
+    if not rms then
+      for c = 1, C do m = m + r[i][c] end
+      m = m / C
+    end
+    for c = 1, C do v = v + (r[i][c] - m) ^ 2 end
+    v = v / C
+    local o = {}
+    for c = 1, C do o[c] = w[c] * (r[i][c] - m) / sqrt(v + eps) + (b and b[c] or 0) end
+    out[i] = o
+  end
+  return out
+end
+
+local function mix(a, b, lam)
+  local out = {}
+  for i = 1, #a do
+    out[i] = {}
+    for c = 1, #a[i] do out[i][c] = lam * a[i][c] + (1 - lam) * b[i][c] end
+  end
+  return out
+end
+
+local function randomize(m)
+  glia.no_grad(function()
+    for _, p in ipairs(m:parameters()) do p:copy_(glia.randn(p:shape()):mul(0.5):add(1)) end
+  end)
+  return m
+end
+
+-- ================================================================= RepBN
+
+local C = 4
+local rep = randomize(nn.RepBN(C))
+local w, b, eta = tolist(rep.bn.weight), tolist(rep.bn.bias), rep.eta:item()
+t.is(table.concat((function()
+  local out = {}
+  for i, e in ipairs(rep:named_parameters()) do out[i] = e[1] end
+  for _, e in ipairs(rep:named_buffers()) do out[#out + 1] = e[1] end
+  return out
+end)(), " "), "eta bn.weight bn.bias bn.running_mean bn.running_var bn.num_batches_tracked",
+     "RepBN holds eta and a BatchNorm1d child's parameters and running statistics")
+t.is(nn.RepBN(3).eta:item(), 1, "RepBN's eta starts at 1")
+t.is(nn.RepBN(3, { eta = 0 }).eta:item(), 0, "RepBN's eta starts at opts.eta")
+
+local rm, rv = { 0, 0, 0, 0 }, { 1, 1, 1, 1 }
+for step = 1, 2 do
+  local x = glia.randn(2, 5, C):mul(step):add(step)
+  local r = rows(x)
+  local mean, var, n = stats(r)
+  t.near(rep(x), repbn_ref(r, mean, var, w, b, eta, 1e-5), TOL,
+         "RepBN in training normalizes each channel over all B*N tokens with the biased variance, plus eta x (step "
+         .. step .. ")")
+  for c = 1, C do
+    rm[c] = 0.9 * rm[c] + 0.1 * mean[c]
+    rv[c] = 0.9 * rv[c] + 0.1 * var[c] * n / (n - 1)
+  end
+end
+t.near(rep.bn.running_mean, rm, TOL, "RepBN's running mean is 0.9 old + 0.1 batch mean")
+t.near(rep.bn.running_var, rv, TOL, "RepBN's running variance takes the unbiased batch variance")
+rep:eval()
+local rm_before = rep.bn.running_mean:clone()
+local xe = glia.randn(3, 2, C)
+t.near(rep(xe), repbn_ref(rows(xe), rm, rv, w, b, eta, 1e-5), TOL,
+       "RepBN in eval mode normalizes with the running statistics, plus eta x")
+t.near(rep(xe:view(6, C)), repbn_ref(rows(xe), rm, rv, w, b, eta, 1e-5), TOL, "RepBN takes {M,C} too")
+t.ok(u.identical(rep.bn.running_mean, rm_before), "RepBN in eval mode leaves the running statistics alone")
+rep:train()
+
+do -- a strided input: {N,B,C} transposed to {B,N,C}
+  local xs = glia.randn(5, 2, C)
+  local a = nn.RepBN(C)
+  local bb = nn.RepBN(C)
+  t.ok(u.identical(a(xs:transpose(1, 2)), bb(xs:transpose(1, 2):contiguous())),
+       "RepBN on a transposed input equals RepBN on its contiguous copy")
+  local xn = glia.randn(2, 5, 2 * C):narrow(3, 3, C)
+  local r = rows(xn)
+  local mean, var = stats(r)
+  t.near(nn.RepBN(C)(xn), repbn_ref(r, mean, var, { 1, 1, 1, 1 }, { 0, 0, 0, 0 }, 1, 1e-5), TOL,
+         "RepBN on a narrowed input matches the reference")
+end
+
+do -- eta = 0 is BatchNorm1d
+  local a = randomize(nn.RepBN(C, { eta = 0 }))
+  glia.no_grad(function() a.eta:zero_() end)
+  local bn = nn.BatchNorm1d(C)
+  bn:load_state_dict(a.bn:state_dict())
+  local x = glia.randn(7, C)
+  t.ok(u.identical(a(x), bn(x)), "RepBN with eta = 0 gives exactly BatchNorm1d's output")
+  t.ok(u.identical(a.bn.running_var, bn.running_var), "RepBN with eta = 0 updates the running statistics as BatchNorm1d")
+end
+
+-- ============================================================== masking
+
+do
+  local m = randomize(nn.RepBN(C))
+  local mw, mb, meta = tolist(m.bn.weight), tolist(m.bn.bias), m.eta:item()
+  local x = glia.randn(2, 4, C)
+  local mask = glia.tensor({ { true, true, true, false }, { true, true, false, false } }, "bool")
+  local keep = t.flat(mask, {})
+  local r = rows(x)
+  local mean, var, n = stats(r, keep)
+  local y = m(x, { mask = mask })
+  t.near(y, repbn_ref(r, mean, var, mw, mb, meta, 1e-5, keep), TOL,
+         "RepBN with a mask takes the statistics over the unmasked tokens only")
+  t.ok(u.identical(y[{ 1, 4 }], x[{ 1, 4 }]) and u.identical(y[{ 2, { 3, 4 } }], x[{ 2, { 3, 4 } }]),
+       "RepBN passes padded positions through unchanged")
+  local want_rv = {}
+  for c = 1, C do want_rv[c] = 0.9 + 0.1 * var[c] * n / (n - 1) end
+  t.near(m.bn.running_var, want_rv, TOL, "RepBN's running variance counts the unmasked tokens only (n = 5)")
+
+  local m2 = randomize(nn.RepBN(C))
+  m2:load_state_dict(m:state_dict())
+  glia.no_grad(function() m2.bn.running_mean:zero_() m2.bn.running_var:fill_(1) m2.bn.num_batches_tracked:zero_() end)
+  local x2 = x:clone()
+  glia.no_grad(function() x2[{ 1, 4 }] = 1000 x2[{ 2, 3 }] = -7 end)
+  local y2 = m2(x2, { mask = mask:to("i64") })
+  t.ok(u.identical(y2[{ 1, { 1, 3 } }], y[{ 1, { 1, 3 } }]) and u.identical(y2[{ 2, { 1, 2 } }], y[{ 2, { 1, 2 } }]),
+       "changing padded values changes no unpadded output (mask given as 0/1 numbers)")
+  t.ok(u.identical(m2.bn.running_mean, m.bn.running_mean) and u.identical(m2.bn.running_var, m.bn.running_var),
+       "changing padded values changes no running statistic")
+
+  m:eval()
+  local ye = m(x, { mask = mask })
+  t.ok(u.identical(ye, m(x)), "RepBN in eval mode ignores the mask: the running statistics normalize every position")
+  m:train()
+  t.error_like(function() m(x, { mask = glia.ones(2, 3, "bool") }) end,
+               "RepBN: mask must have the input's shape without the channel dim, {2,4} for input {2,4,4}, got {2,3}",
+               "a mask of the wrong shape is an error naming both shapes")
+  t.error_like(function() m(x, { mask = glia.tensor({ { true, false, false, false }, { false, false, false, false } }, "bool") }) end,
+               "RepBN: training needs more than one value per channel, got {8,4} with 1 unmasked",
+               "a mask leaving one token is an error")
+  t.error_like(function() m(x, { maks = mask }) end, "unknown option 'maks'", "RepBN:forward checks its options")
+end
+
+t.error_like(function() nn.RepBN(C)(glia.randn(3, 5)) end,
+             "RepBN: expected input {%.%.%., 4} %(channels last, at least 2%-D%), got {3,5}",
+             "RepBN names the expected and the given shape")
+t.error_like(function() nn.RepBN(C)(glia.randn(4)) end, "got {4}", "RepBN rejects a 1-D input")
+t.error_like(function() nn.RepBN(0) end, "RepBN: num_features must be an integer >= 1, got 0", "RepBN checks C")
+t.error_like(function() nn.RepBN(4, { momentum = 0.1, etta = 1 }) end, "unknown option 'etta'", "RepBN checks its options")
+
+-- ================================================================ PRepBN
+
+-- A RepBN and a LayerNorm (or RMSNorm) loaded with p's, for references.
+local function parts(p)
+  local ln = p.norm == "layer" and nn.LayerNorm(p.num_features) or nn.RMSNorm(p.num_features)
+  ln:load_state_dict(p.ln:state_dict())
+  local rb = nn.RepBN(p.num_features)
+  rb:load_state_dict(p.repbn:state_dict())
+  return ln, rb
+end
+
+for _, kind in ipairs { "layer", "rms" } do
+  local LN = kind == "layer" and "LN" or "RMSNorm"
+  local p = randomize(nn.PRepBN(C, { steps = 10, norm = kind }))
+  t.is(p:lam(), 1, "PRepBN(" .. kind .. ") starts at lam = 1 without warm-up")
+  local ln, rb = parts(p)
+  local x = glia.randn(2, 3, C)
+  local x1, x2 = x:clone(), x:clone()
+  local y = p(x1:requires_grad())
+  local yl = ln(x2:requires_grad())
+  t.ok(u.identical(y, yl), "PRepBN(" .. kind .. ") at lam = 1 gives exactly " .. LN .. "'s output")
+  local g = glia.randn(2, 3, C)
+  y:backward(g)
+  yl:backward(g)
+  t.ok(u.identical(x1.grad, x2.grad) and u.identical(p.ln.weight.grad, ln.weight.grad),
+       "PRepBN(" .. kind .. ") at lam = 1 gives exactly " .. LN .. "'s gradients")
+  t.ok(u.identical(p.repbn.bn.running_mean, rb(x:clone()) and rb.bn.running_mean),
+       "PRepBN(" .. kind .. ") at lam = 1 (after warm-up) updates the RepBN's running statistics")
+
+  for _ = 1, 10 do p:schedule_step() end
+  p:zero_grad()
+  t.is(p:lam(), 0, "PRepBN(" .. kind .. ") reaches lam = 0 after `steps` steps")
+  ln, rb = parts(p)
+  x1, x2 = x:clone(), x:clone()
+  y = p(x1:requires_grad())
+  local yr = rb(x2:requires_grad())
+  t.ok(u.identical(y, yr), "PRepBN(" .. kind .. ") at lam = 0 gives exactly RepBN's output")
+  y:backward(g)
+  yr:backward(g)
+  t.ok(u.identical(x1.grad, x2.grad) and u.identical(p.repbn.eta.grad, rb.eta.grad)
+       and u.identical(p.repbn.bn.weight.grad, rb.bn.weight.grad),
+       "PRepBN(" .. kind .. ") at lam = 0 gives exactly RepBN's gradients")
+  t.ok(p.ln.weight.grad == nil or u.identical(p.ln.weight.grad, glia.zeros(C)),
+       "PRepBN(" .. kind .. ") at lam = 0 skips the " .. LN)
+end
+
+do -- in between: the mix formula, against references
+  local p = randomize(nn.PRepBN(C, { steps = 4, eps = 1e-6 }))
+  p:schedule_step()
+  t.is(p:lam(), 0.75, "one step into a 4-step schedule lam is 0.75")
+  local lw, lb = tolist(p.ln.weight), tolist(p.ln.bias)
+  local bw, bb, e = tolist(p.repbn.bn.weight), tolist(p.repbn.bn.bias), p.repbn.eta:item()
+  local x = glia.randn(3, 2, C)
+  local r = rows(x)
+  local mean, var = stats(r)
+  t.near(p(x), mix(ln_ref(r, lw, lb, 1e-6), repbn_ref(r, mean, var, bw, bb, e, 1e-5), 0.75), TOL,
+         "PRepBN at lam = 0.75 is 0.75 LN(x) + 0.25 RepBN(x) (LN eps from opts.eps)")
+end
+
+do -- the schedule over 20 steps: warm-up 3, decay 10
+  local p = randomize(nn.PRepBN(C, { warmup = 3, steps = 10 }))
+  local want = { 1, 1, 1, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0, 0, 0, 0, 0, 0, 0 }
+  local lams_ok, out_ok, eval_ok, warm_ok = true, true, true, true
+  for s = 1, 20 do
+    local lam = p:lam()
+    if math.abs(lam - want[s]) > 1e-7 or p:in_warmup() ~= (s <= 3) then
+      lams_ok = false
+      t.diag(("step %d: lam %s, warm-up %s"):format(s, lam, tostring(p:in_warmup())))
+    end
+    local x = glia.randn(2, 3, C):mul(s % 3 + 1)
+    local ln, rb = parts(p)
+    local rm0 = p.repbn.bn.running_mean:clone()
+    local y = p(x)
+    local yl, yr = ln(x), rb(x)
+    local ref = s <= 3 and yl or yl * want[s] + yr * (1 - want[s])
+    if s <= 3 then
+      warm_ok = warm_ok and u.identical(p.repbn.bn.running_mean, rm0)
+      out_ok = out_ok and u.identical(y, yl)
+    else
+      out_ok = out_ok and t.maxdiff(y, ref) <= 1e-6
+    end
+    p:eval()
+    rb:load_state_dict(p.repbn:state_dict())
+    rb:eval()
+    eval_ok = eval_ok and u.identical(p(x), rb(x))
+    p:train()
+    t.is(nn.schedule_step(p), 1, "nn.schedule_step advances the one PRepBN (step " .. s .. ")")
+  end
+  t.ok(lams_ok, "lam over 20 steps with warm-up 3 and steps 10: 1 x3 (warm-up), then 1.0, 0.9, ..., 0.1, then 0")
+  t.ok(out_ok, "outputs over 20 steps: LN during warm-up, then lam LN + (1 - lam) RepBN (to 1e-6)")
+  t.ok(warm_ok, "the RepBN's running statistics do not move during warm-up")
+  t.ok(eval_ok, "in eval mode PRepBN is its RepBN at every step, whatever lam")
+end
+
+do -- the hook walks a model
+  local model = nn.Sequential(nn.PRepBN(C, { steps = 5 }), nn.Linear(C, C),
+                              nn.Residual(nn.Sequential(nn.PRepBN(C, { steps = 5 }), nn.ReLU())))
+  t.is(nn.schedule_step(model), 2, "nn.schedule_step(model) advances every PRepBN of the model and counts them")
+  t.ok(model[1]:lam() == 0.8 and model[3].inner[1]:lam() == 0.8, "each PRepBN of the model moved one step")
+end
+
+-- ============================================================ state, checkpoints
+
+do
+  local p = randomize(nn.PRepBN(C, { warmup = 1, steps = 8 }))
+  for _ = 1, 4 do p(glia.randn(3, C)) p:schedule_step() end
+  local sd = p:state_dict()
+  t.ok(sd.step ~= nil and sd.step:item() == 4 and sd.step:dtype() == "i64",
+       "PRepBN's state dict holds its schedule step (an i64 buffer)")
+  local q = nn.PRepBN(C, { warmup = 1, steps = 8 })
+  q:load_state_dict(sd)
+  local x = glia.randn(2, 3, C)
+  t.ok(q:lam() == p:lam() and q:lam() == 5 / 8, "loading the state dict resumes the schedule (lam 5/8)")
+  t.ok(u.identical(q(x), p(x)), "a PRepBN loaded from the state dict computes what the original does")
+
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(checkpoint.make_dir(dir))
+  local model = nn.Sequential(p, nn.Linear(C, 2))
+  assert(checkpoint.save(dir, { model = model, step = 5 }))
+  local fresh = nn.Sequential(nn.PRepBN(C, { warmup = 1, steps = 8 }), nn.Linear(C, 2))
+  assert(checkpoint.load(dir, { model = fresh }))
+  t.ok(fresh[1]:lam() == p:lam() and fresh[1].step:item() == 4,
+       "a glia.checkpoint of the model carries the schedule step")
+  os.remove(checkpoint.path(dir))
+  os.remove(dir)
+end
+
+-- ======================================================= gradient checks
+
+do
+  local x = glia.randn(2, 3, C)
+  local r = randomize(nn.RepBN(C))
+  u.gradcheck(function(xx) return r(xx) end, { x, r.eta, r.bn.weight, r.bn.bias },
+              "gradcheck passes for RepBN in training on x, eta, weight and bias")
+  local mask = glia.tensor({ { true, true, false }, { true, false, true } }, "bool")
+  u.gradcheck(function(xx) return r(xx, { mask = mask }) end, { x, r.eta, r.bn.weight },
+              "gradcheck passes for RepBN with a padding mask")
+  u.gradcheck(function(xx) return r(xx:transpose(1, 2)) end, { glia.randn(3, 2, C) },
+              "gradcheck passes for RepBN on a transposed input")
+  r:eval()
+  u.gradcheck(function(xx) return r(xx) end, { x, r.eta, r.bn.weight, r.bn.bias },
+              "gradcheck passes for RepBN in eval mode")
+  for _, kind in ipairs { "layer", "rms" } do
+    local p = randomize(nn.PRepBN(C, { steps = 4, norm = kind }))
+    for s = 0, 4 do
+      local inputs = { x, p.ln.weight, p.repbn.eta, p.repbn.bn.weight, p.repbn.bn.bias }
+      if p.ln.bias then inputs[#inputs + 1] = p.ln.bias end
+      u.gradcheck(function(xx) return p(xx) end, inputs,
+                  ("gradcheck passes for PRepBN(%s) at lam = %g"):format(kind, p:lam()))
+      p:schedule_step()
+    end
+  end
+end
+
+-- ============================================================= options
+
+t.error_like(function() nn.PRepBN(C, { steps = -1 }) end, "PRepBN: steps must be an integer >= 0, got %-1",
+             "a negative number of steps is an error")
+t.error_like(function() nn.PRepBN(C, { warmup = -3 }) end, "PRepBN: warmup must be an integer >= 0, got %-3",
+             "a negative warm-up is an error")
+t.error_like(function() nn.PRepBN(C, { steps = 2.5 }) end, "PRepBN: steps must be an integer >= 0, got 2.5",
+             "a fractional number of steps is an error")
+t.error_like(function() nn.PRepBN(C, { norm = "batch" }) end, 'PRepBN: norm must be "layer" or "rms", got batch',
+             "an unknown norm is an error")
+t.error_like(function() nn.PRepBN(C, { step = 10 }) end, "unknown option 'step'", "PRepBN checks its options")
+t.error_like(function() nn.PRepBN(C, { steps = -1 }) end, "^t/repbn.t:", "PRepBN's errors blame the caller")
+t.is(nn.PRepBN(C, { steps = 0 }):lam(), 0, "steps = 0 hands over to RepBN at once")
+t.ok(tostring(nn.PRepBN(C, { warmup = 2, steps = 7, norm = "rms" })):find("PRepBN(4, norm=rms, warmup=2, steps=7, step=0)", 1, true),
+     "PRepBN prints its schedule")
+
+t.done()
