@@ -390,4 +390,155 @@ t.is(nn.PRepBN(C, { steps = 0 }):lam(), 0, "steps = 0 hands over to RepBN at onc
 t.ok(tostring(nn.PRepBN(C, { warmup = 2, steps = 7, norm = "rms" })):find("PRepBN(4, norm=rms, warmup=2, steps=7, step=0)", 1, true),
      "PRepBN prints its schedule")
 
+-- ================================================================ folding
+
+-- Mean over the tokens of {B,N,C}: an average, so fold crosses it.
+local TokenMean = nn.Module:extend("TokenMean")
+TokenMean.fold_transparent = true
+function TokenMean:forward(x) return x:mean({ 2 }) end
+
+-- A pre-norm block whose forward is code: one norm feeds q, k and v, the
+-- other a SwiGLU's gate and up; fold_pairs says so.
+local Block = nn.Module:extend("TestBlock")
+function Block:__init(dim, norm)
+  self.norm1 = norm(dim)
+  self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim, { bias = false }), nn.Linear(dim, dim)
+  self.proj = nn.Linear(dim, dim)
+  self.norm2 = norm(dim)
+  self.gate, self.up, self.down = nn.Linear(dim, 2 * dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+end
+function Block:forward(x)
+  local h = self.norm1(x)
+  local q, k, v = self.q(h), self.k(h), self.v(h)
+  x = x + self.proj(glia.softmax(q:matmul(k:transpose(2, 3)):div(sqrt(x:size(3))), 3):matmul(v))
+  local n = self.norm2(x)
+  return x + self.down(self.gate(n):silu() * self.up(n))
+end
+function Block:fold_pairs()
+  return { { norm = "norm1", into = { "q", "k", "v" } }, { norm = "norm2", into = { "gate", "up" } } }
+end
+
+local NORM_CLASSES = { RepBN = true, PRepBN = true, BatchNorm1d = true, BatchNorm2d = true,
+                       LayerNorm = true, RMSNorm = true }
+
+local function has_norm(m)
+  for _, e in ipairs(m:modules()) do
+    if NORM_CLASSES[nn.Module.class_name(e)] then return true end
+  end
+  return false
+end
+
+-- Trains model's statistics for a few steps on inputs of shape, randomizes
+-- the norms' parameters (eta and the affine away from their initial values), puts
+-- it in eval mode, folds it, and checks the outputs agree to 1e-5.
+local function check_fold(model, shape, desc)
+  for _, m in ipairs(model:modules()) do
+    if NORM_CLASSES[nn.Module.class_name(m)] then
+      glia.no_grad(function()
+        for _, p in ipairs(m:parameters()) do p:copy_(glia.rand(p:shape()):add(0.5)) end
+      end)
+    end
+  end
+  for _ = 1, 4 do
+    glia.no_grad(function() model(glia.randn(shape):mul(1.5):add(0.5)) end)
+    nn.schedule_step(model)
+  end
+  model:eval()
+  local x = glia.randn(shape):add(0.5)
+  local want = model(x)
+  local folded = nn.fold(model)
+  local got = folded(x)
+  local d = t.maxdiff(got, want)
+  t.diag(("%s: max |folded - model| %.3g"):format(desc, d))
+  if not t.ok(d <= 1e-5 * max(1, t.maxdiff(want, glia.zeros(want:shape()))), desc) then
+    t.diag("max abs difference " .. d)
+  end
+  t.ok(not has_norm(folded) and has_norm(model) and u.identical(model(x), want),
+       desc .. ": no norm is left in the copy, and the model is unchanged")
+  return folded
+end
+
+for _, name in ipairs { "RepBN", "PRepBN", "BatchNorm1d" } do
+  local make = function(c) return nn[name](c) end
+  local shape = name == "BatchNorm1d" and { 12, 6 } or { 3, 4, 6 }
+  check_fold(nn.Sequential(make(6), nn.Linear(6, 5)), shape, name .. " -> Linear folds into the Linear")
+  check_fold(nn.Sequential(make(6), nn.Linear(6, 5, { bias = false })), shape,
+             name .. " -> Linear without bias folds, creating the bias")
+  check_fold(nn.Sequential(nn.Linear(6, 6), make(6), nn.ReLU(), nn.Linear(6, 2)), shape,
+             name .. " after a Linear (the patch-embedding position) folds into it, bias and eta included")
+  check_fold(nn.Sequential(nn.Linear(6, 6, { bias = false }), make(6), nn.GELU()), shape,
+             name .. " after a Linear without bias folds, creating the bias")
+end
+check_fold(nn.Sequential(nn.Linear(6, 6), nn.RepBN(6), TokenMean(), nn.Dropout(0.2), nn.Linear(6, 3)), { 3, 4, 6 },
+           "final RepBN -> token mean -> dropout -> head folds into the head")
+check_fold(Block(6, nn.RepBN), { 2, 5, 6 }, "RepBN feeding q, k, v and a SwiGLU's gate and up folds into each")
+check_fold(Block(6, function(c) return nn.PRepBN(c, { steps = 2 }) end), { 2, 5, 6 },
+           "PRepBN feeding q, k, v and a SwiGLU's gate and up folds into each")
+
+do -- a small SLAB-like network
+  local C = 8
+  local net = nn.Sequential(nn.Linear(12, C), nn.RepBN(C),
+                            Block(C, function(c) return nn.PRepBN(c, { steps = 3 }) end),
+                            Block(C, function(c) return nn.PRepBN(c, { steps = 3, norm = "rms" }) end),
+                            nn.Residual(nn.Sequential(nn.RepBN(C), nn.Linear(C, C), nn.ReLU(), nn.Linear(C, C))),
+                            nn.PRepBN(C, { steps = 3 }), TokenMean(), nn.Linear(C, 10))
+  local folded = check_fold(net, { 4, 9, 12 }, "a small SLAB-like network (patch embedding, blocks, final norm, head) folds")
+  local n_id = 0
+  for _, m in ipairs(folded:modules()) do if nn.Module.class_name(m) == "Identity" then n_id = n_id + 1 end end
+  t.is(n_id, 7, "every one of its 7 norms became an Identity")
+end
+
+do -- a declared "from" pair: the norm reads a layer's output
+  local Embed = nn.Module:extend("TestEmbed")
+  function Embed:__init() self.proj = nn.Linear(5, 6) self.norm = nn.RepBN(6) end
+  function Embed:forward(x) return self.norm(self.proj(x):relu() + self.proj(x)) end
+  local e = Embed()
+  randomize(e)
+  glia.no_grad(function() e(glia.randn(3, 4, 5)) end)
+  e:eval()
+  t.error_like(function() nn.fold(e) end, "norm 'norm' %(RepBN%(6.*no linear neighbour",
+               "a norm in a module without fold_pairs is an error naming it")
+  local Embed2 = Embed:extend("TestEmbed2")
+  function Embed2:forward(x) return self.norm(self.proj(x)) end
+  function Embed2:fold_pairs() return { { norm = "norm", from = "proj" } } end
+  check_fold(Embed2(), { 3, 4, 5 }, "a declared { norm, from } pair folds the norm into the layer before it")
+end
+
+-- errors
+do
+  local m = nn.Sequential(nn.RepBN(4), nn.Linear(4, 2))
+  t.error_like(function() nn.fold(m) end,
+               "^t/repbn.t:%d+: glia.nn.fold: '<model>' %(Sequential%) is in training mode: folding uses the running statistics, call model:eval%(%) first",
+               "folding a model in training mode is an error")
+  m:eval()
+  m[2]:train()
+  t.error_like(function() nn.fold(m) end, "'2' %(Linear%(4 %-> 2%)%) is in training mode",
+               "folding a model with one module in training mode is an error naming it")
+  t.error_like(function() nn.fold(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.RepBN(4), nn.ReLU()):eval()) end,
+               "^t/repbn.t:%d+: glia.nn.fold: norm '3' %(RepBN%(4, eps=1e%-05, momentum=0.1%)%) has no linear neighbour",
+               "a norm with no linear neighbour is an error naming it")
+  t.error_like(function() nn.fold(nn.RepBN(4):eval()) end, "norm '<model>' %(RepBN",
+               "a lone norm is an error")
+  t.error_like(function() nn.fold(nn.Sequential(nn.BatchNorm1d(4, { track_running_stats = false }), nn.Linear(4, 2)):eval()) end,
+               "^t/repbn.t:%d+: glia.nn.BatchNorm1d: without running statistics",
+               "a BatchNorm1d without running statistics cannot fold")
+  local Bad = nn.Module:extend("TestBad")
+  function Bad:__init() self.n = nn.RepBN(4) self.l = nn.Linear(3, 2) end
+  function Bad:fold_pairs() return self.pairs end
+  local bad = Bad()
+  bad:eval()
+  bad.pairs = { { norm = "n", into = { "l" } } }
+  t.error_like(function() nn.fold(bad) end,
+               "norm 'n' %(RepBN.-%) has 4 channels but the Linear 'l' %(Linear%(3 %-> 2%)%) after it takes weight {2,3}",
+               "a declared Linear of the wrong size is an error naming both")
+  bad.pairs = { { norm = "n", into = { "lin" } } }
+  t.error_like(function() nn.fold(bad) end, "fold_pairs of '<model>' %(TestBad%) names 'lin', which is not a module",
+               "a declared path that names nothing is an error")
+  bad.pairs = { { norm = "l", into = { "n" } } }
+  t.error_like(function() nn.fold(bad) end, "names 'l' %(Linear.-%) as a norm", "a declared norm that is not one is an error")
+  bad.pairs = { { norm = "n" } }
+  t.error_like(function() nn.fold(bad) end, "needs `into`", "a declared pair without into or from is an error")
+  t.error_like(function() nn.fold(42) end, "glia.nn.fold: expected a module, got number", "fold takes a module")
+end
+
 t.done()

@@ -7,6 +7,7 @@
 --   nn.BatchNorm1d(C, {eps, momentum, affine, track_running_stats})
 --   nn.RepBN(C, {eps, momentum, eta})  nn.PRepBN(C, {warmup, steps, norm, eps, bn_eps, momentum, eta})
 --   nn.schedule_step(model)     advance every PRepBN's schedule (once per training step)
+--   nn.fold(model)              an eval copy with every BatchNorm/RepBN folded into a linear layer
 --   nn.Dropout(p)  nn.ReLU()  nn.GELU(approximate)  nn.SiLU()  nn.Identity()
 --   nn.Sequential(...)  nn.ModuleList(...)  nn.ModuleDict(t)  nn.Residual(inner)
 --   nn.MultiHeadAttention(d_model, n_heads, {kv_heads, causal, dropout, bias, fused})
@@ -26,6 +27,7 @@ local nn = {
   functional = require "glia.nn.functional",
 }
 nn.F = nn.functional
+nn.fold = require("glia.nn.fold").fold
 
 for _, family in ipairs { "linear", "activation", "norm", "container", "attention", "transformer" } do
   for name, cls in pairs(require("glia.nn." .. family)) do nn[name] = cls end
