@@ -449,7 +449,7 @@ local function check_fold(model, shape, desc)
   local folded = nn.fold(model)
   local got = folded(x)
   local d = t.maxdiff(got, want)
-  t.diag(("%s: max |folded - model| %.3g"):format(desc, d))
+  t.diag(("%s: max |folded - model| %.3g, max |model| %.3g"):format(desc, d, t.maxdiff(want, glia.zeros(want:shape()))))
   if not t.ok(d <= 1e-5 * max(1, t.maxdiff(want, glia.zeros(want:shape()))), desc) then
     t.diag("max abs difference " .. d)
   end
