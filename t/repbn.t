@@ -529,7 +529,7 @@ do
   bad:eval()
   bad.pairs = { { norm = "n", into = { "l" } } }
   t.error_like(function() nn.fold(bad) end,
-               "norm 'n' %(RepBN.-%) has 4 channels but the Linear 'l' %(Linear%(3 %-> 2%)%) after it takes weight {2,3}",
+               "norm 'n' %(RepBN.-%) has 4 channels but the layer 'l' %(Linear%(3 %-> 2%)%) after it has weight {2,3}",
                "a declared Linear of the wrong size is an error naming both")
   bad.pairs = { { norm = "n", into = { "lin" } } }
   t.error_like(function() nn.fold(bad) end, "fold_pairs of '<model>' %(TestBad%) names 'lin', which is not a module",

@@ -36,6 +36,7 @@ local Module = require "glia.nn.module"
 local lin    = require "glia.nn.linear"
 local act    = require "glia.nn.activation"
 local cont   = require "glia.nn.container"
+local norm_mod = require "glia.nn.norm"
 
 local type, ipairs, pairs, tostring, error, tonumber = type, ipairs, pairs, tostring, error, tonumber
 local getmetatable, setmetatable, rawget, rawset = getmetatable, setmetatable, rawget, rawset
@@ -104,7 +105,18 @@ end
 -- The norm's per-channel affine, a and b {C}.
 local function affine(norm)
   if type(norm.fold_affine) == "function" then return norm:fold_affine() end
-  return require("glia.nn.norm").BatchNorm1d.fold_affine(norm) -- BatchNorm2d: same fields
+  return norm_mod.BatchNorm1d.fold_affine(norm) -- BatchNorm2d: same fields
+end
+
+-- layer's weight (detached) once its size along dim is the norm's channel
+-- count; where says where the layer sits ("after", "before").
+local function weight_for(npath, norm, lpath, layer, a, dim, where)
+  local W = layer.weight:detach()
+  if W:size(dim) ~= a:size(1) then
+    error(format("glia.nn.fold: norm %s has %d channels but the layer %s %s it has weight %s",
+                 label(npath, norm), a:size(1), label(lpath, layer), where, shape_str(W)), 0)
+  end
+  return W
 end
 
 -- Folds the affine (a, b) of the norm named npath into the layer at lpath
@@ -114,11 +126,7 @@ local function fold_before(npath, norm, lpath, layer, a, b)
     error(format("glia.nn.fold: norm %s feeds %s: only a Linear can take a norm before it (a conv's "
                  .. "zero padding would not see the shift)", label(npath, norm), label(lpath, layer)), 0)
   end
-  local W = layer.weight:detach()
-  if W:size(2) ~= a:size(1) then
-    error(format("glia.nn.fold: norm %s has %d channels but the Linear %s after it takes weight %s",
-                 label(npath, norm), a:size(1), label(lpath, layer), shape_str(W)), 0)
-  end
+  local W = weight_for(npath, norm, lpath, layer, a, 2, "after")
   local shift = W:matmul(b)
   layer.weight = Parameter(W * a:view(1, a:size(1)))
   layer.bias = Parameter(layer.bias and layer.bias:detach() + shift or shift)
@@ -130,11 +138,7 @@ local function fold_after(npath, norm, lpath, layer, a, b)
     error(format("glia.nn.fold: norm %s reads %s, which is not a Linear or Conv",
                  label(npath, norm), label(lpath, layer)), 0)
   end
-  local W = layer.weight:detach()
-  if W:size(1) ~= a:size(1) then
-    error(format("glia.nn.fold: norm %s has %d channels but the layer %s before it has weight %s",
-                 label(npath, norm), a:size(1), label(lpath, layer), shape_str(W)), 0)
-  end
+  local W = weight_for(npath, norm, lpath, layer, a, 1, "before")
   local shape = { a:size(1) }
   for d = 2, W:dim() do shape[d] = 1 end
   layer.weight = Parameter(W * a:view(shape))
