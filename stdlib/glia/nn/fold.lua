@@ -36,7 +36,6 @@ local Module = require "glia.nn.module"
 local lin    = require "glia.nn.linear"
 local act    = require "glia.nn.activation"
 local cont   = require "glia.nn.container"
-local norm_mod = require "glia.nn.norm"
 
 local type, ipairs, pairs, tostring, error, tonumber = type, ipairs, pairs, tostring, error, tonumber
 local getmetatable, setmetatable, rawget, rawset = getmetatable, setmetatable, rawget, rawset
@@ -60,8 +59,10 @@ local function is_a(m, cls)
   return false
 end
 
+-- A norm fold can fold: one that gives its eval-mode affine (BatchNorm1d
+-- and the classes derived from it, RepBN, PRepBN).
 local function is_norm(m)
-  return type(m.fold_affine) == "function" or class_name(m) == "BatchNorm2d"
+  return type(m.fold_affine) == "function"
 end
 
 local function is_transparent(m)
@@ -100,12 +101,6 @@ local function copy(v, memo)
     end
   end
   return c
-end
-
--- The norm's per-channel affine, a and b {C}.
-local function affine(norm)
-  if type(norm.fold_affine) == "function" then return norm:fold_affine() end
-  return norm_mod.BatchNorm1d.fold_affine(norm) -- BatchNorm2d: same fields
 end
 
 -- layer's weight (detached) once its size along dim is the norm's channel
@@ -172,7 +167,7 @@ local function fold_declared(root, rpath)
       error(format("glia.nn.fold: fold_pairs of %s names %s as a norm", label(rpath, root),
                    label(npath, norm)), 0)
     end
-    local a, b = affine(norm)
+    local a, b = norm:fold_affine()
     if e.from then
       fold_after(npath, norm, join(rpath, e.from), resolve(root, rpath, e.from), a, b)
     else
@@ -204,11 +199,11 @@ local function fold_sequence(seq, spath)
       local after, j = neighbour(seq, i, 1)
       local before, k = neighbour(seq, i, -1)
       if after and is_a(after, lin.Linear) then
-        local a, b = affine(norm)
+        local a, b = norm:fold_affine()
         fold_before(npath, norm, join(spath, j), after, a, b)
         seq:add_module(i, act.Identity())
       elseif before and (is_a(before, lin.Linear) or CONV[class_name(before)]) then
-        local a, b = affine(norm)
+        local a, b = norm:fold_affine()
         fold_after(npath, norm, join(spath, k), before, a, b)
         seq:add_module(i, act.Identity())
       end

@@ -143,13 +143,13 @@ local function shape_str(x)
   return "{" .. concat(x:shape(), ",") .. "}"
 end
 
--- Batch normalization of x ({N,C} or {N,C,L}) by bn's statistics: the
--- batch's in training (or without running statistics), the running ones
--- otherwise; then bn's affine. keep, an f32 {N,1} of 0/1 (only with
--- {N,C}), restricts the batch statistics to its rows: the others are still
--- normalized (with those statistics) but count for nothing. name is the
--- calling module's, for errors.
-local function batch_norm(bn, x, keep, name)
+-- Batch normalization of x {N,C,...} by bn's statistics: the batch's over
+-- dims (every dim but C) in training (or without running statistics), the
+-- running ones otherwise; then bn's affine. keep, an f32 {N,1} of 0/1
+-- (only with x {N,C}), restricts the batch statistics to its rows: the
+-- others are still normalized (with those statistics) but count for
+-- nothing. name is the calling module's, for errors.
+local function batch_norm(bn, x, dims, keep, name)
   local C = bn.num_features
   local mean, var
   if bn.training or not bn.running_mean then
@@ -161,7 +161,6 @@ local function batch_norm(bn, x, keep, name)
       var = (d * d):sum({ 1 }, true) / n
     else
       n = x:numel() / C
-      local dims = x:dim() == 3 and { 1, 3 } or { 1 }
       mean, var = x:mean(dims, true), x:var(dims, true, 0)
     end
     if n < 2 then
@@ -183,7 +182,7 @@ function BatchNorm1d:forward(x)
     error(format("glia.nn.BatchNorm1d: expected input {N,%d} or {N,%d,L}, got %s", C, C,
                  shape_str(x)), 2)
   end
-  return batch_norm(self, x, nil, "BatchNorm1d")
+  return batch_norm(self, x, x:dim() == 3 and { 1, 3 } or { 1 }, nil, "BatchNorm1d")
 end
 
 -- The eval-mode map as a per-channel affine y = a o x + b (a, b {C},
@@ -269,7 +268,7 @@ function RepBN:forward(x, opts)
   local x2 = x:reshape(M, C)
   local keep = mask ~= nil and keep_rows("RepBN", mask, x, M) or nil
   if not self.training then keep = nil end
-  local y = batch_norm(self.bn, x2, keep and keep:to("f32"), "RepBN") + x2 * self.eta
+  local y = batch_norm(self.bn, x2, { 1 }, keep and keep:to("f32"), "RepBN") + x2 * self.eta
   if keep then y = glia.where(keep, y, x2) end
   return y:reshape(shape)
 end
