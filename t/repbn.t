@@ -504,6 +504,27 @@ do -- a declared "from" pair: the norm reads a layer's output
   check_fold(Embed2(), { 3, 4, 5 }, "a declared { norm, from } pair folds the norm into the layer before it")
 end
 
+-- Convolutions: these run once nn.Conv2d (branch conv) is in.
+if nn.Conv2d then
+  -- {B,C,H,W} -> {B,H*W,C}: a reshape keeping each channel, so fold crosses it.
+  local Tokens = nn.Module:extend("TestTokens")
+  Tokens.fold_transparent = true
+  function Tokens:forward(x) return x:flatten(3, 4):transpose(2, 3) end
+  check_fold(nn.Sequential(nn.Conv2d(3, 6, 3, { padding = 1 }), nn.BatchNorm2d(6), nn.ReLU(),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)), { 2, 3, 5, 5 },
+             "Conv2d -> BatchNorm2d folds into the conv")
+  check_fold(nn.Sequential(nn.Conv2d(3, 6, 2, { stride = 2, bias = false }), Tokens(), nn.RepBN(6), nn.GELU()),
+             { 2, 3, 4, 4 }, "a patch-embedding Conv2d without bias -> tokens -> RepBN folds into the conv, eta included")
+  check_fold(nn.Sequential(nn.Conv2d(4, 4, 3, { padding = 1, groups = 4 }), nn.BatchNorm2d(4), nn.ReLU(),
+                           nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
+             { 2, 4, 5, 5 }, "a depth-wise Conv2d -> BatchNorm2d and a final BatchNorm2d -> pool -> head fold")
+  check_fold(nn.Sequential(nn.Conv1d(3, 5, 3), nn.BatchNorm1d(5), nn.ReLU()), { 2, 3, 7 },
+             "Conv1d -> BatchNorm1d folds into the conv")
+  t.error_like(function() nn.fold(nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, { padding = 1 })):eval()) end,
+               "norm '1' %(BatchNorm2d.-%) has no linear neighbour",
+               "a BatchNorm2d before a conv does not fold (the padding would not see its shift)")
+end
+
 -- errors
 do
   local m = nn.Sequential(nn.RepBN(4), nn.Linear(4, 2))

@@ -8,7 +8,8 @@
 --   norm before a Linear y = W u + c (W {out, C}):  W' = W diag(a), c' = c + W b
 --   norm after a Linear/Conv z = W u + c:           W' = diag(a) W (output row or
 --                                                   filter o scaled by a_o), c' = a o c + b
--- creating the bias when the layer had none. Modules between the two that
+-- creating the bias when the layer had none. (A BatchNorm1d before a Linear
+-- is taken to see {N,C}: the Linear must act on its channels.) Modules between the two that
 -- map y = a o x + b to a o f(x) + b (averaging over tokens or positions,
 -- reshapes keeping the channel, Identity, Dropout in eval) are crossed:
 -- nn.Identity, nn.Dropout, Flatten, AdaptiveAvgPool2d and any module whose
