@@ -171,9 +171,23 @@ local function batch_norm(bn, x, dims, keep, name)
   else
     mean, var = per_channel(bn.running_mean, x), per_channel(bn.running_var, x)
   end
-  local y = (x - mean) * (var + bn.eps):rsqrt()
-  if bn.weight then y = y * per_channel(bn.weight, x) + per_channel(bn.bias, x) end
+  -- one {C} scale, so that x meets two full-size ops (three with a bias)
+  local scale = (var + bn.eps):rsqrt()
+  if bn.weight then scale = scale * per_channel(bn.weight, x) end
+  local y = (x - mean) * scale
+  if bn.bias then y = y + per_channel(bn.bias, x) end
   return y
+end
+
+-- bn's eval-mode map as a per-channel affine y = a o x + b (a, b {C},
+-- tracked by autograd through the weight and bias):
+--   a = weight / sqrt(running_var + eps),  b = bias - a o running_mean
+local function eval_affine(bn)
+  local a = (bn.running_var + bn.eps):rsqrt()
+  if bn.weight then a = a * bn.weight end
+  local b = -(bn.running_mean * a)
+  if bn.bias then b = b + bn.bias end
+  return a, b
 end
 
 function BatchNorm1d:forward(x)
@@ -186,18 +200,15 @@ function BatchNorm1d:forward(x)
 end
 
 -- The eval-mode map as a per-channel affine y = a o x + b (a, b {C},
--- detached): what nn.fold folds into a neighbouring linear layer.
---   a = weight / sqrt(running_var + eps),  b = bias - a o running_mean
+-- detached; see eval_affine): what nn.fold folds into a neighbouring
+-- linear layer.
 function BatchNorm1d:fold_affine()
   if not self.running_mean then
     error(format("glia.nn.%s: without running statistics it normalizes with the batch's even in "
                  .. "eval mode: there is no fixed affine map to fold", Module.class_name(self)), 2)
   end
-  local a = (self.running_var:detach() + self.eps):rsqrt()
-  if self.weight then a = a * self.weight:detach() end
-  local b = -(self.running_mean:detach() * a)
-  if self.bias then b = b + self.bias:detach() end
-  return a, b
+  local a, b = glia.no_grad(eval_affine, self)
+  return a:detach(), b:detach()
 end
 
 function BatchNorm1d:extra_repr()
@@ -266,8 +277,13 @@ function RepBN:forward(x, opts)
   end
   local shape, M = x:shape(), x:numel() / C
   local x2 = x:reshape(M, C)
+  if not self.training and self.bn.running_mean then
+    -- eval: one affine, a = BN's scale + eta, two full-size ops in all
+    local a, b = eval_affine(self.bn)
+    if mask ~= nil then keep_rows("RepBN", mask, x, M) end
+    return (x2 * (a + self.eta) + b):reshape(shape)
+  end
   local keep = mask ~= nil and keep_rows("RepBN", mask, x, M) or nil
-  if not self.training then keep = nil end
   local y = batch_norm(self.bn, x2, { 1 }, keep and keep:to("f32"), "RepBN") + x2 * self.eta
   if keep then y = glia.where(keep, y, x2) end
   return y:reshape(shape)
