@@ -146,6 +146,29 @@ function glia.attention(q, k, v, opts, ...)
   return attention(q, k, v, opts, ...)
 end
 
+-- glia.conv2d(x, w [, b] [, {stride, padding, dilation, groups}]) and
+-- glia.conv1d the same: stride, padding, dilation each a number or a {h, w}
+-- pair (conv1d: a number). The core ops take them positionally, as lists.
+local function pair(v) return type(v) == "number" and { v } or v end
+local CONV_OPTIONS = { "stride", "padding", "dilation", "groups" }
+for _, name in ipairs { "conv1d", "conv2d" } do
+  local op, where = core[name], "glia." .. name
+  glia[name] = function(x, w, b, opts)
+    if type(b) == "table" and opts == nil then b, opts = nil, b end
+    opts = options.check(where, opts, CONV_OPTIONS, 2)
+    return op(x, w, b, pair(opts.stride), pair(opts.padding), pair(opts.dilation), opts.groups)
+  end
+end
+
+-- glia.max_pool2d / glia.avg_pool2d(x, kernel [, stride [, padding]]) and
+-- glia.adaptive_avg_pool2d(x, out_size): sizes are numbers or {h, w} pairs.
+for _, name in ipairs { "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d" } do
+  local op = core[name]
+  glia[name] = function(x, kernel, stride, padding)
+    return op(x, pair(kernel), pair(stride), pair(padding))
+  end
+end
+
 -- glia.load(path [, {mmap}]): the options are checked here, the file read in C.
 local load = core.load
 function glia.load(path, opts)

@@ -1,0 +1,343 @@
+-- t/conv.t -- conv2d, conv1d and the 2-D pools: plain-Lua references over
+-- many geometries (stride, padding, dilation, groups, depth-wise with a
+-- multiplier, 1x1 and non-square kernels) on contiguous and strided inputs,
+-- gradient checks, determinism, and error messages.
+local t = require "t.tap"
+local glia = require "glia"
+local u = require "t.util"
+
+local floor, ceil, max, huge = math.floor, math.ceil, math.max, math.huge
+local unpack = table.unpack or unpack
+u.seed(909)
+
+-- ============================================================ references
+
+local function pair(v) return type(v) == "table" and v or { v or 0, v or 0 } end
+
+-- conv2d of nested tables x {B,C,H,W}, w {O,C/g,kh,kw}, b {O} or nil, in doubles.
+local function conv_ref(x, w, b, o)
+  o = o or {}
+  local s, p, d, g = pair(o.stride or 1), pair(o.padding or 0), pair(o.dilation or 1), o.groups or 1
+  local B, C, H, W = #x, #x[1], #x[1][1], #x[1][1][1]
+  local O, Cg, kh, kw = #w, #w[1], #w[1][1], #w[1][1][1]
+  local Og = O / g
+  local Ho = floor((H + 2 * p[1] - d[1] * (kh - 1) - 1) / s[1]) + 1
+  local Wo = floor((W + 2 * p[2] - d[2] * (kw - 1) - 1) / s[2]) + 1
+  local y = {}
+  for bi = 1, B do
+    y[bi] = {}
+    for oc = 1, O do
+      local gi = floor((oc - 1) / Og)
+      local plane = {}
+      for ho = 1, Ho do
+        local row = {}
+        for wo = 1, Wo do
+          local acc = b and b[oc] or 0
+          for c = 1, Cg do
+            local xc = x[bi][gi * Cg + c]
+            for i = 1, kh do
+              local hi = (ho - 1) * s[1] - p[1] + (i - 1) * d[1]
+              if hi >= 0 and hi < H then
+                for j = 1, kw do
+                  local wi = (wo - 1) * s[2] - p[2] + (j - 1) * d[2]
+                  if wi >= 0 and wi < W then acc = acc + w[oc][c][i][j] * xc[hi + 1][wi + 1] end
+                end
+              end
+            end
+          end
+          row[wo] = acc
+        end
+        plane[ho] = row
+      end
+      y[bi][oc] = plane
+    end
+  end
+  return y
+end
+
+-- The pools over the last two dims of a 4-D table: kind "max", "avg"
+-- (count_include_pad) or "adaptive" (k is then the output size).
+local function pool_ref(x, kind, k, s, p)
+  k = pair(k)
+  s = s and pair(s) or k
+  p = pair(p or 0)
+  local H, W = #x[1][1], #x[1][1][1]
+  local Ho, Wo
+  if kind == "adaptive" then Ho, Wo = k[1], k[2]
+  else
+    Ho = floor((H + 2 * p[1] - k[1]) / s[1]) + 1
+    Wo = floor((W + 2 * p[2] - k[2]) / s[2]) + 1
+  end
+  local function bounds(o, n, out, kk, ss, pp)
+    if kind == "adaptive" then return floor((o - 1) * n / out), ceil(o * n / out) end
+    local a = (o - 1) * ss - pp
+    return max(a, 0), math.min(a + kk, n)
+  end
+  local y = {}
+  for bi = 1, #x do
+    y[bi] = {}
+    for c = 1, #x[bi] do
+      local plane = {}
+      for ho = 1, Ho do
+        plane[ho] = {}
+        local h0, h1 = bounds(ho, H, Ho, k[1], s[1], p[1])
+        for wo = 1, Wo do
+          local w0, w1 = bounds(wo, W, Wo, k[2], s[2], p[2])
+          local acc = kind == "max" and -huge or 0
+          for h = h0 + 1, h1 do
+            for w = w0 + 1, w1 do
+              local e = x[bi][c][h][w]
+              if kind == "max" then acc = max(acc, e) else acc = acc + e end
+            end
+          end
+          if kind == "avg" then acc = acc / (k[1] * k[2])
+          elseif kind == "adaptive" then acc = acc / ((h1 - h0) * (w1 - w0)) end
+          plane[ho][wo] = acc
+        end
+      end
+      y[bi][c] = plane
+    end
+  end
+  return y
+end
+
+local function tbl(v) return v and v:totable() end
+
+-- ========================================================= conv2d values
+
+local function conv_case(desc, B, C, H, W, O, kh, kw, o, bias)
+  local g = o.groups or 1
+  local x, w = glia.randn(B, C, H, W), glia.randn(O, C / g, kh, kw)
+  local b = bias and glia.randn(O) or nil
+  local got = b and glia.conv2d(x, w, b, o) or glia.conv2d(x, w, o)
+  t.near(got, conv_ref(x:totable(), w:totable(), tbl(b), o), 1e-4, desc)
+end
+
+conv_case("conv2d 3x3 padding 1 with bias matches a naive loop", 2, 3, 6, 7, 4, 3, 3,
+          { padding = 1 }, true)
+conv_case("conv2d without bias, no padding", 2, 3, 5, 5, 2, 3, 3, {}, false)
+conv_case("conv2d with stride 2 and padding 1", 2, 3, 7, 8, 4, 3, 3, { stride = 2, padding = 1 },
+          true)
+conv_case("conv2d with stride {2,3}, padding {1,2}, dilation {2,1}", 1, 2, 9, 10, 3, 3, 3,
+          { stride = { 2, 3 }, padding = { 1, 2 }, dilation = { 2, 1 } }, true)
+conv_case("conv2d with dilation 2", 2, 2, 8, 8, 3, 3, 3, { dilation = 2, padding = 2 }, true)
+conv_case("conv2d with groups 2", 2, 4, 6, 6, 6, 3, 3, { groups = 2, padding = 1 }, true)
+conv_case("conv2d depth-wise (groups = C = O)", 2, 4, 6, 5, 4, 3, 3, { groups = 4, padding = 1 },
+          true)
+conv_case("conv2d depth-wise 5x5 padding 2", 2, 3, 9, 9, 3, 5, 5, { groups = 3, padding = 2 },
+          true)
+conv_case("conv2d depth-wise with multiplier 2 (O = 2C)", 2, 3, 6, 6, 6, 3, 3,
+          { groups = 3, padding = 1 }, true)
+conv_case("conv2d depth-wise with stride 2, dilation 2", 1, 2, 9, 8, 2, 3, 3,
+          { groups = 2, stride = 2, dilation = 2, padding = 2 }, true)
+conv_case("conv2d 1x1 (the direct path)", 2, 5, 4, 3, 3, 1, 1, {}, true)
+conv_case("conv2d 1x1 with stride 2", 2, 3, 5, 5, 2, 1, 1, { stride = 2 }, false)
+conv_case("conv2d non-square kernel 2x4", 2, 3, 6, 7, 2, 2, 4, { padding = { 1, 2 } }, true)
+conv_case("conv2d kernel as large as the padded input", 1, 2, 3, 3, 2, 5, 5, { padding = 1 }, true)
+conv_case("conv2d with more images than threads (batch split over tasks)", 5, 3, 8, 8, 16, 3, 3,
+          { padding = 1 }, true)
+
+do
+  local xs = glia.randn(2, 3, 7, 6)
+  local x = xs:transpose(3, 4) -- {2,3,6,7}, not contiguous
+  local w = glia.randn(5, 3, 3, 3):narrow(1, 2, 4)
+  local b = glia.randn(8):narrow(1, 3, 4)
+  t.near(glia.conv2d(x, w, b, { padding = 1, stride = 2 }),
+         conv_ref(x:totable(), w:totable(), b:totable(), { padding = 1, stride = 2 }), 1e-4,
+         "conv2d reads a transposed input and narrowed weight and bias")
+  local wt = glia.randn(3, 4, 3, 3):transpose(1, 2) -- {4,3,3,3}
+  t.near(glia.conv2d(x, wt), conv_ref(x:totable(), wt:totable()), 1e-4,
+         "conv2d reads a transposed weight")
+  local xd = glia.randn(2, 4, 6, 7):narrow(2, 2, 3)
+  local wd = glia.randn(3, 1, 5, 5)
+  t.near(glia.conv2d(xd, wd, { groups = 3, padding = 2 }),
+         conv_ref(xd:totable(), wd:totable(), nil, { groups = 3, padding = 2 }), 1e-4,
+         "depth-wise conv2d reads a channel-narrowed input")
+  local x0 = glia.randn(0, 3, 5, 5)
+  t.is(glia.conv2d(x0, glia.randn(2, 3, 3, 3)):numel(), 0, "conv2d of an empty batch is empty")
+end
+
+-- ========================================================= conv1d values
+
+do
+  local function ref1d(x, w, b, o)
+    local x4, w4 = {}, {}
+    for i, r in ipairs(x) do x4[i] = {} for c, l in ipairs(r) do x4[i][c] = { l } end end
+    for i, r in ipairs(w) do w4[i] = {} for c, l in ipairs(r) do w4[i][c] = { l } end end
+    local o2 = { groups = o.groups, stride = { 1, o.stride or 1 }, padding = { 0, o.padding or 0 },
+                 dilation = { 1, o.dilation or 1 } }
+    local y = conv_ref(x4, w4, b, o2)
+    for i, r in ipairs(y) do for c, pl in ipairs(r) do r[c] = pl[1] end end
+    return y
+  end
+  local x, w, b = glia.randn(2, 4, 11), glia.randn(6, 2, 3), glia.randn(6)
+  local o = { stride = 2, padding = 2, dilation = 2, groups = 2 }
+  local y = glia.conv1d(x, w, b, o)
+  t.is(y:dim(), 3, "conv1d returns {B,O,Lo}")
+  t.near(y, ref1d(x:totable(), w:totable(), b:totable(), o), 1e-4,
+         "conv1d with stride, padding, dilation and groups matches a naive loop")
+  local xt = glia.randn(2, 11, 4):transpose(2, 3)
+  t.near(glia.conv1d(xt, w, { groups = 2 }), ref1d(xt:totable(), w:totable(), nil, { groups = 2 }),
+         1e-4, "conv1d reads a transposed input")
+end
+
+-- ============================================================ gradients
+
+do
+  local function gc(desc, xs, ws, o, bias)
+    local x, w = glia.randn(unpack(xs)), glia.randn(unpack(ws)) * 0.5
+    local inputs = { x, w }
+    if bias then inputs[3] = glia.randn(ws[1]) end
+    local conv = #xs == 4 and glia.conv2d or glia.conv1d
+    u.gradcheck(function(p, q, r)
+      if r then return conv(p, q, r, o) end
+      return conv(p, q, o)
+    end, inputs, desc)
+  end
+  gc("gradcheck passes for conv2d on x, w and b (padding 1)", { 2, 3, 5, 5 }, { 2, 3, 3, 3 },
+     { padding = 1 }, true)
+  gc("gradcheck passes for conv2d with stride 2, dilation 2, padding {2,1}", { 1, 2, 7, 6 },
+     { 3, 2, 3, 2 }, { stride = 2, dilation = 2, padding = { 2, 1 } }, true)
+  gc("gradcheck passes for conv2d with groups 2", { 2, 4, 4, 4 }, { 4, 2, 3, 3 },
+     { groups = 2, padding = 1 }, true)
+  gc("gradcheck passes for depth-wise conv2d 5x5 padding 2", { 2, 3, 5, 5 }, { 3, 1, 5, 5 },
+     { groups = 3, padding = 2 }, true)
+  gc("gradcheck passes for depth-wise conv2d with multiplier 2, stride 2", { 1, 2, 6, 5 },
+     { 4, 1, 3, 3 }, { groups = 2, stride = 2, padding = 1 }, true)
+  gc("gradcheck passes for conv2d 1x1", { 2, 3, 3, 3 }, { 2, 3, 1, 1 }, {}, true)
+  gc("gradcheck passes for conv1d with stride, padding, dilation and groups", { 2, 4, 9 },
+     { 4, 2, 3 }, { stride = 2, padding = 1, dilation = 2, groups = 2 }, true)
+  local xt = glia.randn(1, 3, 5, 4)
+  u.gradcheck(function(p, q) return glia.conv2d(p:transpose(3, 4), q, { padding = 1 }) end,
+              { xt, glia.randn(2, 3, 3, 3) }, "gradcheck passes for conv2d of a transposed input")
+  -- the weight gradient of a shared depth-wise filter sums over every use
+  local x = glia.randn(2, 3, 4, 4)
+  local w = glia.randn(3, 1, 3, 3):requires_grad()
+  glia.conv2d(x, w, { groups = 3, padding = 1 }):sum():backward()
+  local g1 = w.grad:clone()
+  w:zero_grad()
+  local x2 = glia.cat({ x, x }, 1)
+  glia.conv2d(x2, w, { groups = 3, padding = 1 }):sum():backward()
+  t.near(w.grad, (g1 * 2):totable(), 1e-4,
+         "the depth-wise weight gradient sums over the images that share the filter")
+end
+
+-- ========================================================= determinism
+
+do
+  local x, w = glia.randn(6, 4, 8, 8), glia.randn(8, 4, 3, 3)
+  local function run()
+    local xr, wr = x:clone():requires_grad(), w:clone():requires_grad()
+    glia.conv2d(xr, wr, { padding = 1 }):sum():backward()
+    return { xr.grad:totable(), wr.grad:totable() }
+  end
+  local a, b = run(), run()
+  t.ok(u.identical(a, b), "conv2d backward gives the same bits run to run")
+  local r = u.by_threads(function() return glia.conv2d(x, w, { padding = 1 }):totable() end)
+  t.near(r[1], r[2], 1e-5, "conv2d forward agrees across thread counts")
+end
+
+-- =============================================================== pools
+
+do
+  local x = glia.tensor(u.spread({ 2, 3, 7, 6 }, -2, 2))
+  local xt = x:totable()
+  t.near(glia.max_pool2d(x, 2), pool_ref(xt, "max", 2), 0, "max_pool2d 2x2 matches a naive loop")
+  t.near(glia.max_pool2d(x, 3, 2, 1), pool_ref(xt, "max", 3, 2, 1), 0,
+         "max_pool2d 3x3 stride 2 padding 1 (padding never wins)")
+  t.near(glia.max_pool2d(x, { 2, 3 }, { 1, 2 }), pool_ref(xt, "max", { 2, 3 }, { 1, 2 }), 0,
+         "max_pool2d with a non-square kernel and stride")
+  t.near(glia.avg_pool2d(x, 2), pool_ref(xt, "avg", 2), 1e-6, "avg_pool2d 2x2 matches a naive loop")
+  t.near(glia.avg_pool2d(x, 3, 2, 1), pool_ref(xt, "avg", 3, 2, 1), 1e-6,
+         "avg_pool2d with padding counts the padding (count_include_pad)")
+  t.near(glia.adaptive_avg_pool2d(x, 1), pool_ref(xt, "adaptive", 1), 1e-6,
+         "adaptive_avg_pool2d to 1x1 is the plane mean")
+  t.near(glia.adaptive_avg_pool2d(x, { 3, 4 }), pool_ref(xt, "adaptive", { 3, 4 }), 1e-6,
+         "adaptive_avg_pool2d to 3x4 uses overlapping windows as PyTorch")
+  t.near(glia.adaptive_avg_pool2d(x, { 9, 8 }), pool_ref(xt, "adaptive", { 9, 8 }), 1e-6,
+         "adaptive_avg_pool2d to a larger size repeats elements")
+  local xs = x:transpose(3, 4)
+  t.near(glia.max_pool2d(xs, 2), pool_ref(xs:totable(), "max", 2), 0,
+         "max_pool2d reads a transposed input")
+  t.near(glia.avg_pool2d(xs, 2, 1), pool_ref(xs:totable(), "avg", 2, 1), 1e-6,
+         "avg_pool2d reads a transposed input")
+  local x3 = glia.randn(3, 4, 4)
+  t.near(glia.max_pool2d(x3, 2), pool_ref({ x3:totable() }, "max", 2)[1], 0,
+         "max_pool2d takes an unbatched {C,H,W} input")
+
+  u.gradcheck(function(p) return glia.max_pool2d(p, 3, 2, 1) end, { x:clone() },
+              "gradcheck passes for max_pool2d with stride and padding (distinct values)")
+  u.gradcheck(function(p) return glia.avg_pool2d(p, 3, 2, 1) end, { glia.randn(1, 2, 5, 6) },
+              "gradcheck passes for avg_pool2d with stride and padding")
+  u.gradcheck(function(p) return glia.adaptive_avg_pool2d(p, { 3, 4 }) end,
+              { glia.randn(1, 2, 5, 6) }, "gradcheck passes for adaptive_avg_pool2d")
+  u.gradcheck(function(p) return glia.max_pool2d(p:transpose(3, 4), 2) end,
+              { glia.tensor(u.spread({ 1, 2, 4, 6 }, -1, 1)) },
+              "gradcheck passes for max_pool2d of a transposed input")
+
+  local c = glia.ones(1, 1, 2, 4):requires_grad()
+  glia.max_pool2d(c, 2):sum():backward()
+  t.near(c.grad, { { { { 1, 0, 1, 0 }, { 0, 0, 0, 0 } } } }, 0,
+         "max_pool2d sends the gradient of a tie to the first maximum")
+  local nan = glia.tensor({ { { { 1, 0 / 0 }, { 3, 2 } } } })
+  t.ok(glia.max_pool2d(nan, 2):item() ~= glia.max_pool2d(nan, 2):item(),
+       "max_pool2d propagates NaN")
+end
+
+-- ============================================================ bad input
+
+do
+  local x, w = glia.randn(2, 4, 5, 5), glia.randn(6, 2, 3, 3)
+  t.error_like(function() glia.conv2d(glia.randn(4, 5, 5), w) end,
+               "glia.conv2d: expected input {B,C,H,W}.*{4,5,5}", "conv2d rejects a 3-D input")
+  t.error_like(function() glia.conv2d(x, glia.randn(6, 4, 3)) end,
+               "glia.conv2d: expected input.*{6,4,3}", "conv2d rejects a 3-D weight")
+  t.error_like(function() glia.conv2d(x, glia.randn(6, 4, 3, 3), { groups = 3 }) end,
+               "glia.conv2d: channels must be divisible by groups 3: input {2,4,5,5}",
+               "conv2d rejects channels not divisible by groups")
+  t.error_like(function() glia.conv2d(x, w) end,
+               "glia.conv2d: weight {6,2,3,3} needs C/groups = 4 input channels, input is {2,4,5,5}",
+               "conv2d rejects a weight with the wrong channel count")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 7, 7)) end,
+               "glia.conv2d: kernel {2,4,7,7} .* larger than the padded input {2,4,5,5}",
+               "conv2d rejects a kernel larger than the padded input")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { stride = 0 }) end,
+               "glia.conv2d: stride must be >= 1, got 0", "conv2d rejects stride 0")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { stride = { 1, -2 } }) end,
+               "glia.conv2d: stride must be >= 1, got %-2", "conv2d rejects a negative stride")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { padding = -1 }) end,
+               "glia.conv2d: padding must be >= 0", "conv2d rejects negative padding")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { dilation = 0 }) end,
+               "glia.conv2d: dilation must be >= 1", "conv2d rejects dilation 0")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { groups = 0 }) end,
+               "glia.conv2d: groups must be >= 1", "conv2d rejects groups 0")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), glia.randn(3)) end,
+               "glia.conv2d: bias {3} does not match weight {2,4,3,3}",
+               "conv2d rejects a bias of the wrong length")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { pading = 1 }) end,
+               "glia.conv2d: unknown option 'pading'", "conv2d names an unknown option")
+  t.error_like(function() glia.conv2d(glia.zeros({ 2, 4, 5, 5 }, "i64"), glia.randn(2, 4, 3, 3)) end,
+               "glia.conv2d: input must be f32", "conv2d rejects an i64 input")
+  t.error_like(function() glia.conv1d(x, w) end,
+               "glia.conv1d: expected input {B,C,L} and weight {O,C/groups,k}, got {2,4,5,5}",
+               "conv1d rejects a 4-D input")
+  t.error_like(function() glia.conv1d(glia.randn(2, 3, 4), glia.randn(2, 3, 7)) end,
+               "glia.conv1d: kernel {2,3,7} .* larger than the padded input {2,3,4}",
+               "conv1d names its own shapes when the kernel does not fit")
+  t.error_like(function() glia.max_pool2d(glia.randn(5, 5), 2) end,
+               "glia.max_pool2d: expected input {B,C,H,W} or {C,H,W}, got {5,5}",
+               "max_pool2d rejects a 2-D input")
+  t.error_like(function() glia.max_pool2d(x, 2, 0) end,
+               "glia.max_pool2d: stride must be >= 1, got 0", "max_pool2d rejects stride 0")
+  t.error_like(function() glia.avg_pool2d(x, 2, 1, 2) end,
+               "glia.avg_pool2d: padding must be in %[0, kernel/2%], got 2 for kernel 2",
+               "avg_pool2d rejects padding over half the kernel")
+  t.error_like(function() glia.max_pool2d(x, 7) end,
+               "glia.max_pool2d: kernel {7,7} larger than the padded input {2,4,5,5}",
+               "max_pool2d rejects a kernel larger than the input")
+  t.error_like(function() glia.adaptive_avg_pool2d(x, 0) end,
+               "glia.adaptive_avg_pool2d: output size must be >= 1",
+               "adaptive_avg_pool2d rejects output size 0")
+end
+
+t.done()
