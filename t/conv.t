@@ -340,4 +340,122 @@ do
                "adaptive_avg_pool2d rejects output size 0")
 end
 
+-- ============================================================ nn modules
+
+do
+  local nn = require "glia.nn"
+  local function keys(sd)
+    local k = {}
+    for name in pairs(sd) do k[#k + 1] = name end
+    table.sort(k)
+    return table.concat(k, " ")
+  end
+  local c = nn.Conv2d(16, 32, 3, { padding = 1 })
+  t.ok(u.same_shape(c.weight, { 32, 16, 3, 3 }) and u.same_shape(c.bias, { 32 }),
+       "Conv2d holds weight {out, in, kh, kw} and bias {out}")
+  t.is(keys(c:state_dict()), "bias weight", "Conv2d's state dict names are PyTorch's")
+  local bound = 1 / math.sqrt(16 * 9)
+  local wmax, bmax = c.weight:abs():max():item(), c.bias:abs():max():item()
+  t.ok(wmax <= bound and wmax > 0.9 * bound,
+       "Conv2d's weight is U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform a = sqrt(5))")
+  t.ok(bmax <= bound and bmax > 0.5 * bound, "Conv2d's bias is U(-1/sqrt(fan_in), 1/sqrt(fan_in))")
+  local x = glia.randn(2, 16, 6, 5)
+  t.ok(u.same_shape(c(x), { 2, 32, 6, 5 }), "Conv2d 3x3 padding 1 keeps the plane size")
+  t.near(c(x), glia.conv2d(x, c.weight, c.bias, { padding = 1 }), 0, "Conv2d is glia.conv2d")
+  local g = nn.Conv2d(6, 9, { 3, 1 }, { stride = { 2, 1 }, groups = 3, bias = false })
+  t.ok(u.same_shape(g.weight, { 9, 2, 3, 1 }) and g.bias == nil,
+       "Conv2d with groups 3, a {3,1} kernel and no bias holds weight {9,2,3,1} only")
+  t.ok(u.same_shape(g(glia.randn(1, 6, 7, 4)), { 1, 9, 3, 4 }), "Conv2d honours a {2,1} stride")
+  local c1 = nn.Conv1d(4, 6, 3, { stride = 2, padding = 1, groups = 2 })
+  local x1 = glia.randn(2, 4, 9)
+  t.ok(u.same_shape(c1.weight, { 6, 2, 3 }), "Conv1d holds weight {out, in/groups, k}")
+  t.near(c1(x1), glia.conv1d(x1, c1.weight, c1.bias, { stride = 2, padding = 1, groups = 2 }), 0,
+         "Conv1d is glia.conv1d")
+  t.error_like(function() nn.Conv2d(4, 6, 3, { groups = 4 }) end,
+               "glia.nn.Conv2d: in_channels 4 and out_channels 6 must be divisible by groups 4",
+               "Conv2d rejects channels not divisible by groups")
+  t.error_like(function() nn.Conv2d(4, 6, 3, { stride = 0 }) end,
+               "glia.nn.Conv2d: stride must be an integer >= 1, got 0", "Conv2d rejects stride 0")
+  local sd = { weight = glia.randn(32, 16, 3, 3), bias = glia.randn(32) }
+  c:load_state_dict(sd)
+  t.near(c.weight, sd.weight, 0, "Conv2d loads a state dict of PyTorch's names and shapes")
+
+  local xp = glia.randn(2, 3, 8, 7)
+  t.ok(u.same_shape(nn.MaxPool2d(2)(xp), { 2, 3, 4, 3 }), "MaxPool2d(2) halves the plane")
+  t.near(nn.MaxPool2d(3, 2, 1)(xp), glia.max_pool2d(xp, 3, 2, 1), 0, "MaxPool2d is glia.max_pool2d")
+  t.near(nn.AvgPool2d({ kernel_size = 2, stride = 1 })(xp), glia.avg_pool2d(xp, 2, 1), 0,
+         "AvgPool2d takes its arguments as a table too")
+  t.ok(u.same_shape(nn.AdaptiveAvgPool2d(1)(xp), { 2, 3, 1, 1 }),
+       "AdaptiveAvgPool2d(1) pools each plane to one value")
+  t.ok(u.same_shape(nn.Flatten()(xp), { 2, 3 * 8 * 7 }), "Flatten keeps the batch dim")
+  t.ok(u.same_shape(nn.Flatten(1, 2)(xp), { 6, 8, 7 }), "Flatten(1, 2) joins the first two dims")
+
+  local net = nn.Sequential(nn.Conv2d(3, 4, 3, { padding = 1 }), nn.BatchNorm2d(4), nn.ReLU(),
+                            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 3, 2))
+  local loss = net(xp):sum()
+  loss:backward()
+  local all = true
+  for _, p in ipairs(net:parameters()) do all = all and p.grad ~= nil end
+  t.ok(all, "a small CNN (conv, batchnorm, relu, pool, flatten, linear) gets every gradient")
+end
+
+-- =========================================================== BatchNorm2d
+
+do
+  local nn = require "glia.nn"
+  local bn = nn.BatchNorm2d(3)
+  local names = {}
+  for k in pairs(bn:state_dict()) do names[#names + 1] = k end
+  table.sort(names)
+  t.is(table.concat(names, " "), "bias num_batches_tracked running_mean running_var weight",
+       "BatchNorm2d's state dict names are PyTorch's")
+  local x = glia.randn(4, 3, 3, 2) * 2 + 1
+  local xt = x:totable()
+  local mean, var, n = {}, {}, 4 * 3 * 2
+  for c = 1, 3 do
+    local s, ss = 0, 0
+    for b = 1, 4 do for h = 1, 3 do for w = 1, 2 do s = s + xt[b][c][h][w] end end end
+    mean[c] = s / n
+    for b = 1, 4 do for h = 1, 3 do for w = 1, 2 do ss = ss + (xt[b][c][h][w] - mean[c]) ^ 2 end end end
+    var[c] = ss / n
+  end
+  local function ref(m, v)
+    local y = {}
+    for b = 1, 4 do
+      y[b] = {}
+      for c = 1, 3 do
+        y[b][c] = {}
+        for h = 1, 3 do
+          y[b][c][h] = {}
+          for w = 1, 2 do y[b][c][h][w] = (xt[b][c][h][w] - m[c]) / math.sqrt(v[c] + 1e-5) end
+        end
+      end
+    end
+    return y
+  end
+  t.near(bn(x), ref(mean, var), 1e-4,
+         "BatchNorm2d in training normalizes each channel over N, H, W with the biased variance")
+  local rm, rv = {}, {}
+  for c = 1, 3 do rm[c], rv[c] = 0.1 * mean[c], 0.9 + 0.1 * var[c] * n / (n - 1) end
+  t.near(bn.running_mean, rm, 1e-5, "BatchNorm2d's running mean is 0.9 * 0 + 0.1 * the batch mean")
+  t.near(bn.running_var, rv, 1e-5,
+         "BatchNorm2d's running variance takes 0.1 of the unbiased batch variance")
+  t.is(bn.num_batches_tracked:item(), 1, "BatchNorm2d counts the batches it tracked")
+  bn:eval()
+  local before = { bn.running_mean:totable(), bn.running_var:totable() }
+  t.near(bn(x), ref(rm, rv), 1e-4, "BatchNorm2d in eval normalizes with the running statistics")
+  t.ok(u.identical(before, { bn.running_mean:totable(), bn.running_var:totable() }),
+       "BatchNorm2d in eval leaves the running statistics alone")
+  t.error_like(function() bn(glia.randn(4, 3, 5)) end,
+               "glia.nn.BatchNorm2d: expected input {N,3,H,W}, got {4,3,5}",
+               "BatchNorm2d rejects a 3-D input, naming itself")
+  t.error_like(function() nn.BatchNorm1d(3)(glia.randn(2, 3, 4, 4)) end,
+               "glia.nn.BatchNorm1d: expected input {N,3} or {N,3,L}, got {2,3,4,4}",
+               "BatchNorm1d still rejects a 4-D input")
+  bn:train()
+  local b2 = nn.BatchNorm2d(3)
+  u.gradcheck(function(p) return b2(p) end, { glia.randn(2, 3, 2, 2) },
+              "gradcheck passes for BatchNorm2d in training on x")
+end
+
 t.done()

@@ -5,6 +5,10 @@
 --   nn.Linear(in, out, {bias})  nn.Embedding(n, dim)
 --   nn.LayerNorm(dim, {eps, elementwise_affine, bias})  nn.RMSNorm(dim, {eps, elementwise_affine})
 --   nn.BatchNorm1d(C, {eps, momentum, affine, track_running_stats})
+--   nn.BatchNorm2d(C, {eps, momentum, affine, track_running_stats})
+--   nn.Conv1d(in, out, k, {stride, padding, dilation, groups, bias})  nn.Conv2d(the same)
+--   nn.MaxPool2d(k, stride, padding)  nn.AvgPool2d(k, stride, padding)
+--   nn.AdaptiveAvgPool2d(size)  nn.Flatten(start_dim, end_dim)
 --   nn.RepBN(C, {eps, momentum, eta})  nn.PRepBN(C, {warmup, steps, norm, eps, bn_eps, momentum, eta})
 --   nn.schedule_step(model)     advance every PRepBN's schedule (once per training step)
 --   nn.fold(model)              an eval copy with every BatchNorm/RepBN folded into a linear layer
@@ -32,5 +36,6 @@ nn.fold = require("glia.nn.fold").fold
 for _, family in ipairs { "linear", "activation", "norm", "container", "attention", "transformer" } do
   for name, cls in pairs(require("glia.nn." .. family)) do nn[name] = cls end
 end
+for name, cls in pairs(require "glia.nn.conv") do nn[name] = cls end
 
 return nn

@@ -80,7 +80,8 @@ RMSNorm.extra_repr = LayerNorm.extra_repr
 -- =========================================================== BatchNorm1d
 
 -- BatchNorm1d(C [, {eps = 1e-5, momentum = 0.1, affine = true,
--- track_running_stats = true}]) on {N,C} or {N,C,L}.
+-- track_running_stats = true}]) on {N,C} or {N,C,L}; BatchNorm2d (the same
+-- class with other ranks, below) on {N,C,H,W}.
 -- Training: normalize with the batch's mean and biased variance over every
 -- dim but C, then running = (1 - momentum) * running + momentum * batch,
 -- with the unbiased variance (n/(n-1)). Eval: normalize with the running
@@ -88,11 +89,15 @@ RMSNorm.extra_repr = LayerNorm.extra_repr
 -- num_batches_tracked (i64), as PyTorch names them.
 local BatchNorm1d = Module:extend("BatchNorm1d")
 M.BatchNorm1d = BatchNorm1d
+-- The input ranks a class takes, each with the dims its statistics reduce
+-- over (every dim but C), and how messages show them.
+BatchNorm1d.ranks = { [2] = { 1 }, [3] = { 1, 3 } }
+BatchNorm1d.shapes = "{N,%d} or {N,%d,L}"
 
 function BatchNorm1d:__init(C, opts)
-  opts = options.check("glia.nn.BatchNorm1d", opts,
+  opts = options.check("glia.nn." .. self.__name, opts,
                        { "eps", "momentum", "affine", "track_running_stats" }, 2)
-  self.num_features = check_int("BatchNorm1d", "num_features", C, 1)
+  self.num_features = check_int(self.__name, "num_features", C, 1)
   self.eps = opts.eps or 1e-5
   self.momentum = opts.momentum or 0.1
   if opts.affine ~= false then
@@ -123,9 +128,12 @@ function BatchNorm1d:reset_parameters()
   end
 end
 
--- A per-channel vector {C} reshaped to broadcast against x ({C} or {C,1}).
+-- A per-channel vector {C} reshaped to broadcast against x {N,C,...}:
+-- {C}, {C,1}, {C,1,1}.
 local function per_channel(v, x)
-  return x:dim() == 3 and v:view(v:size(1), 1) or v
+  local size = { v:size(1) }
+  for d = 3, x:dim() do size[d - 1] = 1 end
+  return #size > 1 and v:view(size) or v
 end
 
 -- Folds the batch statistics into the running ones (no autograd).
@@ -192,11 +200,12 @@ end
 
 function BatchNorm1d:forward(x)
   local C = self.num_features
-  if (x:dim() ~= 2 and x:dim() ~= 3) or x:size(2) ~= C then
-    error(format("glia.nn.BatchNorm1d: expected input {N,%d} or {N,%d,L}, got %s", C, C,
+  local dims = self.ranks[x:dim()]
+  if not dims or x:size(2) ~= C then
+    error(format("glia.nn.%s: expected input %s, got %s", self.__name, format(self.shapes, C, C),
                  shape_str(x)), 2)
   end
-  return batch_norm(self, x, x:dim() == 3 and { 1, 3 } or { 1 }, nil, "BatchNorm1d")
+  return batch_norm(self, x, dims, nil, self.__name)
 end
 
 -- The eval-mode map as a per-channel affine y = a o x + b (a, b {C},
@@ -214,6 +223,15 @@ end
 function BatchNorm1d:extra_repr()
   return format("%d, eps=%g, momentum=%s", self.num_features, self.eps, tostring(self.momentum))
 end
+
+-- =========================================================== BatchNorm2d
+
+-- BatchNorm2d(C [, opts as BatchNorm1d]) on {N,C,H,W}: statistics per
+-- channel over N, H and W; fold_affine and the rest are BatchNorm1d's.
+local BatchNorm2d = BatchNorm1d:extend("BatchNorm2d")
+M.BatchNorm2d = BatchNorm2d
+BatchNorm2d.ranks = { [4] = { 1, 3, 4 } }
+BatchNorm2d.shapes = "{N,%d,H,W}"
 
 -- ================================================================= RepBN
 
