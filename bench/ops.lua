@@ -111,6 +111,37 @@ W.op_add_4 = function(name)
   report(name, s, s / n * 1e6, "us/op")
 end
 
+-- conv2d_fwd / conv2d_fwdbwd: B=32, 64 -> 64 channels, 32x32, 3x3, padding 1,
+-- with bias (im2col + sgemm). dwconv2d_fwd / dwconv2d_fwdbwd: B=32, 256
+-- channels, 32x32, 5x5, padding 2, groups 256 (the direct depth-wise
+-- kernel). Rates count 2 FLOPs per multiply-add; fwdbwd counts the forward
+-- and the two backward products (x and w): 3x the forward.
+local convs = {
+  conv2d = { B = 32, C = 64, O = 64, HW = 32, k = 3, pad = 1, groups = 1 },
+  dwconv2d = { B = 32, C = 256, O = 256, HW = 32, k = 5, pad = 2, groups = 256 },
+}
+for cname, c in pairs(convs) do
+  local flops = 2 * c.B * c.O * c.HW * c.HW * (c.C / c.groups) * c.k * c.k
+  local opts = { padding = c.pad, groups = c.groups }
+  W[cname .. "_fwd"] = function(name)
+    local x, w, b = glia.randn(c.B, c.C, c.HW, c.HW), glia.randn(c.O, c.C / c.groups, c.k, c.k), glia.randn(c.O)
+    local s = time(function() glia.conv2d(x, w, b, opts):free() end, 10)
+    report(name, s, flops / s * 1e-9, "GFLOP/s")
+  end
+  W[cname .. "_fwdbwd"] = function(name)
+    local x = glia.randn(c.B, c.C, c.HW, c.HW):requires_grad()
+    local w = glia.randn(c.O, c.C / c.groups, c.k, c.k):requires_grad()
+    local b = glia.randn(c.O):requires_grad()
+    local g = glia.randn(c.B, c.O, c.HW, c.HW)
+    local s = time(function()
+      local y = glia.conv2d(x, w, b, opts)
+      y:backward(g)
+      y:free()
+    end, 5)
+    report(name, s, 3 * flops / s * 1e-9, "GFLOP/s")
+  end
+end
+
 for _, name in ipairs(arg) do
   local f = W[name]
   if not f then error("bench/ops.lua: unknown workload " .. name, 0) end

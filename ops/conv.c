@@ -292,6 +292,153 @@ static void dw_dw_channels(int64_t o0, int64_t o1, void *ud) {
   }
 }
 
+/* Depth-wise with stride 1, the common case, runs on a zero-padded copy
+** of each source plane in per-slot scratch: every tap then reads whole
+** vectors without bounds, and an output vector stays in a register across
+** all taps. Forward and dx are the same correlation (dx reads dy padded by
+** the kernel's span less the padding, with the kernel flipped); dw is a
+** dot product of dy with shifted windows of the padded x. */
+
+/* buf {R, Wb}: buf[r][c] = src[r - ph][c - pw] for src {Hs, Ws}, else 0
+** (ph, pw may be negative: the source is then cropped). */
+static void pad_plane(const float *src, int64_t Hs, int64_t Ws, int64_t ph, int64_t pw,
+                      float *buf, int64_t R, int64_t Wb) {
+  int64_t lo = min64(max64(pw, 0), Wb), hi = max64(lo, min64(Wb, pw + Ws));
+  for (int64_t r = 0; r < R; r++) {
+    float *b = buf + r * Wb;
+    int64_t sr = r - ph;
+    if (sr < 0 || sr >= Hs) {
+      memset(b, 0, (size_t)Wb * sizeof *b);
+      continue;
+    }
+    memset(b, 0, (size_t)lo * sizeof *b);
+    memcpy(b + lo, src + sr * Ws + (lo - pw), (size_t)(hi - lo) * sizeof *b);
+    memset(b + hi, 0, (size_t)(Wb - hi) * sizeof *b);
+  }
+}
+
+/* Output rows computed together: RB independent FMA chains per kernel
+** weight (one chain would wait on the FMA latency at every tap). */
+#define RB 4 /* the kernels below name its 4 accumulators */
+
+/* out {Ho, Wo} += sum over taps (i, j) of k[i][j] * buf[u + i*dh][v + j*dw];
+** buf {R, Wb} with R >= Ho rounded up to RB plus (kh-1)*dh and Wb >= Wo
+** rounded up to GLIA_VL plus (kw-1)*dw (buf_rows, buf_width). */
+static void corr_plane(const float *buf, int64_t Wb, const float *k, const conv_geom *g,
+                       float *out, int64_t Ho, int64_t Wo) {
+  for (int64_t u = 0; u < Ho; u += RB)
+    for (int64_t v0 = 0; v0 < Wo; v0 += GLIA_VL) {
+      glia_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}; /* named: kept in registers */
+      for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+          const float *bp = buf + (u + i * g->dh) * Wb + v0 + j * g->dw;
+          float wv = k[i * g->kw + j];
+          a0 += wv * glia_vloadu(bp);
+          a1 += wv * glia_vloadu(bp + Wb);
+          a2 += wv * glia_vloadu(bp + 2 * Wb);
+          a3 += wv * glia_vloadu(bp + 3 * Wb);
+        }
+      glia_vf acc[RB] = {a0, a1, a2, a3};
+      for (int r = 0; r < RB && u + r < Ho; r++) {
+        float *o = out + (u + r) * Wo + v0;
+        if (v0 + GLIA_VL <= Wo) {
+          glia_vf v = acc[r] + glia_vloadu(o);
+          memcpy(o, &v, sizeof v);
+        } else {
+          for (int64_t e = 0; e < Wo - v0; e++) o[e] += acc[r][e];
+        }
+      }
+    }
+}
+
+/* dk {kh, kw} += sum over (u, v) of gr[u][v] * buf[u + i*dh][v + j*dw],
+** gr {Ho, Wo}; RB rows at a time, each with its own chain. */
+static void corr_weight(const float *buf, int64_t Wb, const float *gr, const conv_geom *g,
+                        float *dk) {
+  int64_t Ho = g->Ho, Wo = g->Wo, Hb = Ho - Ho % RB, Wv = Wo - Wo % GLIA_VL;
+  for (int64_t i = 0; i < g->kh; i++)
+    for (int64_t j = 0; j < g->kw; j++) {
+      glia_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+      float s = 0;
+      const float *b0 = buf + i * g->dh * Wb + j * g->dw;
+      for (int64_t u = 0; u < Hb; u += RB)
+        for (int64_t v = 0; v < Wv; v += GLIA_VL) {
+          const float *x = gr + u * Wo + v, *y = b0 + u * Wb + v;
+          a0 += glia_vloadu(x) * glia_vloadu(y);
+          a1 += glia_vloadu(x + Wo) * glia_vloadu(y + Wb);
+          a2 += glia_vloadu(x + 2 * Wo) * glia_vloadu(y + 2 * Wb);
+          a3 += glia_vloadu(x + 3 * Wo) * glia_vloadu(y + 3 * Wb);
+        }
+      for (int64_t u = 0; u < Ho; u++) /* the rows and columns left over */
+        for (int64_t v = u < Hb ? Wv : 0; v < Wo; v++) s += gr[u * Wo + v] * b0[u * Wb + v];
+      dk[i * g->kw + j] += glia_hsum((a0 + a1) + (a2 + a3)) + s;
+    }
+}
+
+/* The padded buffer's rows and width for an output plane {Ho, Wo}. */
+static int64_t buf_rows(const conv_geom *g, int64_t Ho) {
+  return cdiv(Ho, RB) * RB + (g->kh - 1) * g->dh;
+}
+static int64_t buf_width(const conv_geom *g, int64_t Wo) {
+  return cdiv(Wo, GLIA_VL) * GLIA_VL + (g->kw - 1) * g->dw;
+}
+
+/* Items of slot s: [s*n/nslots, (s+1)*n/nslots). */
+#define SLOT_ITEMS(J, s, n, it) \
+  for (int64_t it = (s) * (n) / (J)->nslots; it < ((s) + 1) * (n) / (J)->nslots; it++)
+
+/* Forward, items are output planes b*O + o. */
+static void dw1_fwd_slots(int64_t s0, int64_t s1, void *ud) {
+  const conv_job *J = ud;
+  const conv_geom *g = &J->g;
+  int64_t m = g->O / g->C, Wb = buf_width(g, g->Wo), R = buf_rows(g, g->Ho);
+  for (int64_t s = s0; s < s1; s++) {
+    float *buf = J->work + s * J->work_per;
+    SLOT_ITEMS(J, s, g->B * g->O, p) {
+      int64_t b = p / g->O, o = p % g->O;
+      pad_plane(J->x + (b * g->C + o / m) * g->H * g->W, g->H, g->W, g->ph, g->pw, buf, R, Wb);
+      float *y = J->y + p * g->Ho * g->Wo, bias = J->b ? J->b[o] : 0.0f;
+      for (int64_t q = 0; q < g->Ho * g->Wo; q++) y[q] = bias;
+      corr_plane(buf, Wb, J->w + o * g->kh * g->kw, g, y, g->Ho, g->Wo);
+    }
+  }
+}
+
+/* dx (zeroed by the caller), items are input planes b*C + c. */
+static void dw1_dx_slots(int64_t s0, int64_t s1, void *ud) {
+  const conv_job *J = ud;
+  const conv_geom *g = &J->g;
+  int64_t m = g->O / g->C, Wb = buf_width(g, g->W), R = buf_rows(g, g->H), T = g->kh * g->kw;
+  int64_t qh = (g->kh - 1) * g->dh - g->ph, qw = (g->kw - 1) * g->dw - g->pw;
+  for (int64_t s = s0; s < s1; s++) {
+    float *flipped = J->work + s * J->work_per, *buf = flipped + T;
+    SLOT_ITEMS(J, s, g->B * g->C, p) {
+      int64_t b = p / g->C, c = p % g->C;
+      for (int64_t o = c * m; o < (c + 1) * m; o++) {
+        for (int64_t t = 0; t < T; t++) flipped[t] = J->w[o * T + T - 1 - t];
+        pad_plane(J->dy + (b * g->O + o) * g->Ho * g->Wo, g->Ho, g->Wo, qh, qw, buf, R, Wb);
+        corr_plane(buf, Wb, flipped, g, J->dx + p * g->H * g->W, g->H, g->W);
+      }
+    }
+  }
+}
+
+/* dw, items are output channels o (images in order). */
+static void dw1_dw_slots(int64_t s0, int64_t s1, void *ud) {
+  const conv_job *J = ud;
+  const conv_geom *g = &J->g;
+  int64_t m = g->O / g->C, Wb = buf_width(g, g->Wo), R = buf_rows(g, g->Ho);
+  for (int64_t s = s0; s < s1; s++) {
+    float *buf = J->work + s * J->work_per;
+    SLOT_ITEMS(J, s, g->O, o) {
+      for (int64_t b = 0; b < g->B; b++) {
+        pad_plane(J->x + (b * g->C + o / m) * g->H * g->W, g->H, g->W, g->ph, g->pw, buf, R, Wb);
+        corr_weight(buf, Wb, J->dy + (b * g->O + o) * g->Ho * g->Wo, g, J->dw + o * g->kh * g->kw);
+      }
+    }
+  }
+}
+
 /* db[o] = the sum of dy over images and the plane, for o in [o0, o1). */
 static void bias_grad(int64_t o0, int64_t o1, void *ud) {
   const conv_job *J = ud;
@@ -309,16 +456,19 @@ static void bias_grad(int64_t o0, int64_t o1, void *ud) {
   }
 }
 
-/* Slots for the im2col path: one per thread when there are images enough
-** to share, else one (and then OpenBLAS keeps its own threads). */
-static int64_t conv_slots(glia_ctx *G, const conv_geom *g) {
-  int64_t P = g->Ho * g->Wo, K = g->C / g->G * g->kh * g->kw;
-  if (g->O * P * K < 2 * GRAIN) return 1;
-  return max64(1, min64(G->nthreads, g->B));
+/* Slots (tasks with their own scratch) for n items of `work` elements
+** each: one per thread when there is work enough to share, else one. */
+static int64_t conv_slots(glia_ctx *G, int64_t n, int64_t work) {
+  if (n * work < 2 * GRAIN) return 1;
+  return max64(1, min64(G->nthreads, n));
 }
 
-/* Runs fn over the slots of J, each with work_per floats of scratch. */
-static glia_status run_gemm_slots(glia_ctx *G, const char *name, conv_job *J, glia_range_fn fn) {
+/* Runs fn over the J->nslots slots of J, each with J->work_per floats of
+** scratch (freed here). blas: fn calls OpenBLAS, single-threaded inside
+** the slots when there are several (one owner of the cores); with one
+** slot OpenBLAS keeps its own threads. */
+static glia_status run_slots(glia_ctx *G, const char *name, conv_job *J, glia_range_fn fn,
+                             bool blas) {
   size_t bytes = (size_t)(J->nslots * J->work_per) * sizeof(float);
   J->work = NULL;
   if (bytes) {
@@ -326,13 +476,36 @@ static glia_status run_gemm_slots(glia_ctx *G, const char *name, conv_job *J, gl
     if (!J->work) return glia_fail_nomem(G, bytes, name);
   }
   if (J->nslots > 1) {
-    glia_blas_set_threads(1);
+    if (blas) glia_blas_set_threads(1);
     glia_parallel_for(G, J->nslots, 1, fn, J);
-    glia_blas_set_threads(G->nthreads);
+    if (blas) glia_blas_set_threads(G->nthreads);
   } else {
     fn(0, 1, J);
   }
   return GLIA_OK;
+}
+
+/* The im2col path's slots: threads share the images. */
+static int64_t gemm_slots(glia_ctx *G, const conv_geom *g) {
+  int64_t K = g->C / g->G * g->kh * g->kw;
+  return conv_slots(G, g->B, g->O * g->Ho * g->Wo * K);
+}
+
+/* The scratch of one stride-1 depth-wise slot: a flipped kernel and the
+** larger padded plane. */
+static int64_t dw1_scratch(const conv_geom *g) {
+  return g->kh * g->kw + max64(buf_rows(g, g->Ho) * buf_width(g, g->Wo),
+                               buf_rows(g, g->H) * buf_width(g, g->W));
+}
+
+/* Runs a stride-1 depth-wise kernel over n items of `work` elements. */
+static glia_status run_dw1(glia_ctx *G, const char *name, conv_job *J, glia_range_fn fn,
+                           int64_t n, int64_t work) {
+  J->nslots = conv_slots(G, n, work);
+  J->work_per = dw1_scratch(&J->g);
+  glia_status st = run_slots(G, name, J, fn, false);
+  if (J->work) glia_free(G, J->work, (size_t)(J->nslots * J->work_per) * sizeof(float));
+  return st;
 }
 
 static bool conv_is_direct(const conv_geom *g) {
@@ -364,16 +537,21 @@ static glia_status conv2d_bwd(glia_ctx *G, glia_node *n, glia_tensor *gout, glia
   if (J.db) glia_parallel_for(G, g->O, glia_grain_items(g->B * P), bias_grad, &J);
   if (g->G == g->C) { /* depth-wise */
     int64_t taps = g->kh * g->kw * P * (g->O / g->C);
+    if (g->sh == 1 && g->sw == 1) {
+      if (J.dx) st = run_dw1(G, n->name, &J, dw1_dx_slots, g->B * g->C, taps);
+      if (st == GLIA_OK && J.dw) st = run_dw1(G, n->name, &J, dw1_dw_slots, g->O, taps * g->B);
+      goto done;
+    }
     if (J.dx) glia_parallel_for(G, g->B * g->C, glia_grain_items(taps), dw_dx_planes, &J);
     if (J.dw) glia_parallel_for(G, g->O, glia_grain_items(taps * g->B), dw_dw_channels, &J);
     goto done;
   }
   if (!J.dx && !J.dw) goto done;
   J.direct = conv_is_direct(g);
-  J.nslots = conv_slots(G, g);
+  J.nslots = gemm_slots(G, g);
   J.work_per = (J.direct ? 0 : 2 * K * P) + (J.dw ? g->O * K : 0);
   float *dw = J.dw;
-  st = run_gemm_slots(G, n->name, &J, gemm_bwd_slots);
+  st = run_slots(G, n->name, &J, gemm_bwd_slots, true);
   if (st == GLIA_OK && dw) /* the slots' partial sums, in slot order */
     for (int64_t s = 0; s < J.nslots; s++) {
       const float *part = J.work + s * J.work_per + (J.direct ? 0 : 2 * K * P);
@@ -458,14 +636,16 @@ static glia_status conv_run(glia_ctx *G, const char *name, glia_tensor *x, glia_
   J.b = bc ? (const float *)glia_ptr(bc) : NULL;
   J.y = (float *)glia_ptr(y);
   if (glia_tensor_numel(y) > 0 && g->C > 0) {
-    if (g->G == g->C) {
-      glia_parallel_for(G, g->B * g->O, glia_grain_items(g->kh * g->kw * g->Ho * g->Wo),
-                        dw_fwd_planes, &J);
+    int64_t taps = g->kh * g->kw * g->Ho * g->Wo;
+    if (g->G == g->C && g->sh == 1 && g->sw == 1) {
+      st = run_dw1(G, name, &J, dw1_fwd_slots, g->B * g->O, taps);
+    } else if (g->G == g->C) {
+      glia_parallel_for(G, g->B * g->O, glia_grain_items(taps), dw_fwd_planes, &J);
     } else {
       J.direct = conv_is_direct(g);
-      J.nslots = conv_slots(G, g);
+      J.nslots = gemm_slots(G, g);
       J.work_per = J.direct ? 0 : g->C / g->G * g->kh * g->kw * g->Ho * g->Wo;
-      st = run_gemm_slots(G, name, &J, gemm_fwd_slots);
+      st = run_slots(G, name, &J, gemm_fwd_slots, true);
       if (J.work) glia_free(G, J.work, (size_t)(J.nslots * J.work_per) * sizeof(float));
     }
   } else if (glia_tensor_numel(y) > 0) { /* no input channels: the bias alone */
