@@ -68,6 +68,19 @@ elif w.startswith('attn'):   # attn_fwd_N / attn_fwdbwd_N : B=1,H=8,d=64 causal 
         t = timeit(step, 3)
     flops = 4 * 8 * n * n * 64 / 2 * (1 if mode == 'fwd' else 3.5)   # causal: half the tiles
     print(f"{w} {t*1e3:.2f} ms  {flops/t/1e9:.1f} GFLOP/s(useful)  maxrss {rss():.0f} MB")
+elif w.startswith(('conv2d_', 'dwconv2d_')):   # conv2d: B=32 64->64 32x32 3x3 pad 1; dwconv2d: B=32 256 ch 32x32 5x5 pad 2 groups 256
+    kind, mode = w.split('_')
+    C, k, g = (64, 3, 1) if kind == 'conv2d' else (256, 5, 256)
+    x = torch.randn(32, C, 32, 32, requires_grad=(mode == 'fwdbwd'))
+    wt = torch.randn(C, C // g, k, k, requires_grad=(mode == 'fwdbwd')); b = torch.randn(C, requires_grad=(mode == 'fwdbwd'))
+    gy = torch.randn(32, C, 32, 32)
+    reps = (10 if mode == 'fwd' else 5) if g == 1 else (3 if mode == 'fwd' else 1)   # torch's depth-wise conv is slow
+    if mode == 'fwd':
+        with torch.no_grad(): t = timeit(lambda: F.conv2d(x, wt, b, padding=k // 2, groups=g), reps)
+    else:
+        t = timeit(lambda: F.conv2d(x, wt, b, padding=k // 2, groups=g).backward(gy), reps)
+    flops = 2 * 32 * C * 32 * 32 * (C // g) * k * k * (1 if mode == 'fwd' else 3)
+    print(f"{w} {t*1e3:.2f} ms  {flops/t/1e9:.1f} GFLOP/s  maxrss {rss():.0f} MB")
 elif w == 'gpt_train':     # V=73 d=256 L=4 h=4 T=256 B=16 AdamW
     m = GPT(); opt = torch.optim.AdamW(m.parameters(), lr=3e-4)
     x = torch.randint(0, 73, (16, 256)); y = torch.randint(0, 73, (16, 256))
