@@ -124,7 +124,8 @@ for cname, c in pairs(convs) do
   local flops = 2 * c.B * c.O * c.HW * c.HW * (c.C / c.groups) * c.k * c.k
   local opts = { padding = c.pad, groups = c.groups }
   W[cname .. "_fwd"] = function(name)
-    local x, w, b = glia.randn(c.B, c.C, c.HW, c.HW), glia.randn(c.O, c.C / c.groups, c.k, c.k), glia.randn(c.O)
+    local x, w = glia.randn(c.B, c.C, c.HW, c.HW), glia.randn(c.O, c.C / c.groups, c.k, c.k)
+    local b = glia.randn(c.O)
     local s = time(function() glia.conv2d(x, w, b, opts):free() end, 10)
     report(name, s, flops / s * 1e-9, "GFLOP/s")
   end

@@ -563,10 +563,14 @@ done:
   return st;
 }
 
-/* The output size along one dim, or -1 when the kernel does not fit. */
+/* The output size along one dim, or -1 when the kernel does not fit (or
+** its span or the padded size would overflow: sizes no input can have). */
 static int64_t out_len(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-  int64_t span = d * (k - 1) + 1;
-  return in + 2 * p < span ? -1 : (in + 2 * p - span) / s + 1;
+  int64_t span, padded;
+  if (__builtin_mul_overflow(d, k - 1, &span) || __builtin_add_overflow(span, 1, &span) ||
+      __builtin_mul_overflow(p, 2, &padded) || __builtin_add_overflow(padded, in, &padded))
+    return -1;
+  return padded < span ? -1 : (padded - span) / s + 1;
 }
 
 /* Checks the arguments of name (conv2d or conv1d: x and w shown as given,
@@ -613,7 +617,8 @@ static glia_status conv_check(glia_ctx *G, const char *name, glia_tensor *x, gli
                      name, glia_shape_str(ws), (long long)dil[nd == 3],
                      glia_shape_str(xs), (long long)pad[nd == 3]);
   int64_t K = C / groups * g->kh * g->kw;
-  if (K > INT_MAX || g->Ho * g->Wo > INT_MAX || O > INT_MAX)
+  if (K > INT_MAX || O > INT_MAX || g->Ho > INT_MAX || g->Wo > INT_MAX ||
+      g->Ho * g->Wo > INT_MAX)
     return glia_fail(G, GLIA_ESHAPE, "%s: input %s and weight %s too large for BLAS", name,
                      glia_shape_str(xs), glia_shape_str(ws));
   return GLIA_OK;
@@ -676,7 +681,8 @@ static glia_status conv2d(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tens
   conv_geom g;
   if (x->ndim != 4 || w->ndim != 4)
     return glia_fail(G, GLIA_ESHAPE,
-                     "glia.conv2d: expected input {B,C,H,W} and weight {O,C/groups,kh,kw}, got %s and %s",
+                     "glia.conv2d: expected input {B,C,H,W} and weight {O,C/groups,kh,kw}, "
+                     "got %s and %s",
                      glia_shape_str(x), glia_shape_str(w));
   TRY(conv_check(G, "glia.conv2d", x, w, b, stride, pad, dil, groups, x, w, &g));
   return conv_run(G, "glia.conv2d", x, w, b, &g, out);
@@ -797,7 +803,7 @@ static glia_status pool_run(glia_ctx *G, const char *name, const pool_geom *pg,
   int nd = x->ndim;
   J->kind = (int)pg->kind;
   J->H = x->size[nd - 2], J->W = x->size[nd - 1], J->Ho = pg->Ho, J->Wo = pg->Wo;
-  J->div = pg->kind == POOL_AVG ? (double)(pg->kh * pg->kw) : 0;
+  J->div = pg->kind == POOL_AVG ? (double)pg->kh * (double)pg->kw : 0;
   size_t bytes = (size_t)(2 * (J->Ho + J->Wo)) * sizeof(int64_t);
   int64_t *bd = glia_malloc(G, bytes ? bytes : 1);
   if (!bd) return glia_fail_nomem(G, bytes, name);
@@ -864,7 +870,8 @@ static glia_status pool2d(glia_ctx *G, const pool_geom *pg0, glia_tensor *x, gli
     pg.Ho = out_len(H, pg.kh, pg.sh, pg.ph, 1), pg.Wo = out_len(W, pg.kw, pg.sw, pg.pw, 1);
     if (pg.Ho < 1 || pg.Wo < 1)
       return glia_fail(G, GLIA_ESHAPE,
-                       "%s: kernel {%lld,%lld} larger than the padded input %s (padding {%lld,%lld})",
+                       "%s: kernel {%lld,%lld} larger than the padded input %s "
+                       "(padding {%lld,%lld})",
                        name, (long long)pg.kh, (long long)pg.kw, glia_shape_str(x),
                        (long long)pg.ph, (long long)pg.pw);
   }

@@ -335,9 +335,33 @@ do
   t.error_like(function() glia.max_pool2d(x, 7) end,
                "glia.max_pool2d: kernel {7,7} larger than the padded input {2,4,5,5}",
                "max_pool2d rejects a kernel larger than the input")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 1025), { dilation = 2 ^ 53 }) end,
+               "glia.conv2d: kernel .* larger than the padded input",
+               "conv2d rejects a dilation whose span overflows, without overflowing")
+  t.error_like(function() glia.conv2d(x, glia.randn(2, 4, 3, 3), { padding = 2 ^ 53 }) end,
+               "glia.conv2d: input {2,4,5,5} and weight {2,4,3,3} too large",
+               "conv2d rejects a padding that makes the output too large")
+  t.is(glia.avg_pool2d(x, 2 ^ 40, 2 ^ 40, 2 ^ 39):size(3), 1,
+       "avg_pool2d with a kernel of 2^40 gives one window (its divisor does not overflow)")
   t.error_like(function() glia.adaptive_avg_pool2d(x, 0) end,
                "glia.adaptive_avg_pool2d: output size must be >= 1",
                "adaptive_avg_pool2d rejects output size 0")
+end
+
+-- ==================================================== allocation failure
+
+do
+  local x, w = glia.randn(3, 4, 6, 6), glia.randn(4, 2, 3, 3)
+  local dw = glia.randn(4, 1, 3, 3)
+  u.oom_ok(function()
+    local xr, wr = x:clone():requires_grad(), w:clone():requires_grad()
+    glia.conv2d(xr, wr, glia.ones(4), { padding = 1, groups = 2 }):sum():backward()
+  end, "conv2d forward and backward survive every allocation failure")
+  u.oom_ok(function()
+    local xr = x:clone():requires_grad()
+    glia.conv2d(xr, dw, { padding = 1, groups = 4 }):sum():backward()
+    glia.max_pool2d(xr, 2):sum():backward()
+  end, "depth-wise conv2d and max_pool2d survive every allocation failure")
 end
 
 -- ============================================================ nn modules

@@ -83,7 +83,9 @@ local function conv_class(name, nd, op)
   function Conv:extra_repr()
     local s = format("%d, %d, kernel_size=%s, stride=%s", self.in_channels, self.out_channels,
                      show(self.kernel_size), show(self.stride))
-    if self.padding[1] ~= 0 or self.padding[nd] ~= 0 then s = s .. ", padding=" .. show(self.padding) end
+    if self.padding[1] ~= 0 or self.padding[nd] ~= 0 then
+      s = s .. ", padding=" .. show(self.padding)
+    end
     if self.dilation[1] ~= 1 or self.dilation[nd] ~= 1 then
       s = s .. ", dilation=" .. show(self.dilation)
     end
@@ -150,6 +152,8 @@ end
 
 function Flatten:forward(x) return x:flatten(self.start_dim, self.end_dim) end
 
-function Flatten:extra_repr() return format("start_dim=%d, end_dim=%d", self.start_dim, self.end_dim) end
+function Flatten:extra_repr()
+  return format("start_dim=%d, end_dim=%d", self.start_dim, self.end_dim)
+end
 
 return M
