@@ -54,6 +54,20 @@ static void tap_range(int64_t in, int64_t out, int64_t s, int64_t off, int64_t *
   *lo = min64(l, h), *hi = h;
 }
 
+/* Runs the statements after g for each tap (i, j) of geometry g, with
+** t = i*kw + j, the tap's offsets offh, offw into the input and the output
+** rows [h0, h1) and columns [w0, w1) whose tap falls inside the input. */
+#define FOR_TAPS(g, ...)                                                  \
+  for (int64_t i = 0; i < (g)->kh; i++) {                                 \
+    int64_t offh = i * (g)->dh - (g)->ph, h0, h1;                         \
+    tap_range((g)->H, (g)->Ho, (g)->sh, offh, &h0, &h1);                  \
+    for (int64_t j = 0; j < (g)->kw; j++) {                               \
+      int64_t offw = j * (g)->dw - (g)->pw, w0, w1, t = i * (g)->kw + j;  \
+      tap_range((g)->W, (g)->Wo, (g)->sw, offw, &w0, &w1);                \
+      __VA_ARGS__                                                         \
+    }                                                                     \
+  }
+
 /* y[0..n) += a * x[0..n), in vectors of GLIA_VL. */
 static inline void axpy(float *restrict y, const float *restrict x, float a, int64_t n) {
   glia_vf av = a + (glia_vf){0};
@@ -91,48 +105,40 @@ typedef struct {
 static void im2col(const conv_geom *g, const float *x, float *col) {
   int64_t Cg = g->C / g->G, P = g->Ho * g->Wo, Wo = g->Wo;
   for (int64_t c = 0; c < Cg; c++)
-    for (int64_t i = 0; i < g->kh; i++)
-      for (int64_t j = 0; j < g->kw; j++) {
-        float *row = col + ((c * g->kh + i) * g->kw + j) * P;
-        int64_t offh = i * g->dh - g->ph, offw = j * g->dw - g->pw, h0, h1, w0, w1;
-        tap_range(g->H, g->Ho, g->sh, offh, &h0, &h1);
-        tap_range(g->W, Wo, g->sw, offw, &w0, &w1);
-        for (int64_t u = 0; u < g->Ho; u++) {
-          float *r = row + u * Wo;
-          if (u < h0 || u >= h1) {
-            memset(r, 0, (size_t)Wo * sizeof *r);
-            continue;
-          }
-          const float *xr = x + (c * g->H + u * g->sh + offh) * g->W;
-          memset(r, 0, (size_t)w0 * sizeof *r);
-          memset(r + w1, 0, (size_t)(Wo - w1) * sizeof *r);
-          if (g->sw == 1)
-            memcpy(r + w0, xr + w0 + offw, (size_t)(w1 - w0) * sizeof *r);
-          else
-            for (int64_t v = w0; v < w1; v++) r[v] = xr[v * g->sw + offw];
+    FOR_TAPS(g, {
+      float *row = col + (c * g->kh * g->kw + t) * P;
+      for (int64_t u = 0; u < g->Ho; u++) {
+        float *r = row + u * Wo;
+        if (u < h0 || u >= h1) {
+          memset(r, 0, (size_t)Wo * sizeof *r);
+          continue;
         }
+        const float *xr = x + (c * g->H + u * g->sh + offh) * g->W;
+        memset(r, 0, (size_t)w0 * sizeof *r);
+        memset(r + w1, 0, (size_t)(Wo - w1) * sizeof *r);
+        if (g->sw == 1)
+          memcpy(r + w0, xr + w0 + offw, (size_t)(w1 - w0) * sizeof *r);
+        else
+          for (int64_t v = w0; v < w1; v++) r[v] = xr[v * g->sw + offw];
       }
+    })
 }
 
 /* dx {Cg, H, W} += the taps of col {K, P} put back where im2col took them. */
 static void col2im(const conv_geom *g, const float *col, float *dx) {
   int64_t Cg = g->C / g->G, P = g->Ho * g->Wo, Wo = g->Wo;
   for (int64_t c = 0; c < Cg; c++)
-    for (int64_t i = 0; i < g->kh; i++)
-      for (int64_t j = 0; j < g->kw; j++) {
-        const float *row = col + ((c * g->kh + i) * g->kw + j) * P;
-        int64_t offh = i * g->dh - g->ph, offw = j * g->dw - g->pw, h0, h1, w0, w1;
-        tap_range(g->H, g->Ho, g->sh, offh, &h0, &h1);
-        tap_range(g->W, Wo, g->sw, offw, &w0, &w1);
-        for (int64_t u = h0; u < h1; u++) {
-          const float *r = row + u * Wo;
-          float *dr = dx + (c * g->H + u * g->sh + offh) * g->W;
-          if (g->sw == 1)
-            axpy(dr + w0 + offw, r + w0, 1.0f, w1 - w0);
-          else
-            for (int64_t v = w0; v < w1; v++) dr[v * g->sw + offw] += r[v];
-        }
+    FOR_TAPS(g, {
+      const float *row = col + (c * g->kh * g->kw + t) * P;
+      for (int64_t u = h0; u < h1; u++) {
+        const float *r = row + u * Wo;
+        float *dr = dx + (c * g->H + u * g->sh + offh) * g->W;
+        if (g->sw == 1)
+          axpy(dr + w0 + offw, r + w0, 1.0f, w1 - w0);
+        else
+          for (int64_t v = w0; v < w1; v++) dr[v * g->sw + offw] += r[v];
       }
+    })
 }
 
 typedef struct {
@@ -209,23 +215,17 @@ static void dw_fwd_planes(int64_t p0, int64_t p1, void *ud) {
     const float *xp = J->x + (b * g->C + o / m) * g->H * g->W, *wp = J->w + o * g->kh * g->kw;
     float *yp = J->y + p * P, bias = J->b ? J->b[o] : 0.0f;
     for (int64_t q = 0; q < P; q++) yp[q] = bias;
-    for (int64_t i = 0; i < g->kh; i++) {
-      int64_t offh = i * g->dh - g->ph, h0, h1;
-      tap_range(g->H, g->Ho, g->sh, offh, &h0, &h1);
-      for (int64_t j = 0; j < g->kw; j++) {
-        int64_t offw = j * g->dw - g->pw, w0, w1;
-        tap_range(g->W, g->Wo, g->sw, offw, &w0, &w1);
-        float wv = wp[i * g->kw + j];
-        for (int64_t u = h0; u < h1; u++) {
-          const float *xr = xp + (u * g->sh + offh) * g->W;
-          float *yr = yp + u * g->Wo;
-          if (g->sw == 1)
-            axpy(yr + w0, xr + w0 + offw, wv, w1 - w0);
-          else
-            for (int64_t v = w0; v < w1; v++) yr[v] += wv * xr[v * g->sw + offw];
-        }
+    FOR_TAPS(g, {
+      float wv = wp[t];
+      for (int64_t u = h0; u < h1; u++) {
+      const float *xr = xp + (u * g->sh + offh) * g->W;
+      float *yr = yp + u * g->Wo;
+      if (g->sw == 1)
+        axpy(yr + w0, xr + w0 + offw, wv, w1 - w0);
+      else
+        for (int64_t v = w0; v < w1; v++) yr[v] += wv * xr[v * g->sw + offw];
       }
-    }
+    })
   }
 }
 
@@ -240,23 +240,17 @@ static void dw_dx_planes(int64_t p0, int64_t p1, void *ud) {
     float *dxp = J->dx + p * g->H * g->W;
     for (int64_t o = c * m; o < (c + 1) * m; o++) {
       const float *dyp = J->dy + (b * g->O + o) * P, *wp = J->w + o * g->kh * g->kw;
-      for (int64_t i = 0; i < g->kh; i++) {
-        int64_t offh = i * g->dh - g->ph, h0, h1;
-        tap_range(g->H, g->Ho, g->sh, offh, &h0, &h1);
-        for (int64_t j = 0; j < g->kw; j++) {
-          int64_t offw = j * g->dw - g->pw, w0, w1;
-          tap_range(g->W, g->Wo, g->sw, offw, &w0, &w1);
-          float wv = wp[i * g->kw + j];
-          for (int64_t u = h0; u < h1; u++) {
-            float *dr = dxp + (u * g->sh + offh) * g->W;
-            const float *gr = dyp + u * g->Wo;
-            if (g->sw == 1)
-              axpy(dr + w0 + offw, gr + w0, wv, w1 - w0);
-            else
-              for (int64_t v = w0; v < w1; v++) dr[v * g->sw + offw] += wv * gr[v];
-          }
+      FOR_TAPS(g, {
+        float wv = wp[t];
+        for (int64_t u = h0; u < h1; u++) {
+          float *dr = dxp + (u * g->sh + offh) * g->W;
+          const float *gr = dyp + u * g->Wo;
+          if (g->sw == 1)
+            axpy(dr + w0 + offw, gr + w0, wv, w1 - w0);
+          else
+            for (int64_t v = w0; v < w1; v++) dr[v * g->sw + offw] += wv * gr[v];
         }
-      }
+      })
     }
   }
 }
@@ -271,23 +265,17 @@ static void dw_dw_channels(int64_t o0, int64_t o1, void *ud) {
     for (int64_t b = 0; b < g->B; b++) {
       const float *xp = J->x + (b * g->C + o / m) * g->H * g->W;
       const float *dyp = J->dy + (b * g->O + o) * P;
-      for (int64_t i = 0; i < g->kh; i++) {
-        int64_t offh = i * g->dh - g->ph, h0, h1;
-        tap_range(g->H, g->Ho, g->sh, offh, &h0, &h1);
-        for (int64_t j = 0; j < g->kw; j++) {
-          int64_t offw = j * g->dw - g->pw, w0, w1;
-          tap_range(g->W, g->Wo, g->sw, offw, &w0, &w1);
-          float s = 0;
-          for (int64_t u = h0; u < h1; u++) {
-            const float *xr = xp + (u * g->sh + offh) * g->W, *gr = dyp + u * g->Wo;
-            if (g->sw == 1)
-              s += glia_dot(gr + w0, xr + w0 + offw, w1 - w0);
-            else
-              for (int64_t v = w0; v < w1; v++) s += gr[v] * xr[v * g->sw + offw];
-          }
-          dwp[i * g->kw + j] += s;
+      FOR_TAPS(g, {
+        float s = 0;
+        for (int64_t u = h0; u < h1; u++) {
+          const float *xr = xp + (u * g->sh + offh) * g->W, *gr = dyp + u * g->Wo;
+          if (g->sw == 1)
+            s += glia_dot(gr + w0, xr + w0 + offw, w1 - w0);
+          else
+            for (int64_t v = w0; v < w1; v++) s += gr[v] * xr[v * g->sw + offw];
         }
-      }
+        dwp[t] += s;
+      })
     }
   }
 }
@@ -904,16 +892,21 @@ static glia_status pool2d(glia_ctx *G, const pool_geom *pg0, glia_tensor *x, gli
 
 /* ========================================================= registry */
 
+/* stride, padding and dilation from args[3..5], as pairs. */
+static glia_status conv_pairs(glia_ctx *G, const char *name, const glia_value *args, int64_t *s,
+                              int64_t *p, int64_t *d) {
+  TRY(pair_arg(G, name, "stride", &args[3], 1, s));
+  TRY(pair_arg(G, name, "padding", &args[4], 0, p));
+  return pair_arg(G, name, "dilation", &args[5], 1, d);
+}
+
 /* conv2d(x, w [, bias [, stride [, padding [, dilation [, groups]]]]]) with
 ** stride, padding, dilation each one integer or {h, w}. */
 static glia_status op_conv2d(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                              glia_value *outs) {
   (void)nargs;
-  const char *name = "glia.conv2d";
   int64_t s[2], p[2], d[2];
-  TRY(pair_arg(G, name, "stride", &args[3], 1, s));
-  TRY(pair_arg(G, name, "padding", &args[4], 0, p));
-  TRY(pair_arg(G, name, "dilation", &args[5], 1, d));
+  TRY(conv_pairs(G, "glia.conv2d", args, s, p, d));
   glia_tensor *r;
   TRY(conv2d(G, args[0].u.t, args[1].u.t, arg_t(&args[2]), s, p, d, arg_int(&args[6], 1), &r));
   return out1(nouts, outs, r);
@@ -925,9 +918,7 @@ static glia_status op_conv1d(glia_ctx *G, int nargs, glia_value *args, int *nout
   (void)nargs;
   const char *name = "glia.conv1d";
   int64_t s[2], p[2], d[2];
-  TRY(pair_arg(G, name, "stride", &args[3], 1, s));
-  TRY(pair_arg(G, name, "padding", &args[4], 0, p));
-  TRY(pair_arg(G, name, "dilation", &args[5], 1, d));
+  TRY(conv_pairs(G, name, args, s, p, d));
   if (s[0] != s[1] || p[0] != p[1] || d[0] != d[1])
     return glia_fail(G, GLIA_EARG, "%s: stride, padding and dilation are single numbers", name);
   glia_tensor *r;
