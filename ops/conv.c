@@ -14,16 +14,21 @@
 ** input; Ho = (H + 2ph - dh*(kh-1) - 1) / sh + 1 (floor), Wo likewise.
 **
 ** Two kernels:
-**  - depth-wise (G = C, O any multiple of C): a direct loop per output
-**    plane, one vectorized row update per tap over the output columns whose
-**    tap falls inside the input (so no padded copy and no branch per
-**    element);
+**  - depth-wise (G = C, O any multiple of C): direct loops. With stride 1
+**    (the common case) each source plane is copied into zero-padded
+**    scratch, so every tap reads whole vectors with no bounds, and four
+**    output rows accumulate in registers across all taps; forward and dx
+**    are the same correlation (dx reads dy with the kernel flipped). Other
+**    strides update, per tap, the output columns whose tap falls inside the
+**    input (FOR_TAPS);
 **  - every other case: im2col of one image and group into a {K, P} buffer,
 **    then one sgemm {Og,K} x {K,P}; a 1x1 kernel with stride 1 and no
 **    padding is its own im2col and skips the copy. Tasks take contiguous
 **    ranges of images, each with its own buffers, with OpenBLAS
-**    single-threaded inside them (one owner of the cores at a time). The
-**    weight gradient is summed per task and the task sums are added in task
+**    single-threaded inside them (one owner of the cores at a time; on the
+**    2-core bench machine this was as fast as or faster than one image at
+**    a time on OpenBLAS's threads, and it is deterministic). The weight
+**    gradient is summed per task and the task sums are added in task
 **    order, so results are the same run to run for a given thread count.
 ** Inputs of any strides are made contiguous first: the kernels see
 ** contiguous x, w and dy.
