@@ -604,11 +604,17 @@ static glia_status conv_check(glia_ctx *G, const char *name, glia_tensor *x, gli
                    st[0], st[1], pad[0], pad[1], dil[0], dil[1], groups};
   g->Ho = out_len(g->H, g->kh, g->sh, g->ph, g->dh);
   g->Wo = out_len(g->W, g->kw, g->sw, g->pw, g->dw);
-  if (g->Ho < 1 || g->Wo < 1 || g->kh < 1 || g->kw < 1)
+  if (g->Ho < 1 || g->Wo < 1 || g->kh < 1 || g->kw < 1) {
+    if (nd == 3) /* conv1d: its own numbers */
+      return glia_fail(G, GLIA_ESHAPE,
+                       "%s: kernel %s (dilation %lld) larger than the padded input %s "
+                       "(padding %lld)", name, glia_shape_str(ws), (long long)dil[1],
+                       glia_shape_str(xs), (long long)pad[1]);
     return glia_fail(G, GLIA_ESHAPE,
-                     "%s: kernel %s (dilation %lld) larger than the padded input %s (padding %lld)",
-                     name, glia_shape_str(ws), (long long)dil[nd == 3],
-                     glia_shape_str(xs), (long long)pad[nd == 3]);
+                     "%s: kernel %s (dilation {%lld,%lld}) larger than the padded input %s "
+                     "(padding {%lld,%lld})", name, glia_shape_str(ws), (long long)dil[0],
+                     (long long)dil[1], glia_shape_str(xs), (long long)pad[0], (long long)pad[1]);
+  }
   int64_t K = C / groups * g->kh * g->kw;
   if (K > INT_MAX || O > INT_MAX || g->Ho > INT_MAX || g->Wo > INT_MAX ||
       g->Ho * g->Wo > INT_MAX)
@@ -668,9 +674,9 @@ done:
   return glia_hand_out(st, y, out);
 }
 
-static glia_status conv2d(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor *b,
-                          const int64_t *stride, const int64_t *pad, const int64_t *dil,
-                          int64_t groups, glia_tensor **out) {
+glia_status glia_conv2d(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor *b,
+                        const int64_t *stride, const int64_t *pad, const int64_t *dil,
+                        int64_t groups, glia_tensor **out) {
   conv_geom g;
   if (x->ndim != 4 || w->ndim != 4)
     return glia_fail(G, GLIA_ESHAPE,
@@ -913,7 +919,7 @@ static glia_status op_conv2d(glia_ctx *G, int nargs, glia_value *args, int *nout
   int64_t s[2], p[2], d[2];
   TRY(conv_pairs(G, "glia.conv2d", args, s, p, d));
   glia_tensor *r;
-  TRY(conv2d(G, args[0].u.t, args[1].u.t, arg_t(&args[2]), s, p, d, arg_int(&args[6], 1), &r));
+  TRY(glia_conv2d(G, args[0].u.t, args[1].u.t, arg_t(&args[2]), s, p, d, arg_int(&args[6], 1), &r));
   return out1(nouts, outs, r);
 }
 

@@ -401,6 +401,16 @@ GLIAI_FUNC glia_status glia_attention_decode(glia_ctx *G, glia_tensor *q, glia_t
                                              glia_tensor *vc, const int64_t *lens,
                                              double scale, glia_tensor **out);
 
+/* ------------------------------------------------------ ops/conv.c */
+
+/* PyTorch's conv2d: x {B,C,H,W}, w {O,C/groups,kh,kw}, bias {O} or NULL,
+** stride, padding, dilation {h, w} each; any strides. *out is {B,O,Ho,Wo}.
+** groups = C (depth-wise, O any multiple of C) runs a direct kernel, the
+** rest im2col and sgemm. */
+GLIAI_FUNC glia_status glia_conv2d(glia_ctx *G, glia_tensor *x, glia_tensor *w, glia_tensor *b,
+                                   const int64_t *stride, const int64_t *padding,
+                                   const int64_t *dilation, int64_t groups, glia_tensor **out);
+
 /* --------------------------------------------------- ops/block.c */
 
 /* A pre-LayerNorm transformer block's inference step over a KV cache:
