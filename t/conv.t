@@ -153,6 +153,21 @@ do
   t.near(glia.conv2d(xd, wd, { groups = 3, padding = 2 }),
          conv_ref(xd:totable(), wd:totable(), nil, { groups = 3, padding = 2 }), 1e-4,
          "depth-wise conv2d reads a channel-narrowed input")
+  local xs5 = glia.randn(2, 3, 7, 8)
+  local wk = glia.randn(2, 3, 3, 5)
+  t.near(glia.conv2d(xs5, wk, { padding = "same", dilation = { 2, 1 } }),
+         conv_ref(xs5:totable(), wk:totable(), nil, { padding = { 2, 2 }, dilation = { 2, 1 } }),
+         1e-4, "conv2d padding \"same\" pads by half the kernel's span, keeping the plane size")
+  t.near(glia.conv2d(xs5, wk, { padding = "valid" }), conv_ref(xs5:totable(), wk:totable()), 1e-4,
+         "conv2d padding \"valid\" is no padding")
+  t.error_like(function() glia.conv2d(xs5, glia.randn(2, 3, 2, 2), { padding = "same" }) end,
+               "glia.conv2d: padding \"same\" for kernel {2,3,2,2} needs uneven padding",
+               "conv2d padding \"same\" with an even kernel is refused, not shifted")
+  t.error_like(function() glia.conv2d(xs5, wk, { padding = "same", stride = 2 }) end,
+               "glia.conv2d: padding \"same\" needs stride 1", "conv2d padding \"same\" needs stride 1")
+  t.error_like(function() glia.conv2d(xs5, wk, { padding = "full" }) end,
+               "glia.conv2d: padding must be a number, a list or \"same\" or \"valid\", got full",
+               "conv2d names a padding word it does not know")
   local x0 = glia.randn(0, 3, 5, 5)
   t.is(glia.conv2d(x0, glia.randn(2, 3, 3, 3)):numel(), 0, "conv2d of an empty batch is empty")
 end
@@ -390,6 +405,9 @@ do
   t.ok(u.same_shape(g.weight, { 9, 2, 3, 1 }) and g.bias == nil,
        "Conv2d with groups 3, a {3,1} kernel and no bias holds weight {9,2,3,1} only")
   t.ok(u.same_shape(g(glia.randn(1, 6, 7, 4)), { 1, 9, 3, 4 }), "Conv2d honours a {2,1} stride")
+  local cs = nn.Conv2d(3, 4, { 3, 5 }, { padding = "same" })
+  t.ok(u.same_shape(cs(glia.randn(1, 3, 6, 7)), { 1, 4, 6, 7 }),
+       "Conv2d with padding \"same\" keeps the plane size")
   local c1 = nn.Conv1d(4, 6, 3, { stride = 2, padding = 1, groups = 2 })
   local x1 = glia.randn(2, 4, 9)
   t.ok(u.same_shape(c1.weight, { 6, 2, 3 }), "Conv1d holds weight {out, in/groups, k}")

@@ -148,15 +148,42 @@ end
 
 -- glia.conv2d(x, w [, b] [, {stride, padding, dilation, groups}]) and
 -- glia.conv1d the same: stride, padding, dilation each a number or a {h, w}
--- pair (conv1d: a number). The core ops take them positionally, as lists.
+-- pair (conv1d: a number); padding may also be "valid" (none) or "same"
+-- (stride 1, the output as large as the input), as in PyTorch. The core ops
+-- take them positionally, as lists.
 local function pair(v) return type(v) == "number" and { v } or v end
 local CONV_OPTIONS = { "stride", "padding", "dilation", "groups" }
+
+-- The padding that "same" or "valid" means for weight w, as a list.
+local function named_padding(where, padding, w, stride, dilation)
+  if padding == "valid" then return { 0 } end
+  if padding ~= "same" then
+    error(where .. ": padding must be a number, a list or \"same\" or \"valid\", got " ..
+          tostring(padding), 3)
+  end
+  local s, d, p = pair(stride or 1), pair(dilation or 1), {}
+  for i = 1, w:dim() - 2 do
+    if (s[i] or s[1]) ~= 1 then error(where .. ": padding \"same\" needs stride 1", 3) end
+    local span = (d[i] or d[1]) * (w:size(i + 2) - 1)
+    if span % 2 ~= 0 then
+      error(string.format("%s: padding \"same\" for kernel {%s} needs uneven padding, which " ..
+                          "glia does not do", where, table.concat(w:shape(), ",")), 3)
+    end
+    p[i] = math.floor(span / 2)
+  end
+  return p
+end
+
 for _, name in ipairs { "conv1d", "conv2d" } do
   local op, where = core[name], "glia." .. name
   glia[name] = function(x, w, b, opts)
     if type(b) == "table" and opts == nil then b, opts = nil, b end
     opts = options.check(where, opts, CONV_OPTIONS, 2)
-    return op(x, w, b, pair(opts.stride), pair(opts.padding), pair(opts.dilation), opts.groups)
+    local padding = opts.padding
+    if type(padding) == "string" then
+      padding = named_padding(where, padding, w, opts.stride, opts.dilation)
+    end
+    return op(x, w, b, pair(opts.stride), pair(padding), pair(opts.dilation), opts.groups)
   end
 end
 

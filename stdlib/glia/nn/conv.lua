@@ -38,7 +38,8 @@ local function show(t) return #t == 1 and tostring(t[1]) or "{" .. concat(t, ","
 
 -- Conv1d / Conv2d(in_channels, out_channels, kernel_size [, {stride = 1,
 -- padding = 0, dilation = 1, groups = 1, bias = true}]); kernel_size,
--- stride, padding and dilation are numbers or lists of 1 (Conv1d) or 2.
+-- stride, padding and dilation are numbers or lists of 1 (Conv1d) or 2;
+-- padding may also be "valid" or "same" (see glia.conv2d).
 -- Init: kaiming_uniform(a = sqrt(5)) for the weight, which is
 -- U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C/groups * prod(kernel),
 -- and the same bound for the bias.
@@ -52,7 +53,12 @@ local function conv_class(name, nd, op)
     self.out_channels = check_int(name, "out_channels", cout, 1)
     self.kernel_size = ntuple(name, "kernel_size", kernel_size, nd, 1)
     self.stride = ntuple(name, "stride", opts.stride or 1, nd, 1)
-    self.padding = ntuple(name, "padding", opts.padding or 0, nd, 0)
+    local padding = opts.padding or 0
+    if padding == "same" or padding == "valid" then
+      self.padding = padding
+    else
+      self.padding = ntuple(name, "padding", padding, nd, 0)
+    end
     self.dilation = ntuple(name, "dilation", opts.dilation or 1, nd, 1)
     self.groups = check_int(name, "groups", opts.groups or 1, 1)
     if cin % self.groups ~= 0 or cout % self.groups ~= 0 then
@@ -83,8 +89,11 @@ local function conv_class(name, nd, op)
   function Conv:extra_repr()
     local s = format("%d, %d, kernel_size=%s, stride=%s", self.in_channels, self.out_channels,
                      show(self.kernel_size), show(self.stride))
-    if self.padding[1] ~= 0 or self.padding[nd] ~= 0 then
-      s = s .. ", padding=" .. show(self.padding)
+    local p = self.padding
+    if type(p) == "string" then
+      s = s .. ", padding=" .. p
+    elseif p[1] ~= 0 or p[nd] ~= 0 then
+      s = s .. ", padding=" .. show(p)
     end
     if self.dilation[1] ~= 1 or self.dilation[nd] ~= 1 then
       s = s .. ", dilation=" .. show(self.dilation)
