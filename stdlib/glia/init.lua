@@ -196,6 +196,16 @@ for _, name in ipairs { "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d" } do
   end
 end
 
+-- glia.linear_attention(q, k, v [, {eps}]): ReLU-kernel linear attention
+-- (ops/linear_attention.c); eps (default 1e-6) is added to each row's
+-- normalizer and must be > 0.
+local linear_attention = core.linear_attention
+local LINEAR_ATTENTION_OPTIONS = { "eps" }
+function glia.linear_attention(q, k, v, opts)
+  opts = options.check("glia.linear_attention", opts, LINEAR_ATTENTION_OPTIONS)
+  return linear_attention(q, k, v, opts.eps)
+end
+
 -- glia.load(path [, {mmap}]): the options are checked here, the file read in C.
 local load = core.load
 function glia.load(path, opts)
