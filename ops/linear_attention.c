@@ -126,7 +126,7 @@ static glia_status plan_new(glia_ctx *G, const char *name, glia_tensor *q, glia_
   return st;
 }
 
-/* ===================================================== head kernels */
+/* ============================================================ BLAS */
 
 /* C {m,n} (row stride ldc) = alpha op(A) op(B) for row-major operands;
 ** an empty inner dim gives zeros (BLAS would reject the leading dims). */
@@ -141,14 +141,59 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float 
              (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, 0.0f, c, (int)ldc);
 }
 
+/* ====================================================== vector loops */
+
+/* Row loops over whole vectors, then a scalar tail; each element sees the
+** same operations in the same order either way. (gcc -O2 would leave the
+** plain loops scalar: it does not version them for aliasing.) */
+#define VL GLIA_VL
+typedef glia_vf vf;
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+static inline void vstoreu(float *p, vf x) { memcpy(p, &x, sizeof x); }
+static inline vf vsplat(float x) { return (vf){0} + x; }
+
+/* y = relu(x) over n floats */
+static void relu_row(float *y, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf v = glia_vloadu(x + i);
+    vstoreu(y + i, (vf)((vi)v & (v > 0)));
+  }
+  for (; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0.0f;
+}
+
+/* acc += a * x over n floats */
+static void add_scaled(float *acc, const float *x, float a, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstoreu(acc + i, glia_vloadu(acc + i) + vsplat(a) * glia_vloadu(x + i));
+  for (; i < n; i++) acc[i] += a * x[i];
+}
+
+/* y = x / d over n floats */
+static void div_row(float *y, const float *x, float d, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstoreu(y + i, glia_vloadu(x + i) / vsplat(d));
+  for (; i < n; i++) y[i] = x[i] / d;
+}
+
+/* g = r > 0 ? g + a * x : 0 over n floats: a gradient through the ReLU
+** whose output r is, plus a rank-one term. */
+static void relu_grad_row(float *g, const float *r, float a, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf v = glia_vloadu(g + i) + vsplat(a) * glia_vloadu(x + i);
+    vstoreu(g + i, (vf)((vi)v & (glia_vloadu(r + i) > 0)));
+  }
+  for (; i < n; i++) g[i] = r[i] > 0 ? g[i] + a * x[i] : 0.0f;
+}
+
 /* dst {rows,D} contiguous = relu(src rows ld apart). */
 static void relu_rows(const float *src, int64_t ld, int64_t rows, int64_t D, float *dst) {
-  for (int64_t r = 0; r < rows; r++) {
-    const float *x = src + r * ld;
-    float *y = dst + r * D;
-    for (int64_t c = 0; c < D; c++) y[c] = x[c] > 0 ? x[c] : 0.0f;
-  }
+  for (int64_t r = 0; r < rows; r++) relu_row(dst + r * D, src + r * ld, D);
 }
+
+/* ===================================================== head kernels */
 
 /* Per-thread scratch of one head: the relu'd rows, A, s (and, backward
 ** only, dnum, dden, dA, ds). */
@@ -185,8 +230,7 @@ static void head_prepare(const la_plan *p, int64_t b, int64_t h, head_ws *w) {
   relu_rows(head_of(&p->q, b, h), p->q.ld, N, D, w->qr);
   relu_rows(head_of(&p->k, b, h), p->k.ld, M, D, w->kr);
   memset(w->s, 0, (size_t)D * sizeof *w->s);
-  for (int64_t j = 0; j < M; j++)
-    for (int64_t c = 0; c < D; c++) w->s[c] += w->kr[j * D + c];
+  for (int64_t j = 0; j < M; j++) add_scaled(w->s, w->kr + j * D, 1.0f, D);
   gemm(true, false, D, E, M, w->kr, D, head_of(&p->v, b, h), p->v.ld, w->A, E);
 }
 
@@ -200,10 +244,7 @@ static void head_forward(const la_plan *p, int64_t b, int64_t h, head_ws *w, flo
   int64_t N = p->N, D = p->D, E = p->E;
   head_prepare(p, b, h, w);
   gemm(false, false, N, E, D, w->qr, D, w->A, E, out, E);
-  for (int64_t i = 0; i < N; i++) {
-    float den = row_den(p, w, i), *y = out + i * E;
-    for (int64_t e = 0; e < E; e++) y[e] /= den;
-  }
+  for (int64_t i = 0; i < N; i++) div_row(out + i * E, out + i * E, row_den(p, w, i), E);
 }
 
 /* Gradients of head (b, h) into dq {N,D}, dk {M,D}, dv {M,E} (contiguous)
@@ -215,39 +256,27 @@ static void head_backward(const la_plan *p, int64_t b, int64_t h, head_ws *w, co
   for (int64_t i = 0; i < N; i++) {
     const float *qr = w->qr + i * D, *g = dY + i * ld_dy, *y = Y + i * E;
     float *dn = w->dnum + i * E;
-    bool any = false;
-    for (int64_t c = 0; c < D; c++) any |= qr[c] > 0;
-    if (!any) { /* den = eps, out = 0: nothing flows back (header) */
+    float mass;
+    GLIA_LANE_SUM(mass, D, c, qr[c]); /* >= 0, and 0 only when all are */
+    if (mass == 0) { /* den = eps, out = 0: nothing flows back (header) */
       memset(dn, 0, (size_t)E * sizeof *dn);
       w->dden[i] = 0;
       continue;
     }
     float den = row_den(p, w, i);
-    for (int64_t e = 0; e < E; e++) dn[e] = g[e] / den;
+    div_row(dn, g, den, E);
     w->dden[i] = -glia_dot(g, y, E) / den;
   }
   /* dQr = dnum A^T + dden s^T, masked by q > 0 */
   gemm(false, true, N, D, E, w->dnum, E, w->A, E, dq, D);
-  for (int64_t i = 0; i < N; i++) {
-    const float *qr = w->qr + i * D;
-    float *g = dq + i * D, dd = w->dden[i];
-    for (int64_t c = 0; c < D; c++) g[c] = qr[c] > 0 ? g[c] + dd * w->s[c] : 0.0f;
-  }
+  for (int64_t i = 0; i < N; i++) relu_grad_row(dq + i * D, w->qr + i * D, w->dden[i], w->s, D);
   /* dA = Qr^T dnum, ds = Qr^T dden */
   gemm(true, false, D, E, N, w->qr, D, w->dnum, E, w->dA, E);
   memset(w->ds, 0, (size_t)D * sizeof *w->ds);
-  for (int64_t i = 0; i < N; i++) {
-    const float *qr = w->qr + i * D;
-    float dd = w->dden[i];
-    for (int64_t c = 0; c < D; c++) w->ds[c] += dd * qr[c];
-  }
+  for (int64_t i = 0; i < N; i++) add_scaled(w->ds, w->qr + i * D, w->dden[i], D);
   /* dKr = v dA^T + 1 ds^T, masked by k > 0; dv = Kr dA */
   gemm(false, true, M, D, E, head_of(&p->v, b, h), p->v.ld, w->dA, E, dk, D);
-  for (int64_t j = 0; j < M; j++) {
-    const float *kr = w->kr + j * D;
-    float *g = dk + j * D;
-    for (int64_t c = 0; c < D; c++) g[c] = kr[c] > 0 ? g[c] + w->ds[c] : 0.0f;
-  }
+  for (int64_t j = 0; j < M; j++) relu_grad_row(dk + j * D, w->kr + j * D, 1.0f, w->ds, D);
   gemm(false, false, M, E, D, w->kr, D, w->dA, E, dv, E);
 }
 
