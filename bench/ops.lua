@@ -143,6 +143,32 @@ for cname, c in pairs(convs) do
   end
 end
 
+-- sla_4096 / sla_exact_4096: simplified linear attention (glia.linear_attention)
+-- and exact non-causal attention (glia.attention) on the same q, k, v {1,8,4096,64},
+-- forward + backward. Rates: GFLOP/s of the products each one runs (linear:
+-- 14 N d^2 per head, 2 forward + 5 backward; exact: 4 N^2 d forward, 3.5x
+-- that with backward).
+local function qkv_fwdbwd(f, reps)
+  local B, H, N, d = 1, 8, 4096, 64
+  local q, k, v = glia.randn(B, H, N, d), glia.randn(B, H, N, d), glia.randn(B, H, N, d)
+  for _, x in ipairs({ q, k, v }) do x:requires_grad() end
+  local g = glia.randn(B, H, N, d)
+  return time(function()
+    local y = f(q, k, v)
+    y:backward(g)
+    y:free()
+    for _, x in ipairs({ q, k, v }) do x:zero_grad() end
+  end, reps), B * H * N * d
+end
+W.sla_4096 = function(name)
+  local s, work = qkv_fwdbwd(function(q, k, v) return glia.linear_attention(q, k, v) end, 10)
+  report(name, s, 14 * work * 64 / s * 1e-9, "GFLOP/s")
+end
+W.sla_exact_4096 = function(name)
+  local s, work = qkv_fwdbwd(function(q, k, v) return glia.attention(q, k, v) end, 3)
+  report(name, s, 3.5 * 4 * work * 4096 / s * 1e-9, "GFLOP/s")
+end
+
 for _, name in ipairs(arg) do
   local f = W[name]
   if not f then error("bench/ops.lua: unknown workload " .. name, 0) end
