@@ -642,8 +642,8 @@ static glia_status attn_backward(glia_ctx *G, bwd_job *j, const float *o) {
 
 /* ====================================================== checks, plans */
 
-static glia_status check_qkv(glia_ctx *G, const char *name, glia_tensor *q, glia_tensor *k,
-                             glia_tensor *v) {
+glia_status glia_check_qkv4(glia_ctx *G, const char *name, glia_tensor *q, glia_tensor *k,
+                            glia_tensor *v) {
   glia_tensor *x[3] = {q, k, v};
   static const char *const names[3] = {"q", "k", "v"};
   for (int i = 0; i < 3; i++) {
@@ -653,6 +653,12 @@ static glia_status check_qkv(glia_ctx *G, const char *name, glia_tensor *q, glia
                        "%s: %s must be a 4-D f32 tensor {B,heads,rows,dim}, got %s %s", name,
                        names[i], glia_dtype_name(x[i]->dtype), glia_shape_str(x[i]));
   }
+  return GLIA_OK;
+}
+
+static glia_status check_qkv(glia_ctx *G, const char *name, glia_tensor *q, glia_tensor *k,
+                             glia_tensor *v) {
+  TRY(glia_check_qkv4(G, name, q, k, v));
   const char *what = NULL;
   if (k->size[0] != q->size[0] || v->size[0] != q->size[0]) what = "batch sizes differ";
   else if (k->size[1] != v->size[1]) what = "k and v head counts differ";

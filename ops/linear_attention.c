@@ -91,15 +91,7 @@ static void plan_release(la_plan *p) {
 static glia_status plan_new(glia_ctx *G, const char *name, glia_tensor *q, glia_tensor *k,
                             glia_tensor *v, double eps, la_plan *p) {
   memset(p, 0, sizeof *p);
-  glia_tensor *x[3] = {q, k, v};
-  static const char *const names[3] = {"q", "k", "v"};
-  for (int i = 0; i < 3; i++) {
-    TRY(glia_check_live(G, name, x[i]));
-    if (x[i]->dtype != GLIA_DTYPE_F32 || x[i]->ndim != 4)
-      return glia_fail(G, x[i]->dtype != GLIA_DTYPE_F32 ? GLIA_EDTYPE : GLIA_ESHAPE,
-                       "%s: %s must be a 4-D f32 tensor {B,heads,rows,dim}, got %s %s", name,
-                       names[i], glia_dtype_name(x[i]->dtype), glia_shape_str(x[i]));
-  }
+  TRY(glia_check_qkv4(G, name, q, k, v));
   const char *what = NULL;
   if (k->size[0] != q->size[0] || v->size[0] != q->size[0]) what = "batch sizes differ";
   else if (k->size[1] != q->size[1] || v->size[1] != q->size[1])

@@ -393,6 +393,10 @@ GLIAI_FUNC glia_status glia_dropout(glia_ctx *G, glia_tensor *x, double p, int t
 GLIAI_FUNC glia_status glia_attention(glia_ctx *G, glia_tensor *q, glia_tensor *k,
                                       glia_tensor *v, glia_tensor *mask, int causal,
                                       double scale, glia_tensor **out, glia_tensor **lse);
+/* Fails unless q, k and v are live 4-D f32 tensors, naming op `name` and
+** the first that is not (shared by the attention ops' checks). */
+GLIAI_FUNC glia_status glia_check_qkv4(glia_ctx *G, const char *name, glia_tensor *q,
+                                       glia_tensor *k, glia_tensor *v);
 /* Inference against a KV cache: kc {B,K,T,D}, vc {B,K,T,E} (T = capacity),
 ** sequence b using its first lens[b] positions, q {B,H,n,D} being the last
 ** n of them (causal, bottom-right). Fails with GLIA_EGRAD when an input

@@ -245,6 +245,21 @@ do
   t.ok(u.identical(res[1], res[2]), "1 and 2 threads give identical bits, forward and backward")
 end
 
+-- ============================================================== memory
+-- Fails the n-th allocation for n = 1, 2, ... until forward+backward
+-- succeeds: every failure must be a clean out-of-memory error (and, under
+-- the sanitizers, leak nothing). Strided v and dout take the copying path.
+do
+  local q, k = glia.randn(1, 2, 40, 16), glia.randn(1, 2, 50, 16)
+  local v = glia.randn(1, 2, 8, 50):transpose(3, 4)
+  local dout = glia.randn(1, 2, 8, 40):transpose(3, 4)
+  for _, x in ipairs({ q, k, v }) do x:requires_grad() end
+  u.oom_ok(function()
+    local o = glia.linear_attention(q, k, v)
+    o:backward(dout)
+  end, "every allocation failure in linear_attention forward+backward is a clean out-of-memory error")
+end
+
 -- ============================================================== errors
 do
   local q, k, v = glia.randn(1, 2, 4, 3), glia.randn(1, 2, 5, 3), glia.randn(1, 2, 5, 2)
