@@ -17,6 +17,7 @@
 --   nn.MultiHeadAttention(d_model, n_heads, {kv_heads, causal, dropout, bias, fused})
 --   nn.CausalSelfAttention(d_model, n_heads, {kv_heads, dropout, bias, fused})
 --   nn.TransformerBlock(d_model, n_heads, {kv_heads, mlp_ratio, dropout, bias, eps, fused})
+--   nn.SLA(dim, heads, {grid, kernel_size, qkv_bias})  simplified linear attention (nn/sla.lua)
 --   nn.init                     initializers (nn/initializers.lua)
 --   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
 local Module = require "glia.nn.module"
@@ -37,5 +38,7 @@ for _, family in ipairs { "linear", "activation", "norm", "container", "attentio
   for name, cls in pairs(require("glia.nn." .. family)) do nn[name] = cls end
 end
 for name, cls in pairs(require "glia.nn.conv") do nn[name] = cls end
+
+for name, cls in pairs(require "glia.nn.sla") do nn[name] = cls end
 
 return nn
