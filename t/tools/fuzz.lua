@@ -403,6 +403,85 @@ local function grad_call()
   end, { x, g }, 2))
 end
 
+-- Valid calls of the ops whose arguments random values rarely get right,
+-- one argument then made wrong (another value, a view of it, freed) half
+-- the time: the checks after the first ones, and the kernels, get reached.
+local function r(...) return glia.randn(...) end
+local function ids(hi, ...) return glia.randint(1, hi + 1, { ... }) end
+local TEMPLATES = {
+  attention = function(B, H, T, D) return { r(B, H, T, D), r(B, H, T, D), r(B, H, T, D), chance(0.5) } end,
+  attention_lse = function(B, H, T, D) return { r(B, H, T, D), r(B, 1, T, D), r(B, 1, T, D), true } end,
+  attention_decode = function(B, H, T, D)
+    return { r(B, H, 1, D), r(B, H, T + 1, D), r(B, H, T + 1, D), T }
+  end,
+  linear = function(N, I, O) return { r(N, I), r(O, I), r(O) } end,
+  addmm = function(N, I, O) return { r(N, O), r(N, I), r(I, O), 0.5, 2 } end,
+  matmul = function(N, I, O) return { r(N, I), r(I, O) } end,
+  cross_entropy = function(N, C) return { r(N, C), ids(C, N) } end,
+  embedding = function(V, D, N) return { r(V, D), ids(V, N) } end,
+  gather = function(N, C) return { r(N, C), 2, ids(C, N, 1) } end,
+  index_select = function(N, C) return { r(N, C), 1, ids(N, C) } end,
+  scatter_add = function(N, C) return { r(N, C), 2, ids(C, N, 2), r(N, 2) } end,
+  scatter_add_ = function(N, C) return { r(N, C), 2, ids(C, N, 2), r(N, 2) } end,
+  one_hot = function(N, C) return { ids(C, N), C } end,
+  masked_fill = function(N, C) return { r(N, C), glia.rand(N, C):gt(0.5), 7 } end,
+  masked_fill_ = function(N, C) return { r(N, C), glia.rand(1, C):gt(0.5), 0 / 0 } end,
+  layer_norm = function(N, C) return { r(N, C), r(C), r(C), 1e-5 } end,
+  rms_norm = function(N, C) return { r(N, C), r(C), 1e-6 } end,
+  cat = function(N, C) return { { r(N, C), r(N, 1) }, 2 } end,
+  stack = function(N, C) return { { r(N, C), r(N, C) }, 1 } end,
+  narrow = function(N, C) return { r(N, C), 2, 1, C } end,
+  select = function(N, C) return { r(N, C), 1, N } end,
+  transpose = function(N, C) return { r(N, C, 2), 1, 3 } end,
+  topk = function(N, C) return { r(N, C), C, 2, true } end,
+  full = function(N, C) return { { N, C }, 3, "i32" } end,
+  linspace = function(N) return { 0, 1, N } end,
+  randint = function(N, C) return { -3, 5, { N, C } } end,
+  sgd_step_ = function(N) return { r(N), r(N), r(N), 1, 0.1, 0.9, 0, false, 0 } end,
+  adam_step_ = function(N) return { r(N), r(N), r(N), r(N), 1, 1e-3, 0.9, 0.999, 1e-8, 0, true } end,
+  lamb_step_ = function(N) return { r(N), r(N), r(N), r(N), 1, 1e-3, 0.9, 0.999, 1e-6, 0 } end,
+  decoder_block = function(B, T, D)
+    local w = {}
+    for i = 1, 12 do w[i] = r(D, D) end
+    return { r(B, T, D), w, r(T, 2), r(T, 2), 1, 1 }
+  end,
+}
+local TEMPLATE_NAMES = names_of(TEMPLATES)
+
+local function template_call()
+  local name = pick(TEMPLATE_NAMES)
+  local sizes = {}
+  for i = 1, 4 do sizes[i] = pick { 1, 2, 3, 4, 0, 8 } end
+  local ok, a = pcall(TEMPLATES[name], unpack(sizes))
+  if not ok then return end
+  local n = #a
+  for i = 1, n do if glia.is_tensor(a[i]) then desc[a[i]] = fmt("glia.randn(%s)", show(a[i]:shape())) end end
+  if chance(0.5) then
+    local i = below(n) + 1
+    local k = below(4)
+    if k == 0 then a[i] = value()
+    elseif glia.is_tensor(a[i]) then
+      local x = a[i]
+      local v = below(#VARIANTS) + 1
+      local okv, y = pcall(VARIANTS[v], x)
+      if okv and glia.is_tensor(y) then
+        a[i] = y
+        desc[y] = "(" .. show(x) .. ")" .. VARIANT_NAMES[v]
+      elseif k == 1 then
+        a[i] = near(x)
+      end
+    else
+      a[i] = pick(NUMBERS)
+    end
+  end
+  if chance(0.3) then
+    for i = 1, n do
+      if glia.is_tensor(a[i]) then pcall(a[i].requires_grad, a[i]) end
+    end
+  end
+  after(call("glia." .. name, glia[name], a, n))
+end
+
 local function special_call()
   local k = below(4)
   if k == 0 then
@@ -590,7 +669,7 @@ end
 -- ================================================================ main
 
 local KINDS = {
-  { 30, glia_call }, { 30, method_call }, { 10, operator_call }, { 5, grad_call },
+  { 30, glia_call }, { 30, method_call }, { 15, template_call }, { 10, operator_call }, { 5, grad_call },
   { 3, special_call }, { 8, nn_call }, { 3, optim_call }, { 4, data_call }, { 1, file_call },
 }
 local total = 0
