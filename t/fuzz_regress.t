@@ -54,4 +54,12 @@ do
   t.ok(pcall(glia.attention_lse, q, k, v, true), "so does attention_lse")
 end
 
+-- conv2d's backward over images with no input channels (K = 0 columns) had
+-- no work buffer and cleared it with memset(NULL, ...) (UBSan: nonnull).
+if glia.conv2d then
+  local x, w = glia.randn(0, 0, 5, 6):requires_grad(), glia.randn(3, 0, 3, 3):requires_grad()
+  local ok = pcall(function() glia.conv2d(x, w, glia.randn(3)):sum():backward() end)
+  t.ok(ok and w.grad and w.grad:numel() == 0, "conv2d backward with 0 input channels runs")
+end
+
 t.done()
