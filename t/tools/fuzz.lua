@@ -440,13 +440,25 @@ local TEMPLATES = {
   sgd_step_ = function(N) return { r(N), r(N), r(N), 1, 0.1, 0.9, 0, false, 0 } end,
   adam_step_ = function(N) return { r(N), r(N), r(N), r(N), 1, 1e-3, 0.9, 0.999, 1e-8, 0, true } end,
   lamb_step_ = function(N) return { r(N), r(N), r(N), r(N), 1, 1e-3, 0.9, 0.999, 1e-6, 0 } end,
+  conv2d = function(N, C, O, K)
+    return { r(N, C, 5, 6), r(O, C, K, K), r(O), { stride = pick { 1, 2 }, padding = pick { 0, 1 } } }
+  end,
+  conv1d = function(N, C, O, K)
+    return { r(N, C, 7), r(C, 1, K), r(C), { stride = 1, padding = 1, dilation = 2, groups = C } }
+  end,
+  max_pool2d = function(N, C, K) return { r(N, C, 6, 5), K, 2, 1 } end,
+  avg_pool2d = function(N, C, K) return { r(N, C, 6, 5), K, 1, 0 } end,
+  adaptive_avg_pool2d = function(N, C, K) return { r(N, C, 6, 5), K } end,
   decoder_block = function(B, T, D)
     local w = {}
     for i = 1, 12 do w[i] = r(D, D) end
     return { r(B, T, D), w, r(T, 2), r(T, 2), 1, 1 }
   end,
 }
-local TEMPLATE_NAMES = names_of(TEMPLATES)
+local TEMPLATE_NAMES = {}
+for _, k in ipairs(names_of(TEMPLATES)) do
+  if glia[k] then TEMPLATE_NAMES[#TEMPLATE_NAMES + 1] = k end
+end
 
 local function template_call()
   local name = pick(TEMPLATE_NAMES)
