@@ -705,7 +705,7 @@ static void default_tiles(int64_t d, int64_t e, int64_t g, bool backward, int64_
                           int64_t *bc) {
   int64_t dim = imax(d, e);
   int64_t rows = backward ? (dim <= 64 ? 128 : 64) : (dim <= 128 ? 256 : 128);
-  *br = backward ? rows : imax(16, rows / g);
+  *br = backward ? rows : imax(16, rows / imax(g, 1)); /* g is 0 with no query heads */
   *bc = dim <= 64 ? 256 : dim <= 128 ? 128 : 64;
 }
 

@@ -188,7 +188,7 @@ static void gemm_bwd_slots(int64_t s0, int64_t s1, void *ud) {
   for (int64_t s = s0; s < s1; s++) {
     float *col = J->work + s * J->work_per, *dcol = col + K * P;
     float *dwp = col + (J->direct ? 0 : 2 * K * P);
-    if (J->dw) memset(dwp, 0, (size_t)(g->O * K) * sizeof *dwp);
+    if (J->dw && K) memset(dwp, 0, (size_t)(g->O * K) * sizeof *dwp); /* no work buffer when K = 0 */
     for (int64_t b = s * g->B / J->nslots; b < (s + 1) * g->B / J->nslots; b++)
       for (int64_t gi = 0; gi < g->G; gi++) {
         const float *xg = J->x + (b * g->C + gi * Cg) * g->H * g->W;

@@ -44,4 +44,22 @@ t.is(#glia.zeros(0, 2 ^ 40):totable(), 0, "totable of {0,2^40} is an empty table
 t.error_like(function() return glia.gradcheck(glia.exp, glia.zeros(0, 2 ^ 40):t()) end,
              "inputs must be a list", "gradcheck with a tensor for its inputs list is an error")
 
+-- attention with no query heads (q {2,0,8,8}) beside one key/value head
+-- divided by the group size, 0, choosing its tiles (SIGFPE).
+do
+  local q, k, v = glia.randn(2, 0, 8, 8):requires_grad(), glia.randn(2, 1, 8, 8), glia.randn(2, 1, 8, 8)
+  local ok, o = pcall(glia.attention, q, k, v, true)
+  t.ok(ok and o:numel() == 0, "attention with 0 query heads and 1 kv head gives an empty result")
+  t.ok(pcall(function() o:sum():backward() end), "and its backward pass runs")
+  t.ok(pcall(glia.attention_lse, q, k, v, true), "so does attention_lse")
+end
+
+-- conv2d's backward over images with no input channels (K = 0 columns) had
+-- no work buffer and cleared it with memset(NULL, ...) (UBSan: nonnull).
+if glia.conv2d then
+  local x, w = glia.randn(0, 0, 5, 6):requires_grad(), glia.randn(3, 0, 3, 3):requires_grad()
+  local ok = pcall(function() glia.conv2d(x, w, glia.randn(3)):sum():backward() end)
+  t.ok(ok and w.grad and w.grad:numel() == 0, "conv2d backward with 0 input channels runs")
+end
+
 t.done()
