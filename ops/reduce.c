@@ -654,7 +654,8 @@ static glia_status cumsum_fwd(glia_ctx *G, glia_tensor *x, int dim, int reverse,
     cumsum_job J = {(const float *)glia_ptr(xc), (float *)glia_ptr(r), x->size[dim], 0, reverse};
     int64_t outer;
     split_at(x->ndim, x->size, dim, &outer, &J.inner);
-    glia_parallel_for(G, outer * J.inner, glia_grain_items(J.len), cumsum_columns, &J);
+    /* an empty x may still have 1e12 columns of length 0: nothing to do */
+    if (J.len > 0) glia_parallel_for(G, outer * J.inner, glia_grain_items(J.len), cumsum_columns, &J);
     *out = r;
   }
   glia_tensor_release(xc);
