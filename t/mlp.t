@@ -6,9 +6,9 @@ local t = require "t.tap"
 local glia = require "glia"
 local data = require "glia.data"
 local MLP = require "models.mlp"
+local u = require "t.util"
 
-local fmt, floor, char, concat = string.format, math.floor, string.char, table.concat
-local unpack = table.unpack or unpack
+local fmt, concat = string.format, table.concat
 
 local function sh_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
@@ -79,38 +79,9 @@ t.error_like(function() MLP{ sizes = { 784, 0, 10 } } end, "sizes%[2%] must be a
 
 -- ======================================================= tiny IDX files
 
--- A big-endian u32, as IDX headers store sizes.
-local function be32(n)
-  return char(floor(n / 16777216) % 256, floor(n / 65536) % 256, floor(n / 256) % 256, n % 256)
-end
-
-local function write_file(path, bytes)
-  local f = assert(io.open(path, "wb"))
-  f:write(bytes)
-  f:close()
-end
-
--- n images of class (i % 10): rows 2c+4 and 2c+5 bright over noise.
--- Plain (not gzipped) files under the .gz names: zlib reads both.
-local function write_split(prefix, n, rng)
-  local images, labels = { "\0\0\8\3" .. be32(n) .. be32(28) .. be32(28) }, { "\0\0\8\1" .. be32(n) }
-  for i = 1, n do
-    local c = (i * 7) % 10
-    local px = {}
-    for p = 1, 784 do
-      local row = floor((p - 1) / 28)
-      px[p] = (row == 2 * c + 4 or row == 2 * c + 5) and 255 or rng:random(100) - 1
-    end
-    images[#images + 1] = char(unpack(px))
-    labels[#labels + 1] = char(c)
-  end
-  write_file(dir .. "/" .. prefix .. "-images-idx3-ubyte.gz", concat(images))
-  write_file(dir .. "/" .. prefix .. "-labels-idx1-ubyte.gz", concat(labels))
-end
-
 local rng = data.Generator(7)
-write_split("train", 256, rng)
-write_split("t10k", 100, rng)
+u.write_fmnist(dir, "train", 256, rng)
+u.write_fmnist(dir, "t10k", 100, rng)
 local xs, ys = data.fashion_mnist("train", { dir = dir })
 local yf = ys:to("f32")
 t.ok(xs:size(1) == 256 and xs:size(2) == 784 and yf:min():item() == 1 and yf:max():item() == 10,

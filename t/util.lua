@@ -8,7 +8,7 @@
 --   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
 --   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
 --   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
---   u.root()  u.exe()  u.skip_all(why)
+--   u.root()  u.exe()  u.skip_all(why)  u.write_fmnist(dir, prefix, n, rng)
 local t = require "t.tap"
 local glia = require "glia"
 
@@ -190,6 +190,31 @@ function M.root() return (M.sh("pwd"):gsub("\n$", "")) end
 function M.exe()
   local exe = os.getenv("GLIA_BIN") or "bin/glia"
   return exe:find("^/") and exe or M.root() .. "/" .. exe
+end
+
+-- Writes n Fashion-MNIST-shaped images and labels as DIR/<prefix>-images-idx3-ubyte.gz
+-- and DIR/<prefix>-labels-idx1-ubyte.gz ("train" or "t10k"): 28x28 images of class
+-- (i*7 % 10) whose rows 2c+4 and 2c+5 are bright over noise drawn from rng
+-- (a glia.data.Generator), so a few epochs learn the rule. The files are
+-- plain, not gzipped, under the .gz names: zlib reads both.
+function M.write_fmnist(dir, prefix, n, rng)
+  local char, floor, concat, unpack = string.char, math.floor, table.concat, table.unpack or unpack
+  local function be32(v) -- a big-endian u32, as IDX headers store sizes
+    return char(floor(v / 16777216) % 256, floor(v / 65536) % 256, floor(v / 256) % 256, v % 256)
+  end
+  local images, labels = { "\0\0\8\3" .. be32(n) .. be32(28) .. be32(28) }, { "\0\0\8\1" .. be32(n) }
+  for i = 1, n do
+    local c = (i * 7) % 10
+    local px = {}
+    for p = 1, 784 do
+      local row = floor((p - 1) / 28)
+      px[p] = (row == 2 * c + 4 or row == 2 * c + 5) and 255 or rng:random(100) - 1
+    end
+    images[#images + 1] = char(unpack(px))
+    labels[#labels + 1] = char(c)
+  end
+  M.spit(dir .. "/" .. prefix .. "-images-idx3-ubyte.gz", concat(images))
+  M.spit(dir .. "/" .. prefix .. "-labels-idx1-ubyte.gz", concat(labels))
 end
 
 -- Ends a test file that cannot run here with one skipped test.
