@@ -166,6 +166,28 @@ svg = slurp(svg_path)
 t.ok(well_formed(svg) and svg:find(">2<", 1, true) and not svg:lower():find("nan"),
      "the log scale has labelled ticks and no NaN")
 
+-- N from 256 to 16384 against a time growing as N^2: on log-log axes the
+-- points are evenly spaced along x and their line is straight
+local ns, ts = {}, {}
+for i = 1, 7 do ns[i], ts[i] = 2 ^ (i + 7), 1e-9 * 4 ^ (i + 7) end
+ns[8], ts[8] = 0, 1 -- x <= 0 has no place on a log axis
+t.ok(plot.loss_curve(svg_path, { series = { { name = "quadratic", x = ns, y = ts } },
+                                 logx = true, logy = true }),
+     "a log-log plot is written")
+svg = slurp(svg_path)
+local px, py = {}, {}
+for x, y in svg:match('<polyline[^>]-points="([^"]*)"'):gmatch("([%d.]+),([%d.]+)") do
+  px[#px + 1], py[#py + 1] = tonumber(x), tonumber(y)
+end
+local even = #px == 7
+for i = 3, #px do
+  even = even and math.abs((px[i] - px[i - 1]) - (px[2] - px[1])) < 0.15
+              and math.abs((py[i] - py[i - 1]) - (py[2] - py[1])) < 0.15
+end
+t.ok(well_formed(svg) and even, "on log-log axes powers of two are evenly spaced, x = 0 left out")
+t.ok(svg:find(">1000<", 1, true) and svg:find(">10000<", 1, true),
+     "the log x axis has labelled powers of ten")
+
 t.ok(plot.loss_curve(svg_path, { { name = "empty", y = {} }, { name = "invalid", y = { 0 / 0 } } }),
      "series with no drawable point still give a picture")
 svg = slurp(svg_path)

@@ -2,11 +2,11 @@
 --
 --   plot.loss_curve(path, {
 --     series = { {name = "train", x = {...}, y = {...}}, {name = "val", x = ..., y = ...} },
---     title = "gpt on kjv", xlabel = "step", ylabel = "loss", logy = false,
+--     title = "gpt on kjv", xlabel = "step", ylabel = "loss", logy = false, logx = false,
 --     width = 800, height = 480,
 --   }) -> true | nil, message
 -- A series without x is plotted against 1..#y. Points whose x or y is NaN or
--- infinite (or y <= 0 on a log scale) are left out and break the line there;
+-- infinite (or <= 0 on a log scale) are left out and break the line there;
 -- an empty series still gets its legend entry. A series with smooth = a
 -- (0 <= a < 1) is drawn faintly as it is, and over it as an exponential
 -- moving average with weight a on the past (for noisy per-step losses).
@@ -90,14 +90,14 @@ end
 -- Each series as runs of finite points (a NaN breaks the line), its
 -- smoothed runs when asked, and the data range (nil when no point is
 -- drawable).
-local function collect(series, logy)
+local function collect(series, logy, logx)
   local runs, smoothed, xlo, xhi, ylo, yhi = {}, {}, huge, -huge, huge, -huge
   for s, ser in ipairs(series) do
     local xs, ys, a = ser.x, ser.y or {}, ser.smooth
     local list, slist, run, srun, ema, k = {}, {}, nil, nil, 0, 0
     for i = 1, #ys do
       local x, y = xs and xs[i] or i, ys[i]
-      if finite(x) and finite(y) and (not logy or y > 0) then
+      if finite(x) and finite(y) and (not logy or y > 0) and (not logx or x > 0) then
         if not run then
           run, srun = {}, {}
           list[#list + 1], slist[#slist + 1] = run, srun
@@ -158,33 +158,43 @@ end
 local function svg(opts)
   local series = opts.series
   local W, H = opts.width or 800, opts.height or 480
-  local logy = opts.logy and true or false
+  local logy, logx = opts.logy and true or false, opts.logx and true or false
   local L, R, T, B = MARGIN.left, W - MARGIN.right, MARGIN.top, H - MARGIN.bottom
-  local runs, smoothed, range = collect(series, logy)
+  local runs, smoothed, range = collect(series, logy, logx)
   local xlo, xhi, ylo, yhi
   if range then
-    xlo, xhi = widen(range[1], range[2], false)
+    xlo, xhi = widen(range[1], range[2], logx)
     ylo, yhi = widen(range[3], range[4], logy)
   else
-    xlo, xhi, ylo, yhi = 0, 1, logy and 0.1 or 0, 1
+    xlo, xhi, ylo, yhi = logx and 0.1 or 0, 1, logy and 0.1 or 0, 1
   end
   local xticks, xdec, yticks, ydec
-  xlo, xhi, xticks, xdec = linear_ticks(xlo, xhi)
+  -- a log axis gets 4% of its decades as room at each end
+  local function log_range(lo, hi)
+    local pad = (log10(hi) - log10(lo)) * 0.04
+    return 10 ^ (log10(lo) - pad), 10 ^ (log10(hi) + pad)
+  end
+  -- the pixel of v on an axis from lo (pixel a) to hi (pixel b)
+  local function scale(lo, hi, a, b, logscale)
+    if logscale then
+      local l, h = log10(lo), log10(hi)
+      return function(v) return a + (log10(v) - l) / (h - l) * (b - a) end
+    end
+    return function(v) return a + (v - lo) / (hi - lo) * (b - a) end
+  end
+  if logx then
+    xlo, xhi = log_range(xlo, xhi)
+    xticks = log_ticks(xlo, xhi)
+  else
+    xlo, xhi, xticks, xdec = linear_ticks(xlo, xhi)
+  end
   if logy then
-    local pad = (log10(yhi) - log10(ylo)) * 0.04
-    ylo, yhi = 10 ^ (log10(ylo) - pad), 10 ^ (log10(yhi) + pad)
+    ylo, yhi = log_range(ylo, yhi)
     yticks = log_ticks(ylo, yhi)
   else
     ylo, yhi, yticks, ydec = linear_ticks(ylo, yhi)
   end
-  local function px(x) return L + (x - xlo) / (xhi - xlo) * (R - L) end
-  local py
-  if logy then
-    local a, b = log10(ylo), log10(yhi)
-    py = function(y) return B - (log10(y) - a) / (b - a) * (B - T) end
-  else
-    py = function(y) return B - (y - ylo) / (yhi - ylo) * (B - T) end
-  end
+  local px, py = scale(xlo, xhi, L, R, logx), scale(ylo, yhi, B, T, logy)
 
   local o = {}
   local function add(...) o[#o + 1] = fmt(...) end
@@ -280,7 +290,7 @@ function plot.loss_curve(path, opts)
   if type(opts) ~= "table" then error("plot.loss_curve: expected a table of options", 2) end
   if opts[1] ~= nil or opts.series == nil then opts = { series = opts } end
   options.check("plot.loss_curve", opts,
-                { "series", "title", "xlabel", "ylabel", "logy", "width", "height" })
+                { "series", "title", "xlabel", "ylabel", "logy", "logx", "width", "height" })
   for i, ser in ipairs(opts.series) do
     if type(ser) ~= "table" or (ser.y ~= nil and type(ser.y) ~= "table")
         or (ser.x ~= nil and type(ser.x) ~= "table") then
