@@ -31,7 +31,8 @@
 -- Folding: each block's fold_pairs() says norm1 feeds the attention's qkv
 -- projection and norm2 feeds fc1; the model's says the final norm feeds the
 -- head (the mean over tokens commutes with a per-channel affine). So
--- nn.fold of a "batch" or "prepbn" model in eval mode leaves no norm.
+-- nn.fold of a "batch" or "prepbn" model in eval mode leaves no norm (of a
+-- "layer" model, an unchanged copy).
 local glia = require "glia"
 local nn   = require "glia.nn"
 local options = require "glia.options"
@@ -86,7 +87,9 @@ function Block:forward(x)
   return x + self.fc2(glia.gelu(self.fc1(self.norm2(x))))
 end
 
+-- (A LayerNorm has no fixed affine to fold: "layer" models declare none.)
 function Block:fold_pairs()
+  if self.norm1.fold_affine == nil then return {} end
   return { { norm = "norm1", into = { "attn.qkv" } }, { norm = "norm2", into = { "fc1" } } }
 end
 
@@ -165,6 +168,7 @@ function ViT:forward(x)
 end
 
 function ViT:fold_pairs()
+  if self.norm.fold_affine == nil then return {} end
   return { { norm = "norm", into = { "head" } } }
 end
 
