@@ -169,6 +169,23 @@ W.sla_exact_4096 = function(name)
   report(name, s, 3.5 * 4 * work * 4096 / s * 1e-9, "GFLOP/s")
 end
 
+-- slab_block_3136 / ln_block_3136: one ViT block of models/vit.lua in eval
+-- mode on a 56x56 grid (N = 3136 tokens, C = 96, 3 heads, MLP x4), one image:
+-- SLAB's (PRepBN + SLA, norms folded by nn.fold: no normalization left) and
+-- the usual LayerNorm + softmax attention. Rate: images/s.
+local function vit_block(name, attention, norm)
+  local nn, ViT = require "glia.nn", require "models.vit"
+  local cfg = { attention = attention, norm = norm, dim = 96, heads = 3, mlp_ratio = 4,
+                warmup = 0, steps = 1 }
+  local block = ViT.Block(cfg, { 56, 56 }):eval()
+  if norm ~= "layer" then block = nn.fold(block) end
+  local x = glia.randn(1, 3136, 96)
+  local s = glia.no_grad(time, function() block(x):free() end, 10)
+  report(name, s, 1 / s, "images/s")
+end
+W.slab_block_3136 = function(name) vit_block(name, "sla", "prepbn") end
+W.ln_block_3136 = function(name) vit_block(name, "softmax", "layer") end
+
 for _, name in ipairs(arg) do
   local f = W[name]
   if not f then error("bench/ops.lua: unknown workload " .. name, 0) end

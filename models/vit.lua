@@ -183,6 +183,9 @@ end
 -- classifier taking {N, ...} rows can use).
 ViT.evaluate = require("models.mlp").evaluate
 
-ViT.TokenBatchNorm = TokenBatchNorm
+-- The parts, for benchmarks and tests: ViT.Block(cfg, grid) takes a config
+-- as ViT's (fields attention, norm, dim, heads, mlp_ratio, warmup, steps;
+-- no defaults) and the token grid {Hs, Ws}.
+ViT.Block, ViT.TokenBatchNorm = Block, TokenBatchNorm
 
 return ViT
