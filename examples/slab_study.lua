@@ -42,17 +42,13 @@ usage: glia examples/slab_study.lua --out DIR [options]
   --data DIR    read the IDX files from DIR instead of /usr/share/datasets/fashion-mnist
 ]]
 
--- --quick takes no value, which glia.cli has no kind for: it is taken out first.
-local argv, quick = {}, false
-for _, a in ipairs(arg or {}) do
-  if a == "--quick" then quick = true else argv[#argv + 1] = a end
-end
-local opts, given = cli.parse(argv, {
+local opts, given = cli.parse(arg or {}, {
   options = {
     out    = { "string" },
     seeds  = { "integer", 3 },
     epochs = { "integer", 3 },
     data   = { "string" },
+    quick  = { "flag" },
   },
   min = "positive",
 }, USAGE)
@@ -63,6 +59,7 @@ local function die(msg)
 end
 
 if not opts.out then die("--out DIR is required\n" .. USAGE) end
+local quick = opts.quick
 local seeds = (quick and not given.seeds) and 1 or opts.seeds
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 os.execute("mkdir -p " .. q(opts.out .. "/runs"))

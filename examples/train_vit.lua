@@ -54,14 +54,7 @@ usage: glia examples/train_vit.lua [options]
   --data DIR     read the IDX files from DIR instead of /usr/share/datasets/fashion-mnist
 ]]
 
--- --fold takes no value, which glia.cli has no kind for: it is taken out first.
-local argv, fold, rest = {}, false, false
-for _, a in ipairs(arg or {}) do
-  if a == "--fold" and not rest then fold = true else argv[#argv + 1] = a end
-  rest = rest or a == "--"
-end
-
-local opts = cli.parse(argv, {
+local opts = cli.parse(arg or {}, {
   options = {
     attention = { { "softmax", "sla" }, "softmax" },
     norm      = { { "layer", "batch", "prepbn" }, "layer" },
@@ -70,12 +63,12 @@ local opts = cli.parse(argv, {
     lr        = { "number", 2e-3 },
     seed      = { "integer", 0, min = "non-negative" },
     train     = { "integer" },
+    fold      = { "flag" },
     out       = { "string" },
     data      = { "string" },
   },
   min = "positive",
 }, USAGE)
-opts.fold = fold
 
 local function die(msg)
   stderr:write("train_vit: ", msg, "\n")

@@ -128,6 +128,17 @@ refused("--bogus --help", "unknown argument --bogus",
 o = read("-- --help", POS)
 t.is(o[1], "--help", "after --, --help is a positional argument")
 
+-- ======================================================== flags
+
+local FLAGS = { options = { fold = { "flag" }, n = { "integer", 5 } } }
+o, given = read("", FLAGS)
+t.ok(o.fold == false and not given.fold, "a flag not given is false")
+o, given = read("--fold --n 3", FLAGS)
+t.ok(o.fold == true and given.fold and o.n == 3, "a flag given is true and takes no value")
+o = read("--n 3 --fold", FLAGS)
+t.ok(o.fold == true and o.n == 3, "a flag may come last")
+refused("--fold=yes", "--fold takes no value, got yes", "a flag with =value is refused", FLAGS)
+
 t.error_like(function() cli.read({}, { options = { n = { "int" } } }) end,
              "option %-%-n must be declared as { kind", "an unknown kind in the spec raises")
 t.error_like(function() cli.read({}, { options = { n = "integer" } }) end,

@@ -10,6 +10,7 @@
 --       seed     = { "integer", 0, min = "non-negative" }, -- its own bound
 --       schedule = { { "cosine", "constant" }, "cosine" }, -- one of these words
 --       out      = { "string" },                          -- no default: nil
+--       fold     = { "flag" },                            -- --fold alone: true (else false)
 --     },
 --     min = "positive",  -- the bound of the numbers without their own (default: none)
 --     positional = 1,    -- how many arguments that are not options may come (0)
@@ -18,7 +19,8 @@
 --   -- when the command line set --lr rather than the default
 --
 -- An option is `--name value` or `--name=value`; the last one given wins.
--- Kinds: "integer", "number", "string", or a list of allowed strings.
+-- Kinds: "integer", "number", "string", a list of allowed strings, or
+-- "flag" (an option that takes no value: true when given, false if not).
 -- Bounds (`min`, per option or for the whole table): "positive" (> 0),
 -- "non-negative" (>= 0), a number n (>= n), or false (none). Integers are
 -- whole numbers within +-2^53, returned as integers on Lua 5.4 ("1e3"
@@ -69,9 +71,10 @@ local function check_spec(spec)
   for name, decl in pairs(spec.options or {}) do
     local kind = type(decl) == "table" and decl[1]
     local words = type(kind) == "table" and #kind > 0
-    if kind ~= "integer" and kind ~= "number" and kind ~= "string" and not words then
+    if kind ~= "integer" and kind ~= "number" and kind ~= "string" and kind ~= "flag"
+       and not words then
       error(fmt("glia.cli: option --%s must be declared as { kind [, default] } with a kind "
-                .. "\"integer\", \"number\", \"string\" or a list of words", name), 3)
+                .. "\"integer\", \"number\", \"string\", \"flag\" or a list of words", name), 3)
     end
     options.check("glia.cli: option --" .. name, decl, { 1, 2, "min" }, 2)
     check_rule(decl.min, "option --" .. name .. ": ")
@@ -130,7 +133,10 @@ function cli.read(argv, spec)
   check_spec(spec)
   local options, max_pos = spec.options or {}, spec.positional or 0
   local opts, given = {}, {}
-  for name, decl in pairs(options) do opts[name] = decl[2] end
+  for name, decl in pairs(options) do
+    opts[name] = decl[2]
+    if decl[1] == "flag" then opts[name] = false end
+  end
   local i, only_positional = 1, false
   while argv[i] ~= nil do
     local a = argv[i]
@@ -146,14 +152,18 @@ function cli.read(argv, spec)
       if not name then name = a:match("^%-%-(.+)$") end
       local decl = name and options[name]
       if not decl then return nil, "unknown argument " .. a, true end
-      if v == nil then
+      if decl[1] == "flag" then
+        if v ~= nil then return nil, "--" .. name .. " takes no value, got " .. v end
+        v = true
+      elseif v == nil then
         i = i + 1
         v = argv[i]
         if v == nil then return nil, "--" .. name .. " needs a value" end
       end
       local rule = decl.min
       if rule == nil then rule = spec.min end
-      local x, err = convert(name, decl, rule, v)
+      local x, err = v, nil
+      if v ~= true then x, err = convert(name, decl, rule, v) end
       if x == nil then return nil, err end
       opts[name], given[name] = x, true
     end
