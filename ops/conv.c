@@ -188,7 +188,7 @@ static void gemm_bwd_slots(int64_t s0, int64_t s1, void *ud) {
   for (int64_t s = s0; s < s1; s++) {
     float *col = J->work + s * J->work_per, *dcol = col + K * P;
     float *dwp = col + (J->direct ? 0 : 2 * K * P);
-    if (J->dw && K) memset(dwp, 0, (size_t)(g->O * K) * sizeof *dwp); /* no work buffer when K = 0 */
+    if (J->dw) memset(dwp, 0, (size_t)(g->O * K) * sizeof *dwp);
     for (int64_t b = s * g->B / J->nslots; b < (s + 1) * g->B / J->nslots; b++)
       for (int64_t gi = 0; gi < g->G; gi++) {
         const float *xg = J->x + (b * g->C + gi * Cg) * g->H * g->W;
@@ -539,7 +539,8 @@ static glia_status conv2d_bwd(glia_ctx *G, glia_node *n, glia_tensor *gout, glia
     if (J.dw) glia_parallel_for(G, g->O, glia_grain_items(taps * g->B), dw_dw_channels, &J);
     goto done;
   }
-  if (!J.dx && !J.dw) goto done;
+  /* no products to run: the zeroed dx and dw are the gradients */
+  if ((!J.dx && !J.dw) || g->B == 0 || g->O == 0 || K == 0 || P == 0) goto done;
   J.direct = conv_is_direct(g);
   J.nslots = gemm_slots(G, g);
   J.work_per = (J.direct ? 0 : 2 * K * P) + (J.dw ? g->O * K : 0);

@@ -60,6 +60,10 @@ if glia.conv2d then
   local x, w = glia.randn(0, 0, 5, 6):requires_grad(), glia.randn(3, 0, 3, 3):requires_grad()
   local ok = pcall(function() glia.conv2d(x, w, glia.randn(3)):sum():backward() end)
   t.ok(ok and w.grad and w.grad:numel() == 0, "conv2d backward with 0 input channels runs")
+  -- and with no output channels (O = 0): the same memset(NULL, ...)
+  local x2, w2 = glia.randn(3, 2, 5, 6):requires_grad(), glia.randn(0, 2, 1, 1):requires_grad()
+  ok = pcall(function() glia.conv2d(x2, w2, glia.randn(0)):sum():backward() end)
+  t.ok(ok and x2.grad and x2.grad:abs():sum():item() == 0, "conv2d backward with 0 output channels gives a zero dx")
 end
 
 -- cumsum along an empty dim of a tensor with 1e12 rows walked every row
