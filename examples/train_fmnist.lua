@@ -22,13 +22,11 @@ local script_dir = arg and arg[0] and arg[0]:match("^(.*)/[^/]*$") or "."
 package.path = script_dir .. "/../?.lua;" .. package.path
 
 local glia     = require "glia"
-local nn       = require "glia.nn"
 local optim    = require "glia.optim"
 local data     = require "glia.data"
-local progress = require "glia.progress"
-local plot     = require "glia.plot"
 local cli      = require "glia.cli"
 local MLP      = require "models.mlp"
+local fmnist   = require "examples.fmnist"
 
 local fmt = string.format
 local stdout, stderr = io.stdout, io.stderr
@@ -67,18 +65,7 @@ local function die(msg)
   os.exit(1)
 end
 
--- Loads one split, then hands the loader's scratch copies (the u8 images,
--- an f32 copy) back to the system before the next large allocation.
-local function load_split(split)
-  local ok, x, y = pcall(data.fashion_mnist, split, { dir = opts.data })
-  if not ok then die(tostring(x)) end
-  collectgarbage()
-  glia.trim()
-  return x, y
-end
-
-local x_train, y_train = load_split("train")
-local x_test, y_test = load_split("test")
+local x_train, y_train, x_test, y_test = fmnist.load(opts, die)
 
 glia.manual_seed(opts.seed)
 local model = MLP{ sizes = { x_train:size(2), 512, 256, 10 } }
@@ -89,67 +76,12 @@ local lr_at = opts.schedule == "cosine"
               and optim.schedule.cosine{ lr = opts.lr, total = opts.epochs * loader:len() }
               or optim.schedule.constant(opts.lr)
 
-local log
-if opts.out then
-  os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
-  local err
-  log, err = progress.csv(opts.out .. "/train_log.csv",
-                          { "epoch", "step", "lr", "loss", "test_loss", "test_acc", "time" })
-  if not log then die(err) end
-end
-
-stdout:write(fmt("Fashion-MNIST: %d training and %d test images; %s\n", x_train:size(1),
-                 x_test:size(1), tostring(model):match("^[^\n]*")))
-
 -- ============================================================ training
 
-local steps, losses = {}, {}               -- per step, for the loss curve
-local test_steps, test_losses = {}, {}     -- per epoch
-local step, t0, acc = 0, glia.clock(), 0
-
-for epoch = 1, opts.epochs do
-  local bar = progress.bar{ total = loader:len(), desc = fmt("epoch %d/%d", epoch, opts.epochs) }
-  local loss_sum, nb = 0, 0
-  for xb, yb in loader:iter() do
-    step = step + 1
-    local lr = lr_at(step)
-    local loss = nn.F.cross_entropy(model(xb), yb)
-    opt:zero_grad()
-    loss:backward()
-    opt:set_lr(lr)
-    opt:step()
-    local l = loss:item()
-    nb, loss_sum = nb + 1, loss_sum + l
-    steps[step], losses[step] = step, l
-    bar:update(nb, { loss = l })
-    if log then
-      log:write{ epoch = epoch, step = step, loss = l, lr = lr, time = glia.clock() - t0 }
-    end
-  end
-  bar:close()
-  local test_loss
-  test_loss, acc = model:evaluate(x_test, y_test)
-  test_steps[epoch], test_losses[epoch] = step, test_loss
-  local elapsed = glia.clock() - t0
-  if log then
-    log:write{ epoch = epoch, step = step, test_loss = test_loss, test_acc = acc, time = elapsed }
-  end
-  stdout:write(fmt("epoch %d/%d  train loss %.4f  test loss %.4f  test acc %.1f%%  %.1f s\n",
-                   epoch, opts.epochs, loss_sum / nb, test_loss, acc * 100, elapsed))
-  stdout:flush()
-end
-
-if log then
-  log:close()
-  local ok, err = plot.loss_curve(opts.out .. "/loss_curve.svg", {
-    title = fmt("MLP %s on Fashion-MNIST", table.concat(model.sizes, "-")),
-    xlabel = "step", ylabel = "cross entropy",
-    series = {
-      { name = "train", x = steps, y = losses, smooth = 0.95 },
-      { name = "test", x = test_steps, y = test_losses },
-    },
-  })
-  if not ok then die(err) end
-end
+local acc = fmnist.train{
+  model = model, opt = opt, loader = loader, lr_at = lr_at, opts = opts, die = die,
+  n_train = x_train:size(1), x_test = x_test, y_test = y_test,
+  title = fmt("MLP %s on Fashion-MNIST", table.concat(model.sizes, "-")),
+}
 
 stdout:write(fmt("test accuracy: %.1f%%\n", acc * 100))

@@ -30,10 +30,9 @@ local glia     = require "glia"
 local nn       = require "glia.nn"
 local optim    = require "glia.optim"
 local data     = require "glia.data"
-local progress = require "glia.progress"
-local plot     = require "glia.plot"
 local cli      = require "glia.cli"
 local ViT      = require "models.vit"
+local fmnist   = require "examples.fmnist"
 
 local fmt, floor, min = string.format, math.floor, math.min
 local stdout, stderr = io.stdout, io.stderr
@@ -81,19 +80,7 @@ end
 
 -- ============================================================== setup
 
-local function load_split(split)
-  local ok, x, y = pcall(data.fashion_mnist, split, { dir = opts.data })
-  if not ok then die(tostring(x)) end
-  collectgarbage()
-  glia.trim()
-  return x, y
-end
-
-local x_train, y_train = load_split("train")
-local x_test, y_test = load_split("test")
-if opts.train and opts.train < x_train:size(1) then
-  x_train, y_train = x_train:narrow(1, 1, opts.train), y_train:narrow(1, 1, opts.train)
-end
+local x_train, y_train, x_test, y_test = fmnist.load(opts, die)
 
 local loader = data.DataLoader(data.TensorDataset(x_train, y_train),
                                { batch_size = opts.batch, shuffle = true, seed = opts.seed })
@@ -105,69 +92,13 @@ local model = ViT{ attention = opts.attention, norm = opts.norm,
 local opt = optim.Adam(model:parameters(), { lr = opts.lr })
 local lr_at = optim.schedule.cosine{ lr = opts.lr, total = total }
 
-local log
-if opts.out then
-  os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
-  local err
-  log, err = progress.csv(opts.out .. "/train_log.csv",
-                          { "epoch", "step", "lr", "loss", "test_loss", "test_acc", "time" })
-  if not log then die(err) end
-end
-
-stdout:write(fmt("Fashion-MNIST: %d training and %d test images; %s\n", x_train:size(1),
-                 x_test:size(1), tostring(model):match("^[^\n]*")))
-
 -- ============================================================ training
 
-local steps, losses = {}, {}
-local test_steps, test_losses = {}, {}
-local step, t0, acc = 0, glia.clock(), 0
-
-for epoch = 1, opts.epochs do
-  local bar = progress.bar{ total = loader:len(), desc = fmt("epoch %d/%d", epoch, opts.epochs) }
-  local loss_sum, nb = 0, 0
-  for xb, yb in loader:iter() do
-    step = step + 1
-    local lr = lr_at(step)
-    local loss = nn.F.cross_entropy(model(xb), yb)
-    opt:zero_grad()
-    loss:backward()
-    opt:set_lr(lr)
-    opt:step()
-    nn.schedule_step(model)
-    local l = loss:item()
-    nb, loss_sum = nb + 1, loss_sum + l
-    steps[step], losses[step] = step, l
-    bar:update(nb, { loss = l })
-    if log then
-      log:write{ epoch = epoch, step = step, loss = l, lr = lr, time = glia.clock() - t0 }
-    end
-  end
-  bar:close()
-  local test_loss
-  test_loss, acc = model:evaluate(x_test, y_test)
-  test_steps[epoch], test_losses[epoch] = step, test_loss
-  local elapsed = glia.clock() - t0
-  if log then
-    log:write{ epoch = epoch, step = step, test_loss = test_loss, test_acc = acc, time = elapsed }
-  end
-  stdout:write(fmt("epoch %d/%d  train loss %.4f  test loss %.4f  test acc %.1f%%  %.1f s\n",
-                   epoch, opts.epochs, loss_sum / nb, test_loss, acc * 100, elapsed))
-  stdout:flush()
-end
-
-if log then
-  log:close()
-  local ok, err = plot.loss_curve(opts.out .. "/loss_curve.svg", {
-    title = fmt("ViT (%s attention, %s norm) on Fashion-MNIST", opts.attention, opts.norm),
-    xlabel = "step", ylabel = "cross entropy",
-    series = {
-      { name = "train", x = steps, y = losses, smooth = 0.95 },
-      { name = "test", x = test_steps, y = test_losses },
-    },
-  })
-  if not ok then die(err) end
-end
+local acc = fmnist.train{
+  model = model, opt = opt, loader = loader, lr_at = lr_at, opts = opts, die = die,
+  n_train = x_train:size(1), x_test = x_test, y_test = y_test, after_step = nn.schedule_step,
+  title = fmt("ViT (%s attention, %s norm) on Fashion-MNIST", opts.attention, opts.norm),
+}
 
 -- ============================================================= folding
 
