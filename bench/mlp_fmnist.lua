@@ -15,6 +15,7 @@ local glia  = require "glia"
 local optim = require "glia.optim"
 local data  = require "glia.data"
 local MLP   = require "models.mlp"
+local fmnist = require "examples.fmnist"
 
 local seed = 0
 if arg[1] == "--seed" and tonumber(arg[2]) then seed = tonumber(arg[2]) end
@@ -28,16 +29,8 @@ local function maxrss_mb()
   return kb and tonumber(kb) / 1024
 end
 
--- Each split, then its loader's scratch copies handed back (as the example does).
-local function load_split(split)
-  local x, y = data.fashion_mnist(split)
-  collectgarbage()
-  glia.trim()
-  return x, y
-end
-
-local x, y = load_split("train")
-local xt, yt = load_split("test")
+-- Both splits, as the examples load them (scratch copies handed back).
+local x, y, xt, yt = fmnist.load({}, error)
 
 glia.manual_seed(seed)
 local model = MLP()
