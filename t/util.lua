@@ -6,6 +6,7 @@
 --   u.identical(a, b)  u.f32_near(got, want, atol, rtol)  u.same_shape(a, b)
 --   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)
 --   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
+--   u.gradcheck_f64(fn, ref, inputs, desc [, opts])
 --   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
 --   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
 --   u.root()  u.exe()  u.skip_all(why)  u.write_fmnist(dir, prefix, n, rng)
@@ -13,6 +14,7 @@ local t = require "t.tap"
 local glia = require "glia"
 
 local abs, huge = math.abs, math.huge
+local unpack = table.unpack or unpack
 local FLT_MAX = 3.4028234663852886e38
 
 local M = {}
@@ -126,6 +128,88 @@ function M.gradcheck(fn, inputs, desc, opts)
   return ok
 end
 
+-- The leaves of a nested table as {table, index} pairs, in order.
+local function leaf_slots(v, out)
+  for i = 1, #v do
+    if type(v[i]) == "table" then leaf_slots(v[i], out) else out[#out + 1] = { v, i } end
+  end
+  return out
+end
+
+-- One test line: glia's gradient check in double precision. glia computes
+-- in f32 only, so the f64 side is `ref`, the same function written naively
+-- over nested Lua tables of doubles (one per input; it returns a nested
+-- table or a number). The gradient autograd gives fn at `inputs` (f32
+-- tensors) must match central differences of ref in f64 (eps 1e-6, no f32
+-- rounding in them) to f32 accuracy: per input, every element within
+-- rtol (1e-4) of that input's largest gradient entry (or atol, 1e-6, for an
+-- all-zero gradient). fn's forward must match ref to 1e-4 of its scale.
+-- This is far tighter than u.gradcheck, whose differences are taken in f32.
+function M.gradcheck_f64(fn, ref, inputs, desc, opts)
+  opts = opts or {}
+  local eps, rtol, atol = opts.eps or 1e-6, opts.rtol or 1e-4, opts.atol or 1e-6
+  local function fail(why) t.ok(false, desc) t.diag(why) return false end
+  for _, x in ipairs(inputs) do x:zero_grad() x:requires_grad() end
+  local out = fn(unpack(inputs))
+  local w = glia.randn(out:shape())
+  local wv, ov = t.flat(w, {}), t.flat(out, {})
+  out:mul(w):sum():backward()
+  local args = {}
+  for k, x in ipairs(inputs) do args[k] = x:dim() == 0 and x:item() or x:totable() end
+  local nargs = #inputs
+  local function objective()
+    local r = t.flat(ref(unpack(args, 1, nargs)), {})
+    if #r ~= #wv then error(("ref returned %d values, fn %d"):format(#r, #wv)) end
+    local s = 0
+    for i = 1, #r do s = s + r[i] * wv[i] end
+    return s, r
+  end
+  local _, r0 = objective()
+  local oscale, odiff = 0, 0
+  for i = 1, #r0 do
+    oscale = math.max(oscale, abs(r0[i]))
+    odiff = math.max(odiff, abs(r0[i] - ov[i]))
+  end
+  if odiff > 1e-4 * math.max(oscale, 1e-3) then
+    return fail(("forward: fn and ref differ by %.3g (ref's scale %.3g)"):format(odiff, oscale))
+  end
+  for k, x in ipairs(inputs) do
+    local analytic = x.grad and t.flat(x.grad, {}) or {}
+    local numeric = {}
+    local function perturb(set)
+      if type(args[k]) == "number" then
+        local v0 = args[k]
+        args[k] = v0 + eps; local fp = objective()
+        args[k] = v0 - eps; local fm = objective()
+        args[k] = v0
+        numeric[1] = (fp - fm) / (2 * eps)
+        return
+      end
+      for i, slot in ipairs(set) do
+        local tb, j = slot[1], slot[2]
+        local v0 = tb[j]
+        tb[j] = v0 + eps; local fp = objective()
+        tb[j] = v0 - eps; local fm = objective()
+        tb[j] = v0
+        numeric[i] = (fp - fm) / (2 * eps)
+      end
+    end
+    perturb(type(args[k]) == "table" and leaf_slots(args[k], {}) or nil)
+    local scale = 0
+    for i = 1, #numeric do scale = math.max(scale, abs(numeric[i])) end
+    local tol = math.max(rtol * scale, atol)
+    for i = 1, #numeric do
+      local a = analytic[i] or 0
+      if not (abs(a - numeric[i]) <= tol) then
+        return fail(("input %d, element %d: f64 numeric %.9g, autograd %.9g (tolerance %.3g)")
+                    :format(k, i, numeric[i], a, tol))
+      end
+    end
+  end
+  t.ok(true, desc)
+  return true
+end
+
 -- ================================================== allocation failure
 
 -- Runs fn with the n-th and later allocations failing, for n = 1, 2, ... up
@@ -198,7 +282,7 @@ end
 -- (a glia.data.Generator), so a few epochs learn the rule. The files are
 -- plain, not gzipped, under the .gz names: zlib reads both.
 function M.write_fmnist(dir, prefix, n, rng)
-  local char, floor, concat, unpack = string.char, math.floor, table.concat, table.unpack or unpack
+  local char, floor, concat = string.char, math.floor, table.concat
   local function be32(v) -- a big-endian u32, as IDX headers store sizes
     return char(floor(v / 16777216) % 256, floor(v / 65536) % 256, floor(v / 256) % 256, v % 256)
   end
