@@ -1,7 +1,8 @@
 -- t/conv.t -- conv2d, conv1d and the 2-D pools: plain-Lua references over
 -- many geometries (stride, padding, dilation, groups, depth-wise with a
 -- multiplier, 1x1 and non-square kernels) on contiguous and strided inputs,
--- gradient checks, determinism, and error messages.
+-- gradient checks (f32, and f64 against the references), determinism, and
+-- error messages.
 local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
@@ -52,6 +53,19 @@ local function conv_ref(x, w, b, o)
       y[bi][oc] = plane
     end
   end
+  return y
+end
+
+-- conv1d of nested tables x {B,C,L}, w {O,C/g,k}, b {O} or nil: conv_ref
+-- on planes of height 1.
+local function ref1d(x, w, b, o)
+  local x4, w4 = {}, {}
+  for i, r in ipairs(x) do x4[i] = {} for c, l in ipairs(r) do x4[i][c] = { l } end end
+  for i, r in ipairs(w) do w4[i] = {} for c, l in ipairs(r) do w4[i][c] = { l } end end
+  local o2 = { groups = o.groups, stride = { 1, o.stride or 1 }, padding = { 0, o.padding or 0 },
+               dilation = { 1, o.dilation or 1 } }
+  local y = conv_ref(x4, w4, b, o2)
+  for i, r in ipairs(y) do for c, pl in ipairs(r) do r[c] = pl[1] end end
   return y
 end
 
@@ -175,16 +189,6 @@ end
 -- ========================================================= conv1d values
 
 do
-  local function ref1d(x, w, b, o)
-    local x4, w4 = {}, {}
-    for i, r in ipairs(x) do x4[i] = {} for c, l in ipairs(r) do x4[i][c] = { l } end end
-    for i, r in ipairs(w) do w4[i] = {} for c, l in ipairs(r) do w4[i][c] = { l } end end
-    local o2 = { groups = o.groups, stride = { 1, o.stride or 1 }, padding = { 0, o.padding or 0 },
-                 dilation = { 1, o.dilation or 1 } }
-    local y = conv_ref(x4, w4, b, o2)
-    for i, r in ipairs(y) do for c, pl in ipairs(r) do r[c] = pl[1] end end
-    return y
-  end
   local x, w, b = glia.randn(2, 4, 11), glia.randn(6, 2, 3), glia.randn(6)
   local o = { stride = 2, padding = 2, dilation = 2, groups = 2 }
   local y = glia.conv1d(x, w, b, o)
@@ -235,6 +239,45 @@ do
   glia.conv2d(x2, w, { groups = 3, padding = 1 }):sum():backward()
   t.near(w.grad, (g1 * 2):totable(), 1e-4,
          "the depth-wise weight gradient sums over the images that share the filter")
+end
+
+-- f64 gradient checks: autograd's dx, dw and db against central differences
+-- of conv_ref / ref1d in doubles (u.gradcheck_f64).
+do
+  local function gc64(desc, x, ws, o, bias)
+    local inputs = { x, glia.randn(unpack(ws)) * 0.5 }
+    if bias then inputs[3] = glia.randn(ws[1]) end
+    local conv, ref = glia.conv2d, conv_ref
+    if x:dim() == 3 then conv, ref = glia.conv1d, ref1d end
+    u.gradcheck_f64(function(p, q, r)
+      if r then return conv(p, q, r, o) end
+      return conv(p, q, o)
+    end, function(p, q, r) return ref(p, q, r, o) end, inputs, desc)
+  end
+  gc64("f64 gradcheck of conv2d's x, w and b (padding 1)", glia.randn(2, 3, 5, 5), { 2, 3, 3, 3 },
+       { padding = 1 }, true)
+  gc64("f64 gradcheck of conv2d without bias, stride 2, no padding", glia.randn(2, 2, 6, 7),
+       { 3, 2, 3, 3 }, { stride = 2 }, false)
+  gc64("f64 gradcheck of conv2d with stride {2,1}, dilation 2, padding {2,1}, a 3x2 kernel",
+       glia.randn(1, 2, 7, 6), { 3, 2, 3, 2 }, { stride = { 2, 1 }, dilation = 2, padding = { 2, 1 } },
+       true)
+  gc64("f64 gradcheck of conv2d with groups 2, stride 2, padding 1", glia.randn(2, 4, 5, 5),
+       { 4, 2, 3, 3 }, { groups = 2, stride = 2, padding = 1 }, true)
+  gc64("f64 gradcheck of depth-wise conv2d 5x5 padding 2 (groups = C = O)", glia.randn(2, 3, 5, 5),
+       { 3, 1, 5, 5 }, { groups = 3, padding = 2 }, true)
+  gc64("f64 gradcheck of depth-wise conv2d with multiplier 2 (O = 2C), stride 2, dilation 2",
+       glia.randn(1, 2, 7, 6), { 4, 1, 3, 3 }, { groups = 2, stride = 2, dilation = 2, padding = 2 },
+       true)
+  gc64("f64 gradcheck of conv2d 1x1 (the direct path)", glia.randn(2, 3, 3, 4), { 2, 3, 1, 1 }, {},
+       true)
+  gc64("f64 gradcheck of conv2d on a transposed input (dx lands in the view's layout)",
+       glia.randn(1, 3, 5, 4):transpose(3, 4), { 2, 3, 3, 3 }, { padding = 1, stride = 2 }, true)
+  gc64("f64 gradcheck of depth-wise conv2d on a channel-narrowed input",
+       glia.randn(2, 5, 4, 4):narrow(2, 2, 3), { 3, 1, 3, 3 }, { groups = 3, padding = 1 }, true)
+  gc64("f64 gradcheck of conv1d with stride, padding, dilation and groups", glia.randn(2, 4, 9),
+       { 4, 2, 3 }, { stride = 2, padding = 1, dilation = 2, groups = 2 }, true)
+  gc64("f64 gradcheck of depth-wise conv1d on a transposed input", glia.randn(2, 8, 3):transpose(2, 3),
+       { 3, 1, 3 }, { groups = 3, padding = 1 }, false)
 end
 
 -- ========================================================= determinism
@@ -289,6 +332,31 @@ do
   u.gradcheck(function(p) return glia.max_pool2d(p:transpose(3, 4), 2) end,
               { glia.tensor(u.spread({ 1, 2, 4, 6 }, -1, 1)) },
               "gradcheck passes for max_pool2d of a transposed input")
+  -- f64: the pools' backward against central differences of pool_ref in
+  -- doubles; max_pool2d on distinct values (spaced far beyond eps), so the
+  -- argmax never moves
+  local function pool64(desc, x, f, ...)
+    local args = { ... }
+    u.gradcheck_f64(f, function(p) return pool_ref(p, unpack(args)) end, { x }, desc)
+  end
+  pool64("f64 gradcheck of max_pool2d 3x3 stride 2 padding 1 (distinct values)", x:clone(),
+         function(p) return glia.max_pool2d(p, 3, 2, 1) end, "max", 3, 2, 1)
+  pool64("f64 gradcheck of max_pool2d with overlapping {2,3} windows, stride {1,2}",
+         glia.tensor(u.spread({ 1, 2, 5, 6 }, -1, 1, 0.2)),
+         function(p) return glia.max_pool2d(p, { 2, 3 }, { 1, 2 }) end, "max", { 2, 3 }, { 1, 2 })
+  pool64("f64 gradcheck of max_pool2d on a transposed input",
+         glia.tensor(u.spread({ 1, 2, 4, 6 }, -1, 1)):transpose(3, 4),
+         function(p) return glia.max_pool2d(p, 2) end, "max", 2)
+  pool64("f64 gradcheck of avg_pool2d 3x3 stride 2 padding 1 (count_include_pad)",
+         glia.randn(1, 2, 5, 6), function(p) return glia.avg_pool2d(p, 3, 2, 1) end, "avg", 3, 2, 1)
+  pool64("f64 gradcheck of avg_pool2d with overlapping windows on a transposed input",
+         glia.randn(2, 2, 6, 4):transpose(3, 4), function(p) return glia.avg_pool2d(p, 2, 1) end,
+         "avg", 2, 1)
+  pool64("f64 gradcheck of adaptive_avg_pool2d to 3x4 (overlapping windows)", glia.randn(1, 2, 5, 6),
+         function(p) return glia.adaptive_avg_pool2d(p, { 3, 4 }) end, "adaptive", { 3, 4 })
+  pool64("f64 gradcheck of adaptive_avg_pool2d to a larger 7x8 (repeated elements)",
+         glia.randn(1, 2, 5, 6), function(p) return glia.adaptive_avg_pool2d(p, { 7, 8 }) end,
+         "adaptive", { 7, 8 })
 
   local c = glia.ones(1, 1, 2, 4):requires_grad()
   glia.max_pool2d(c, 2):sum():backward()
@@ -451,30 +519,42 @@ do
   table.sort(names)
   t.is(table.concat(names, " "), "bias num_batches_tracked running_mean running_var weight",
        "BatchNorm2d's state dict names are PyTorch's")
-  local x = glia.randn(4, 3, 3, 2) * 2 + 1
-  local xt = x:totable()
-  local mean, var, n = {}, {}, 4 * 3 * 2
-  for c = 1, 3 do
-    local s, ss = 0, 0
-    for b = 1, 4 do for h = 1, 3 do for w = 1, 2 do s = s + xt[b][c][h][w] end end end
-    mean[c] = s / n
-    for b = 1, 4 do for h = 1, 3 do for w = 1, 2 do ss = ss + (xt[b][c][h][w] - mean[c]) ^ 2 end end end
-    var[c] = ss / n
+  -- Per-channel mean and biased variance of a {B,C,H,W} table over B, H, W,
+  -- and their count.
+  local function stats2d(xt)
+    local mean, var, n = {}, {}, #xt * #xt[1][1] * #xt[1][1][1]
+    for c = 1, #xt[1] do
+      local s, ss = 0, 0
+      for _, img in ipairs(xt) do for _, row in ipairs(img[c]) do for _, e in ipairs(row) do s = s + e end end end
+      mean[c] = s / n
+      for _, img in ipairs(xt) do
+        for _, row in ipairs(img[c]) do for _, e in ipairs(row) do ss = ss + (e - mean[c]) ^ 2 end end
+      end
+      var[c] = ss / n
+    end
+    return mean, var, n
   end
-  local function ref(m, v)
+  -- BatchNorm2d of a {B,C,H,W} table with the given statistics, in doubles;
+  -- w and b are tables or nil (1 and 0).
+  local function bn2d_ref(xt, m, v, w, b)
     local y = {}
-    for b = 1, 4 do
-      y[b] = {}
-      for c = 1, 3 do
-        y[b][c] = {}
-        for h = 1, 3 do
-          y[b][c][h] = {}
-          for w = 1, 2 do y[b][c][h][w] = (xt[b][c][h][w] - m[c]) / math.sqrt(v[c] + 1e-5) end
+    for bi, img in ipairs(xt) do
+      y[bi] = {}
+      for c, plane in ipairs(img) do
+        local a = (w and w[c] or 1) / math.sqrt(v[c] + 1e-5)
+        y[bi][c] = {}
+        for h, row in ipairs(plane) do
+          y[bi][c][h] = {}
+          for j, e in ipairs(row) do y[bi][c][h][j] = (e - m[c]) * a + (b and b[c] or 0) end
         end
       end
     end
     return y
   end
+  local x = glia.randn(4, 3, 3, 2) * 2 + 1
+  local xt = x:totable()
+  local mean, var, n = stats2d(xt)
+  local function ref(m, v) return bn2d_ref(xt, m, v) end
   t.near(bn(x), ref(mean, var), 1e-4,
          "BatchNorm2d in training normalizes each channel over N, H, W with the biased variance")
   local rm, rv = {}, {}
@@ -498,6 +578,12 @@ do
   local b2 = nn.BatchNorm2d(3)
   u.gradcheck(function(p) return b2(p) end, { glia.randn(2, 3, 2, 2) },
               "gradcheck passes for BatchNorm2d in training on x")
+  glia.no_grad(function() b2.weight:copy_(glia.randn(3) * 0.5 + 1) b2.bias:copy_(glia.randn(3)) end)
+  u.gradcheck_f64(function(p) return b2(p) end, function(p, w, b)
+    local m, v = stats2d(p)
+    return bn2d_ref(p, m, v, w, b)
+  end, { glia.randn(2, 3, 2, 3), b2.weight, b2.bias },
+  "f64 gradcheck of BatchNorm2d in training (batch statistics) on x, weight and bias")
 end
 
 t.done()
