@@ -131,46 +131,37 @@ do -- a query row with no positive entry: den = eps, output 0, no NaN
 end
 
 -- ============================================================ gradients
-do -- glia's analytic gradients against fp64 central differences of the naive loop
+do -- glia's analytic gradients against fp64 central differences of the naive loop (u.gradcheck_f64)
   local B, H, N, M, D, E = 1, 2, 4, 5, 3, 2
-  local q = signed({ B, H, N, D }, 0.2, 1.2, 0.1)
-  local k = signed({ B, H, M, D }, 0.2, 1.2, 0.3)
-  local v = glia.randn(B, H, M, E)
-  -- every row of Qr needs a positive entry for a well-conditioned check
-  for b = 1, B do for h = 1, H do for i = 1, N do q[{ b, h, i, 1 }] = abs(q[{ b, h, i, 1 }]) end end end
-  local w = glia.randn(B, H, N, E)
-  for _, x in ipairs({ q, k, v }) do x:requires_grad() end
-  glia.linear_attention(q, k, v):backward(w)
-  local wt = t.flat(w, {})
-  local ins = { q:totable(), k:totable(), v:totable() }
-  local function objective()
-    local o, s = t.flat(ref_la(ins[1], ins[2], ins[3], 1e-6), {}), 0
-    for i = 1, #o do s = s + o[i] * wt[i] end
-    return s
+  local function la64(desc, q, k, v, eps)
+    u.gradcheck_f64(function(a, b, c) return glia.linear_attention(a, b, c, eps and { eps = eps }) end,
+                    function(a, b, c) return ref_la(a, b, c, eps or 1e-6) end, { q, k, v }, desc)
   end
-  local names, grads = { "q", "k", "v" }, { q.grad, k.grad, v.grad }
-  for n = 1, 3 do
-    local num = {}
-    local function walk(tab, idx)
-      for i = 1, #tab do
-        if type(tab[i]) == "table" then walk(tab[i], idx)
-        else
-          local x0, h = tab[i], 1e-6
-          tab[i] = x0 + h
-          local fp = objective()
-          tab[i] = x0 - h
-          local fm = objective()
-          tab[i] = x0
-          num[#num + 1] = (fp - fm) / (2 * h)
-        end
-      end
-    end
-    walk(ins[n])
-    local err = relerr(t.flat(grads[n], {}), num)
-    if not t.ok(err <= 1e-4, "d" .. names[n] .. " matches fp64 central differences of the naive loop") then
-      t.diag("relative error " .. err)
-    end
+  -- q and k away from the ReLU kink; every row of Qr has a positive entry
+  -- (a well-conditioned check) unless a test zeroes one
+  local function qk()
+    local q = signed({ B, H, N, D }, 0.2, 1.2, 0.1)
+    for b = 1, B do for h = 1, H do for i = 1, N do q[{ b, h, i, 1 }] = abs(q[{ b, h, i, 1 }]) end end end
+    return q, signed({ B, H, M, D }, 0.2, 1.2, 0.3)
   end
+  local q, k = qk()
+  la64("f64 gradcheck of dq, dk and dv (N 4 != M 5, D 3, E 2, default eps)", q, k, glia.randn(B, H, M, E))
+  q, k = qk()
+  la64("f64 gradcheck of dq, dk and dv with eps = 0.5 (eps inside the normalizer)", q, k,
+       glia.randn(B, H, M, E), 0.5)
+  q, k = qk()
+  q[{ 1, 2, 3 }] = glia.tensor({ -1, -0.5, -0.3 })
+  la64("f64 gradcheck with a query row whose ReLU is all zero (its output and dq are 0)", q, k,
+       glia.randn(B, H, M, E))
+  q, k = qk()
+  k[{ 1, 1, 2 }] = glia.tensor({ -0.4, -0.9, -0.2 })
+  la64("f64 gradcheck with a key row whose ReLU is all zero (its dk is 0, its value unused)", q, k,
+       glia.randn(B, H, M, E))
+  local qs = signed({ B, N, H, D }, 0.2, 1.2, 0.6)
+  for b = 1, B do for i = 1, N do for h = 1, H do qs[{ b, i, h, 2 }] = abs(qs[{ b, i, h, 2 }]) end end end
+  la64("f64 gradcheck on strided inputs (q and k transposed from {B,N,H,D}, v narrowed)",
+       qs:transpose(2, 3), signed({ B, M, H, D }, 0.2, 1.2, 0.8):transpose(2, 3),
+       glia.randn(B, H, M, E + 3):narrow(4, 2, E))
 end
 
 do
