@@ -4,8 +4,8 @@
 -- attention, zero-padded depth-wise convolution with its borders); the
 -- convolution against an independent construction from one-hot shift
 -- matrices in which every head has its own copy of the filters, so that
--- the shared filters' gradient must be the sum of the per-head ones; a
--- gradient check of a tiny layer; errors.
+-- the shared filters' gradient must be the sum of the per-head ones;
+-- gradient checks of tiny layers (f32, and f64 against the loop); errors.
 local t = require "t.tap"
 local glia = require "glia"
 local nn = require "glia.nn"
@@ -31,13 +31,13 @@ end
 -- ============================================================ reference
 
 -- The layer in fp64 loops: x {B,N,C} as a table, m the module (its
--- parameters read as tables).
-local function ref_sla(x, m, eps)
+-- parameters read as tables, unless given as tables after eps).
+local function ref_sla(x, m, eps, Wq, bq, pos, Wc, bc, Wp, bp)
   local C, H, c, Hs, Ws, k = m.dim, m.heads, m.head_dim, m.grid[1], m.grid[2], m.kernel_size
   local N, p = Hs * Ws, floor(k / 2)
-  local Wq, bq = m.qkv.weight:totable(), m.qkv.bias and m.qkv.bias:totable()
-  local pos, Wc, bc = m.positional_encoding:totable(), m.dwc.weight:totable(), m.dwc.bias:totable()
-  local Wp, bp = m.proj.weight:totable(), m.proj.bias:totable()
+  Wq, bq = Wq or m.qkv.weight:totable(), bq or (m.qkv.bias and m.qkv.bias:totable())
+  pos, Wc, bc = pos or m.positional_encoding:totable(), Wc or m.dwc.weight:totable(), bc or m.dwc.bias:totable()
+  Wp, bp = Wp or m.proj.weight:totable(), bp or m.proj.bias:totable()
   local function relu(z) return z > 0 and z or 0 end
   local out = {}
   for b = 1, #x do
@@ -201,7 +201,7 @@ end
 -- ============================================================ gradients
 do
   local m = nn.SLA(4, 2, { grid = { 2, 3 }, kernel_size = 3 })
-  local x = glia.randn(1, 6, 4)
+  local x = glia.randn(2, 6, 4)
   -- draws parameters until no pre-ReLU value of q or k lies within 0.02 of
   -- the kink, so the finite differences (steps of 1e-3) never cross it
   local near, tries = 0, 0
@@ -219,6 +219,23 @@ do
               { x, m.qkv.weight, m.qkv.bias, m.positional_encoding, m.dwc.weight, m.dwc.bias, m.proj.weight },
               "gradcheck (f32, eps 1e-3, atol = rtol = 1e-2) of x, Wqkv, bqkv, the positional term, " ..
               "the shared filters and bias, Wproj")
+  -- f64: every parameter against central differences of ref_sla in doubles
+  -- (pre-ReLU values 0.02 from the kink are far beyond its eps of 1e-6)
+  u.gradcheck_f64(function(a) return m(a) end, function(a, ...) return ref_sla(a, m, 1e-6, ...) end,
+                  { x, m.qkv.weight, m.qkv.bias, m.positional_encoding, m.dwc.weight, m.dwc.bias, m.proj.weight,
+                    m.proj.bias },
+                  "f64 gradcheck of x, Wqkv, bqkv, the positional term, the shared depth-wise filters and bias, " ..
+                  "Wproj and bproj (B 2, grid 2x3, kernel 3)")
+end
+
+do -- f64, a 5x5 kernel wider than a 3x2 grid: every tap but the centre one reads zero padding
+  -- somewhere, and the taps two columns off read nothing else (their gradient is 0)
+  local m = nn.SLA(6, 3, { grid = { 3, 2 }, kernel_size = 5, qkv_bias = false })
+  randomize(m)
+  local x = glia.randn(1, 6, 6)
+  u.gradcheck_f64(function(a) return m(a) end, function(a, wq, ...) return ref_sla(a, m, 1e-6, wq, nil, ...) end,
+                  { x, m.qkv.weight, m.positional_encoding, m.dwc.weight, m.dwc.bias, m.proj.weight, m.proj.bias },
+                  "f64 gradcheck without qkv bias, 3 heads, a 5x5 kernel over a 3x2 grid (x and every parameter)")
 end
 
 -- ============================================================== errors
