@@ -7,11 +7,11 @@
 -- pattern folds with outputs unchanged, and the errors.
 --
 -- Tolerances: f32 outputs against fp64 Lua references to 1e-5 (O(1)
--- values); "exactly" means to the bit (u.identical). Gradient checks are
--- glia.gradcheck's central differences: glia computes in f32 only (every
--- op's compute type), so the checks run on f32 tensors with the
--- differences taken in Lua doubles, eps 1e-3 and tolerances 1e-2, as
--- t/norm.t does.
+-- values); "exactly" means to the bit (u.identical). Gradient checks come
+-- twice: glia.gradcheck's central differences of the f32 module (eps 1e-3,
+-- tolerances 1e-2, as t/norm.t does), and u.gradcheck_f64, central
+-- differences in doubles of the plain-Lua references (glia computes in f32
+-- only, so the f64 side is the reference) against autograd, to 1e-4.
 local t = require "t.tap"
 local glia = require "glia"
 local u = require "t.util"
@@ -19,14 +19,23 @@ local nn = require "glia.nn"
 local checkpoint = require "glia.checkpoint"
 
 local sqrt, max = math.sqrt, math.max
+local unpack = table.unpack or unpack
 local SEED = u.seed(4242)
 local TOL = 1e-5
 
 -- ================================================================ helpers
 
--- x {..., C} as a list of rows (tables of C numbers), in row-major order.
+-- x {..., C} (a tensor or a nested table) as a list of rows (tables of C
+-- numbers), in row-major order.
 local function rows(x)
-  local C = x:size(x:dim())
+  local C
+  if type(x) == "table" then
+    local last = x
+    while type(last[1]) == "table" do last = last[1] end
+    C = #last
+  else
+    C = x:size(x:dim())
+  end
   local flat, out = t.flat(x, {}), {}
   for i = 0, #flat / C - 1 do
     local r = {}
@@ -369,6 +378,51 @@ do
       if p.ln.bias then inputs[#inputs + 1] = p.ln.bias end
       u.gradcheck(function(xx) return p(xx) end, inputs,
                   ("gradcheck passes for PRepBN(%s) at lam = %g"):format(kind, p:lam()))
+      p:schedule_step()
+    end
+  end
+end
+
+-- f64 gradient checks: autograd against central differences in doubles of
+-- repbn_ref / ln_ref / mix over the rows of the input, for x and every
+-- parameter. In training the statistics are functions of x (their
+-- gradient paths are checked too); in eval they are the running ones.
+do
+  local function bn_train(xx, e, w, b, keep)
+    local r = rows(xx)
+    local mean, var = stats(r, keep)
+    return repbn_ref(r, mean, var, w, b, e[1], 1e-5, keep)
+  end
+  local r = randomize(nn.RepBN(C))
+  local params = { r.eta, r.bn.weight, r.bn.bias }
+  local function check(desc, x, fn, ref)
+    u.gradcheck_f64(fn, ref, { x, unpack(params) }, desc)
+  end
+  check("f64 gradcheck of RepBN in training on x, eta, weight and bias", glia.randn(2, 3, C),
+        function(xx) return r(xx) end, bn_train)
+  check("f64 gradcheck of RepBN in training on a transposed input", glia.randn(3, 2, C):transpose(1, 2),
+        function(xx) return r(xx) end, bn_train)
+  local mask = glia.tensor({ { true, true, false }, { true, false, true } }, "bool")
+  local keep = t.flat(mask, {})
+  check("f64 gradcheck of RepBN with a padding mask (statistics over kept tokens, padded ones pass through)",
+        glia.randn(2, 3, C), function(xx) return r(xx, { mask = mask }) end,
+        function(xx, e, w, b) return bn_train(xx, e, w, b, keep) end)
+  r:eval()
+  local rm, rv = r.bn.running_mean:totable(), r.bn.running_var:totable()
+  check("f64 gradcheck of RepBN in eval mode (running statistics) on x, eta, weight and bias",
+        glia.randn(2, 3, C), function(xx) return r(xx) end,
+        function(xx, e, w, b) return repbn_ref(rows(xx), rm, rv, w, b, e[1], 1e-5) end)
+
+  for _, kind in ipairs { "layer", "rms" } do
+    local p = randomize(nn.PRepBN(C, { steps = 2, norm = kind }))
+    local eps = p.ln.eps
+    for _ = 0, 2 do
+      local lam = p:lam()
+      local inputs = { glia.randn(2, 3, C), p.ln.weight, p.repbn.eta, p.repbn.bn.weight, p.repbn.bn.bias }
+      if p.ln.bias then inputs[#inputs + 1] = p.ln.bias end
+      u.gradcheck_f64(function(xx) return p(xx) end, function(xx, lw, e, bw, bb, lb)
+        return mix(ln_ref(rows(xx), lw, lb, eps, kind == "rms"), bn_train(xx, e, bw, bb), lam)
+      end, inputs, ("f64 gradcheck of PRepBN(%s) at lam = %g on x and every parameter"):format(kind, lam))
       p:schedule_step()
     end
   end
