@@ -1,7 +1,9 @@
 -- t/autograd.t -- the tape: accumulation, graph freeing, no_grad, in-place
--- safety, broadcasting reductions, detach.
+-- safety, broadcasting reductions, detach; the f64 gradient check of
+-- t/util.lua fails on a wrong gradient or forward.
 local t = require "t.tap"
 local glia = require "glia"
+local u = require "t.util"
 
 local function ones_like(x) return glia.ones_like(x) end
 
@@ -183,6 +185,24 @@ do -- a graph far deeper than the C stack: in a process with a 1 MiB stack,
   t.ok(code == 0 and (out == "1.0 released" or out == "1 released"),
        "backward through and release of a 200000-op chain run in a 1 MiB stack")
   if code ~= 0 then t.diag("exit " .. tostring(code) .. ": " .. tostring(out)) end
+end
+
+do -- the f64 gradient check (t/util.lua) can fail: it tells a wrong gradient and a wrong forward
+  local function sq(x)
+    local r = {}
+    for i, e in ipairs(x) do r[i] = e * e end
+    return r
+  end
+  local x = glia.tensor{0.5, -1.25, 2}
+  t.ok(u.check_grad_f64(function(a) return a * a end, sq, { x }),
+       "check_grad_f64 passes x * x against a reference x^2")
+  local ok, why = u.check_grad_f64(function(a) return a * a:detach() end, sq, { x })
+  local num, got = tostring(why):match("^input 1, element 1: f64 numeric (%S+), autograd (%S+) ")
+  t.ok(not ok and num and math.abs(tonumber(got) - tonumber(num) / 2) < 1e-6,
+       "check_grad_f64 fails x * x:detach() (forward right, gradient half), naming input, element and both values")
+  if ok or not num then t.diag(tostring(why)) end
+  ok, why = u.check_grad_f64(function(a) return a * 2 end, sq, { x })
+  t.ok(not ok and why:find("^forward: fn and ref differ"), "check_grad_f64 fails a forward that differs from ref")
 end
 
 t.done()

@@ -6,7 +6,7 @@
 --   u.identical(a, b)  u.f32_near(got, want, atol, rtol)  u.same_shape(a, b)
 --   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)
 --   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
---   u.gradcheck_f64(fn, ref, inputs, desc [, opts])
+--   u.gradcheck_f64(fn, ref, inputs, desc [, opts])  u.check_grad_f64(fn, ref, inputs [, opts])
 --   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
 --   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
 --   u.root()  u.exe()  u.skip_all(why)  u.write_fmnist(dir, prefix, n, rng)
@@ -136,7 +136,8 @@ local function leaf_slots(v, out)
   return out
 end
 
--- One test line: glia's gradient check in double precision. glia computes
+-- glia's gradient check in double precision; returns true, or false and
+-- why it failed (u.gradcheck_f64 makes it a test line). glia computes
 -- in f32 only, so the f64 side is `ref`, the same function written naively
 -- over nested Lua tables of doubles (one per input; it returns a nested
 -- table or a number). The gradient autograd gives fn at `inputs` (f32
@@ -145,10 +146,9 @@ end
 -- rtol (1e-4) of that input's largest gradient entry (or atol, 1e-6, for an
 -- all-zero gradient). fn's forward must match ref to 1e-4 of its scale.
 -- This is far tighter than u.gradcheck, whose differences are taken in f32.
-function M.gradcheck_f64(fn, ref, inputs, desc, opts)
+function M.check_grad_f64(fn, ref, inputs, opts)
   opts = opts or {}
   local eps, rtol, atol = opts.eps or 1e-6, opts.rtol or 1e-4, opts.atol or 1e-6
-  local function fail(why) t.ok(false, desc) t.diag(why) return false end
   for _, x in ipairs(inputs) do x:zero_grad() x:requires_grad() end
   local out = fn(unpack(inputs))
   local w = glia.randn(out:shape())
@@ -171,7 +171,7 @@ function M.gradcheck_f64(fn, ref, inputs, desc, opts)
     odiff = math.max(odiff, abs(r0[i] - ov[i]))
   end
   if odiff > 1e-4 * math.max(oscale, 1e-3) then
-    return fail(("forward: fn and ref differ by %.3g (ref's scale %.3g)"):format(odiff, oscale))
+    return false, ("forward: fn and ref differ by %.3g (ref's scale %.3g)"):format(odiff, oscale)
   end
   for k, x in ipairs(inputs) do
     local analytic = x.grad and t.flat(x.grad, {}) or {}
@@ -201,13 +201,19 @@ function M.gradcheck_f64(fn, ref, inputs, desc, opts)
     for i = 1, #numeric do
       local a = analytic[i] or 0
       if not (abs(a - numeric[i]) <= tol) then
-        return fail(("input %d, element %d: f64 numeric %.9g, autograd %.9g (tolerance %.3g)")
-                    :format(k, i, numeric[i], a, tol))
+        return false, ("input %d, element %d: f64 numeric %.9g, autograd %.9g (tolerance %.3g)")
+                    :format(k, i, numeric[i], a, tol)
       end
     end
   end
-  t.ok(true, desc)
   return true
+end
+
+-- One test line: check_grad_f64 passes.
+function M.gradcheck_f64(fn, ref, inputs, desc, opts)
+  local ok, why = M.check_grad_f64(fn, ref, inputs, opts)
+  if not t.ok(ok, desc) then t.diag(why) end
+  return ok
 end
 
 -- ================================================== allocation failure
