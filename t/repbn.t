@@ -222,7 +222,7 @@ do
 end
 
 t.error_like(function() nn.RepBN(C)(glia.randn(3, 5)) end,
-             "RepBN: expected input {%.%.%., 4} %(channels last, at least 2%-D%), got {3,5}",
+             "^t/repbn.t:%d+: glia.nn.RepBN: expected input {%.%.%., 4} %(channels last, at least 2%-D%), got {3,5}",
              "RepBN names the expected and the given shape")
 t.error_like(function() nn.RepBN(C)(glia.randn(4)) end, "got {4}", "RepBN rejects a 1-D input")
 t.error_like(function() nn.RepBN(0) end, "RepBN: num_features must be an integer >= 1, got 0", "RepBN checks C")
@@ -430,6 +430,9 @@ end
 
 -- ============================================================= options
 
+t.error_like(function() nn.PRepBN(C, { steps = 2 })(glia.randn(2, 3, C + 1)) end,
+             "^t/repbn.t:%d+: glia.nn.PRepBN: expected input {..., 4} %(channels last, at least 2%-D%), got {2,3,5}",
+             "PRepBN names itself and both shapes for an input of the wrong channel count (not its LayerNorm)")
 t.error_like(function() nn.PRepBN(C, { steps = -1 }) end, "PRepBN: steps must be an integer >= 0, got %-1",
              "a negative number of steps is an error")
 t.error_like(function() nn.PRepBN(C, { warmup = -3 }) end, "PRepBN: warmup must be an integer >= 0, got %-3",

@@ -286,13 +286,19 @@ local function keep_rows(name, mask, x, M)
   return mask:reshape(M, 1)
 end
 
+-- Raises, blaming the forward's caller, unless x is {..., C} with at least
+-- two dims: name's input shape.
+local function check_channels_last(name, x, C)
+  if x:dim() < 2 or x:size(x:dim()) ~= C then
+    error(format("glia.nn.%s: expected input {..., %d} (channels last, at least 2-D), got %s",
+                 name, C, shape_str(x)), 3)
+  end
+end
+
 function RepBN:forward(x, opts)
   local mask = options.check("glia.nn.RepBN.forward", opts, { "mask" }, 2).mask
   local C = self.num_features
-  if x:dim() < 2 or x:size(x:dim()) ~= C then
-    error(format("glia.nn.RepBN: expected input {..., %d} (channels last, at least 2-D), got %s",
-                 C, shape_str(x)), 2)
-  end
+  check_channels_last("RepBN", x, C)
   local shape, M = x:shape(), x:numel() / C
   local x2 = x:reshape(M, C)
   if not self.training and self.bn.running_mean then
@@ -382,6 +388,7 @@ function PRepBN:schedule_step()
 end
 
 function PRepBN:forward(x, opts)
+  check_channels_last("PRepBN", x, self.num_features)
   if not self.training then return self.repbn(x, opts) end
   if self:in_warmup() then return self.ln(x) end
   local lam = self:lam()
