@@ -25,6 +25,8 @@
 local glia = require "glia"
 local nn   = require "glia.nn"
 local options = require "glia.options"
+local skip = require "glia.skip"
+local pairs, unpack = pairs, table.unpack or unpack
 
 local sqrt, floor, max, min, huge = math.sqrt, math.floor, math.max, math.min, math.huge
 local type, error, format, ipairs, tostring = type, error, string.format, ipairs, tostring
@@ -101,15 +103,19 @@ end
 
 -- idx: i64 {B,T} of 1-based token ids, T <= ctx - pos0. caches: one
 -- glia.kv_cache per block (from new_caches) or nil; pos0: the position of
--- idx's first token (0 without caches). Returns logits {B,T,V}.
+-- idx's first token (0 without caches), or an i64 tensor {B} of each
+-- sequence's position (a ragged batch, T = 1). Returns logits {B,T,V}.
 function GPT:forward(idx, caches, pos0)
   pos0 = pos0 or 0
   local T = idx:size(2)
-  if pos0 + T > self.config.ctx then
-    error(format("models.gpt: positions %d..%d exceed the context of %d", pos0 + 1, pos0 + T,
+  local at = type(pos0) == "number" and pos0 or pos0:to("f32"):max():item()
+  if at + T > self.config.ctx then
+    error(format("models.gpt: positions %d..%d exceed the context of %d", at + 1, at + T,
                  self.config.ctx), 2)
   end
-  local x = self.tok(idx) + self.pos.weight:narrow(1, pos0 + 1, T)
+  local pos = type(pos0) == "number" and self.pos.weight:narrow(1, pos0 + 1, T)
+              or self.pos((pos0:to("f32") + 1):to("i64"):view(pos0:numel(), 1))
+  local x = self.tok(idx) + pos
   if self.drop then x = self.drop(x) end
   for i, block in ipairs(self.blocks) do x = block(x, caches and caches[i]) end
   return self.head(self.lnf(x))
@@ -122,11 +128,21 @@ function GPT:loss(x, y)
   return glia.cross_entropy(logits, y), logits
 end
 
--- One empty key/value cache per block, for B sequences of up to ctx positions.
+-- One empty key/value cache per block, for B sequences of up to ctx
+-- positions; none for an attention sub-layer the plan in force drops.
 function GPT:new_caches(B)
   local caches = {}
-  for i, block in ipairs(self.blocks) do caches[i] = block.attn:new_cache(B, self.config.ctx) end
+  for i, block in ipairs(self.blocks) do
+    if not (block.skip and block.skip.attn) then
+      caches[i] = block.attn:new_cache(B, self.config.ctx)
+    end
+  end
   return caches
+end
+
+-- Puts a glia.skip plan in force (nil: none); see stdlib/glia/skip.lua.
+function GPT:set_plan(plan)
+  return skip.set_plan(self, plan)
 end
 
 -- ============================================================ generation
@@ -149,13 +165,50 @@ local function pick(logits, temperature, top_k)
   return below:add(1):clamp(1, V):to("i64")
 end
 
+-- generate's lengths checked: a list of B integers in 1..T0 with room for n more.
+local function ragged_lengths(lengths, B, T0, n, ctx)
+  if type(lengths) ~= "table" or #lengths ~= B then
+    error(format("models.gpt: lengths must be a list of %d prompt lengths", B), 3)
+  end
+  local out = {}
+  for b = 1, B do
+    local l = lengths[b]
+    if type(l) ~= "number" or l ~= floor(l) or l < 1 or l > T0 or l + n > ctx then
+      error(format("models.gpt: prompt length %s of sequence %d must be in 1..%d with %d new " ..
+                   "tokens within the context of %d", tostring(l), b, T0, n, ctx), 3)
+    end
+    out[b] = l
+  end
+  return out
+end
+
+-- all {B, T0 + n} (padded prompts, then the new tokens) -> each row's prompt,
+-- its new tokens, zeros.
+local function ragged_rows(idx, all, lens)
+  local T0, n = idx:size(2), all:size(2) - idx:size(2)
+  local out = glia.zeros(idx:size(1), T0 + n, "i64")
+  for b, l in ipairs(lens) do
+    local row = out:select(1, b)
+    row:narrow(1, 1, l):copy_(idx:select(1, b):narrow(1, 1, l))
+    row:narrow(1, l + 1, n):copy_(all:select(1, b):narrow(1, T0 + 1, n))
+  end
+  return out
+end
+
 -- idx: i64 {B,T0} prompt (T0 >= 1); n: new tokens to append. opts:
 -- temperature (1; 0 is greedy), top_k (nil: all), on_token (called with
 -- the {B,1} ids of each new position, e.g. to print as they come).
+-- plan: a glia.skip plan in force for this call (the prompt runs every
+-- layer, generated tokens the plan's decode layers; the caches of the
+-- layers they skip are released after the prompt). lengths: a list of B
+-- prompt lengths for a ragged batch (idx right-padded with any valid ids,
+-- lengths[b] + n <= ctx); row b of the result is then its prompt, its n
+-- new tokens and zeros.
 -- Returns i64 {B, T0 + n}. Runs in eval mode without autograd, and puts the
 -- module back in the mode it was in.
 function GPT:generate(idx, n, opts)
-  opts = options.check("models.gpt: generate", opts, { "temperature", "top_k", "on_token" })
+  opts = options.check("models.gpt: generate", opts, { "temperature", "top_k", "on_token",
+                                                       "plan", "lengths" })
   local temperature, top_k, on_token = opts.temperature or 1, opts.top_k, opts.on_token
   if type(temperature) ~= "number" or temperature < 0 then
     error("models.gpt: temperature must be a number >= 0, got " .. tostring(temperature), 2)
@@ -166,18 +219,33 @@ function GPT:generate(idx, n, opts)
   if idx:dim() ~= 2 or idx:size(2) < 1 then
     error("models.gpt: generate expects a prompt {B,T} with T >= 1", 2)
   end
-  local was_training = self.training
-  self:eval()
   local ctx, B = self.config.ctx, idx:size(1)
-  local out = no_grad(function()
-    local caches = self:new_caches(B)
-    -- Restarts the caches on the last (at most) keep tokens of seq; returns
-    -- the logits {B,V} of its last position and the number of positions cached.
+  local lens = opts.lengths and ragged_lengths(opts.lengths, B, idx:size(2), n, ctx)
+  local was_training, old_plan = self.training, skip.get_plan(self)
+  if opts.plan then self:set_plan(opts.plan) end
+  local planned = skip.get_plan(self) ~= nil
+  self:eval()
+  local ok, out = pcall(no_grad, function()
+    local caches
+    -- New caches primed on the last (at most) keep tokens of seq (at full
+    -- depth); returns the logits {B,V} of its last position and the
+    -- position of the next token (a tensor {B} for a ragged batch).
     local function prime(seq, keep)
-      for _, c in ipairs(caches) do c:reset() end
+      caches = self:new_caches(B)
+      if planned then skip.set_prompt_len(self, nil) end
       local T = seq:size(2)
       keep = min(T, keep)
       local logits = self:forward(seq:narrow(2, T - keep + 1, keep), caches, 0)
+      if planned then
+        skip.set_prompt_len(self, 0)
+        skip.kv_release(caches, self)
+      end
+      if lens then
+        local rows = {}
+        for b = 1, B do rows[b] = logits:narrow(1, b, 1):select(2, lens[b]) end
+        for _, c in pairs(caches) do c:set_lengths(lens) end
+        return glia.cat(rows, 1), { unpack(lens) }
+      end
       return logits:select(2, keep), keep
     end
     local tokens = { idx }
@@ -186,7 +254,10 @@ function GPT:generate(idx, n, opts)
       local id = pick(logits, temperature, top_k)
       tokens[#tokens + 1] = id
       if on_token then on_token(id) end
-      if pos < ctx then
+      if lens then -- each sequence at its own position
+        logits = self:forward(id, caches, glia.tensor(pos, "i64")):select(2, 1)
+        for b = 1, B do pos[b] = pos[b] + 1 end
+      elseif pos < ctx then
         logits = self:forward(id, caches, pos):select(2, 1)
         pos = pos + 1
       else -- the caches are full: keep the second half of the window
@@ -194,9 +265,13 @@ function GPT:generate(idx, n, opts)
         logits, pos = prime(tokens[1], max(1, floor(ctx / 2)))
       end
     end
+    if lens then return ragged_rows(idx, glia.cat(tokens, 2), lens) end
     return glia.cat(tokens, 2)
   end)
+  if planned then skip.set_prompt_len(self, nil) end
+  if opts.plan then self:set_plan(old_plan) end
   self:train(was_training)
+  if not ok then error(out, 0) end
   return out
 end
 

@@ -15,6 +15,13 @@
 -- at a time is then bound by the weights streaming from memory, not by
 -- the interpreter. Its result is the module path's, op for op. fused =
 -- false keeps the module path (for comparing the two).
+--
+-- Skip plans (glia.skip sets these two fields; nil is the whole block):
+-- self.skip = {attn =, mlp =, decode =} drops the attention or the MLP
+-- sub-layer (neither it nor its norm is evaluated: the residual stream
+-- passes unchanged) or, with decode, the whole block for generated tokens
+-- (Unified Layer Skipping); self.prompt_len is how many leading positions
+-- of the input are prompt, which always run (nil: all of them, 0: none).
 local glia   = require "glia"
 local Module = require "glia.nn.module"
 local options = require "glia.options"
@@ -67,10 +74,50 @@ end
 
 function TransformerBlock:use_fused(cache)
   return cache ~= nil and self.fused ~= false and self.ln1.eps == self.ln2.eps
-     and not (self.training and self.drop)
+     and not (self.training and self.drop) and not cache.lens
+end
+
+-- The two residual updates: x + attn_update(x [, cache]) is the attention
+-- sub-layer, a + mlp_update(a) the MLP sub-layer.
+function TransformerBlock:attn_update(x, cache)
+  return self.attn(self.ln1(x), cache)
+end
+
+function TransformerBlock:mlp_update(x)
+  local h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh"))
+  if self.drop then h = self.drop(h) end
+  return h
+end
+
+-- The sub-layers the plan keeps (both: the unplanned path, fused or not).
+local function planned_layers(self, x, cache, skip)
+  if not skip.attn and not skip.mlp then return self:forward_full(x, cache) end
+  if not skip.attn then x = x + self:attn_update(x, cache) end
+  if not skip.mlp then x = x + self:mlp_update(x) end
+  return x
 end
 
 function TransformerBlock:forward(x, cache)
+  local skip = self.skip
+  if not skip then return self:forward_full(x, cache) end
+  local P = self.prompt_len
+  if skip.decode and P then
+    if P <= 0 then return x end -- generated tokens skip this block (and add nothing to its cache)
+    local T = x:size(2)
+    if P < T then -- prompt then response (training, or the cache-free reference)
+      if cache then
+        error("glia.nn.TransformerBlock: a cached forward cannot mix prompt and generated " ..
+              "positions under a layer-skipping plan", 2)
+      end
+      local y = planned_layers(self, x, nil, skip)
+      return glia.cat({ y:narrow(2, 1, P), x:narrow(2, P + 1, T - P) }, 2)
+    end
+  end
+  return planned_layers(self, x, cache, skip)
+end
+
+-- The whole block, as without a plan.
+function TransformerBlock:forward_full(x, cache)
   if self:use_fused(cache) then
     -- shapes first: a wrong x must not make reserve grow the cache
     if x:dim() ~= 3 or x:size(1) ~= cache.B or x:size(3) ~= self.attn.d_model then
@@ -84,10 +131,8 @@ function TransformerBlock:forward(x, cache)
     cache:advance(T)
     return y
   end
-  x = x + self.attn(self.ln1(x), cache)
-  local h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh"))
-  if self.drop then h = self.drop(h) end
-  return x + h
+  x = x + self:attn_update(x, cache)
+  return x + self:mlp_update(x)
 end
 
 -- A glia.kv_cache for this block's attention: B sequences, capacity positions.
