@@ -28,6 +28,14 @@
 -- of the schedule unless --decay-steps does; a run limited by --time
 -- alone sizes its schedule from the measured step rate, re-estimated at
 -- each evaluation.
+--
+-- --plan fine-tunes under a glia.skip plan (stdlib/glia/skip.lua), e.g.
+--   glia examples/train_gpt.lua --resume runs/a --out runs/a-uls2 --plan uls:2 --steps 3200
+-- Dropped sub-layers are left out of every forward. With a Unified Layer
+-- Skipping plan (uls:S) each sequence's first --prompt-frac of positions
+-- is the prompt, run through every layer; the rest is the response, run
+-- through the plan's kept layers only, and the loss (validation too) counts
+-- the response alone. The plan belongs to this invocation, like --steps.
 local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
 package.path = script_dir .. "../?.lua;" .. package.path
 
@@ -65,6 +73,9 @@ usage: glia examples/train_gpt.lua [options]
   --eval-every N     steps between validations, samples and checkpoints (100)
   --sample-len N     characters per sample (200; 0: no samples)
   --threads N        compute threads (default: GLIA_NUM_THREADS or all cores)
+  --plan TEXT        train under a layer-skip plan: uls:S, attn:i,j, mlp:i,j, block:i,j,
+                     joined by + (see the header)
+  --prompt-frac F    under a uls plan, the fraction of each sequence that is prompt (0.5)
 ]]
 
 -- ================================================================ options
@@ -96,6 +107,8 @@ local SPEC = {
     ["eval-every"]   = { "integer", 100, min = "positive" },
     ["sample-len"]   = { "integer", 200 },
     threads          = { "integer", min = "positive" },
+    plan             = { "string" },
+    ["prompt-frac"]  = { "number", 0.5 },
   },
   min = "non-negative",
 }
@@ -294,6 +307,32 @@ local function estimate_decay(done)
   if not (auto_decay and run.time and done > 0) then return end
   local spent = clock() - t_start
   decay_steps = step + max(1, floor((run.time - spent) / (spent / done)))
+end
+
+-- ================================================================ skip plan
+
+local skip = require "glia.skip"
+local plan
+if o.plan then
+  local ok, p = pcall(skip.parse, run.layers, o.plan)
+  if not ok then die((tostring(p):gsub("^[^:]*:%d+: ", ""))) end
+  plan = p
+  model:set_plan(plan)
+  print("plan: " .. tostring(plan))
+end
+
+-- The loss of one batch: under a ULS plan the prompt runs every layer,
+-- the response the kept ones, and only the response is scored.
+local plain_loss = model.loss
+function model.loss(m, x, y)
+  if not (plan and plan.decode) then return plain_loss(m, x, y) end
+  local T = x:size(2)
+  local P = max(1, min(T - 1, floor(T * o["prompt-frac"])))
+  skip.set_prompt_len(m, P)
+  local ok, logits = pcall(m, x)
+  skip.set_prompt_len(m, nil)
+  if not ok then error(logits, 0) end
+  return glia.cross_entropy(logits:narrow(2, P, T - P + 1), y:narrow(2, P, T - P + 1))
 end
 
 local start_step = step
