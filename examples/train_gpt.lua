@@ -327,12 +327,7 @@ local plain_loss = model.loss
 function model.loss(m, x, y)
   if not (plan and plan.decode) then return plain_loss(m, x, y) end
   local T = x:size(2)
-  local P = max(1, min(T - 1, floor(T * o["prompt-frac"])))
-  skip.set_prompt_len(m, P)
-  local ok, logits = pcall(m, x)
-  skip.set_prompt_len(m, nil)
-  if not ok then error(logits, 0) end
-  return glia.cross_entropy(logits:narrow(2, P, T - P + 1), y:narrow(2, P, T - P + 1))
+  return skip.loss(m, x, y, max(1, min(T - 1, floor(T * o["prompt-frac"]))))
 end
 
 local start_step = step

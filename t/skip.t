@@ -424,6 +424,23 @@ do
        "iterative selection picks 5 distinct modules and leaves the model's plan alone")
 end
 
+-- plan_keep and the ULS training loss
+do
+  local k = skip.plan_keep(6, { 1, 2, 3 })
+  t.is(tostring(k), "skip plan{layers=6 decode=1,2,3}", "plan_keep lists the layers tokens run")
+  t.ok(skip.plan_keep(4, { 1, 2, 3, 4 }):empty(), "keeping every layer is the empty plan")
+  t.error_like(function() skip.plan_keep(6, { 1 }) end, "keeps 1 of 6", "plan_keep needs two")
+  local mm = tiny(4)
+  mm:set_plan(skip.plan_uniform(4, 2))
+  local xs, ys = ids(2, 8), ids(2, 8)
+  local loss = skip.loss(mm, xs, ys, 3)
+  local ref = uls_reference(mm, xs, 3)
+  local want = glia.cross_entropy(ref:narrow(2, 3, 6), ys:narrow(2, 3, 6))
+  t.near(loss, want, 1e-6, "skip.loss scores the response (positions 3..8) under the plan")
+  t.error_like(function() skip.loss(mm, xs, ys, 8) end, "prompt length must be in 1..7",
+               "a prompt as long as the sequence fails")
+end
+
 -- ============================================================ gradients
 
 -- A naive f64 transformer over Lua tables: rows h[t][c], parameters as
@@ -630,6 +647,33 @@ do
   t.ok(skip.plot_layers(svg, { { "contrib", c.contrib } }, { title = "toy" })
        and u.slurp(svg):find("<svg", 1, true), "plot_layers writes an SVG")
   os.remove(svg)
+end
+
+-- ================================================ examples/train_gpt --plan
+
+do
+  local bin = os.getenv("GLIA_BIN") or "bin/glia"
+  local dir = os.tmpname()
+  os.remove(dir)
+  local text = dir .. ".txt"
+  u.spit(text, string.rep("In the beginning God created the heaven and the earth. ", 40))
+  local function run(args)
+    local h = io.popen(bin .. " examples/train_gpt.lua --text " .. text .. " " .. args .. " 2>&1")
+    local out = h:read("*a")
+    h:close()
+    return out
+  end
+  local common = "--d 16 --layers 4 --heads 2 --ctx 16 --batch 2 --eval-every 2 --sample-len 4"
+  run(common .. " --steps 2 --out " .. dir .. "-a")
+  local out = run("--resume " .. dir .. "-a --out " .. dir .. "-b --plan uls:2+mlp:2 --steps 4")
+  t.ok(out:find("plan: skip plan{layers=4 mlp=2 decode=1,4}", 1, true)
+       and out:find("step 4: train loss %d+%.%d+, val loss: %d"),
+       "train_gpt.lua --plan fine-tunes a checkpoint under the plan")
+  t.ok(run("--resume " .. dir .. "-a --out " .. dir .. "-b --plan attn:9 --steps 4")
+       :find("train_gpt: glia.skip.plan_drop: attn layer 9 is out of range 1..4", 1, true),
+       "train_gpt.lua --plan rejects a plan that does not fit the model")
+  os.execute("rm -rf " .. u.sh_quote(dir .. "-a") .. " " .. u.sh_quote(dir .. "-b"))
+  os.remove(text)
 end
 
 t.done()

@@ -180,6 +180,17 @@ function skip.plan_drop(L, spec)
   return make(where, L, A, M, nil, 2)
 end
 
+-- A plan whose generated tokens run the listed layers only (the prompt
+-- runs every layer), e.g. skipping the top layers: plan_keep(8, {1, 2, 3, 4}).
+function skip.plan_keep(L, layers)
+  local where = "glia.skip.plan_keep"
+  check_layers(where, L)
+  local K = {}
+  add_layers(where, L, K, layers, "kept")
+  local keep = sorted_keys(K)
+  return make(where, L, {}, {}, #keep < L and keep or nil, 2)
+end
+
 local function check_plan(where, p, level)
   if not skip.is_plan(p) then
     error(format("%s: expected a plan (from glia.skip), got %s", where, type(p)), level + 1)
@@ -300,6 +311,25 @@ function skip.set_prompt_len(model, P)
     error("glia.skip.set_prompt_len: expected nil or a count >= 0, got " .. tostring(P), 2)
   end
   for _, b in ipairs(skip.blocks(model, "glia.skip.set_prompt_len")) do rawset(b, "prompt_len", P) end
+end
+
+-- The training loss under the plan in force (Unified Layer Skipping's
+-- recipe): the first P positions of x {B,T} are the prompt, run through
+-- every layer; the rest is the response, run through the plan's decode
+-- layers; the mean cross entropy counts the predictions of response tokens
+-- only (from position P on). The model's output must be logits {B,T,V}.
+-- Returns the loss and the logits.
+function skip.loss(model, x, y, P)
+  local T = x:dim() == 2 and x:size(2) or 0
+  if not is_int(P) or P < 1 or P >= T then
+    error(format("glia.skip.loss: the prompt length must be in 1..%d for sequences of %d, got %s",
+                 T - 1, T, tostring(P)), 2)
+  end
+  skip.set_prompt_len(model, P)
+  local ok, logits = pcall(model, x)
+  skip.set_prompt_len(model, nil)
+  if not ok then error(logits, 0) end
+  return glia.cross_entropy(logits:narrow(2, P, T - P + 1), y:narrow(2, P, T - P + 1)), logits
 end
 
 -- ============================================================ KV caches
