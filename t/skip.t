@@ -649,7 +649,7 @@ do
   os.remove(svg)
 end
 
--- ================================================ examples/train_gpt --plan
+-- ============================ examples/train_gpt --plan, examples/skip_study
 
 do
   local bin = os.getenv("GLIA_BIN") or "bin/glia"
@@ -672,7 +672,22 @@ do
   t.ok(run("--resume " .. dir .. "-a --out " .. dir .. "-b --plan attn:9 --steps 4")
        :find("train_gpt: glia.skip.plan_drop: attn layer 9 is out of range 1..4", 1, true),
        "train_gpt.lua --plan rejects a plan that does not fit the model")
-  os.execute("rm -rf " .. u.sh_quote(dir .. "-a") .. " " .. u.sh_quote(dir .. "-b"))
+  -- the study's whole pipeline on that checkpoint, budgets shrunk
+  local h = io.popen(bin .. " examples/skip_study.lua --quick --ckpt " .. dir .. "-a --out "
+                     .. dir .. "-s 2>&1")
+  local sout = h:read("*a")
+  h:close()
+  local function read(path) -- "" when missing (u.slurp raises)
+    local ok, body = pcall(u.slurp, path)
+    return ok and body or ""
+  end
+  local md = read(dir .. "-s/table.md")
+  t.ok(md:find("### 4. Depth use", 1, true) and md:find("| ULS s = 2 | 1,4 |", 1, true)
+       and read(dir .. "-s/drop.svg"):find("<svg", 1, true),
+       "examples/skip_study.lua --quick writes its table and plots")
+  if not md:find("### 4", 1, true) then t.diag(sout) end
+  os.execute("rm -rf " .. u.sh_quote(dir .. "-a") .. " " .. u.sh_quote(dir .. "-b") .. " "
+             .. u.sh_quote(dir .. "-s"))
   os.remove(text)
 end
 
