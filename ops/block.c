@@ -17,6 +17,14 @@
 ** checks are shared (check_args). Inference only: nothing is recorded for
 ** autograd.
 **
+** One sub-layer alone: decoder_block(..., eps, "attn") stops after the
+** attention sub-layer (x + proj(attn(ln1(x)))), for a block whose MLP a
+** layer-skip plan drops; decoder_mlp(x, params [, eps]) is the MLP
+** sub-layer alone (x + fc2(gelu(fc(ln2(x))))), no cache, for a block
+** whose attention it drops (glia.skip). Through the module path such a
+** decode step took longer than the whole fused block (d=256: 250 us
+** for the MLP alone against 170 for the fused block, under load).
+**
 ** Shapes: x {B,T,C}; H query heads and K key/value heads of D = C/H dims;
 ** F the MLP width. The cache buffers are {B,K,cap,D}; the new keys and
 ** values land at positions len..len+T-1 (the caller grows the buffers
@@ -29,6 +37,9 @@
 #include <stdlib.h>
 
 static const char *const NAME = "glia.decoder_block";
+
+/* Which sub-layers a step runs (bits). */
+enum { PART_ATTN = 1, PART_MLP = 2, PART_BLOCK = 3 };
 
 /* The parameters, in the order of the Lua list. */
 enum { LN1_W, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, NPARAM };
@@ -51,23 +62,15 @@ static glia_status check_param(glia_ctx *G, int i, const glia_tensor *t, int64_t
   return GLIA_OK;
 }
 
-/* Checks every shape up front, so that errors name this op and nothing is
-** written to the cache unless the step can run. Sets *K (kv heads). */
-static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
-                              glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
-                              double eps, int64_t *K) {
-  TRY(glia_check_f32(G, NAME, "x", x));
-  if (x->ndim != 3)
-    return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
+/* The attention sub-layer's checks: heads, caches, length, qkv and proj.
+** Sets *K (kv heads). */
+static glia_status check_attn_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                                   glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                                   int64_t *K) {
   int64_t B = x->size[0], T = x->size[1], C = x->size[2];
-  if (p[LN1_W]->ndim != 1 || p[LN1_W]->size[0] != C)
-    return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match ln1.weight %s", NAME,
-                     glia_shape_str(x), glia_shape_str(p[LN1_W]));
   if (H < 1 || H > (C > 0 ? C : 1) || C % H != 0)
     return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", NAME,
                      (long long)H, (long long)C);
-  if (!(eps >= 0))
-    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", NAME, eps);
   int64_t D = C / H;
   TRY(glia_check_f32(G, NAME, "key cache", kc));
   TRY(glia_check_f32(G, NAME, "value cache", vc));
@@ -91,24 +94,45 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
     return glia_fail(G, GLIA_ERANGE, "%s: %lld cached + %lld new positions exceed the cache "
                      "capacity %lld", NAME, (long long)len, (long long)T,
                      (long long)kc->size[2]);
-  if (p[FC_W]->ndim != 2 || p[FC_W]->size[1] != C)
-    return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld} for x %s, got %s", NAME,
-                     (long long)C, glia_shape_str(x), glia_shape_str(p[FC_W]));
-  int64_t F = p[FC_W]->size[0];
   TRY(check_param(G, LN1_W, p[LN1_W], C, -1));
   TRY(check_param(G, LN1_B, p[LN1_B], C, -1));
   TRY(check_param(G, QKV_W, p[QKV_W], (H + 2 * *K) * D, C));
   TRY(check_param(G, QKV_B, p[QKV_B], (H + 2 * *K) * D, -1));
   TRY(check_param(G, PROJ_W, p[PROJ_W], C, C));
   TRY(check_param(G, PROJ_B, p[PROJ_B], C, -1));
-  TRY(check_param(G, LN2_W, p[LN2_W], C, -1));
-  TRY(check_param(G, LN2_B, p[LN2_B], C, -1));
-  TRY(check_param(G, FC_W, p[FC_W], F, C));
-  TRY(check_param(G, FC_B, p[FC_B], F, -1));
-  TRY(check_param(G, FC2_W, p[FC2_W], C, F));
-  TRY(check_param(G, FC2_B, p[FC2_B], C, -1));
-  bool needs_grad = glia_tensor_needs_grad(x) || glia_tensor_needs_grad(kc) ||
-                    glia_tensor_needs_grad(vc);
+  return GLIA_OK;
+}
+
+/* Checks every shape up front, so that errors name this op and nothing is
+** written to the cache unless the step can run; only what the sub-layers
+** in part use (kc and vc are NULL without PART_ATTN). Sets *K (kv heads). */
+static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                              glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                              double eps, int part, int64_t *K) {
+  TRY(glia_check_f32(G, NAME, "x", x));
+  if (x->ndim != 3)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
+  int64_t C = x->size[2];
+  if (p[LN1_W]->ndim != 1 || p[LN1_W]->size[0] != C)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match ln1.weight %s", NAME,
+                     glia_shape_str(x), glia_shape_str(p[LN1_W]));
+  if (!(eps >= 0))
+    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", NAME, eps);
+  if (part & PART_ATTN) TRY(check_attn_args(G, x, p, kc, vc, len, H, K));
+  if (part & PART_MLP) {
+    if (p[FC_W]->ndim != 2 || p[FC_W]->size[1] != C)
+      return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld} for x %s, got %s", NAME,
+                       (long long)C, glia_shape_str(x), glia_shape_str(p[FC_W]));
+    int64_t F = p[FC_W]->size[0];
+    TRY(check_param(G, LN2_W, p[LN2_W], C, -1));
+    TRY(check_param(G, LN2_B, p[LN2_B], C, -1));
+    TRY(check_param(G, FC_W, p[FC_W], F, C));
+    TRY(check_param(G, FC_B, p[FC_B], F, -1));
+    TRY(check_param(G, FC2_W, p[FC2_W], C, F));
+    TRY(check_param(G, FC2_B, p[FC2_B], C, -1));
+  }
+  bool needs_grad = glia_tensor_needs_grad(x) || (kc && glia_tensor_needs_grad(kc)) ||
+                    (vc && glia_tensor_needs_grad(vc));
   for (int i = 0; i < NPARAM; i++) needs_grad = needs_grad || glia_tensor_needs_grad(p[i]);
   if (G->grad_mode && needs_grad)
     return glia_fail(G, GLIA_EGRAD,
@@ -143,10 +167,10 @@ static glia_status append(glia_ctx *G, glia_tensor *cache, glia_tensor *kv, int6
 /* ------------------------------------------------- one row: decoding */
 
 /* Whether the step is one row (B = T = 1) of contiguous operands, with
-** cache rows contiguous: the case of row_step. */
+** cache rows contiguous (when there are caches): the case of row_step. */
 static bool one_row(glia_tensor *x, glia_tensor *const *p, glia_tensor *kc, glia_tensor *vc) {
-  if (x->size[0] * x->size[1] != 1 || !glia_tensor_is_contiguous(x) || kc->stride[3] != 1 ||
-      vc->stride[3] != 1)
+  if (x->size[0] * x->size[1] != 1 || !glia_tensor_is_contiguous(x) ||
+      (kc && kc->stride[3] != 1) || (vc && vc->stride[3] != 1))
     return false;
   for (int i = 0; i < NPARAM; i++)
     if (!glia_tensor_is_contiguous(p[i])) return false;
@@ -164,42 +188,48 @@ static void put_row(glia_tensor *cache, const float *heads, int64_t K, int64_t D
   glia_tensor_bump_version(cache);
 }
 
-/* The block on one row, through the very kernels the general path reaches
-** (glia_matvec is glia.linear's one-row kernel, glia_layer_norm_rows and
-** glia_gelu_rows those of the ops): the same numbers, with one buffer for
-** the intermediates instead of a tensor each, which is most of a decode
-** step's time outside the matrix products. */
+/* The block (its sub-layers in part) on one row, through the very kernels
+** the general path reaches (glia_matvec is glia.linear's one-row kernel,
+** glia_layer_norm_rows and glia_gelu_rows those of the ops): the same
+** numbers, with one buffer for the intermediates instead of a tensor each,
+** which is most of a decode step's time outside the matrix products. */
 static glia_status row_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                             glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
-                            int64_t K, double eps, glia_tensor **out) {
-  int64_t C = x->size[2], D = C / H, F = p[FC_W]->size[0], Q = (H + 2 * K) * D;
-  int64_t qkv_size[3] = {1, 1, Q}, q_size[4] = {1, H, 1, D}, q_stride[4] = {Q, D, D, 1};
+                            int64_t K, double eps, int part, glia_tensor **out) {
+  int64_t C = x->size[2], F = p[FC_W]->size[0];
   size_t ws_bytes = (size_t)(2 * C + F) * sizeof(float);
   glia_tensor *qkv = NULL, *q = NULL, *y = NULL, *r = NULL;
   float *ws = glia_alloc(G, ws_bytes); /* h {C}, t {C}, f {F} */
   glia_status st = ws ? GLIA_OK : glia_fail_nomem(G, ws_bytes, NAME);
-  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, qkv_size, &qkv);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, x->size, &r);
-  if (st == GLIA_OK) st = glia_tensor_view_raw(G, qkv, 4, q_size, q_stride, 0, &q);
-  if (st == GLIA_OK) {
-    float *h = ws, *t = ws + C, *f = ws + 2 * C, *qkvp = (float *)glia_ptr(qkv);
-    glia_layer_norm_rows(data(x), data(p[LN1_W]), data(p[LN1_B]), h, 1, C, eps);
-    glia_matvec(G, data(p[QKV_W]), h, data(p[QKV_B]), qkvp, Q, C);
-    put_row(kc, qkvp + H * D, K, D, len);
-    put_row(vc, qkvp + (H + K) * D, K, D, len);
-    int64_t n = len + 1;
-    st = glia_attention_decode(G, q, kc, vc, &n, NAN, &y);
+  float *h = ws, *t = ws ? ws + C : NULL, *f = ws ? ws + 2 * C : NULL;
+  float *rp = r ? (float *)glia_ptr(r) : NULL;
+  if (st == GLIA_OK) memcpy(rp, data(x), (size_t)C * sizeof(float));
+  if (st == GLIA_OK && (part & PART_ATTN)) {
+    int64_t D = C / H, Q = (H + 2 * K) * D;
+    int64_t qkv_size[3] = {1, 1, Q}, q_size[4] = {1, H, 1, D}, q_stride[4] = {Q, D, D, 1};
+    st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, qkv_size, &qkv);
+    if (st == GLIA_OK) st = glia_tensor_view_raw(G, qkv, 4, q_size, q_stride, 0, &q);
     if (st == GLIA_OK) {
-      const float *xp = data(x);
-      float *rp = (float *)glia_ptr(r);
+      float *qkvp = (float *)glia_ptr(qkv);
+      glia_layer_norm_rows(rp, data(p[LN1_W]), data(p[LN1_B]), h, 1, C, eps);
+      glia_matvec(G, data(p[QKV_W]), h, data(p[QKV_B]), qkvp, Q, C);
+      put_row(kc, qkvp + H * D, K, D, len);
+      put_row(vc, qkvp + (H + K) * D, K, D, len);
+      int64_t n = len + 1;
+      st = glia_attention_decode(G, q, kc, vc, &n, NAN, &y);
+    }
+    if (st == GLIA_OK) {
       glia_matvec(G, data(p[PROJ_W]), data(y), data(p[PROJ_B]), t, C, C);
-      for (int64_t i = 0; i < C; i++) rp[i] = xp[i] + t[i];
-      glia_layer_norm_rows(rp, data(p[LN2_W]), data(p[LN2_B]), h, 1, C, eps);
-      glia_matvec(G, data(p[FC_W]), h, data(p[FC_B]), f, F, C);
-      glia_gelu_rows(f, F);
-      glia_matvec(G, data(p[FC2_W]), f, data(p[FC2_B]), t, C, F);
       for (int64_t i = 0; i < C; i++) rp[i] += t[i];
     }
+  }
+  if (st == GLIA_OK && (part & PART_MLP)) {
+    glia_layer_norm_rows(rp, data(p[LN2_W]), data(p[LN2_B]), h, 1, C, eps);
+    glia_matvec(G, data(p[FC_W]), h, data(p[FC_B]), f, F, C);
+    glia_gelu_rows(f, F);
+    glia_matvec(G, data(p[FC2_W]), f, data(p[FC2_B]), t, C, F);
+    for (int64_t i = 0; i < C; i++) rp[i] += t[i];
   }
   glia_free(G, ws, ws_bytes);
   glia_tensor_release(qkv);
@@ -213,15 +243,11 @@ static glia_status row_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
 /* The temporaries of one step, released together. */
 enum { T_H1, T_QKV, T_Q, T_K, T_V, T_Y, T_YT, T_YM, T_ATT, T_X1, T_H2, T_FC, T_OUT, NTMP };
 
-glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
-                               glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
-                               double eps, glia_tensor **out) {
-  int64_t K = 0;
-  TRY(check_args(G, x, p, kc, vc, len, H, eps, &K));
-  if (one_row(x, p, kc, vc)) return row_step(G, x, p, kc, vc, len, H, K, eps, out);
+/* x + attn(ln1(x)) into t[T_X1], the cache appended (the general path). */
+static glia_status attn_any(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                            glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                            int64_t K, double eps, glia_tensor **t) {
   int64_t B = x->size[0], T = x->size[1], C = x->size[2], D = C / H;
-  glia_tensor *t[NTMP] = {NULL};
-  int saved_mode = glia_ctx_set_grad_mode(G, 0);
   glia_status st = glia_layer_norm(G, x, p[LN1_W], p[LN1_B], eps, &t[T_H1]);
   if (st == GLIA_OK) st = glia_linear(G, t[T_H1], p[QKV_W], p[QKV_B], &t[T_QKV]);
   if (st == GLIA_OK) st = heads(G, t[T_QKV], 0, H, D, &t[T_Q]);
@@ -241,38 +267,96 @@ glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *
   if (st == GLIA_OK) st = glia_reshape(G, t[T_YT], 3, merged, &t[T_YM]);
   if (st == GLIA_OK) st = glia_linear(G, t[T_YM], p[PROJ_W], p[PROJ_B], &t[T_ATT]);
   if (st == GLIA_OK) st = glia_tt(G, GLIA_BIN_ADD, x, t[T_ATT], &t[T_X1]);
-  if (st == GLIA_OK) st = glia_layer_norm(G, t[T_X1], p[LN2_W], p[LN2_B], eps, &t[T_H2]);
-  if (st == GLIA_OK) st = glia_linear(G, t[T_H2], p[FC_W], p[FC_B], &t[T_FC]);
-  if (st == GLIA_OK) st = glia_unary_(G, GLIA_UN_GELU, t[T_FC]);
-  if (st == GLIA_OK) st = glia_linear(G, t[T_FC], p[FC2_W], p[FC2_B], &t[T_OUT]);
-  if (st == GLIA_OK) {
-    glia_value residual = {.kind = GLIA_VAL_TENSOR, .u.t = t[T_X1]};
-    st = glia_binary_(G, GLIA_BIN_ADD, t[T_OUT], &residual);
+  return st;
+}
+
+/* The sub-layers in part (PART_ATTN needs kc and vc; PART_MLP alone takes
+** NULL for both). */
+static glia_status decoder_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                                glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                                double eps, int part, glia_tensor **out) {
+  int64_t K = 0;
+  TRY(check_args(G, x, p, kc, vc, len, H, eps, part, &K));
+  if (one_row(x, p, kc, vc)) return row_step(G, x, p, kc, vc, len, H, K, eps, part, out);
+  glia_tensor *t[NTMP] = {NULL};
+  int saved_mode = glia_ctx_set_grad_mode(G, 0);
+  glia_status st = GLIA_OK;
+  glia_tensor *x1 = x; /* the stream entering the MLP sub-layer */
+  if (part & PART_ATTN) {
+    st = attn_any(G, x, p, kc, vc, len, H, K, eps, t);
+    x1 = t[T_X1];
+  }
+  glia_tensor *r = NULL;
+  if (st == GLIA_OK && (part & PART_MLP)) {
+    st = glia_layer_norm(G, x1, p[LN2_W], p[LN2_B], eps, &t[T_H2]);
+    if (st == GLIA_OK) st = glia_linear(G, t[T_H2], p[FC_W], p[FC_B], &t[T_FC]);
+    if (st == GLIA_OK) st = glia_unary_(G, GLIA_UN_GELU, t[T_FC]);
+    if (st == GLIA_OK) st = glia_linear(G, t[T_FC], p[FC2_W], p[FC2_B], &t[T_OUT]);
+    if (st == GLIA_OK) {
+      glia_value residual = {.kind = GLIA_VAL_TENSOR, .u.t = x1};
+      st = glia_binary_(G, GLIA_BIN_ADD, t[T_OUT], &residual);
+    }
+    r = t[T_OUT];
+    t[T_OUT] = NULL;
+  } else {
+    r = t[T_X1];
+    t[T_X1] = NULL;
   }
   glia_ctx_set_grad_mode(G, saved_mode);
-  glia_tensor *r = t[T_OUT];
-  t[T_OUT] = NULL;
   for (int i = 0; i < NTMP; i++) glia_tensor_release(t[i]);
   return glia_hand_out(st, r, out);
 }
 
+glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
+                               glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
+                               double eps, glia_tensor **out) {
+  return decoder_step(G, x, p, kc, vc, len, H, eps, PART_BLOCK, out);
+}
+
 /* ======================================================== registry */
 
-/* decoder_block(x, params, kcache, vcache, len, n_heads [, eps]) */
+static glia_status check_nparams(glia_ctx *G, const glia_value *params) {
+  if (params->u.list.n != NPARAM)
+    return glia_fail(G, GLIA_EARG,
+                     "%s: expected %d parameters (ln1, qkv, proj, ln2, fc, fc2: weight and "
+                     "bias each), got %d", NAME, NPARAM, params->u.list.n);
+  return GLIA_OK;
+}
+
+/* decoder_block(x, params, kcache, vcache, len, n_heads [, eps [, part]]):
+** part "block" (the default) or "attn" (the attention sub-layer alone). */
 static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                     glia_value *outs) {
   (void)nargs;
-  if (args[1].u.list.n != NPARAM)
-    return glia_fail(G, GLIA_EARG,
-                     "%s: expected %d parameters (ln1, qkv, proj, ln2, fc, fc2: weight and "
-                     "bias each), got %d", NAME, NPARAM, args[1].u.list.n);
+  TRY(check_nparams(G, &args[1]));
+  int part = PART_BLOCK;
+  if (arg_present(&args[7])) {
+    const char *s = args[7].u.s;
+    if (strcmp(s, "attn") == 0) part = PART_ATTN;
+    else if (strcmp(s, "block") != 0)
+      return glia_fail(G, GLIA_EARG, "%s: part must be \"block\" or \"attn\", got \"%s\"", NAME,
+                       s);
+  }
   glia_tensor *r;
-  TRY(glia_decoder_block(G, args[0].u.t, args[1].u.list.v, args[2].u.t, args[3].u.t,
-                         args[4].u.i, args[5].u.i, arg_num(&args[6], 1e-5), &r));
+  TRY(decoder_step(G, args[0].u.t, args[1].u.list.v, args[2].u.t, args[3].u.t, args[4].u.i,
+                   args[5].u.i, arg_num(&args[6], 1e-5), part, &r));
+  return out1(nouts, outs, r);
+}
+
+/* decoder_mlp(x, params [, eps]): the MLP sub-layer alone, x + fc2(gelu(fc(ln2(x)))),
+** with decoder_block's parameter list (the attention's are not read). */
+static glia_status op_decoder_mlp(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                  glia_value *outs) {
+  (void)nargs;
+  TRY(check_nparams(G, &args[1]));
+  glia_tensor *r;
+  TRY(decoder_step(G, args[0].u.t, args[1].u.list.v, NULL, NULL, 0, 1, arg_num(&args[2], 1e-5),
+                   PART_MLP, &r));
   return out1(nouts, outs, r);
 }
 
 const glia_op glia_ops_block[] = {
-    {"decoder_block", "TLTTii|n", op_decoder_block, 0},
+    {"decoder_block", "TLTTii|ns", op_decoder_block, 0},
+    {"decoder_mlp", "TL|n", op_decoder_mlp, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -1,6 +1,7 @@
 -- t/block.t -- glia.decoder_block (ops/block.c), nn.TransformerBlock's
--- fused decode path against its module path, glia.kv_cache's reserve and
--- advance, and models/gpt.lua built from TransformerBlock.
+-- fused decode path against its module path, the sub-layers alone
+-- (part "attn", glia.decoder_mlp), glia.kv_cache's reserve and advance,
+-- and models/gpt.lua built from TransformerBlock.
 --
 -- The fused path (one C call per block and step) must give the module path's
 -- result: every step of a cached decode, the cache contents, and the full
@@ -207,6 +208,59 @@ glia.no_grad(function()
                       .. "absent biases", tostring(bias)))
   end
 end)
+
+-- ================================== one sub-layer: "attn" and decoder_mlp
+
+-- What glia.skip runs for a block whose MLP or attention a plan drops:
+-- the kept sub-layer alone, fused, against the module path (x +
+-- attn_update(x, cache), x + mlp_update(x)): a prefill of 3 and a step of
+-- 1 (the general and the one-row kernels), B = 2 and 1.
+glia.no_grad(function()
+  for _, B in ipairs { 2, 1 } do
+    local blk = block { kv_heads = 2 }
+    local p = blk:_fused_params()
+    local x, x2 = glia.randn(B, 3, C), glia.randn(B, 1, C)
+    local cache = blk:new_cache(B, 8)
+    local want = glia.cat({ x + blk:attn_update(x, cache), x2 + blk:attn_update(x2, cache) }, 2)
+    local kc, vc = glia.zeros(B, 2, 8, C / H), glia.zeros(B, 2, 8, C / H)
+    local got = glia.cat({ decoder_block(x, p, kc, vc, 0, H, 1e-5, "attn"),
+                           decoder_block(x2, p, kc, vc, 3, H, 1e-5, "attn") }, 2)
+    local ck = cached(cache)
+    local d = math.max(t.maxdiff(got, want), t.maxdiff(kc:narrow(3, 1, 4), ck))
+    if not t.ok(d <= TOL, format("B=%d: decoder_block(..., \"attn\") is the attention " ..
+                                  "sub-layer alone, output and cache", B)) then
+      t.diag(format("max difference %g", d))
+    end
+    local full = decoder_block(x2, p, kc:clone(), vc:clone(), 3, H, 1e-5, "block")
+    local blockwise = decoder_block(x2, p, kc:clone(), vc:clone(), 3, H)
+    t.ok(u.identical(full, blockwise), "part \"block\" is the default")
+    d = math.max(t.maxdiff(glia.decoder_mlp(x, p), x + blk:mlp_update(x)),
+                 t.maxdiff(glia.decoder_mlp(x2, p, 1e-5), x2 + blk:mlp_update(x2)))
+    if not t.ok(d <= TOL, format("B=%d: decoder_mlp is the MLP sub-layer alone", B)) then
+      t.diag(format("max difference %g", d))
+    end
+  end
+  local blk = block {}
+  local p = blk:_fused_params()
+  local x = glia.randn(1, 1, C)
+  local kc, vc = glia.zeros(1, H, 4, C / H), glia.zeros(1, H, 4, C / H)
+  t.error_like(function() decoder_block(x, p, kc, vc, 0, H, 1e-5, "mlp") end,
+               'part must be "block" or "attn", got "mlp"', "an unknown part is an error")
+  t.error_like(function() glia.decoder_mlp(x, { p[1] }) end, "expected 12 parameters",
+               "decoder_mlp checks the parameter count")
+  t.error_like(function() glia.decoder_mlp(glia.randn(1, 1, C + 1), p) end,
+               "does not match ln1.weight", "decoder_mlp checks x against the parameters")
+  local q = { unpack(p) }
+  q[9] = glia.randn(7, C)
+  t.error_like(function() glia.decoder_mlp(x, q) end, "fc.bias must be {7}",
+               "decoder_mlp checks the MLP's shapes")
+end)
+t.error_like(function()
+  local blk = block {}
+  local x = glia.randn(1, 1, C)
+  x:requires_grad()
+  glia.decoder_mlp(x, blk:_fused_params())
+end, "inference only", "decoder_mlp is inference only")
 
 -- ================================================================ errors
 

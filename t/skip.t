@@ -154,13 +154,20 @@ local function counting(fn, key)
     return fn(...)
   end
 end
-local real_ln, real_linear, real_block = F.layer_norm, F.linear, glia.decoder_block
+local real_ln, real_linear, real_block, real_mlp = F.layer_norm, F.linear, glia.decoder_block,
+  glia.decoder_mlp
 local function count(fn)
   counts = {}
   F.layer_norm, F.linear = counting(real_ln, "ln"), counting(real_linear, "linear")
-  glia.decoder_block = counting(real_block, "block")
+  glia.decoder_block = function(...)
+    local part = select(8, ...) or "block"
+    counts[part] = (counts[part] or 0) + 1
+    return real_block(...)
+  end
+  glia.decoder_mlp = counting(real_mlp, "mlp")
   local ok, err = pcall(fn)
-  F.layer_norm, F.linear, glia.decoder_block = real_ln, real_linear, real_block
+  F.layer_norm, F.linear, glia.decoder_block, glia.decoder_mlp = real_ln, real_linear, real_block,
+    real_mlp
   assert(ok, err)
   return counts
 end
@@ -177,9 +184,10 @@ do
   local caches = m:new_caches(2)
   glia.no_grad(function() m:forward(x, caches, 0) end)
   c = count(function() glia.no_grad(function() m:forward(ids(2, 1), caches, 9) end) end)
-  t.ok(c.block == 1 and c.ln == 3 and c.linear == 5,
-       ("a decode step: one fused block (layer 1), two lone sub-layers (got %s, %s, %s)")
-       :format(c.block, c.ln, c.linear))
+  t.ok(c.block == 1 and c.mlp == 1 and c.attn == 1 and c.ln == 1 and c.linear == 1,
+       ("a decode step: layer 1 fused whole, 2's MLP and 3's attention fused alone, 4 not at " ..
+        "all (got %s, %s, %s; %s norm, %s linear: the head's)")
+       :format(c.block, c.mlp, c.attn, c.ln, c.linear))
   m:set_plan(skip.plan_uniform(4, 2)) -- decode through 1 and 4
   caches = m:new_caches(2)
   skip.set_prompt_len(m, nil)

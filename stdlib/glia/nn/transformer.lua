@@ -90,10 +90,23 @@ function TransformerBlock:mlp_update(x)
 end
 
 -- The sub-layers the plan keeps (both: the unplanned path, fused or not).
+-- Decoding, one kept sub-layer runs fused too: the attention through
+-- glia.decoder_block's "attn" part with the cache, the MLP (whose block
+-- has no cache once its attention is dropped) through glia.decoder_mlp
+-- for one position without autograd.
 local function planned_layers(self, x, cache, skip)
   if not skip.attn and not skip.mlp then return self:forward_full(x, cache) end
-  if not skip.attn then x = x + self:attn_update(x, cache) end
-  if not skip.mlp then x = x + self:mlp_update(x) end
+  if not skip.attn then
+    if skip.mlp and self:use_fused(cache) then return self:fused_step(x, cache, "attn") end
+    x = x + self:attn_update(x, cache)
+  end
+  if not skip.mlp then
+    if x:dim() == 3 and x:size(2) == 1 and self.fused ~= false and not glia.is_grad_enabled()
+       and not (self.training and self.drop) then
+      return glia.decoder_mlp(x, self:_fused_params(), self.ln2.eps)
+    end
+    x = x + self:mlp_update(x)
+  end
   return x
 end
 
@@ -116,21 +129,24 @@ function TransformerBlock:forward(x, cache)
   return planned_layers(self, x, cache, skip)
 end
 
+-- glia.decoder_block over the cache: the whole block, or part = "attn".
+function TransformerBlock:fused_step(x, cache, part)
+  -- shapes first: a wrong x must not make reserve grow the cache
+  if x:dim() ~= 3 or x:size(1) ~= cache.B or x:size(3) ~= self.attn.d_model then
+    error(format("glia.nn.TransformerBlock: expected input {%d,T,%d} for this cache, got {%s}",
+                 cache.B, self.attn.d_model, table.concat(x:shape(), ",")), 3)
+  end
+  local T = x:size(2)
+  cache:reserve(T)
+  local y = glia.decoder_block(x, self:_fused_params(), cache.k, cache.v, cache:len(),
+                               self.attn.n_heads, self.ln1.eps, part)
+  cache:advance(T)
+  return y
+end
+
 -- The whole block, as without a plan.
 function TransformerBlock:forward_full(x, cache)
-  if self:use_fused(cache) then
-    -- shapes first: a wrong x must not make reserve grow the cache
-    if x:dim() ~= 3 or x:size(1) ~= cache.B or x:size(3) ~= self.attn.d_model then
-      error(format("glia.nn.TransformerBlock: expected input {%d,T,%d} for this cache, got {%s}",
-                   cache.B, self.attn.d_model, table.concat(x:shape(), ",")), 2)
-    end
-    local T = x:size(2)
-    cache:reserve(T)
-    local y = glia.decoder_block(x, self:_fused_params(), cache.k, cache.v, cache:len(),
-                                 self.attn.n_heads, self.ln1.eps)
-    cache:advance(T)
-    return y
-  end
+  if self:use_fused(cache) then return self:fused_step(x, cache) end
   x = x + self:attn_update(x, cache)
   return x + self:mlp_update(x)
 end
