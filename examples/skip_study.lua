@@ -26,8 +26,9 @@
 --
 -- Writes DIR/table.md, DIR/similarity.svg, DIR/drop.svg and DIR/depth.svg.
 -- Decode speed: greedy generation of --decode tokens after a 1-token
--- prompt, batch 1, the variants interleaved --rounds times (medians); on
--- a shared machine the ratios are what to read. --quick shrinks every
+-- prompt, batch 1, the variants interleaved --rounds times: tokens/s are
+-- medians, speedups the medians of each round's ratios to the full model
+-- (on a shared machine the ratios are what to read). --quick shrinks every
 -- budget so that a test runs the whole pipeline in seconds.
 local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
 package.path = script_dir .. "../?.lua;" .. package.path
@@ -53,7 +54,7 @@ usage: glia examples/skip_study.lua --ckpt DIR --out DIR [options]
   --ft-steps N     fine-tuning steps of section 3 (120)
   --ft-lr X        its learning rate, AdamW, 10 steps of warm-up (3e-4)
   --decode N       generated tokens per decode measurement (200)
-  --rounds N       decode measurements per variant, interleaved (3)
+  --rounds N       decode measurements per variant, interleaved (7)
   --threads N      compute threads
   --quick          tiny budgets: checks the pipeline, measures nothing
 ]]
@@ -63,7 +64,7 @@ local o = cli.parse(arg or {}, {
     ckpt = { "string" }, out = { "string" },
     cal = { "integer", 8 }, val = { "integer", 8 }, random = { "integer", 3 },
     ["ft-steps"] = { "integer", 120 }, ["ft-lr"] = { "number", 3e-4 },
-    decode = { "integer", 200 }, rounds = { "integer", 3 },
+    decode = { "integer", 200 }, rounds = { "integer", 7 },
     threads = { "integer" }, quick = { "flag" },
   },
   min = "positive",
@@ -127,8 +128,14 @@ local function val_loss(m, P)
   return s / #val_batches
 end
 
--- Decode tokens/s of each {model, plan} variant: medians of interleaved rounds.
+-- Decode tokens/s of each {model, plan} variant (medians of interleaved
+-- rounds) and its speedup over the first variant (the median of the
+-- rounds' own ratios: a slow spell hits every variant of a round).
 local prompt = glia.ones(1, 1, "i64")
+local function median(v)
+  table.sort(v)
+  return v[floor((#v + 1) / 2)]
+end
 local function decode_rates(variants)
   local times = {}
   for i, v in ipairs(variants) do
@@ -142,12 +149,14 @@ local function decode_rates(variants)
       times[i][r] = clock() - t0
     end
   end
-  local rates = {}
+  local rates, speedups = {}, {}
   for i = 1, #variants do
-    table.sort(times[i])
-    rates[i] = o.decode / times[i][floor((#times[i] + 1) / 2)]
+    local ratio = {}
+    for r = 1, o.rounds do ratio[r] = times[1][r] / times[i][r] end
+    speedups[i] = median(ratio)
   end
-  return rates
+  for i = 1, #variants do rates[i] = o.decode / median(times[i]) end
+  return rates, speedups
 end
 
 local function kv_bytes(m, plan)
@@ -223,7 +232,7 @@ for _, meth in ipairs(methods) do
   end
   curves[#curves + 1] = curve
 end
-local rates = decode_rates(variants)
+local rates, speedups = decode_rates(variants)
 out("\n### 2. Dropping modules for good, no training\n")
 out(fmt("Full model: validation loss %.4f, decode %.0f tokens/s, KV cache %d bytes at %d positions.\n",
         base_loss, rates[1], full_kv, T))
@@ -235,7 +244,7 @@ for i, r in ipairs(rows) do
     .. (#p.mlp > 0 and ((#p.attn > 0 and "; " or "") .. "mlp " .. concat(p.mlp, ",")) or "")
   if r.draws > 1 then what = what .. fmt(" (first of %d draws; loss: their mean)", r.draws) end
   out(fmt("| %s | %d | %s | %.4f | %+.4f | %.0f | %.2fx | %d (%.0f%%) |", r.name, r.n, what,
-          r.loss, r.loss - base_loss, rates[i + 1], rates[i + 1] / rates[1], r.kv,
+          r.loss, r.loss - base_loss, rates[i + 1], speedups[i + 1], r.kv,
           100 * r.kv / full_kv))
 end
 local series = {}
@@ -292,7 +301,7 @@ local tuned = { full = finetune(nil), uls = finetune(uls), top = finetune(topk) 
 local ft_seconds = clock() - ft_t0
 local after = { full = val_loss(tuned.full, P), uls = val_loss(tuned.uls, P),
                 top = val_loss(tuned.top, P) }
-rates = decode_rates { { tuned.full, nil }, { tuned.uls, uls }, { tuned.top, topk } }
+rates, speedups = decode_rates { { tuned.full, nil }, { tuned.uls, uls }, { tuned.top, topk } }
 out(fmt("\n### 3. Unified Layer Skipping (s = 2) against skipping the top layers, fine-tuned\n"))
 out(fmt("Generated tokens run %d of %d layers (layer ratio %.2f). Validation loss on the second " ..
         "half of each sequence (%d positions of prompt through every layer, the rest through " ..
@@ -303,9 +312,9 @@ out("|---|---|---:|---:|---:|---:|")
 out(fmt("| every layer (control, fine-tuned the same way) | 1-%d | %.4f | %.4f | %.0f | 1.00x |", L,
         before.full, after.full, rates[1]))
 out(fmt("| ULS s = 2 | %s | %.4f | %.4f | %.0f | %.2fx |", concat(uls.decode, ","), before.uls,
-        after.uls, rates[2], rates[2] / rates[1]))
+        after.uls, rates[2], speedups[2]))
 out(fmt("| the top layers skipped | %s | %.4f | %.4f | %.0f | %.2fx |", concat(topk.decode, ","),
-        before.top, after.top, rates[3], rates[3] / rates[1]))
+        before.top, after.top, rates[3], speedups[3]))
 say("3. ULS vs top: fine-tuned in %.0f s (%.0f s in all)", ft_seconds, clock() - t0)
 
 -- ============================================ 4. depth use
