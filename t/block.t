@@ -244,6 +244,9 @@ glia.no_grad(function()
   local p = blk:_fused_params()
   local x = glia.randn(1, 1, C)
   local kc, vc = glia.zeros(1, H, 4, C / H), glia.zeros(1, H, 4, C / H)
+  local xs = glia.randn(C, 3, 2):permute(3, 2, 1) -- {2,3,C}, strided
+  t.near(glia.decoder_mlp(xs, p), xs + blk:mlp_update(xs), TOL,
+         "decoder_mlp on a strided input equals the module path")
   t.error_like(function() decoder_block(x, p, kc, vc, 0, H, 1e-5, "mlp") end,
                'part must be "block" or "attn", got "mlp"', "an unknown part is an error")
   t.error_like(function() glia.decoder_mlp(x, { p[1] }) end, "expected 12 parameters",
