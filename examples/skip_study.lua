@@ -10,10 +10,11 @@
 --    training text (are attention scores higher than MLP scores, rising
 --    with depth?).
 -- 2. Dropping n = 2 and 4 modules for good, no training: the n most similar
---    attention sub-layers against as many MLP sub-layers, random attention
---    sub-layers (mean of --random draws), the top n attention sub-layers
---    and the top n whole blocks: validation loss, decode tokens/s and the
---    KV cache bytes saved.
+--    attention sub-layers (one-shot and iterative) against the n most
+--    similar of attention and MLP sub-layers together (joint), as many MLP
+--    sub-layers, random attention sub-layers (mean of --random draws), the
+--    top n attention sub-layers and the top n whole blocks: validation
+--    loss, decode tokens/s and the KV cache bytes saved.
 -- 3. Unified Layer Skipping s = 2 against skipping as many contiguous top
 --    layers, both before and after --ft-steps of fine-tuning under the plan
 --    (skip.loss: the first half of each sequence is the prompt, through
@@ -203,6 +204,10 @@ end
 
 local methods = {
   { "attention, most similar", function(n) return (skip.select(sim, n, { mode = "attn" })) end },
+  { "attention, iterative", function(n)
+      return (skip.select(sim, n, { mode = "attn", iterative = true, model = model, batches = cal }))
+    end },
+  { "attention or MLP (joint)", function(n) return (skip.select(sim, n, { mode = "joint" })) end },
   { "MLP, most similar", function(n) return (skip.select(sim, n, { mode = "mlp" })) end },
   { "attention, random", function(n) return skip.plan_drop(L, { attn = random_attn(n) }) end,
     draws = o.random },

@@ -6,13 +6,18 @@
 --   local p = skip.plan_uniform(8, 2)           -- Unified Layer Skipping: decode through 1,3,5,8
 --   local q = skip.plan_drop(8, {attn = {6, 7}, mlp = {}, block = {}})  -- permanent drops
 --   model:set_plan(skip.compose(p, q))          -- or skip.set_plan(model, plan)
+--   skip.plan_keep(8, {1, 2, 3, 4})             -- decode through the listed layers
+--   skip.parse(8, "uls:2+attn:6,7")             -- a plan from text (command lines)
 --   model:generate(prompt, 100, {plan = p})
+--   local caches = skip.kv_compact(model, B, cap)  -- caches for kept attention only
+--   skip.kv_release(caches, model)              -- after the prompt: drop the skipped layers'
+--   local loss = skip.loss(model, x, y, P)      -- ULS fine-tuning: prompt P, loss on the rest
 --   local s = skip.similarity(model, batches)   -- per-layer cosine similarity, input vs output
 --   local plan = skip.select(s, 2, {mode = "attn"})
 --   local c = skip.contrib(model, batches)      -- how much each layer writes
 --   local e = skip.effect(model, batches)       -- what skipping a layer does to later ones
 --
--- Layers are numbered 1..L (glia is 1-based: the spec's layer 0 is 1 here).
+-- Layers are numbered 1..L (glia is 1-based: the papers' layer 0 is 1 here).
 --
 -- A plan is a table {layers = L, attn = {...}, mlp = {...}, decode = {...}}:
 -- attn and mlp list the sub-layers dropped for good (in the prompt, in
