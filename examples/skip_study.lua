@@ -27,9 +27,9 @@
 --
 -- Writes DIR/table.md, DIR/similarity.svg, DIR/drop.svg and DIR/depth.svg.
 -- Decode speed: greedy generation of --decode tokens after a 1-token
--- prompt, batch 1, the variants interleaved --rounds times: tokens/s are
--- medians, speedups the medians of each round's ratios to the full model
--- (on a shared machine the ratios are what to read). --quick shrinks every
+-- prompt, batch 1, --rounds times: tokens/s are medians, speedups the
+-- medians of the ratios to a run of the full model just before (on a
+-- shared machine the ratios are what to read). --quick shrinks every
 -- budget so that a test runs the whole pipeline in seconds.
 local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
 package.path = script_dir .. "../?.lua;" .. package.path
@@ -54,8 +54,8 @@ usage: glia examples/skip_study.lua --ckpt DIR --out DIR [options]
   --random N       random attention drops averaged (3)
   --ft-steps N     fine-tuning steps of section 3 (120)
   --ft-lr X        its learning rate, AdamW, 10 steps of warm-up (3e-4)
-  --decode N       generated tokens per decode measurement (200)
-  --rounds N       decode measurements per variant, interleaved (7)
+  --decode N       generated tokens per decode measurement (300)
+  --rounds N       decode measurements per variant, each after one of the full model (7)
   --threads N      compute threads
   --quick          tiny budgets: checks the pipeline, measures nothing
 ]]
@@ -65,7 +65,7 @@ local o = cli.parse(arg or {}, {
     ckpt = { "string" }, out = { "string" },
     cal = { "integer", 8 }, val = { "integer", 8 }, random = { "integer", 3 },
     ["ft-steps"] = { "integer", 120 }, ["ft-lr"] = { "number", 3e-4 },
-    decode = { "integer", 200 }, rounds = { "integer", 7 },
+    decode = { "integer", 300 }, rounds = { "integer", 7 },
     threads = { "integer" }, quick = { "flag" },
   },
   min = "positive",
@@ -129,34 +129,38 @@ local function val_loss(m, P)
   return s / #val_batches
 end
 
--- Decode tokens/s of each {model, plan} variant (medians of interleaved
--- rounds) and its speedup over the first variant (the median of the
--- rounds' own ratios: a slow spell hits every variant of a round).
+-- Decode tokens/s of each {model, plan} variant (medians over --rounds)
+-- and its speedup over the first: in each round every other variant runs
+-- right after a run of the first, and the speedup is the median of those
+-- pairs' ratios (a slow spell of the shared machine then hits both sides
+-- of a pair).
 local prompt = glia.ones(1, 1, "i64")
 local function median(v)
   table.sort(v)
   return v[floor((#v + 1) / 2)]
 end
 local function decode_rates(variants)
-  local times = {}
+  local function time(v)
+    local t0 = clock()
+    v[1]:generate(prompt, o.decode, { temperature = 0, plan = v[2] })
+    return clock() - t0
+  end
+  local times, ratios = {}, {}
   for i, v in ipairs(variants) do
-    times[i] = {}
-    v[1]:generate(prompt, o.decode, { temperature = 0, plan = v[2] }) -- warm-up
+    times[i], ratios[i] = {}, {}
+    time(v) -- warm-up
   end
   for r = 1, o.rounds do
-    for i, v in ipairs(variants) do
-      local t0 = clock()
-      v[1]:generate(prompt, o.decode, { temperature = 0, plan = v[2] })
-      times[i][r] = clock() - t0
+    for i = 2, #variants do
+      local base = time(variants[1])
+      times[1][#times[1] + 1] = base
+      times[i][r] = time(variants[i])
+      ratios[i][r] = base / times[i][r]
     end
   end
-  local rates, speedups = {}, {}
-  for i = 1, #variants do
-    local ratio = {}
-    for r = 1, o.rounds do ratio[r] = times[1][r] / times[i][r] end
-    speedups[i] = median(ratio)
-  end
+  local rates, speedups = {}, { 1 }
   for i = 1, #variants do rates[i] = o.decode / median(times[i]) end
+  for i = 2, #variants do speedups[i] = median(ratios[i]) end
   return rates, speedups
 end
 
