@@ -343,9 +343,11 @@ for s = 1, L do
 end
 out(skip.layer_table({ { "contrib", c.contrib }, { "align", c.align }, { "skip KL", e.out },
                        { "later change", later } }))
-skip.plot_layers(o.out .. "/depth.svg", { { "contrib", c.contrib }, { "align", c.align },
-                                          { "skip KL", e.out }, { "later change", later } },
-                 { title = "depth use per layer", ylabel = "" })
+-- log scale: layer 1's write dwarfs the others' (align, which may be
+-- negative, stays in the table)
+skip.plot_layers(o.out .. "/depth.svg", { { "contrib", c.contrib }, { "skip KL", e.out },
+                                          { "later change", later } },
+                 { title = "depth use per layer", ylabel = "log scale", logy = true })
 say("4. depth use (%.0f s)", clock() - t0)
 
 -- ============================================ write
