@@ -229,7 +229,7 @@ function GPT:generate(idx, n, opts)
     local caches
     -- New caches primed on the last (at most) keep tokens of seq (at full
     -- depth); returns the logits {B,V} of its last position and the
-    -- position of the next token (a tensor {B} for a ragged batch).
+    -- position of the next token (a list of B for a ragged batch).
     local function prime(seq, keep)
       caches = self:new_caches(B)
       if planned then skip.set_prompt_len(self, nil) end
