@@ -212,6 +212,12 @@ GLIAI_FUNC void glia_layer_norm_rows(const float *x, const float *w, const float
                                      int64_t R, int64_t C, double eps);
 /* x = glia.gelu(x, "tanh"), the tanh form, over n floats (ops/unary.c). */
 GLIAI_FUNC void glia_gelu_rows(float *x, int64_t n);
+/* y = op(x) over n floats for op relu, gelu, gelu_erf or silu, and its
+** backward dx = dy * op'(x); the bits of glia.relu, glia.gelu, glia.silu
+** (ops/unary.c). y, dx may be x. */
+GLIAI_FUNC void glia_act_rows(glia_unop op, float *y, const float *x, int64_t n);
+GLIAI_FUNC void glia_act_grad_rows(glia_unop op, float *dx, const float *dy, const float *x,
+                                   int64_t n);
 
 /* ---------------------------------------------------- ops/reduce.c */
 

@@ -217,25 +217,49 @@ BWD_BLOCK(relu, v > 0.0f ? g : 0.0f) /* v = relu(x) */
 FWD_BLOCK(gelu, gelu_f(x))
 BWD_BLOCK(gelu, g * gelu_grad(v)) /* v = x */
 
-/* In place, through the vectorized block (a plain loop over gelu_f stays
-** scalar); the tail through a block-sized buffer, as block_loop does, so
-** every element is computed by the very instructions of glia.gelu. */
-void glia_gelu_rows(float *x, int64_t n) {
-  float buf[BLOCK] __attribute__((aligned(64))) = {0};
-  int64_t i = 0;
-  for (; i + BLOCK <= n; i += BLOCK) gelu_fwd(x + i, x + i, NULL, NULL);
-  if (i < n) {
-    memcpy(buf, x + i, (size_t)(n - i) * sizeof *buf);
-    gelu_fwd(buf, buf, NULL, NULL);
-    memcpy(x + i, buf, (size_t)(n - i) * sizeof *buf);
-  }
-}
-
 FWD_BLOCK(gelu_erf, gelu_erf_f(x))
 BWD_BLOCK(gelu_erf, g * gelu_erf_grad(v)) /* v = x */
 
 FWD_BLOCK(silu, gated(x, x / (1.0f + glia_expf(-x))))
 BWD_BLOCK(silu, g * silu_grad(v)) /* v = x */
+
+/* y = op(x) (dx = dy * op'(x) when dy is given) over n contiguous floats
+** through the op's own blocks, the tail through a block-sized buffer: the
+** same bits as the tensor op. y (dx) may be x. */
+static void rows_via_blocks(block_fn fn, float *y, const float *x, const float *dy, int64_t n) {
+  float ab[BLOCK] __attribute__((aligned(64))) = {0}, bb[BLOCK] __attribute__((aligned(64))) = {0};
+  int64_t i = 0;
+  for (; i + BLOCK <= n; i += BLOCK) fn(y + i, x + i, dy ? dy + i : NULL, NULL);
+  if (i < n) {
+    memcpy(ab, x + i, (size_t)(n - i) * sizeof *ab);
+    if (dy) memcpy(bb, dy + i, (size_t)(n - i) * sizeof *bb);
+    fn(ab, ab, bb, NULL);
+    memcpy(y + i, ab, (size_t)(n - i) * sizeof *ab);
+  }
+}
+
+/* In place, through the vectorized block (a plain loop over gelu_f stays
+** scalar): every element is computed by the very instructions of glia.gelu. */
+void glia_gelu_rows(float *x, int64_t n) { rows_via_blocks(gelu_fwd, x, x, NULL, n); }
+
+/* The activations whose backward reads the input x (relu's reads its
+** output, which is > 0 exactly where x is). */
+static block_fn act_block(glia_unop op, bool grad) {
+  switch (op) {
+  case GLIA_UN_RELU: return grad ? relu_bwd : relu_fwd;
+  case GLIA_UN_GELU: return grad ? gelu_bwd : gelu_fwd;
+  case GLIA_UN_GELU_ERF: return grad ? gelu_erf_bwd : gelu_erf_fwd;
+  default: return grad ? silu_bwd : silu_fwd;
+  }
+}
+
+void glia_act_rows(glia_unop op, float *y, const float *x, int64_t n) {
+  rows_via_blocks(act_block(op, false), y, x, NULL, n);
+}
+
+void glia_act_grad_rows(glia_unop op, float *dx, const float *dy, const float *x, int64_t n) {
+  rows_via_blocks(act_block(op, true), dx, x, dy, n);
+}
 
 FWD_BLOCK(clamp, clamp_f(x, k->lo, k->hi))
 BWD_BLOCK(clamp, v >= k->lo && v <= k->hi ? g : 0.0f) /* v = x */

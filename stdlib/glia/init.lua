@@ -216,6 +216,13 @@ end
 -- A per-layer KV cache for decoding (stdlib/glia/kv_cache.lua).
 function glia.kv_cache(...) return require("glia.kv_cache").new(...) end
 
+-- Mixture of experts: glia.moe_route, glia.moe, glia.moe_bias_update with
+-- options tables and auxiliary losses over the core ops (stdlib/glia/moe.lua).
+do
+  local moe = require("glia.moe")(glia, core.moe_route, core.moe_experts)
+  glia.moe_route, glia.moe, glia.moe_bias_update = moe.moe_route, moe.moe, moe.moe_bias_update
+end
+
 glia._methods.split = glia.split
 glia._methods.chunk = glia.chunk
 

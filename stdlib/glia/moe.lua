@@ -1,0 +1,145 @@
+-- glia.moe -- mixture-of-experts routing and experts (ops/moe.c) with the
+-- options tables and the auxiliary losses.
+--
+--   local gates, idx, counts, kept = glia.moe_route(logits, opts)
+--   local y, info = glia.moe(x, wr, w1, b1, w2, b2, opts)
+--   glia.moe_bias_update(bias, counts, gamma)
+--
+-- x {T,d}; wr {E,d} (router); w1 {E,F,d} (swiglu: {E,2F,d}), b1 {E,F} or
+-- nil, w2 {E,d,F}, b2 {E,d} or nil: E stacked nn.Linear weights.
+--
+-- Routing options (glia.moe_route and glia.moe):
+--   k (2), router "softmax" | "sigmoid" (DeepSeek-V3), normalize (gates
+--   renormalized over the chosen experts: default for sigmoid and for
+--   softmax with k > 1), bias ({E} f32, selection only: never changes a
+--   gate value, gets no gradient), groups / topk_groups (group-limited
+--   selection), route_scale (1), capacity_factor (none: nothing dropped),
+--   priority "choice" (first choices first, in token order) | "gate".
+-- glia.moe options add:
+--   activation "gelu" (exact erf) | "gelu_tanh" | "relu" | "silu" | "swiglu"
+--   aux_alpha   Switch balance loss weight: alpha E sum_e f_e P_e
+--   z_alpha     router z-loss weight: beta mean_t logsumexp(z_t)^2
+--   seq_alpha   DeepSeek's sequence-wise balance loss weight, over sequences
+--               of seq_len tokens (default: all T tokens are one sequence)
+-- info = {aux = total of the weighted losses (a 0-D tensor, or nil),
+--         balance, z, seq (each a 0-D tensor when asked for), load {E} i64
+--         (kept assignments per expert), counts {E} i64 (assignments before
+--         dropping), gates, idx, kept, logits}.
+local options = require "glia.options"
+
+local error, type, format, tostring = error, type, string.format, tostring
+
+-- Made by glia's init.lua, which passes the glia table and the core ops
+-- that these wrap (glia.moe_route itself is replaced by the wrapper).
+return function(glia, core_route, core_experts)
+local M = {}
+
+local ROUTE_OPTIONS = { "k", "router", "normalize", "bias", "groups", "topk_groups",
+                        "route_scale", "capacity_factor", "priority" }
+local MOE_OPTIONS = { "k", "router", "normalize", "bias", "groups", "topk_groups", "route_scale",
+                      "capacity_factor", "priority", "activation", "aux_alpha", "z_alpha",
+                      "seq_alpha", "seq_len" }
+
+local function route(where, z, o)
+  local k = o.k or 2
+  if type(k) ~= "number" or k < 1 or k ~= math.floor(k) then
+    error(format("%s: k must be a positive integer, got %s", where, tostring(k)), 3)
+  end
+  local cf = o.capacity_factor
+  if cf ~= nil and (type(cf) ~= "number" or not (cf > 0)) then
+    error(format("%s: capacity_factor must be a number > 0, got %s", where, tostring(cf)), 3)
+  end
+  return core_route(z, k, o.router, o.normalize, o.bias, o.groups, o.topk_groups,
+                             o.route_scale, cf, o.priority)
+end
+
+function M.moe_route(z, opts)
+  return route("glia.moe_route", z, options.check("glia.moe_route", opts, ROUTE_OPTIONS))
+end
+
+-- The weighted auxiliary losses of one routing (see the header).
+local function aux_losses(o, z, idx, counts, E, k)
+  local T = z:size(1)
+  local info, total = {}, nil
+  local function add(name, l)
+    info[name] = l
+    total = total and total + l or l
+  end
+  local sigmoid = o.router == "sigmoid"
+  -- scores normalized over all experts: softmax, or sigmoid / its row sum
+  local function norm_scores()
+    if not sigmoid then return glia.softmax(z, 2) end
+    local s = glia.sigmoid(z)
+    return s / s:sum(2, true)
+  end
+  if o.aux_alpha and o.aux_alpha ~= 0 then
+    local P = norm_scores():mean(1)
+    local f = counts:to("f32") / (k * T)
+    add("balance", (P * f):sum() * (o.aux_alpha * E))
+  end
+  if o.z_alpha and o.z_alpha ~= 0 then
+    local lse = glia.logsumexp(z, 2)
+    add("z", (lse * lse):mean() * o.z_alpha)
+  end
+  if o.seq_alpha and o.seq_alpha ~= 0 then
+    local Ts = o.seq_len or T
+    if T % Ts ~= 0 then
+      error(format("glia.moe: seq_len %d does not divide the %d tokens", Ts, T), 3)
+    end
+    local B = math.floor(T / Ts)
+    local P = norm_scores():view(B, Ts, E):mean(2)                     -- {B,E}
+    local f = glia.one_hot(idx, E):sum(2):view(B, Ts, E):sum(2) * (E / (k * Ts))
+    add("seq", (P * f):sum(2):mean() * o.seq_alpha)
+  end
+  info.aux = total
+  return info
+end
+
+function M.moe(x, wr, w1, b1, w2, b2, opts)
+  local o = options.check("glia.moe", opts, MOE_OPTIONS)
+  if not (glia.is_tensor(x) and glia.is_tensor(wr) and glia.is_tensor(w1) and glia.is_tensor(w2)) then
+    error("glia.moe: x, wr, w1 and w2 must be tensors", 2)
+  end
+  if x:dim() ~= 2 or wr:dim() ~= 2 or w1:dim() ~= 3 or wr:size(1) ~= w1:size(1) or
+     wr:size(2) ~= x:size(2) then
+    error(format("glia.moe: want x {T,d}, wr {E,d}, w1 {E,F,d}; got x {%s}, wr {%s}, w1 {%s}",
+                 table.concat(x:shape(), ","), table.concat(wr:shape(), ","),
+                 table.concat(w1:shape(), ",")), 2)
+  end
+  for _, t in ipairs { x, wr } do
+    if t:dtype() ~= "f32" then
+      error(format("glia.moe: x and wr must be f32, got %s {%s}", t:dtype(),
+                   table.concat(t:shape(), ",")), 2)
+    end
+  end
+  local E = wr:size(1)
+  local z = glia.linear(x, wr)
+  local gates, idx, counts, kept = route("glia.moe", z, o)
+  local y = core_experts(x, gates, idx, w1, b1, w2, b2, o.activation,
+                                  o.capacity_factor and kept or nil)
+  local info = aux_losses(o, z, idx, counts, E, idx:size(2))
+  info.counts, info.gates, info.idx, info.kept, info.logits = counts, gates, idx, kept, z
+  info.load = o.capacity_factor and glia.one_hot(idx, E):mul(kept:to("f32"):unsqueeze(3))
+                                        :sum({ 1, 2 }):to("i64") or counts
+  return y, info
+end
+
+-- DeepSeek-V3's balancing without a loss: bias_e += gamma sign(mean(c) - c_e),
+-- in place (overloaded experts go down). counts {E} (any numeric dtype).
+function M.moe_bias_update(bias, counts, gamma)
+  if not glia.is_tensor(bias) or not glia.is_tensor(counts) or bias:dim() ~= 1 or
+     counts:numel() ~= bias:numel() then
+    error("glia.moe_bias_update: want bias {E} and counts {E}", 2)
+  end
+  if type(gamma) ~= "number" then
+    error("glia.moe_bias_update: gamma must be a number, got " .. tostring(gamma), 2)
+  end
+  local c = counts:to("f32"):view(-1)
+  local mean = c:mean():item()
+  local up, down = c:lt(mean):to("f32"), c:gt(mean):to("f32")
+  glia.no_grad(function() bias:add_((up - down) * gamma) end)
+  return bias
+end
+
+return M
+end

@@ -1,0 +1,625 @@
+-- t/moe.t -- mixture-of-experts routing and experts (ops/moe.c,
+-- stdlib/glia/moe.lua): routing against a naive f64 router in plain Lua
+-- (softmax top-k, DeepSeek-V3 sigmoid with bias and groups, capacity in
+-- both priority orders); the grouped experts against a dense reference that
+-- runs every expert on every token and masks by the routing; f64 gradient
+-- checks of x, the router and every expert weight through a naive Lua MoE on
+-- inputs whose top-k margins are well separated; token-order invariance;
+-- capacity rules; auxiliary losses at uniform and collapsed routing;
+-- DeepSeek's gate sums, bias and groups; determinism across thread counts;
+-- dispatch bookkeeping; the decoding path; bad input.
+--
+-- Tolerances: the grouped experts match the dense masked reference to 1e-6
+-- relative to the output's largest magnitude (both f32; different GEMM
+-- shapes sum in different orders); gates to 1e-6 of the f64 router; f64
+-- gradient checks as u.gradcheck_f64 states (1e-4 of the largest gradient).
+local t = require "t.tap"
+local glia = require "glia"
+local u = require "t.util"
+
+u.seed(20261206)
+
+local abs, max, exp, sqrt = math.abs, math.max, math.exp, math.sqrt
+
+-- Max |a - b| relative to the largest |b| (at least 1).
+local function relerr(a, b)
+  local m = 0
+  for _, x in ipairs(t.flat(b, {})) do m = max(m, abs(x)) end
+  return t.maxdiff(a, b) / max(m, 1)
+end
+
+-- ================================================ f64 reference in Lua
+
+-- erf to ~1e-15: its series below 2.5, the continued fraction of erfc above.
+local function erf(x)
+  local ax = abs(x)
+  local r
+  if ax < 2.5 then
+    local term, sum, n = ax, ax, 0
+    repeat
+      n = n + 1
+      term = -term * ax * ax / n
+      local add = term / (2 * n + 1)
+      sum = sum + add
+    until abs(add) < 1e-17 * abs(sum)
+    r = 2 / sqrt(math.pi) * sum
+  else
+    local f = 0
+    for n = 60, 1, -1 do f = (n / 2) / (ax + f) end
+    r = 1 - exp(-ax * ax) / sqrt(math.pi) / (ax + f)
+  end
+  return x < 0 and -r or r
+end
+
+local function silu(v) return v / (1 + exp(-v)) end
+local ACT = {
+  relu = function(v) return v > 0 and v or 0 end,
+  gelu = function(v) return 0.5 * v * (1 + erf(v / sqrt(2))) end,
+  gelu_tanh = function(v)
+    return 0.5 * v * (1 + math.tanh(sqrt(2 / math.pi) * (v + 0.044715 * v ^ 3)))
+  end,
+  silu = silu,
+}
+
+-- Routing of logits z (nested {T}{E}) as the header of ops/moe.c says:
+-- idx[t][j] (1-based), gate[t][j], kept[t][j], and the sorted margin (the
+-- smallest gap between a chosen and an unchosen selection score).
+local function ref_route(z, o)
+  local T, E, k = #z, #z[1], o.k or 2
+  local sigmoid = o.router == "sigmoid"
+  local normalize = o.normalize
+  if normalize == nil then normalize = sigmoid or k > 1 end
+  local scale, bias, G = o.route_scale or 1, o.bias, o.groups or 1
+  local M = o.topk_groups or G
+  local idx, gate, margin = {}, {}, math.huge
+  for tt = 1, T do
+    local s, sel = {}, {}
+    if sigmoid then
+      for e = 1, E do s[e] = 1 / (1 + exp(-z[tt][e])) end
+    else
+      local m, sum = -math.huge, 0
+      for e = 1, E do m = max(m, z[tt][e]) end
+      for e = 1, E do s[e] = exp(z[tt][e] - m); sum = sum + s[e] end
+      for e = 1, E do s[e] = s[e] / sum end
+    end
+    for e = 1, E do sel[e] = s[e] + (bias and bias[e] or 0) end
+    local allowed = {}
+    for e = 1, E do allowed[e] = true end
+    if G > 1 then
+      local gs, gsc = math.floor(E / G), {}
+      for g = 1, G do
+        local a, b = -math.huge, -math.huge
+        for e = (g - 1) * gs + 1, g * gs do
+          if sel[e] > a then a, b = sel[e], a elseif sel[e] > b then b = sel[e] end
+        end
+        gsc[g] = bias and a + b or a
+      end
+      local keep = {}
+      for _ = 1, M do
+        local best
+        for g = 1, G do if not keep[g] and (not best or gsc[g] > gsc[best]) then best = g end end
+        keep[best] = true
+      end
+      for e = 1, E do allowed[e] = keep[math.floor((e - 1) / gs) + 1] or false end
+    end
+    idx[tt], gate[tt] = {}, {}
+    local taken = {}
+    for j = 1, k do
+      local best
+      for e = 1, E do
+        if allowed[e] and not taken[e] and (not best or sel[e] > sel[best]) then best = e end
+      end
+      taken[best] = true
+      idx[tt][j] = best
+    end
+    local lo = math.huge
+    for j = 1, k do lo = math.min(lo, sel[idx[tt][j]]) end
+    for e = 1, E do if allowed[e] and not taken[e] then margin = math.min(margin, lo - sel[e]) end end
+    local den = 0
+    for j = 1, k do den = den + s[idx[tt][j]] end
+    for j = 1, k do gate[tt][j] = scale * s[idx[tt][j]] / (normalize and den or 1) end
+  end
+  local kept = {}
+  for tt = 1, T do kept[tt] = {} for j = 1, k do kept[tt][j] = true end end
+  if o.capacity_factor then
+    local cap = math.ceil(o.capacity_factor * k * T / E)
+    local order = {}
+    for j = 1, k do for tt = 1, T do order[#order + 1] = { tt, j } end end
+    if o.priority == "gate" then
+      for i, a in ipairs(order) do a[3] = i end
+      table.sort(order, function(a, b)
+        local ga, gb = gate[a[1]][a[2]], gate[b[1]][b[2]]
+        if ga ~= gb then return ga > gb end
+        return a[3] < b[3]
+      end)
+    end
+    local fill = {}
+    for _, a in ipairs(order) do
+      local e = idx[a[1]][a[2]]
+      fill[e] = (fill[e] or 0) + 1
+      kept[a[1]][a[2]] = fill[e] <= cap
+    end
+  end
+  return idx, gate, kept, margin
+end
+
+local function matvec(W, v, b)
+  local r = {}
+  for i = 1, #W do
+    local s = b and b[i] or 0
+    for c = 1, #v do s = s + W[i][c] * v[c] end
+    r[i] = s
+  end
+  return r
+end
+
+-- The MoE layer in f64 on nested tables: y {T}{d} (plus the weighted
+-- auxiliary losses added to every element, when asked for).
+local function ref_moe(o)
+  return function(x, wr, w1, b1, w2, b2)
+    local T, d, E = #x, #x[1], #wr
+    local z = {}
+    for tt = 1, T do z[tt] = matvec(wr, x[tt]) end
+    local idx, gate, kept = ref_route(z, o)
+    local act = o.activation or "gelu"
+    local y = {}
+    for tt = 1, T do
+      y[tt] = {}
+      for c = 1, d do y[tt][c] = 0 end
+      for j = 1, #idx[tt] do
+        if kept[tt][j] then
+          local e = idx[tt][j]
+          local uu = matvec(w1[e], x[tt], b1 and b1[e])
+          local h = {}
+          if act == "swiglu" then
+            local F = math.floor(#uu / 2)
+            for f = 1, F do h[f] = silu(uu[f]) * uu[F + f] end
+          else
+            for f = 1, #uu do h[f] = ACT[act](uu[f]) end
+          end
+          local ye = matvec(w2[e], h, b2 and b2[e])
+          for c = 1, d do y[tt][c] = y[tt][c] + gate[tt][j] * ye[c] end
+        end
+      end
+    end
+    local aux = 0
+    local k = #idx[1]
+    if o.aux_alpha or o.seq_alpha then
+      local P, f = {}, {}
+      for e = 1, E do P[e], f[e] = 0, 0 end
+      for tt = 1, T do
+        local p, sum = {}, 0
+        if o.router == "sigmoid" then
+          for e = 1, E do p[e] = 1 / (1 + exp(-z[tt][e])); sum = sum + p[e] end
+        else
+          local m = -math.huge
+          for e = 1, E do m = max(m, z[tt][e]) end
+          for e = 1, E do p[e] = exp(z[tt][e] - m); sum = sum + p[e] end
+        end
+        for e = 1, E do P[e] = P[e] + p[e] / sum / T end
+        for j = 1, k do f[idx[tt][j]] = f[idx[tt][j]] + 1 end
+      end
+      local dot = 0
+      for e = 1, E do dot = dot + f[e] * P[e] end
+      if o.aux_alpha then aux = aux + o.aux_alpha * E * dot / (k * T) end
+      if o.seq_alpha then aux = aux + o.seq_alpha * dot * E / (k * T) end -- one sequence
+    end
+    if o.z_alpha then
+      local s = 0
+      for tt = 1, T do
+        local m, sum = -math.huge, 0
+        for e = 1, E do m = max(m, z[tt][e]) end
+        for e = 1, E do sum = sum + exp(z[tt][e] - m) end
+        s = s + (m + math.log(sum)) ^ 2
+      end
+      aux = aux + o.z_alpha * s / T
+    end
+    if aux ~= 0 then
+      for tt = 1, T do for c = 1, d do y[tt][c] = y[tt][c] + aux end end
+    end
+    return y
+  end
+end
+
+-- ============================================ dense masked reference
+
+-- Every expert on every token through glia ops, masked by the routing.
+local function dense_moe(x, w1, b1, w2, b2, act, gates, idx, kept)
+  local T, E = x:size(1), w1:size(1)
+  local gt, it, kt = gates:totable(), idx:totable(), kept and kept:totable()
+  local y = glia.zeros(x:size(1), x:size(2))
+  for e = 1, E do
+    local mask = {}
+    for tt = 1, T do
+      mask[tt] = { 0 }
+      for j = 1, #it[tt] do
+        if it[tt][j] == e and (not kt or kt[tt][j]) then mask[tt][1] = gt[tt][j] end
+      end
+    end
+    local uu = glia.linear(x, w1[e], b1 and b1[e])
+    local h
+    if act == "swiglu" then
+      local F = math.floor(uu:size(2) / 2)
+      h = glia.silu(uu:narrow(2, 1, F)) * uu:narrow(2, F + 1, F)
+    elseif act == "gelu_tanh" then h = glia.gelu(uu, "tanh")
+    else h = glia[act](uu) end
+    y = y + glia.linear(h, w2[e], b2 and b2[e]) * glia.tensor(mask)
+  end
+  return y
+end
+
+-- Weights for E experts of width F (w1 of 2F rows for swiglu).
+local function weights(E, d, F, act, scale)
+  scale = scale or 0.5
+  local F1 = act == "swiglu" and 2 * F or F
+  return glia.randn(E, F1, d) * scale, glia.randn(E, F1) * 0.1, glia.randn(E, d, F) * scale,
+         glia.randn(E, d) * 0.1
+end
+
+-- ======================================================= routing
+
+local ROUTERS = {
+  { name = "softmax top-1 (Switch, not normalized)", k = 1 },
+  { name = "softmax top-2 normalized", k = 2 },
+  { name = "softmax top-2 not normalized, route_scale 1.5", k = 2, normalize = false, route_scale = 1.5 },
+  { name = "sigmoid top-2 with bias (DeepSeek-V3)", k = 2, router = "sigmoid", bias = true, route_scale = 2.5 },
+  { name = "sigmoid top-2, 4 groups keep 2, bias", k = 2, router = "sigmoid", bias = true, groups = 4, topk_groups = 2 },
+  { name = "sigmoid top-3, 4 groups keep 2, no bias", k = 3, router = "sigmoid", groups = 4, topk_groups = 2 },
+  { name = "softmax top-2, 2 groups keep 1", k = 2, groups = 2, topk_groups = 1 },
+  { name = "softmax top-2, capacity 0.75", k = 2, capacity_factor = 0.75 },
+  { name = "softmax top-1, capacity 1.0, gate priority", k = 1, capacity_factor = 1.0, priority = "gate" },
+  { name = "sigmoid top-2 bias, groups, capacity 0.5", k = 2, router = "sigmoid", bias = true, groups = 4, topk_groups = 2, capacity_factor = 0.5 },
+}
+
+local function opts_of(r, E)
+  local o = {}
+  for key, v in pairs(r) do if key ~= "name" then o[key] = v end end
+  if r.bias then o.bias = glia.randn(E) * 0.3 end
+  return o
+end
+
+local function ref_opts(o)
+  local r = {}
+  for key, v in pairs(o) do r[key] = v end
+  if glia.is_tensor(o.bias) then r.bias = o.bias:totable() end
+  return r
+end
+
+do
+  local T, d, E, F = 24, 16, 8, 12
+  for _, act in ipairs { "gelu", "gelu_tanh", "relu", "silu", "swiglu" } do
+    for ri, r in ipairs(ROUTERS) do
+      if act == "gelu" or ri == 2 or ri == 8 then
+        local x, wr = glia.randn(T, d), glia.randn(E, d)
+        local w1, b1, w2, b2 = weights(E, d, F, act)
+        local o = opts_of(r, E)
+        o.activation = act
+        local y, info = glia.moe(x, wr, w1, b1, w2, b2, o)
+        local idx, gate, kept = ref_route(glia.linear(x, wr):totable(), ref_opts(o))
+        local ok = u.identical(info.idx, idx) and u.identical(info.kept, kept)
+        t.ok(ok, r.name .. " (" .. act .. "): the chosen and kept experts are the f64 router's")
+        t.ok(relerr(info.gates, gate) <= 1e-6, r.name .. ": gates match the f64 router to 1e-6")
+        local dense = dense_moe(x, w1, b1, w2, b2, act, info.gates, info.idx,
+                                r.capacity_factor and info.kept)
+        local err = relerr(y, dense)
+        if not t.ok(err <= 1e-6, r.name .. " (" .. act .. "): y equals the dense masked reference to 1e-6") then
+          t.diag("relative error " .. err)
+        end
+      end
+    end
+  end
+  -- no biases
+  local x, wr = glia.randn(T, d), glia.randn(E, d)
+  local w1, _, w2 = weights(E, d, F, "relu")
+  local y, info = glia.moe(x, wr, w1, nil, w2, nil, { k = 2, activation = "relu" })
+  t.ok(relerr(y, dense_moe(x, w1, nil, w2, nil, "relu", info.gates, info.idx)) <= 1e-6,
+       "without b1 and b2: y equals the dense masked reference")
+end
+
+-- ============================================== f64 gradient checks
+
+-- Inputs whose routing has a top-k margin of at least 1e-3 (a perturbation
+-- of 1e-6 never changes the selection), found by reseeding.
+local function separated(T, d, E, F, act, o)
+  for _ = 1, 50 do
+    local x, wr = glia.randn(T, d), glia.randn(E, d)
+    local w1, b1, w2, b2 = weights(E, d, F, act)
+    local _, _, _, margin = ref_route(glia.linear(x, wr):totable(), ref_opts(o))
+    if margin >= 1e-3 then return x, wr, w1, b1, w2, b2 end
+  end
+  error("no well-separated routing found")
+end
+
+do
+  local T, d, E, F = 6, 4, 4, 3
+  local cases = {
+    { name = "softmax top-2 normalized, gelu, Switch aux + z-loss", k = 2, activation = "gelu", aux_alpha = 0.1, z_alpha = 0.01 },
+    { name = "softmax top-1 not normalized, relu", k = 1, activation = "relu" },
+    { name = "softmax top-2, capacity 0.5 (drops), gelu_tanh", k = 2, activation = "gelu_tanh", capacity_factor = 0.5 },
+    { name = "sigmoid top-2, bias, route_scale 2.5, seq loss, silu", k = 2, router = "sigmoid", bias = true, route_scale = 2.5, seq_alpha = 0.1, activation = "silu" },
+    { name = "sigmoid top-1 of 2 groups keep 1, swiglu", k = 1, router = "sigmoid", groups = 2, topk_groups = 1, activation = "swiglu" },
+  }
+  for _, c in ipairs(cases) do
+    local o = opts_of(c, E)
+    local x, wr, w1, b1, w2, b2 = separated(T, d, E, F, c.activation, ref_opts(o))
+    u.gradcheck_f64(function(a, b, c1, d1, e1, f1)
+      local y, info = glia.moe(a, b, c1, d1, e1, f1, o)
+      return info.aux and y + info.aux or y
+    end, ref_moe(ref_opts(o)), { x, wr, w1, b1, w2, b2 }, c.name .. ": f64 gradients of x, wr, w1, b1, w2, b2")
+  end
+end
+
+-- ============================================= token-order invariance
+
+do
+  local T, d, E, F = 32, 8, 4, 6
+  local x, wr = glia.randn(T, d), glia.randn(E, d)
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  local perm = {}
+  for i = 1, T do perm[i] = i end
+  for i = T, 2, -1 do local j = math.random(i); perm[i], perm[j] = perm[j], perm[i] end
+  local pidx = glia.tensor(perm, "i64")
+  local function run(xx)
+    xx = xx:detach():requires_grad()
+    for _, w in ipairs { wr, w1, b1, w2, b2 } do w:zero_grad() w:requires_grad() end
+    local y, info = glia.moe(xx, wr, w1, b1, w2, b2, { k = 2, aux_alpha = 0.01 })
+    ;(y * y):sum():add(info.aux):backward()
+    return y, xx.grad, w1.grad:clone(), wr.grad:clone(), w2.grad:clone()
+  end
+  local y1, dx1, dw1, dwr1, dw21 = run(x)
+  local y2, dx2, dw2, dwr2, dw22 = run(x:index_select(1, pidx))
+  t.ok(relerr(y2, y1:index_select(1, pidx)) <= 1e-6, "permuting tokens permutes y")
+  t.ok(relerr(dx2, dx1:index_select(1, pidx)) <= 1e-5, "permuting tokens permutes dx")
+  t.ok(relerr(dw2, dw1) <= 1e-5 and relerr(dwr2, dwr1) <= 1e-5 and relerr(dw22, dw21) <= 1e-5,
+       "weight gradients do not depend on the token order (to f32 summation order)")
+end
+
+-- ========================================================== capacity
+
+do
+  local T, d, E, F = 10, 4, 4, 3
+  -- every token prefers expert 1; k = 1, cf 0.8: Cap = ceil(0.8 * 10 / 4) = 2
+  local x = glia.rand(T, d) + 0.5
+  local wr = glia.zeros(E, d)
+  wr[1]:fill_(2)
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  x:requires_grad()
+  local y, info = glia.moe(x, wr, w1, b1, w2, b2, { k = 1, capacity_factor = 0.8 })
+  local kept = info.kept:totable()
+  t.is(info.load:totable()[1], 2, "all tokens on one expert: exactly Cap = 2 kept")
+  t.ok(kept[1][1] and kept[2][1] and not kept[3][1], "choice priority keeps the first tokens")
+  local zero_rows = true
+  local yt = y:totable()
+  for tt = 3, T do for c = 1, d do zero_rows = zero_rows and yt[tt][c] == 0 end end
+  t.ok(zero_rows, "dropped assignments add nothing to y")
+  y:sum():backward()
+  local gx, zero_grad = x.grad:totable(), true
+  for tt = 3, T do for c = 1, d do zero_grad = zero_grad and gx[tt][c] == 0 end end
+  t.ok(zero_grad, "dropped tokens get no gradient (no aux loss)")
+  -- gate priority keeps the largest gates
+  local y2, info2 = glia.moe(x:detach(), wr, w1, b1, w2, b2,
+                             { k = 1, capacity_factor = 0.8, priority = "gate" })
+  local g, k2 = info2.gates:totable(), info2.kept:totable()
+  local order = {}
+  for tt = 1, T do order[tt] = tt end
+  table.sort(order, function(a, b) return g[a][1] > g[b][1] or (g[a][1] == g[b][1] and a < b) end)
+  t.ok(k2[order[1]][1] and k2[order[2]][1] and not k2[order[3]][1],
+       "gate priority keeps the assignments with the largest gates")
+  -- k = 2 choice-major: second choices come after every first choice
+  local _, info3 = glia.moe(x:detach(), glia.randn(E, d), w1, b1, w2, b2, { k = 2, capacity_factor = 1.0 })
+  local cap, load = math.ceil(1.0 * 2 * T / E), info3.load:totable()
+  local within = true
+  for e = 1, E do within = within and load[e] <= cap end
+  t.ok(within, "per-expert kept count <= Cap")
+  local idx3, kept3, fill, order_ok = info3.idx:totable(), info3.kept:totable(), {}, true
+  for j = 1, 2 do
+    for tt = 1, T do
+      local e = idx3[tt][j]
+      fill[e] = (fill[e] or 0) + 1
+      order_ok = order_ok and kept3[tt][j] == (fill[e] <= cap)
+    end
+  end
+  t.ok(order_ok, "k = 2: kept exactly as choice-major token order fills each expert")
+  t.ok(y2 ~= nil, "gate priority runs")
+end
+
+-- ====================================================== aux losses
+
+do
+  local E = 4
+  local x = glia.eye(E)
+  local w1, b1, w2, b2 = weights(E, E, 3, "gelu")
+  -- uniform: token t prefers expert t with the same margin
+  local wr = glia.eye(E) * 2
+  local _, info = glia.moe(x, wr, w1, b1, w2, b2, { k = 1, aux_alpha = 0.01 })
+  t.ok(abs(info.balance:item() - 0.01) <= 1e-8, "uniform routing: Switch loss = alpha")
+  local _, info2 = glia.moe(x, wr, w1, b1, w2, b2, { k = 1, router = "sigmoid", seq_alpha = 0.01 })
+  t.ok(abs(info2.seq:item() - 0.01) <= 1e-8, "uniform routing: DeepSeek sequence loss = alpha")
+  -- collapsed: every token on expert 1 with probability 1
+  local wc = glia.full({ E, E }, -50)
+  wc[1]:fill_(50)
+  local _, info3 = glia.moe(x, wc, w1, b1, w2, b2, { k = 1, aux_alpha = 0.01 })
+  t.ok(abs(info3.balance:item() - 0.01 * E) <= 1e-8, "collapsed routing: Switch loss = alpha E")
+  -- z-loss
+  local _, info4 = glia.moe(x, glia.zeros(E, E), w1, b1, w2, b2, { k = 1, z_alpha = 1 })
+  t.ok(abs(info4.z:item() - math.log(E) ^ 2) <= 1e-5, "z-loss of zero logits is log(E)^2")
+  -- seq_len: two sequences
+  local x2 = glia.cat({ x, x }, 1)
+  local _, info5 = glia.moe(x2, wr, w1, b1, w2, b2, { k = 1, router = "sigmoid", seq_alpha = 0.01, seq_len = E })
+  t.ok(abs(info5.seq:item() - 0.01) <= 1e-8, "two uniform sequences: sequence loss = alpha")
+end
+
+-- ================================================ DeepSeek specifics
+
+do
+  local T, d, E, F = 40, 8, 8, 4
+  local x, wr = glia.randn(T, d), glia.randn(E, d)
+  local w1, b1, w2, b2 = weights(E, d, F, "silu")
+  local bias = glia.randn(E) * 0.5
+  local o = { k = 3, router = "sigmoid", bias = bias, route_scale = 2.5, groups = 4, topk_groups = 2 }
+  local gates, idx = glia.moe_route(glia.linear(x, wr), o)
+  local sums_ok = true
+  for _, row in ipairs(gates:totable()) do
+    local s = 0
+    for _, g in ipairs(row) do s = s + g end
+    sums_ok = sums_ok and abs(s - 2.5) <= 1e-5
+  end
+  t.ok(sums_ok, "gates sum to route_scale for every token")
+  local groups_ok = true
+  for _, row in ipairs(idx:totable()) do
+    local seen, n = {}, 0
+    for _, e in ipairs(row) do
+      local g = math.floor((e - 1) / 2)
+      if not seen[g] then seen[g], n = true, n + 1 end
+    end
+    groups_ok = groups_ok and n <= 2
+  end
+  t.ok(groups_ok, "every token's experts lie in at most topk_groups groups")
+  -- the bias changes which experts, not how much: gates are the unbiased
+  -- scores normalized over the chosen set
+  local z = glia.linear(x, wr)
+  local s = glia.sigmoid(z):totable()
+  local o2 = { k = 2, router = "sigmoid", route_scale = 2.5 }
+  local g0, i0 = glia.moe_route(z, o2)
+  o2.bias = glia.zeros(E)
+  o2.bias[3] = 10 -- expert 3 always chosen
+  local g1, i1 = glia.moe_route(z, o2)
+  local all3, formula = true, true
+  local it, gt = i1:totable(), g1:totable()
+  for tt = 1, T do
+    all3 = all3 and (it[tt][1] == 3 or it[tt][2] == 3)
+    local a, b = s[tt][it[tt][1]], s[tt][it[tt][2]]
+    formula = formula and abs(gt[tt][1] - 2.5 * a / (a + b)) <= 1e-6 and
+              abs(gt[tt][2] - 2.5 * b / (a + b)) <= 1e-6
+  end
+  t.ok(all3 and not u.identical(i0, i1), "a large bias changes which experts are chosen")
+  t.ok(formula, "gate values are the unbiased scores, whatever the bias")
+  o2.bias = glia.full({ E }, 0.25) -- the same shift for all: same choice, same gates
+  local g2, i2 = glia.moe_route(z, o2)
+  t.ok(u.identical(i2, i0) and u.identical(g2, g0), "a uniform bias changes neither choice nor gates")
+  -- b gets no gradient
+  local b = glia.zeros(E):requires_grad()
+  local zz = z:detach():requires_grad()
+  local g3 = glia.moe_route(zz, { k = 2, router = "sigmoid", bias = b })
+  g3:sum():backward()
+  t.ok(b.grad == nil and zz.grad ~= nil, "the bias gets no gradient, the logits do")
+end
+
+-- ====================================================== determinism
+
+do
+  local T, d, E, F = 300, 32, 8, 48
+  local x, wr = glia.randn(T, d), glia.randn(E, d)
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  local function run()
+    local xx = x:clone():requires_grad()
+    for _, w in ipairs { wr, w1, b1, w2, b2 } do w:zero_grad() w:requires_grad() end
+    local y, info = glia.moe(xx, wr, w1, b1, w2, b2, { k = 2, aux_alpha = 0.01 })
+    ;(y * y):sum():add(info.aux):backward()
+    return { y:totable(), xx.grad:totable(), wr.grad:totable(), w1.grad:totable(),
+             b1.grad:totable(), w2.grad:totable(), b2.grad:totable() }
+  end
+  local r = u.by_threads(run, { 1, 2, 3 })
+  t.ok(u.identical(r[1], r[2]) and u.identical(r[1], r[3]),
+       "outputs and every gradient are bitwise the same on 1, 2 and 3 threads")
+  t.ok(u.identical(run(), run()), "and the same run to run")
+end
+
+-- =============================================== dispatch bookkeeping
+
+do
+  local T, E, k = 50, 6, 2
+  local _, idx, counts, kept = glia.moe_route(glia.randn(T, E), { k = k, capacity_factor = 0.8 })
+  local off, tok, slot, inv = glia.moe_dispatch(idx, E, kept)
+  local A = tok:numel()
+  local kt, it, ot, iv = kept:totable(), idx:totable(), off:totable(), inv:totable()
+  local nkept = 0
+  for tt = 1, T do for j = 1, k do if kt[tt][j] then nkept = nkept + 1 end end end
+  t.is(A, nkept, "A = the number of kept assignments")
+  t.is(ot[E + 1] - ot[1], A, "offsets span A rows")
+  local sumc = 0
+  for _, c in ipairs(counts:totable()) do sumc = sumc + c end
+  t.is(sumc, T * k, "counts (before dropping) sum to T k")
+  local seen, bij = {}, true
+  local tk, sl = tok:totable(), slot:totable()
+  for tt = 1, T do
+    for j = 1, k do
+      local p = iv[tt][j]
+      if kt[tt][j] then
+        bij = bij and p >= 1 and p <= A and not seen[p] and tk[p] == tt and sl[p] == j and
+              p >= ot[it[tt][j]] and p < ot[it[tt][j] + 1]
+        seen[p] = true
+      else
+        bij = bij and p == 0
+      end
+    end
+  end
+  t.ok(bij, "inv is a bijection between kept assignments and rows, in their expert's range")
+end
+
+-- ===================================================== decoding path
+
+do
+  local d, E, F = 16, 8, 24
+  local wr = glia.randn(E, d)
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu_tanh")
+  for _, T in ipairs { 1, 3 } do
+    local x = glia.randn(T, d)
+    local yd = glia.no_grad(function()
+      return glia.moe(x, wr, w1, b1, w2, b2, { k = 2, activation = "gelu_tanh" })
+    end)
+    local yg = glia.moe(x:clone():requires_grad(), wr, w1, b1, w2, b2, { k = 2, activation = "gelu_tanh" })
+    t.ok(relerr(yd, yg) <= 1e-6, ("decoding path (T = %d, row kernels) equals the grouped GEMM path"):format(T))
+  end
+end
+
+-- ============================================================ bad input
+
+do
+  local T, d, E, F = 5, 4, 4, 3
+  local x, wr = glia.randn(T, d), glia.randn(E, d)
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  local function moe(o, ...)
+    local a = { x, wr, w1, b1, w2, b2 }
+    for i, v in pairs { ... } do a[i] = v end
+    return function() glia.moe(a[1], a[2], a[3], a[4], a[5], a[6], o) end
+  end
+  t.error_like(moe { k = 5 }, "moe_route: k must be in 1..E; k 5.*logits {5,4}", "k > E is refused")
+  t.error_like(moe { k = 0 }, "glia.moe: k must be a positive integer, got 0", "k = 0 is refused")
+  t.error_like(moe({}, nil, nil, glia.randn(E, F, d + 1)), "glia.moe: w1 must be {E,F,4}, got {4,3,5}",
+               "w1 whose d disagrees with x is refused")
+  t.error_like(moe({}, nil, nil, nil, nil, glia.randn(E, d, F + 1)),
+               "glia.moe: w2 must be {4,4,3}, got {4,4,4}", "w2 whose F disagrees with w1 is refused")
+  t.error_like(moe({}, nil, nil, nil, nil, glia.randn(E + 1, d, F)),
+               "glia.moe: w2 must be {4,4,3}, got {5,4,3}", "w2 with another expert count is refused")
+  t.error_like(moe({}, nil, nil, nil, glia.randn(E, F + 1)), "glia.moe: b1 must be {4,3}, got {4,4}",
+               "a b1 of the wrong length is refused")
+  t.error_like(moe({}, nil, nil, nil, nil, nil, glia.randn(E, d + 1)), "glia.moe: b2 must be {4,4}, got {4,5}",
+               "a b2 of the wrong length is refused")
+  t.error_like(moe({}, nil, glia.randn(E + 1, d)), "glia.moe: want x {T,d}, wr {E,d}, w1 {E,F,d}; got x {5,4}, wr {5,4}, w1 {4,3,4}",
+               "a router with another expert count is refused")
+  t.error_like(moe { router = "sigmoid", groups = 3 }, "moe_route: groups must divide the experts.*groups 3",
+               "groups that do not divide the experts are refused")
+  t.error_like(moe { router = "sigmoid", groups = 2, topk_groups = 3 },
+               "moe_route: topk_groups must be in 1..groups", "topk_groups > groups is refused")
+  t.error_like(moe { capacity_factor = 0 }, "glia.moe: capacity_factor must be a number > 0, got 0",
+               "capacity_factor 0 is refused")
+  t.error_like(moe { capacity_factor = -1 }, "capacity_factor must be a number > 0", "a negative capacity factor is refused")
+  t.error_like(moe { bias = glia.zeros(E + 1) }, "moe_route: bias must be {4} %(one per expert%), got {5}",
+               "a router bias of the wrong length is refused")
+  t.error_like(moe { bias = glia.zeros(E):to("i64") }, "moe_route: bias must be f32", "an i64 bias is refused")
+  t.error_like(moe({}, x:to("i64")), "glia.moe: x and wr must be f32, got i64 {5,4}", "an i64 x is refused")
+  t.error_like(moe({}, x:to("f64")), "glia.moe: x and wr must be f32, got f64 {5,4}", "an f64 x is refused")
+  t.error_like(moe({}, nil, nil, w1:to("f64")), "glia.moe: w1 must be f32, got f64 {4,3,4}", "an f64 w1 is refused")
+  t.error_like(moe { activation = "tanh" }, "glia.moe: unknown activation 'tanh'", "an unknown activation is named")
+  t.error_like(moe { router = "top" }, "moe_route: unknown router 'top'", "an unknown router is named")
+  t.error_like(moe { experts = 2 }, "glia.moe: unknown option 'experts'", "an unknown option is named")
+  t.error_like(moe({ activation = "swiglu" }, nil, nil, glia.randn(E, 3, d)),
+               "swiglu needs w1 {E,2F,d} with an even row count", "swiglu with an odd w1 is refused")
+  t.error_like(function() glia.moe_experts(x, glia.rand(T, 2), glia.full({ T, 2 }, 9, "i64"), w1, b1, w2, b2) end,
+               "glia.moe: expert index 9 out of range 1..4", "an expert index out of range is refused")
+  t.error_like(function() glia.moe_experts(x, glia.rand(T, 2), glia.ones(T, 2), w1, b1, w2, b2) end,
+               "glia.moe: idx must be i64 or i32, got f32 {5,2}", "an f32 idx is refused")
+end
+
+t.done()
