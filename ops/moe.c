@@ -829,9 +829,10 @@ static glia_status down_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_t
   moe_run R;
   run_from(&R, p, (int)n->iarg[0], w2->size[1], w2->size[2], n->iarg[1]);
   enum { DH, DG, DW2, DB2 };
-  glia_tensor *g[4] = {NULL, NULL, NULL, NULL}, *dyc = NULL, *dys = NULL, *gc = NULL;
+  glia_tensor *g[4] = {NULL, NULL, NULL, NULL}, *dyc = NULL, *dys = NULL, *gc = NULL, *wc = NULL;
   glia_status st = glia_tensor_contiguous_as(G, dout, GLIA_DTYPE_F32, &dyc);
   if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, gates, GLIA_DTYPE_F32, &gc);
+  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, w2, GLIA_DTYPE_F32, &wc);
   if (st == GLIA_OK) st = scratch2(G, p->A, R.d, &dys, &R.dys);
   if (st == GLIA_OK && n->needs[0]) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, h->size, &g[DH]);
   if (st == GLIA_OK && n->needs[1]) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, gates->size, &g[DG]);
@@ -842,7 +843,7 @@ static glia_status down_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_t
   }
   if (st == GLIA_OK) {
     R.dy = fp(dyc), R.gate = fp(gc), R.h = (float *)glia_ptr(h), R.ys = (float *)glia_ptr(ys);
-    R.w2 = fp(w2);
+    R.w2 = fp(wc);
     R.dh = g[DH] ? (float *)glia_ptr(g[DH]) : NULL;
     R.dg = g[DG] ? (float *)glia_ptr(g[DG]) : NULL;
     R.dw2 = g[DW2] ? (float *)glia_ptr(g[DW2]) : NULL;
@@ -852,6 +853,7 @@ static glia_status down_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_t
   }
   glia_tensor_release(dyc);
   glia_tensor_release(gc);
+  glia_tensor_release(wc);
   glia_tensor_release(dys);
   for (int i = 0; i < 4; i++) {
     if (st == GLIA_OK && i < n->ninputs && n->needs[i]) din[i] = g[i];
@@ -870,10 +872,11 @@ static glia_status up_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_ten
   moe_run R;
   run_from(&R, p, act, x->size[1], act == ACT_SWIGLU ? F1 / 2 : F1, F1);
   enum { DX, DW1, DB1 };
-  glia_tensor *g[3] = {NULL, NULL, NULL}, *dhc = NULL, *xc = NULL, *xs = NULL, *du = NULL,
-              *dxs = NULL;
+  glia_tensor *g[3] = {NULL, NULL, NULL}, *dhc = NULL, *xc = NULL, *wc = NULL, *xs = NULL,
+              *du = NULL, *dxs = NULL;
   glia_status st = glia_tensor_contiguous_as(G, dout, GLIA_DTYPE_F32, &dhc);
   if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc);
+  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, w1, GLIA_DTYPE_F32, &wc);
   if (st == GLIA_OK) st = scratch2(G, p->A, R.d, &xs, &R.xs);
   if (st == GLIA_OK) st = scratch2(G, p->A, F1, &du, &R.du);
   if (st == GLIA_OK && n->needs[0]) st = scratch2(G, p->A, R.d, &dxs, &R.dxs);
@@ -884,7 +887,7 @@ static glia_status up_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_ten
     st = glia_tensor_zeros(G, GLIA_DTYPE_F32, 2, sz, &g[DB1]);
   }
   if (st == GLIA_OK) {
-    R.x = fp(xc), R.w1 = fp(w1), R.u = (float *)glia_ptr(u), R.dy = fp(dhc);
+    R.x = fp(xc), R.w1 = fp(wc), R.u = (float *)glia_ptr(u), R.dy = fp(dhc);
     R.dx = g[DX] ? (float *)glia_ptr(g[DX]) : NULL;
     R.dw1 = g[DW1] ? (float *)glia_ptr(g[DW1]) : NULL;
     R.db1 = g[DB1] ? (float *)glia_ptr(g[DB1]) : NULL;
@@ -895,6 +898,7 @@ static glia_status up_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_ten
   }
   glia_tensor_release(dhc);
   glia_tensor_release(xc);
+  glia_tensor_release(wc);
   glia_tensor_release(xs);
   glia_tensor_release(du);
   glia_tensor_release(dxs);

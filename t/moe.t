@@ -571,6 +571,68 @@ do
     local yg = glia.moe(x:clone():requires_grad(), wr, w1, b1, w2, b2, { k = 2, activation = "gelu_tanh" })
     t.ok(relerr(yd, yg) <= 1e-6, ("decoding path (T = %d, row kernels) equals the grouped GEMM path"):format(T))
   end
+  -- only the chosen experts' weights are read: NaN in every other expert
+  -- changes nothing
+  local x = glia.randn(2, d)
+  local y0, info = glia.no_grad(function() return glia.moe(x, wr, w1, b1, w2, b2, { k = 2 }) end)
+  local chosen = {}
+  for _, row in ipairs(info.idx:totable()) do for _, e in ipairs(row) do chosen[e] = true end end
+  local n1, n2 = w1:clone(), w2:clone()
+  for e = 1, E do
+    if not chosen[e] then n1[e]:fill_(0 / 0); n2[e]:fill_(0 / 0) end
+  end
+  local y1 = glia.no_grad(function() return glia.moe(x, wr, n1, b1, n2, b2, { k = 2 }) end)
+  t.ok(u.identical(y0, y1), "decoding reads only the chosen experts' weights (NaN elsewhere changes nothing)")
+end
+
+-- ==================================================== bias controller
+
+do
+  -- a skewed router: fixed logits offsets favour the first experts; each
+  -- step routes a fresh batch and moves the bias by gamma sign(mean - c)
+  local T, E, gamma = 512, 8, 1e-3
+  local skew = glia.tensor { 2.0, 1.5, 1.0, 0.5, 0, 0, -0.5, -1.0 }
+  local bias = glia.zeros(E)
+  local function ratio(c)
+    local m, s = 0, 0
+    for _, v in ipairs(c) do m = max(m, v); s = s + v end
+    return m / (s / E)
+  end
+  local first, last, steps, signs_ok = 0, 0, 3000, true
+  for step = 1, steps do
+    local z = glia.randn(T, E) + skew
+    local _, _, counts = glia.moe_route(z, { k = 2, router = "sigmoid", bias = bias })
+    local c, b0 = counts:totable(), bias:totable()
+    glia.moe_bias_update(bias, counts, gamma)
+    local b1, mean = bias:totable(), 2 * T / E
+    for e = 1, E do
+      local want = c[e] > mean and -gamma or c[e] < mean and gamma or 0
+      signs_ok = signs_ok and abs(b1[e] - b0[e] - want) <= 1e-6
+    end
+    if step <= 100 then first = first + ratio(c) / 100 end
+    if step > steps - 100 then last = last + ratio(c) / 100 end
+  end
+  t.ok(signs_ok, "every step: overloaded experts' bias falls by gamma, underloaded rise")
+  t.ok(first > 2, ("skewed start: max/mean load %.2f"):format(first))
+  t.ok(last < 1.2, ("after %d updates max/mean load is %.2f (from %.2f)"):format(steps, last, first))
+end
+
+-- ================================================ strided inputs
+
+do
+  local T, d, E, F = 12, 6, 4, 5
+  local xt = glia.randn(d, T):t() -- transposed view
+  u.seed(7)
+  local wr = glia.randn(E, d + 2):narrow(2, 2, d) -- narrowed
+  local w1 = glia.randn(E, d, F):transpose(2, 3) -- {E,F,d} strided
+  local b1, w2, b2 = glia.randn(E, F), glia.randn(E, d, F), glia.randn(E, d)
+  local y = glia.moe(xt, wr, w1, b1, w2, b2, { k = 2 })
+  local yc = glia.moe(xt:contiguous(), wr:contiguous(), w1:contiguous(), b1, w2, b2, { k = 2 })
+  t.ok(u.identical(y, yc), "transposed and narrowed inputs give the contiguous result")
+  local x = xt:contiguous()
+  u.gradcheck_f64(function(a, b, c1) return glia.moe(a, b, c1, b1, w2, b2, { k = 2 }) end,
+                  function(a, b, c1) return ref_moe { k = 2 } (a, b, c1, b1:totable(), w2:totable(), b2:totable()) end,
+                  { x, wr, w1 }, "f64 gradients through strided wr and w1")
 end
 
 -- ============================================================ bad input
