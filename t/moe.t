@@ -635,6 +635,105 @@ do
                   { x, wr, w1 }, "f64 gradients through strided wr and w1")
 end
 
+-- ============================================================ nn.MoE
+
+local nn = require "glia.nn"
+
+do
+  local d, F, E, T = 8, 6, 4, 10
+  local m = nn.MoE(d, F, E, { k = 2, aux_alpha = 0.01 })
+  local x = glia.randn(2, 5, d)
+  local y = m(x)
+  t.ok(u.same_shape(y, { 2, 5, d }), "nn.MoE keeps the input's shape")
+  local ref, info = glia.moe(x:reshape(T, d), m.routers[1].weight, m.w1, m.b1, m.w2, m.b2,
+                             { k = 2, aux_alpha = 0.01 })
+  t.ok(u.identical(y:reshape(T, d), ref), "nn.MoE is glia.moe over its parameters")
+  t.ok(u.identical(m.aux_loss, info.aux) and u.identical(m:load(), info.load),
+       "m.aux_loss and m:load() are the last forward's")
+  local names = {}
+  for _, e in ipairs(m:named_parameters()) do names[#names + 1] = e[1] end
+  t.is(table.concat(names, " "), "w1 b1 w2 b2 routers.1.weight", "parameters by name")
+  t.ok(nn.aux_loss(nn.Sequential(m)) ~= nil, "nn.aux_loss finds the MoE's loss in a model")
+  -- shared experts: plain MLP added on every token
+  local ms = nn.MoE(d, F, E, { k = 1, shared = 2, activation = "swiglu" })
+  local xs = glia.randn(T, d)
+  local base = glia.moe(xs, ms.routers[1].weight, ms.w1, ms.b1, ms.w2, ms.b2, { k = 1, activation = "swiglu" })
+  local u1 = ms.shared_fc(xs)
+  local sh = ms.shared_proj(glia.silu(u1:narrow(2, 1, 2 * F)) * u1:narrow(2, 2 * F + 1, 2 * F))
+  t.ok(relerr(ms(xs), base + sh) <= 1e-6, "shared experts add an always-on swiglu MLP of width shared * hidden")
+  -- m:load() through a state dict round trip of the bias buffer
+  local mb = nn.MoE(d, F, E, { k = 2, router = "sigmoid", bias_gamma = 0.01 })
+  mb(glia.randn(T, d)); mb(glia.randn(T, d))
+  local tally = mb._tally[1]:totable()
+  local n = nn.schedule_step(mb)
+  local b, mean, ok = mb.expert_bias[1]:totable(), 2 * 2 * T / E, true
+  for e = 1, E do
+    local want = tally[e] > mean and -0.01 or tally[e] < mean and 0.01 or 0
+    ok = ok and abs(b[e] - want) <= 1e-7
+  end
+  t.ok(n == 1 and ok, "nn.schedule_step applies the bias update with the counts of every forward since the last step")
+  t.ok(mb._tally == nil, "and starts a new tally")
+  local mb2 = nn.MoE(d, F, E, { k = 2, router = "sigmoid", bias_gamma = 0.01 })
+  mb2:load_state_dict(mb:state_dict())
+  t.ok(u.identical(mb2.expert_bias, mb.expert_bias), "the balancing bias is saved and loaded with the model")
+  mb:eval()
+  mb(glia.randn(T, d))
+  t.ok(mb._tally == nil, "eval forwards do not count toward the bias update")
+  t.error_like(function() nn.MoE(d, F, E, { k = 5 }) end, "nn.MoE: k must be an integer in 1..4", "nn.MoE: k > E is refused")
+  t.error_like(function() nn.MoE(d, F, E, { activation = "tanh" }) end, "unknown activation 'tanh'", "nn.MoE: an unknown activation is refused")
+  t.error_like(function() m(glia.randn(3, d + 1)) end, "nn.MoE: expected input {..., 8}, got {3,9}", "nn.MoE: a wrong width is refused")
+end
+
+-- ===================================================== Chain-of-Experts
+
+do
+  local d, F, E, T = 6, 5, 4, 8
+  local x = glia.randn(T, d)
+  -- C = 1 is the plain MoE, outputs and gradients
+  local c1 = nn.MoE(d, F, E, { k = 2, iterations = 1, shared = 1 })
+  local function grads(m)
+    m:zero_grad()
+    local xx = x:clone():requires_grad()
+    local y = m(xx)
+    ;(y * y):sum():backward()
+    local g = { y:totable(), xx.grad:totable() }
+    for _, p in ipairs(m:parameters()) do g[#g + 1] = p.grad:totable() end
+    return g
+  end
+  local g1 = grads(c1)
+  local function plain(xx)
+    local y = glia.moe(xx, c1.routers[1].weight, c1.w1, c1.b1, c1.w2, c1.b2, { k = 2 })
+    return y + c1:shared_forward(xx)
+  end
+  c1:zero_grad()
+  local xx = x:clone():requires_grad()
+  local yp = plain(xx)
+  ;(yp * yp):sum():backward()
+  local gp = { yp:totable(), xx.grad:totable() }
+  for _, p in ipairs(c1:parameters()) do gp[#gp + 1] = p.grad:totable() end
+  t.ok(u.identical(g1, gp), "CoE with C = 1 equals the plain MoE layer, outputs and gradients")
+  -- C = 2 with identical routers: the same MoE applied twice, with the
+  -- inner residual; expert gradients are the sum over the iterations
+  local c2 = nn.MoE(d, F, E, { k = 2, iterations = 2 })
+  glia.no_grad(function() c2.routers[2].weight:copy_(c2.routers[1].weight) end)
+  local g2 = grads(c2)
+  c2:zero_grad()
+  local xr = x:clone():requires_grad()
+  local wr = c2.routers[1].weight
+  local function once(h) return glia.moe(h, wr, c2.w1, c2.b1, c2.w2, c2.b2, { k = 2 }) end
+  local x1 = xr + once(xr)
+  local y2 = x1 + once(x1) - xr
+  ;(y2 * y2):sum():backward()
+  t.ok(relerr(g2[1], y2:totable()) <= 1e-6, "CoE C = 2 with identical routers equals applying the MoE twice")
+  t.ok(relerr(g2[2], xr.grad:totable()) <= 1e-5, "and its input gradient matches")
+  t.ok(relerr(g2[3], c2.w1.grad:totable()) <= 1e-5 and relerr(g2[5], c2.w2.grad:totable()) <= 1e-5,
+       "expert gradients are the sum of both iterations' contributions")
+  local r1, r2 = g2[7], g2[8] -- the two routers' gradients
+  t.ok(relerr({ r1, r2 }, { wr.grad:totable(), wr.grad:totable() }) > 0 and
+       relerr(glia.tensor(r1) + glia.tensor(r2), wr.grad) <= 1e-5,
+       "each router gets only its own iteration's gradient (together: the shared router's)")
+end
+
 -- ============================================================ bad input
 
 do

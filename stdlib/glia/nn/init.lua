@@ -18,6 +18,8 @@
 --   nn.CausalSelfAttention(d_model, n_heads, {kv_heads, dropout, bias, fused})
 --   nn.TransformerBlock(d_model, n_heads, {kv_heads, mlp_ratio, dropout, bias, eps, fused})
 --   nn.SLA(dim, heads, {grid, kernel_size, qkv_bias})  simplified linear attention (nn/sla.lua)
+--   nn.MoE(d, hidden, n_experts, {k, router, shared, aux_alpha, bias_gamma, iterations, ...})
+--                               mixture of experts, Chain-of-Experts (nn/moe.lua); nn.aux_loss(model)
 --   nn.init                     initializers (nn/initializers.lua)
 --   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
 local Module = require "glia.nn.module"
@@ -40,5 +42,7 @@ end
 for name, cls in pairs(require "glia.nn.conv") do nn[name] = cls end
 
 for name, cls in pairs(require "glia.nn.sla") do nn[name] = cls end
+
+for name, cls in pairs(require "glia.nn.moe") do nn[name] = cls end
 
 return nn

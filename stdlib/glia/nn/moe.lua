@@ -1,0 +1,195 @@
+-- glia.nn.moe -- MoE: a mixture-of-experts MLP (glia.moe, ops/moe.c) with
+-- optional always-on shared experts, auxiliary-loss or bias balancing, and
+-- Chain-of-Experts iterations.
+--
+--   nn.MoE(d, hidden, n_experts [, opts])     x {..., d} -> {..., d}
+--
+-- opts: k (2), router "softmax" | "sigmoid", normalize, groups, topk_groups,
+-- route_scale, capacity_factor, priority (as glia.moe); activation ("gelu",
+-- exact; "gelu_tanh", "relu", "silu", "swiglu"); shared (0: the number of
+-- shared experts, run on every token as one MLP of width shared * hidden);
+-- aux_alpha, z_alpha, seq_alpha, seq_len (loss weights); bias_gamma (0: the
+-- speed of DeepSeek's bias balancing, see below); iterations (1: C of
+-- Chain-of-Experts); bias (true: b1 and b2 in the experts).
+--
+-- Parameters: w1 {E,F1,d}, b1 {E,F1}, w2 {E,d,F}, b2 {E,d} (F1 = F, or 2F
+-- for swiglu: the first F rows go through silu), one router per iteration
+-- (routers.i.weight {E,d}), the shared MLP (shared_fc, shared_proj). Buffer:
+-- expert_bias {C,E}, the selection bias of each router (zero unless
+-- bias_gamma balances it; saved with the model).
+--
+-- Chain-of-Experts (C iterations, experts shared, one router each):
+--   x0 = x;  x_i = x_{i-1} + MoE_i(x_{i-1}) + Shared(x_{i-1});  output x_C - x0
+-- so with C = 1 the module is the plain MoE(x) + Shared(x), and the block
+-- around it adds its own residual (h + MoE(Norm(h)): the chain starts at the
+-- normalized state and the pre-norm residual is kept).
+--
+-- After a forward: m.aux_loss (the weighted auxiliary losses of every
+-- iteration, a 0-D tensor, or nil when no weight is set) and m:load([i])
+-- (kept tokens per expert of the last forward, {E} i64, summed over the
+-- iterations or of iteration i). nn.aux_loss(model) sums m.aux_loss over
+-- every MoE of a model: add it to the training loss.
+--
+-- Bias balancing (bias_gamma > 0): each training forward adds its routing
+-- counts to a tally; m:schedule_step() applies glia.moe_bias_update to each
+-- router's bias with the tally of all forwards since the last call (the
+-- micro-batches of one step) and clears it. The training loop calls
+-- nn.schedule_step(model) once after every optimizer step; it reaches every
+-- module with a schedule_step (this one, PRepBN's schedule).
+local glia   = require "glia"
+local Module = require "glia.nn.module"
+local options = require "glia.options"
+local init   = require "glia.nn.initializers"
+local lin    = require "glia.nn.linear"
+local container = require "glia.nn.container"
+
+local format, error, type, ipairs, sqrt = string.format, error, type, ipairs, math.sqrt
+local Parameter, check_int = Module.Parameter, Module.check_int
+
+local M = {}
+
+local OPTIONS = { "k", "router", "normalize", "groups", "topk_groups", "route_scale",
+                  "capacity_factor", "priority", "activation", "shared", "aux_alpha", "z_alpha",
+                  "seq_alpha", "seq_len", "bias_gamma", "iterations", "bias" }
+local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, silu = true, swiglu = true }
+
+local MoE = Module:extend("MoE")
+M.MoE = MoE
+
+function MoE:__init(d, hidden, n_experts, opts)
+  opts = options.check("glia.nn.MoE", opts, OPTIONS, 2)
+  check_int("MoE", "d", d, 1)
+  check_int("MoE", "hidden", hidden, 1)
+  check_int("MoE", "n_experts", n_experts, 1)
+  local k = opts.k or 2
+  if type(k) ~= "number" or k < 1 or k > n_experts or k ~= math.floor(k) then
+    error(format("glia.nn.MoE: k must be an integer in 1..%d (the experts), got %s", n_experts,
+                 tostring(k)), 3)
+  end
+  local act = opts.activation or "gelu"
+  if not ACTIVATIONS[act] then
+    error(format("glia.nn.MoE: unknown activation '%s' (gelu, gelu_tanh, relu, silu, swiglu)",
+                 tostring(act)), 3)
+  end
+  local C = opts.iterations or 1
+  check_int("MoE", "iterations", C, 1)
+  local shared = opts.shared or 0
+  check_int("MoE", "shared", shared, 0)
+  self.d, self.hidden, self.n_experts, self.k, self.iterations = d, hidden, n_experts, k, C
+  self.activation, self.n_shared, self.bias_gamma = act, shared, opts.bias_gamma or 0
+  local F1 = act == "swiglu" and 2 * hidden or hidden
+  self.w1 = Parameter(glia.empty(n_experts, F1, d))
+  if opts.bias ~= false then self.b1 = Parameter(glia.empty(n_experts, F1)) end
+  self.w2 = Parameter(glia.empty(n_experts, d, hidden))
+  if opts.bias ~= false then self.b2 = Parameter(glia.empty(n_experts, d)) end
+  local routers = {}
+  for i = 1, C do routers[i] = lin.Linear(d, n_experts, { bias = false }) end
+  self.routers = container.ModuleList(routers)
+  if shared > 0 then
+    self.shared_fc = lin.Linear(d, shared * F1)
+    self.shared_proj = lin.Linear(shared * hidden, d)
+  end
+  self:add_buffer("expert_bias", glia.zeros(C, n_experts))
+  -- the options glia.moe takes, fixed at construction
+  self._route = {
+    k = k, router = opts.router, normalize = opts.normalize, groups = opts.groups,
+    topk_groups = opts.topk_groups, route_scale = opts.route_scale,
+    capacity_factor = opts.capacity_factor, priority = opts.priority, activation = act,
+    aux_alpha = opts.aux_alpha, z_alpha = opts.z_alpha, seq_alpha = opts.seq_alpha,
+    seq_len = opts.seq_len,
+  }
+  self:reset_parameters()
+end
+
+-- Each expert as an nn.Linear would be: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+function MoE:reset_parameters()
+  local b1, b2 = 1 / sqrt(self.d), 1 / sqrt(self.hidden)
+  init.uniform_(self.w1, -b1, b1)
+  init.uniform_(self.w2, -b2, b2)
+  if self.b1 then init.uniform_(self.b1, -b1, b1) end
+  if self.b2 then init.uniform_(self.b2, -b2, b2) end
+end
+
+local function act_of(name, u, F)
+  if name == "swiglu" then return glia.silu(u:narrow(-1, 1, F)) * u:narrow(-1, F + 1, F) end
+  if name == "gelu" then return glia.gelu(u) end
+  if name == "gelu_tanh" then return glia.gelu(u, "tanh") end
+  return glia[name](u)
+end
+
+function MoE:shared_forward(x)
+  local F = self.n_shared * self.hidden
+  return self.shared_proj(act_of(self.activation, self.shared_fc(x), F))
+end
+
+-- x {..., d} -> {..., d}
+function MoE:forward(x)
+  local d = self.d
+  if x:size(-1) ~= d then
+    error(format("glia.nn.MoE: expected input {..., %d}, got {%s}", d,
+                 table.concat(x:shape(), ",")), 2)
+  end
+  local shape = x:shape()
+  local h = x:reshape(-1, d)
+  local o, total, aux = self._route, nil, nil
+  local balancing = self.bias_gamma ~= 0
+  self._load = {}
+  for i = 1, self.iterations do
+    o.bias = balancing and self.expert_bias[i] or nil
+    local y, info = glia.moe(h, self.routers[i].weight, self.w1, self.b1, self.w2, self.b2, o)
+    if self.n_shared > 0 then y = y + self:shared_forward(h) end
+    if info.aux then aux = aux and aux + info.aux or info.aux end
+    self._load[i] = info.load
+    if balancing and self.training then
+      self._tally = self._tally or {}
+      local c = info.counts:to("f32")
+      self._tally[i] = self._tally[i] and self._tally[i] + c or c
+    end
+    total = total and total + y or y
+    if i < self.iterations then h = h + y end
+  end
+  o.bias = nil
+  self.aux_loss = aux
+  return total:reshape(shape)
+end
+
+-- Kept tokens per expert in the last forward: of iteration i, or summed.
+function MoE:load(i)
+  local l = self._load
+  if not l then return nil end
+  if i then return l[i] end
+  if #l == 1 then return l[1] end
+  local s = l[1]:to("f32")
+  for j = 2, #l do s = s + l[j]:to("f32") end
+  return s:to("i64")
+end
+
+-- The bias update of one optimizer step (nn.schedule_step's hook).
+function MoE:schedule_step()
+  if self.bias_gamma == 0 or not self._tally then return end
+  for i, c in ipairs(self._tally) do
+    glia.moe_bias_update(self.expert_bias[i], c, self.bias_gamma)
+  end
+  self._tally = nil
+end
+
+function MoE:extra_repr()
+  return format("d=%d, hidden=%d, experts=%d, k=%d, %s%s%s%s", self.d, self.hidden,
+                self.n_experts, self.k, self.activation,
+                self.n_shared > 0 and format(", shared=%d", self.n_shared) or "",
+                self.iterations > 1 and format(", iterations=%d", self.iterations) or "",
+                self.bias_gamma ~= 0 and format(", bias_gamma=%g", self.bias_gamma) or "")
+end
+
+-- The sum of the auxiliary losses of the last forward of every MoE in
+-- model (nil when there are none).
+function M.aux_loss(model)
+  local s
+  for _, m in ipairs(model:modules()) do
+    local a = rawget(m, "aux_loss")
+    if a then s = s and s + a or a end
+  end
+  return s
+end
+
+return M
