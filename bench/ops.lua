@@ -186,6 +186,25 @@ end
 W.slab_block_3136 = function(name) vit_block(name, "sla", "prepbn") end
 W.ln_block_3136 = function(name) vit_block(name, "softmax", "layer") end
 
+-- moe: one MoE layer forward + backward, 4096 tokens, d 256, 8 experts of
+-- 256 -> 512 -> 256 (exact GELU, with biases), top-2 softmax routing
+-- renormalized, Switch aux loss (alpha 1e-2); loss = sum(y) + aux, as
+-- torch_ref.py's. Useful FLOPs: 3 x (router 2 T d E + 2 T k 2 d F).
+W.moe = function(name)
+  local T, d, E, F, k = 4096, 256, 8, 512, 2
+  local x = glia.randn(T, d):requires_grad()
+  local wr = (glia.randn(E, d) * 0.06):requires_grad()
+  local w1, b1 = (glia.randn(E, F, d) * 0.06):requires_grad(), glia.zeros(E, F):requires_grad()
+  local w2, b2 = (glia.randn(E, d, F) * 0.04):requires_grad(), glia.zeros(E, d):requires_grad()
+  local s = time(function()
+    local y, info = glia.moe(x, wr, w1, b1, w2, b2, { k = k, aux_alpha = 1e-2 })
+    y:sum():add(info.aux):backward()
+    for _, p in ipairs { x, wr, w1, b1, w2, b2 } do p.grad = nil end
+  end, 10)
+  local flops = 3 * (2 * T * d * E + 2 * T * k * 2 * d * F)
+  report(name, s, flops / s * 1e-9, "GFLOP/s")
+end
+
 for _, name in ipairs(arg) do
   local f = W[name]
   if not f then error("bench/ops.lua: unknown workload " .. name, 0) end
