@@ -54,7 +54,7 @@ if type(run) ~= "table" or type(vocab) ~= "string" then
   die(dir .. " holds no model config and vocabulary: was it written by train_gpt.lua?")
 end
 local model = GPT{ vocab_size = #vocab, d_model = run.d, n_layers = run.layers,
-                   n_heads = run.heads, ctx = run.ctx }
+                   n_heads = run.heads, ctx = run.ctx, moe = GPT.moe_of_run(run) }
 checkpoint.load(ck, { model = model })
 if o.seed then glia.manual_seed(o.seed) end
 

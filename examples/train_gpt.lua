@@ -47,6 +47,7 @@ local plot       = require "glia.plot"
 local checkpoint = require "glia.checkpoint"
 local cli        = require "glia.cli"
 local GPT        = require "models.gpt"
+local nn         = require "glia.nn"
 
 local fmt, floor, max, min = string.format, math.floor, math.max, math.min
 local clock = glia.clock
@@ -76,6 +77,14 @@ usage: glia examples/train_gpt.lua [options]
   --plan TEXT        train under a layer-skip plan: uls:S, attn:i,j, mlp:i,j, block:i,j,
                      joined by + (see the header)
   --prompt-frac F    under a uls plan, the fraction of each sequence that is prompt (0.5)
+  --experts N        mixture of experts: N experts in place of every block's MLP (0: dense)
+  --top-k K          experts per token (2); each of hidden 4 d / K, so the active
+                     parameters per token are the dense model's
+  --router R         softmax (top-k, renormalized) or sigmoid (DeepSeek-V3) (softmax)
+  --shared N         always-on shared experts (0)
+  --coe C            Chain-of-Experts iterations (1)
+  --aux-alpha X      Switch balance loss weight (0.01; 0: none)
+  --bias-gamma X     DeepSeek's bias balancing speed, applied after each step (0: none)
 ]]
 
 -- ================================================================ options
@@ -109,10 +118,18 @@ local SPEC = {
     threads          = { "integer", min = "positive" },
     plan             = { "string" },
     ["prompt-frac"]  = { "number", 0.5 },
+    experts          = { "integer", 0 },
+    ["top-k"]        = { "integer", 2, min = "positive" },
+    router           = { "string", "softmax" },
+    shared           = { "integer", 0 },
+    coe              = { "integer", 1, min = "positive" },
+    ["aux-alpha"]    = { "number", 0.01 },
+    ["bias-gamma"]   = { "number", 0 },
   },
   min = "non-negative",
 }
-local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch" }
+local FIXED = { "seed", "text", "d", "layers", "heads", "ctx", "batch", "experts", "top-k",
+                "router", "shared", "coe" }
 
 local function die(msg)
   io.stderr:write("train_gpt: ", msg, "\n")
@@ -183,7 +200,8 @@ end
 -- defaults (in o unless given). --steps and --time belong to this
 -- invocation only.
 local SAVED = { "seed", "text", "d", "layers", "heads", "ctx", "batch", "lr", "min-lr", "warmup",
-                "decay-frac", "weight-decay", "clip", "eval-every", "sample-len" }
+                "decay-frac", "weight-decay", "clip", "eval-every", "sample-len", "experts",
+                "top-k", "router", "shared", "coe", "aux-alpha", "bias-gamma" }
 local run = {}
 for _, k in ipairs(SAVED) do
   local v = o[k]
@@ -211,7 +229,7 @@ local val_batches = val:fixed_batches(8, 16, val_T)
 
 glia.manual_seed(run.seed)
 local model = GPT{ vocab_size = ds.vocab_size, d_model = run.d, n_layers = run.layers,
-                   n_heads = run.heads, ctx = run.ctx }
+                   n_heads = run.heads, ctx = run.ctx, moe = GPT.moe_of_run(run) }
 -- No weight decay on biases, norms and embeddings (as GPT-2 does).
 local decay, no_decay = {}, {}
 for _, e in ipairs(model:named_parameters()) do
@@ -251,6 +269,11 @@ local log = progress.csv(log_path, COLUMNS, { append = true })
 
 print(fmt("model: %d parameters (d=%d, %d layers, %d heads, ctx %d, vocab %d)",
           model:num_parameters(), run.d, run.layers, run.heads, run.ctx, ds.vocab_size))
+if run.experts > 0 then
+  print(fmt("moe: %d experts, top-%d, %s router, %d shared, %d CoE iterations, aux alpha %g, " ..
+            "bias gamma %g", run.experts, run["top-k"], run.router, run.shared, run.coe,
+            run["aux-alpha"], run["bias-gamma"]))
+end
 print(fmt("data: %d train and %d validation characters; batch %d x %d; %d threads",
           train:len(), val:len(), run.batch, run.ctx, glia.num_threads()))
 if step > 0 then print(fmt("resumed from %s at step %d", o.resume, step)) end
@@ -283,6 +306,22 @@ local prompt = train.data:narrow(1, 1, 1):view(1, 1)
 local function sample(n)
   local ids = model:generate(prompt, n, { temperature = 0.8, top_k = 20 })
   return ds:decode(ids:narrow(2, 2, n))
+end
+
+-- Tokens per expert of the last training batch, one list per MoE block,
+-- with the block's max/mean load.
+local function expert_load()
+  local parts = {}
+  for i, block in ipairs(model.blocks) do
+    local l = block.moe and block.moe:load()
+    if l then
+      local c, mx, sum = l:totable(), 0, 0
+      for _, v in ipairs(c) do mx, sum = max(mx, v), sum + v end
+      parts[#parts + 1] = fmt("block %d [%s] max/mean %.2f", i, table.concat(c, " "),
+                              mx / max(sum / #c, 1e-9))
+    end
+  end
+  return "expert load: " .. table.concat(parts, "; ")
 end
 
 local t_start = clock()
@@ -344,6 +383,7 @@ while true do
   loss:backward()
   optim.clip_grad_norm(opt, run.clip)
   opt:step()
+  nn.schedule_step(model) -- MoE bias balancing (--bias-gamma)
   local row = { step = step, loss = loss:item(), lr = lr, time = elapsed0 + clock() - t_start }
   loss, x, y = nil, nil, nil
   -- This step's activations are garbage now: collecting them here keeps the
@@ -358,6 +398,7 @@ while true do
     row.val_loss = evaluate()
     bar:print(fmt("step %d: train loss %.3f, val loss: %.3f  (%.0f s)", step, bar:loss(),
                   row.val_loss, row.time))
+    if run.experts > 0 then bar:print("  " .. expert_load()) end
     if run["sample-len"] > 0 and not last then
       bar:print("  | " .. sample(run["sample-len"]):gsub("\n", "\n  | "))
     end

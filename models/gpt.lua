@@ -11,8 +11,17 @@
 -- n_layers (4), n_heads (4), ctx (256, the longest sequence: the number of
 -- learned positions), dropout (0), bias (true), tie (false: the head has
 -- its own weight, as in bench/torch_ref.py's GPT, so parameter counts
--- compare). The shape letters are B (batch), T (time), C (d_model), V
--- (vocabulary).
+-- compare), moe (nil: dense MLPs; see below). The shape letters are B
+-- (batch), T (time), C (d_model), V (vocabulary).
+--
+-- moe = {experts = 8, k = 2, hidden = 4 C / k, every = 1, router, shared,
+-- aux_alpha, z_alpha, seq_alpha, bias_gamma, iterations, capacity_factor,
+-- activation = "gelu_tanh"} replaces the MLP of every `every`-th block (the
+-- last of each run of `every`) by an nn.MoE of that config (glia.nn.moe):
+-- x + attn(ln1(x)), then x + moe(ln2(x)). The default hidden keeps the
+-- active MLP parameters per token those of the dense model. model:loss adds
+-- the MoE auxiliary losses in training mode; nn.schedule_step(model) after
+-- each optimizer step runs the bias balancing (bias_gamma).
 --
 -- Initialization follows GPT-2: weights ~ N(0, 0.02), the projections that
 -- write into the residual stream scaled by 1/sqrt(2 n_layers), biases zero.
@@ -38,7 +47,8 @@ local GPT = nn.Module:extend("GPT")
 
 local DEFAULTS = { d_model = 256, n_layers = 4, n_heads = 4, ctx = 256, dropout = 0,
                    bias = true, tie = false }
-local KEYS = { "vocab_size", "d_model", "n_layers", "n_heads", "ctx", "dropout", "bias", "tie" }
+local KEYS = { "vocab_size", "d_model", "n_layers", "n_heads", "ctx", "dropout", "bias", "tie",
+               "moe" }
 
 -- The full config: cfg's fields over the defaults, checked.
 local function configure(cfg)
@@ -65,6 +75,32 @@ local function configure(cfg)
   return c
 end
 
+-- ============================================================ MoE block
+
+-- A TransformerBlock whose MLP is an nn.MoE: x + attn(ln1(x)), x + moe(ln2(x)).
+local MoEBlock = nn.Module:extend("MoEBlock")
+local MOE_KEYS = { "experts", "k", "hidden", "every", "router", "shared", "aux_alpha", "z_alpha",
+                   "seq_alpha", "bias_gamma", "iterations", "capacity_factor", "activation" }
+
+function MoEBlock:__init(d, n_heads, m, opts)
+  self.ln1 = nn.LayerNorm(d)
+  self.attn = nn.CausalSelfAttention(d, n_heads, { dropout = opts.dropout, bias = opts.bias })
+  self.ln2 = nn.LayerNorm(d)
+  local k = m.k or 2
+  self.moe = nn.MoE(d, m.hidden or max(1, floor(4 * d / k)), m.experts or 8, {
+    k = k, router = m.router, shared = m.shared, aux_alpha = m.aux_alpha, z_alpha = m.z_alpha,
+    seq_alpha = m.seq_alpha, bias_gamma = m.bias_gamma, iterations = m.iterations,
+    capacity_factor = m.capacity_factor, activation = m.activation or "gelu_tanh",
+    bias = opts.bias })
+end
+
+function MoEBlock:forward(x, cache)
+  x = x + self.attn(self.ln1(x), cache)
+  return x + self.moe(self.ln2(x))
+end
+
+function MoEBlock:new_cache(B, capacity) return self.attn:new_cache(B, capacity) end
+
 function GPT:__init(cfg)
   cfg = configure(cfg)
   self.config = cfg
@@ -72,9 +108,15 @@ function GPT:__init(cfg)
   self.pos = nn.Embedding(cfg.ctx, cfg.d_model)
   if cfg.dropout > 0 then self.drop = nn.Dropout(cfg.dropout) end -- none: no call per token
   local blocks = {}
+  local m = cfg.moe
+  if m ~= nil then options.check("models.gpt: moe", m, MOE_KEYS, 2) end
   for i = 1, cfg.n_layers do
-    blocks[i] = nn.TransformerBlock(cfg.d_model, cfg.n_heads, { dropout = cfg.dropout,
-                                                                bias = cfg.bias })
+    if m and i % (m.every or 1) == 0 then
+      blocks[i] = MoEBlock(cfg.d_model, cfg.n_heads, m, cfg)
+    else
+      blocks[i] = nn.TransformerBlock(cfg.d_model, cfg.n_heads, { dropout = cfg.dropout,
+                                                                  bias = cfg.bias })
+    end
   end
   self.blocks = nn.ModuleList(blocks)
   self.lnf = nn.LayerNorm(cfg.d_model)
@@ -89,11 +131,11 @@ function GPT:reset_parameters()
   local resid_std = std / sqrt(2 * self.config.n_layers)
   for _, e in ipairs(self:named_parameters()) do
     local name, p = e[1], e[2]
-    if name:match("bias$") then
+    if name:match("bias$") or name:match("moe%.b[12]$") then
       init.zeros_(p)
     elseif name:match("^blocks%.%d+%.ln") or name:match("^lnf") then
       init.ones_(p)
-    elseif name:match("proj%.weight$") or name:match("fc2%.weight$") then
+    elseif name:match("proj%.weight$") or name:match("fc2%.weight$") or name:match("moe%.w2$") then
       init.normal_(p, 0, resid_std)
     else
       init.normal_(p, 0, std)
@@ -122,10 +164,22 @@ function GPT:forward(idx, caches, pos0)
 end
 
 -- The mean cross entropy of the next-token predictions for x against y
--- (both i64 {B,T}), and the logits.
+-- (both i64 {B,T}), plus the MoE blocks' auxiliary losses in training mode, and
+-- the logits.
 function GPT:loss(x, y)
   local logits = self(x)
-  return glia.cross_entropy(logits, y), logits
+  local loss = glia.cross_entropy(logits, y)
+  local aux = self.training and self.config.moe and nn.aux_loss(self)
+  return aux and loss + aux or loss, logits
+end
+
+-- The moe config of a training run's flat settings (examples/train_gpt.lua's
+-- --experts, --top-k, --router, --shared, --coe, --aux-alpha, --bias-gamma,
+-- as its checkpoints keep them), or nil for a dense model.
+function GPT.moe_of_run(run)
+  if (run.experts or 0) == 0 then return nil end
+  return { experts = run.experts, k = run["top-k"], router = run.router, shared = run.shared,
+           iterations = run.coe, aux_alpha = run["aux-alpha"], bias_gamma = run["bias-gamma"] }
 end
 
 -- One empty key/value cache per block, for B sequences of up to ctx
