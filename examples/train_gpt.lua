@@ -313,7 +313,7 @@ end
 local function expert_load()
   local parts = {}
   for i, block in ipairs(model.blocks) do
-    local l = block.moe and block.moe:load()
+    local l = block.mlp and block.mlp.load and block.mlp:load()
     if l then
       local c, mx, sum = l:totable(), 0, 0
       for _, v in ipairs(c) do mx, sum = max(mx, v), sum + v end

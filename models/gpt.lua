@@ -17,8 +17,8 @@
 -- moe = {experts = 8, k = 2, hidden = 4 C / k, every = 1, router, shared,
 -- aux_alpha, z_alpha, seq_alpha, bias_gamma, iterations, capacity_factor,
 -- activation = "gelu_tanh"} replaces the MLP of every `every`-th block (the
--- last of each run of `every`) by an nn.MoE of that config (glia.nn.moe):
--- x + attn(ln1(x)), then x + moe(ln2(x)). The default hidden keeps the
+-- last of each run of `every`) by an nn.MoE of that config (glia.nn.moe), the
+-- block's `mlp`: x + attn(ln1(x)), then x + mlp(ln2(x)). The default hidden keeps the
 -- active MLP parameters per token those of the dense model. model:loss adds
 -- the MoE auxiliary losses in training mode; nn.schedule_step(model) after
 -- each optimizer step runs the bias balancing (bias_gamma).
@@ -75,31 +75,17 @@ local function configure(cfg)
   return c
 end
 
--- ============================================================ MoE block
-
--- A TransformerBlock whose MLP is an nn.MoE: x + attn(ln1(x)), x + moe(ln2(x)).
-local MoEBlock = nn.Module:extend("MoEBlock")
 local MOE_KEYS = { "experts", "k", "hidden", "every", "router", "shared", "aux_alpha", "z_alpha",
                    "seq_alpha", "bias_gamma", "iterations", "capacity_factor", "activation" }
 
-function MoEBlock:__init(d, n_heads, m, opts)
-  self.ln1 = nn.LayerNorm(d)
-  self.attn = nn.CausalSelfAttention(d, n_heads, { dropout = opts.dropout, bias = opts.bias })
-  self.ln2 = nn.LayerNorm(d)
+-- The nn.MoE that replaces a block's MLP (moe: the config's moe table).
+local function moe_mlp(d, m, bias)
   local k = m.k or 2
-  self.moe = nn.MoE(d, m.hidden or max(1, floor(4 * d / k)), m.experts or 8, {
+  return nn.MoE(d, m.hidden or max(1, floor(4 * d / k)), m.experts or 8, {
     k = k, router = m.router, shared = m.shared, aux_alpha = m.aux_alpha, z_alpha = m.z_alpha,
     seq_alpha = m.seq_alpha, bias_gamma = m.bias_gamma, iterations = m.iterations,
-    capacity_factor = m.capacity_factor, activation = m.activation or "gelu_tanh",
-    bias = opts.bias })
+    capacity_factor = m.capacity_factor, activation = m.activation or "gelu_tanh", bias = bias })
 end
-
-function MoEBlock:forward(x, cache)
-  x = x + self.attn(self.ln1(x), cache)
-  return x + self.moe(self.ln2(x))
-end
-
-function MoEBlock:new_cache(B, capacity) return self.attn:new_cache(B, capacity) end
 
 function GPT:__init(cfg)
   cfg = configure(cfg)
@@ -111,12 +97,9 @@ function GPT:__init(cfg)
   local m = cfg.moe
   if m ~= nil then options.check("models.gpt: moe", m, MOE_KEYS, 2) end
   for i = 1, cfg.n_layers do
-    if m and i % (m.every or 1) == 0 then
-      blocks[i] = MoEBlock(cfg.d_model, cfg.n_heads, m, cfg)
-    else
-      blocks[i] = nn.TransformerBlock(cfg.d_model, cfg.n_heads, { dropout = cfg.dropout,
-                                                                  bias = cfg.bias })
-    end
+    local mlp = m and i % (m.every or 1) == 0 and moe_mlp(cfg.d_model, m, cfg.bias) or nil
+    blocks[i] = nn.TransformerBlock(cfg.d_model, cfg.n_heads, { dropout = cfg.dropout,
+                                                                bias = cfg.bias, mlp = mlp })
   end
   self.blocks = nn.ModuleList(blocks)
   self.lnf = nn.LayerNorm(cfg.d_model)
@@ -131,11 +114,11 @@ function GPT:reset_parameters()
   local resid_std = std / sqrt(2 * self.config.n_layers)
   for _, e in ipairs(self:named_parameters()) do
     local name, p = e[1], e[2]
-    if name:match("bias$") or name:match("moe%.b[12]$") then
+    if name:match("bias$") or name:match("mlp%.b[12]$") then
       init.zeros_(p)
     elseif name:match("^blocks%.%d+%.ln") or name:match("^lnf") then
       init.ones_(p)
-    elseif name:match("proj%.weight$") or name:match("fc2%.weight$") or name:match("moe%.w2$") then
+    elseif name:match("proj%.weight$") or name:match("fc2%.weight$") or name:match("mlp%.w2$") then
       init.normal_(p, 0, resid_std)
     else
       init.normal_(p, 0, std)

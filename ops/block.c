@@ -43,6 +43,10 @@ enum { PART_ATTN = 1, PART_MLP = 2, PART_BLOCK = 3 };
 
 /* The parameters, in the order of the Lua list. */
 enum { LN1_W, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, NPARAM };
+/* The attention sub-layer reads the first 6 (ln1, qkv, proj); only those
+** are looked at when part is PART_ATTN. */
+#define NPARAM_ATTN (PROJ_B + 1)
+static int nparams_read(int part) { return part & PART_MLP ? NPARAM : NPARAM_ATTN; }
 static const char *const PARAM_NAMES[NPARAM] = {
     "ln1.weight", "ln1.bias", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias",
     "ln2.weight", "ln2.bias", "fc.weight",  "fc.bias",  "fc2.weight",  "fc2.bias"};
@@ -133,7 +137,8 @@ static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p
   }
   bool needs_grad = glia_tensor_needs_grad(x) || (kc && glia_tensor_needs_grad(kc)) ||
                     (vc && glia_tensor_needs_grad(vc));
-  for (int i = 0; i < NPARAM; i++) needs_grad = needs_grad || glia_tensor_needs_grad(p[i]);
+  for (int i = 0; i < nparams_read(part); i++)
+    needs_grad = needs_grad || glia_tensor_needs_grad(p[i]);
   if (G->grad_mode && needs_grad)
     return glia_fail(G, GLIA_EGRAD,
                      "%s: inference only, but an input requires grad (run it under "
@@ -168,11 +173,12 @@ static glia_status append(glia_ctx *G, glia_tensor *cache, glia_tensor *kv, int6
 
 /* Whether the step is one row (B = T = 1) of contiguous operands, with
 ** cache rows contiguous (when there are caches): the case of row_step. */
-static bool one_row(glia_tensor *x, glia_tensor *const *p, glia_tensor *kc, glia_tensor *vc) {
+static bool one_row(glia_tensor *x, glia_tensor *const *p, glia_tensor *kc, glia_tensor *vc,
+                    int part) {
   if (x->size[0] * x->size[1] != 1 || !glia_tensor_is_contiguous(x) ||
       (kc && kc->stride[3] != 1) || (vc && vc->stride[3] != 1))
     return false;
-  for (int i = 0; i < NPARAM; i++)
+  for (int i = 0; i < nparams_read(part); i++)
     if (!glia_tensor_is_contiguous(p[i])) return false;
   return true;
 }
@@ -196,7 +202,7 @@ static void put_row(glia_tensor *cache, const float *heads, int64_t K, int64_t D
 static glia_status row_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                             glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
                             int64_t K, double eps, int part, glia_tensor **out) {
-  int64_t C = x->size[2], F = p[FC_W]->size[0];
+  int64_t C = x->size[2], F = part & PART_MLP ? p[FC_W]->size[0] : 0;
   size_t ws_bytes = (size_t)(2 * C + F) * sizeof(float);
   glia_tensor *qkv = NULL, *q = NULL, *y = NULL, *r = NULL;
   float *ws = glia_alloc(G, ws_bytes); /* h {C}, t {C}, f {F} */
@@ -277,7 +283,7 @@ static glia_status decoder_step(glia_ctx *G, glia_tensor *x, glia_tensor *const 
                                 double eps, int part, glia_tensor **out) {
   int64_t K = 0;
   TRY(check_args(G, x, p, kc, vc, len, H, eps, part, &K));
-  if (one_row(x, p, kc, vc)) return row_step(G, x, p, kc, vc, len, H, K, eps, part, out);
+  if (one_row(x, p, kc, vc, part)) return row_step(G, x, p, kc, vc, len, H, K, eps, part, out);
   glia_tensor *t[NTMP] = {NULL};
   int saved_mode = glia_ctx_set_grad_mode(G, 0);
   glia_status st = GLIA_OK;
@@ -315,11 +321,16 @@ glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *
 
 /* ======================================================== registry */
 
-static glia_status check_nparams(glia_ctx *G, const glia_value *params) {
-  if (params->u.list.n != NPARAM)
+/* With part "attn" a list of the first NPARAM_ATTN parameters is enough (a
+** block whose MLP is another module, nn.TransformerBlock's mlp option, has
+** no fc and fc2). */
+static glia_status check_nparams(glia_ctx *G, const glia_value *params, int part) {
+  int n = params->u.list.n;
+  if (n != NPARAM && !(part == PART_ATTN && n == NPARAM_ATTN))
     return glia_fail(G, GLIA_EARG,
                      "%s: expected %d parameters (ln1, qkv, proj, ln2, fc, fc2: weight and "
-                     "bias each), got %d", NAME, NPARAM, params->u.list.n);
+                     "bias each)%s, got %d", NAME, NPARAM,
+                     part == PART_ATTN ? ", or the first 6 for part \"attn\"" : "", n);
   return GLIA_OK;
 }
 
@@ -328,7 +339,6 @@ static glia_status check_nparams(glia_ctx *G, const glia_value *params) {
 static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                     glia_value *outs) {
   (void)nargs;
-  TRY(check_nparams(G, &args[1]));
   int part = PART_BLOCK;
   if (arg_present(&args[7])) {
     const char *s = args[7].u.s;
@@ -337,6 +347,7 @@ static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, in
       return glia_fail(G, GLIA_EARG, "%s: part must be \"block\" or \"attn\", got \"%s\"", NAME,
                        s);
   }
+  TRY(check_nparams(G, &args[1], part));
   glia_tensor *r;
   TRY(decoder_step(G, args[0].u.t, args[1].u.list.v, args[2].u.t, args[3].u.t, args[4].u.i,
                    args[5].u.i, arg_num(&args[6], 1e-5), part, &r));
@@ -348,7 +359,7 @@ static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, in
 static glia_status op_decoder_mlp(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                   glia_value *outs) {
   (void)nargs;
-  TRY(check_nparams(G, &args[1]));
+  TRY(check_nparams(G, &args[1], PART_MLP));
   glia_tensor *r;
   TRY(decoder_step(G, args[0].u.t, args[1].u.list.v, NULL, NULL, 0, 1, arg_num(&args[2], 1e-5),
                    PART_MLP, &r));

@@ -134,6 +134,37 @@ glia.no_grad(function()
   end
 end)
 
+do -- another MLP (an nn.MoE): the fused call runs the attention half alone
+  for _, cs in ipairs { { B = 1, prefill = 1, bias = true }, { B = 2, prefill = 3, bias = false } } do
+    local tag = format("mlp = nn.MoE, B=%d prefill=%d bias=%s", cs.B, cs.prefill, tostring(cs.bias))
+    local blk = block { kv_heads = 2, bias = cs.bias, mlp = nn.MoE(C, 16, 4, { k = 2 }) }
+    local x = glia.randn(cs.B, T, C)
+    glia.no_grad(function()
+      local fused, fcache, calls = decode(blk, x, cs.prefill, T)
+      blk.fused = false
+      local plain, pcache = decode(blk, x, cs.prefill, T)
+      blk.fused = nil
+      t.ok(calls == 1 + T - cs.prefill, tag .. ": one decoder_block call per cached forward")
+      t.near(fused, plain, TOL, tag .. ": fused decoding equals the module path's")
+      t.near(fused, blk(x), TOL, tag .. ": and the full causal forward")
+      t.ok(cache_diff(fcache, pcache) <= TOL, tag .. ": with the module path's keys and values")
+    end)
+  end
+  local blk = block {}
+  local p = blk:_fused_params()
+  local x = glia.randn(1, 3, C)
+  local half = glia.no_grad(function()
+    return glia.decoder_block(x, { p[1], p[2], p[3], p[4], p[5], p[6] }, blk:new_cache(1, 4).k,
+                              blk:new_cache(1, 4).v, 0, H, 1e-5, "attn")
+  end)
+  local want = glia.no_grad(function() return x + blk.attn(blk.ln1(x)) end)
+  t.near(half, want, TOL, "decoder_block's part \"attn\" takes the first 6 parameters alone: x + attn(ln1(x))")
+  t.error_like(function() glia.no_grad(glia.decoder_block, x, { p[1], p[2], p[3], p[4], p[5], p[6] },
+                                       blk:new_cache(1, 4).k, blk:new_cache(1, 4).v, 0, H) end,
+               "expected 12 parameters %(ln1, qkv, proj, ln2, fc, fc2: weight and bias each%), got 6",
+               "decoder_block's whole block refuses the 6 parameters of the attention sub-layer")
+end
+
 do -- when the block keeps the module path although a cache is given
   local blk = block { kv_heads = 2, dropout = 0.1 }
   blk:train()

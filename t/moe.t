@@ -745,19 +745,19 @@ do
   local cfg = { vocab_size = 11, d_model = 16, n_layers = 3, n_heads = 2, ctx = 8,
                 moe = { experts = 4, k = 2, every = 2, aux_alpha = 0.01, bias_gamma = 1e-3 } }
   local m = GPT(cfg)
-  t.ok(m.blocks[2].moe and not m.blocks[1].moe and not m.blocks[3].moe,
+  t.ok(m.blocks[2].mlp and not m.blocks[1].mlp and not m.blocks[3].mlp,
        "moe.every = 2 replaces the MLP of every second block")
-  t.is(m.blocks[2].moe.hidden, 32, "the default expert width 4 d / k keeps the dense active size")
+  t.is(m.blocks[2].mlp.hidden, 32, "the default expert width 4 d / k keeps the dense active size")
   local x = glia.randint(1, 12, { 2, 8 })
   local ce = glia.cross_entropy(m(x), x)
   local l_train = m:loss(x, x)
-  t.ok(abs(l_train:item() - ce:item() - m.blocks[2].moe.aux_loss:item()) <= 1e-5,
+  t.ok(abs(l_train:item() - ce:item() - m.blocks[2].mlp.aux_loss:item()) <= 1e-5,
        "in training, model:loss adds the auxiliary loss")
   m:eval()
   t.ok(abs(m:loss(x, x):item() - ce:item()) <= 1e-6, "in eval, model:loss is the cross entropy alone")
   m:train()
   local m2 = GPT(cfg)
-  m.blocks[2].moe.expert_bias:fill_(0.5)
+  m.blocks[2].mlp.expert_bias:fill_(0.5)
   m2:load_state_dict(m:state_dict())
   t.ok(u.identical(m2(x), m(x)), "a state dict round trip (with the balancing bias) gives the same logits")
   local out = m:generate(x:narrow(2, 1, 2), 10, { temperature = 0 })
@@ -801,7 +801,7 @@ do
     n = n + 1
     equal = equal and tb[k] ~= nil and u.identical(v, tb[k])
   end
-  t.ok(n > 20 and equal and ta["model.blocks.1.moe.expert_bias"] ~= nil,
+  t.ok(n > 20 and equal and ta["model.blocks.1.mlp.expert_bias"] ~= nil,
        "an MoE run resumed from its checkpoint ends bit-identical to the straight run (bias included)")
   local sample = run("examples/sample.lua " .. A .. " --length 20 --prompt 'in the'")
   t.ok(sample:find("^in the"), "sample.lua samples from an MoE checkpoint")

@@ -6,8 +6,10 @@
 --                                         form of GELU, as glia.decoder_block has it
 --
 -- TransformerBlock(d_model, n_heads [, {kv_heads = n_heads, mlp_ratio = 4,
---   dropout = 0, bias = true, eps = 1e-5, fused}])
--- bias covers the linear layers; the layer norms always have one.
+--   dropout = 0, bias = true, eps = 1e-5, fused, mlp}])
+-- bias covers the linear layers; the layer norms always have one. mlp (a
+-- module {..., C} -> {..., C}, e.g. an nn.MoE) takes the place of fc, gelu,
+-- fc2: x + drop(mlp(ln2(x))); decoding then fuses the attention sub-layer.
 --
 -- forward(x [, cache]): x {B,T,C}; cache a glia.kv_cache from new_cache.
 -- With a cache, outside training with dropout, the whole block runs as
@@ -40,7 +42,7 @@ M.TransformerBlock = TransformerBlock
 
 function TransformerBlock:__init(d_model, n_heads, opts)
   opts = options.check("glia.nn.TransformerBlock", opts,
-                       { "kv_heads", "mlp_ratio", "dropout", "bias", "eps", "fused" }, 2)
+                       { "kv_heads", "mlp_ratio", "dropout", "bias", "eps", "fused", "mlp" }, 2)
   local mlp_ratio = opts.mlp_ratio or 4
   check_int("TransformerBlock", "mlp_ratio", mlp_ratio, 1)
   local bias = opts.bias ~= false
@@ -48,20 +50,28 @@ function TransformerBlock:__init(d_model, n_heads, opts)
   self.attn = attn.CausalSelfAttention(d_model, n_heads, {
     kv_heads = opts.kv_heads, dropout = opts.dropout, bias = bias, fused = opts.fused })
   self.ln2 = norm.LayerNorm(d_model, { eps = opts.eps })
-  self.fc = lin.Linear(d_model, mlp_ratio * d_model, { bias = bias })
-  self.fc2 = lin.Linear(mlp_ratio * d_model, d_model, { bias = bias })
+  if opts.mlp then
+    self.mlp = opts.mlp
+  else
+    self.fc = lin.Linear(d_model, mlp_ratio * d_model, { bias = bias })
+    self.fc2 = lin.Linear(mlp_ratio * d_model, d_model, { bias = bias })
+  end
   if (opts.dropout or 0) > 0 then self.drop = act.Dropout(opts.dropout) end
   self.fused = opts.fused
 end
 
 -- The parameters in glia.decoder_block's order, read afresh each call (a
 -- parameter may have been replaced); an absent bias of a linear layer
--- becomes a zero tensor, made once per size.
+-- becomes a zero tensor, made once per size. With an mlp module, the
+-- attention sub-layer's six (for part "attn").
 function TransformerBlock:_fused_params()
   local qkv, proj, fc, fc2 = self.attn.qkv, self.attn.proj, self.fc, self.fc2
-  local p = { self.ln1.weight, self.ln1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias,
-              self.ln2.weight, self.ln2.bias, fc.weight, fc.bias, fc2.weight, fc2.bias }
-  for i = 4, 12, 2 do
+  local p = { self.ln1.weight, self.ln1.bias, qkv.weight, qkv.bias, proj.weight, proj.bias }
+  if not self.mlp then
+    p[7], p[8], p[9], p[10], p[11], p[12] = self.ln2.weight, self.ln2.bias, fc.weight, fc.bias,
+                                            fc2.weight, fc2.bias
+  end
+  for i = 4, self.mlp and 6 or 12, 2 do
     if not p[i] then
       local zeros, n = rawget(self, "_zero_biases") or {}, p[i - 1]:size(1)
       rawset(self, "_zero_biases", zeros)
@@ -84,7 +94,9 @@ function TransformerBlock:attn_update(x, cache)
 end
 
 function TransformerBlock:mlp_update(x)
-  local h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh"))
+  local h
+  if self.mlp then h = self.mlp(self.ln2(x))
+  else h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh")) end
   if self.drop then h = self.drop(h) end
   return h
 end
@@ -101,7 +113,8 @@ local function planned_layers(self, x, cache, skip)
     x = x + self:attn_update(x, cache)
   end
   if not skip.mlp then
-    if x:dim() == 3 and x:size(2) == 1 and self.fused ~= false and not glia.is_grad_enabled()
+    if not self.mlp and x:dim() == 3 and x:size(2) == 1 and self.fused ~= false
+       and not glia.is_grad_enabled()
        and not (self.training and self.drop) then
       return glia.decoder_mlp(x, self:_fused_params(), self.ln2.eps)
     end
@@ -146,7 +159,11 @@ end
 
 -- The whole block, as without a plan.
 function TransformerBlock:forward_full(x, cache)
-  if self:use_fused(cache) then return self:fused_step(x, cache) end
+  if self:use_fused(cache) then
+    if not self.mlp then return self:fused_step(x, cache) end
+    x = self:fused_step(x, cache, "attn") -- another MLP: the attention sub-layer fused
+    return x + self:mlp_update(x)
+  end
   x = x + self:attn_update(x, cache)
   return x + self:mlp_update(x)
 end
@@ -157,8 +174,9 @@ function TransformerBlock:new_cache(B, capacity)
 end
 
 function TransformerBlock:extra_repr()
-  return format("d_model=%d, n_heads=%d, kv_heads=%d, mlp=%d, fused=%s", self.attn.d_model,
-                self.attn.n_heads, self.attn.kv_heads, self.fc.weight:size(1),
+  return format("d_model=%d, n_heads=%d, kv_heads=%d, mlp=%s, fused=%s", self.attn.d_model,
+                self.attn.n_heads, self.attn.kv_heads,
+                self.mlp and "module" or tostring(self.fc.weight:size(1)),
                 tostring(self.fused ~= false))
 end
 
