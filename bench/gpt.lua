@@ -9,6 +9,9 @@
 --                  collection (as examples/train_gpt.lua runs it)
 --   gpt_decode     greedy generation of 255 tokens after a 1-token prompt,
 --                  batch 1, with the KV cache
+--   moe_decode     gpt_decode for the MoE GPT of the same active size: every
+--                  block's MLP replaced by 8 experts of 256 -> 512 -> 256,
+--                  top-2 (models/gpt.lua's moe option)
 --   gpt_profile    gpt_train split into forward / backward / optimizer
 --                  times, for finding what is slow
 --   --torch        also run bench/torch_ref.py (or the shared copy) on the
@@ -35,9 +38,9 @@ local function report(name, sec, rate)
   io.flush()
 end
 
-local function model()
+local function model(moe)
   glia.manual_seed(0)
-  return GPT{ vocab_size = V }
+  return GPT{ vocab_size = V, moe = moe }
 end
 
 -- ============================================================ training
@@ -77,8 +80,8 @@ end
 
 -- ============================================================ decoding
 
-local function gpt_decode(name)
-  local m = model()
+local function gpt_decode(name, moe)
+  local m = model(moe)
   local prompt = glia.ones(1, 1, "i64")
   local function gen() m:generate(prompt, 255, { temperature = 0 }) end
   gen()
@@ -119,6 +122,7 @@ local W = {
   gpt_train = function(name) gpt_train(name, false) end,
   gpt_profile = function(name) gpt_train(name, true) end,
   gpt_decode = gpt_decode,
+  moe_decode = function(name) gpt_decode(name, { experts = 8, k = 2 }) end,
 }
 
 local with_torch, rounds, names = false, 3, {}
