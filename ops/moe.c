@@ -563,21 +563,35 @@ static void down_task(void *ud, const moe_task *t) {
   gemm(false, true, m, d, F, R->h + t->r0 * F, F, R->w2 + e * d * F, F, 1.0f, ys, d);
 }
 
-/* y_t = sum_j gate_tj Ys[inv(t,j)], slots in order */
-static void combine_rows(int64_t begin, int64_t end, void *ud) {
-  const moe_run *R = ud;
-  int64_t d = R->d, k = R->k;
+/* out_t = sum_j w_tj src[inv(t,j)] over the kept slots j in order (w NULL:
+** 1): the combine y = sum g Ys, and dx = sum dXs in the backward. */
+typedef struct {
+  const moe_plan *p;
+  int64_t d;
+  const float *w, *src;
+  float *out;
+} slot_sum;
+
+static void slot_sum_rows(int64_t begin, int64_t end, void *ud) {
+  const slot_sum *S = ud;
+  int64_t d = S->d, k = S->p->k;
   for (int64_t t = begin; t < end; t++) {
-    float *y = R->y + t * d;
-    memset(y, 0, (size_t)d * sizeof *y);
+    float *o = S->out + t * d;
+    memset(o, 0, (size_t)d * sizeof *o);
     for (int64_t j = 0; j < k; j++) {
-      int64_t pos = R->p->inv[t * k + j];
+      int64_t pos = S->p->inv[t * k + j];
       if (pos < 0) continue;
-      float g = R->gate[t * k + j];
-      const float *ys = R->ys + pos * d;
-      for (int64_t c = 0; c < d; c++) y[c] += g * ys[c];
+      float w = S->w ? S->w[t * k + j] : 1.0f;
+      const float *src = S->src + pos * d;
+      for (int64_t c = 0; c < d; c++) o[c] += w * src[c];
     }
   }
+}
+
+static void slot_sum_run(glia_ctx *G, const moe_run *R, const float *w, const float *src,
+                         float *out) {
+  slot_sum S = {R->p, R->d, w, src, out};
+  glia_parallel_for(G, R->T, glia_grain_items(R->d * R->k), slot_sum_rows, &S);
 }
 
 /* The decoding path: every kept row through the dense decode kernel. */
@@ -633,22 +647,6 @@ static void up_bwd_task(void *ud, const moe_task *t) {
   if (R->dw1) gemm(true, false, F1, d, m, du, F1, xs, d, 0.0f, R->dw1 + e * F1 * d, d);
   if (R->db1) colsum(R->db1 + e * F1, du, m, F1);
   if (R->dxs) gemm(false, false, m, d, F1, du, F1, R->w1 + e * F1 * d, d, 0.0f, R->dxs + t->r0 * d, d);
-}
-
-/* dx_t = sum_j dXs[inv(t,j)], slots in order */
-static void dx_rows(int64_t begin, int64_t end, void *ud) {
-  const moe_run *R = ud;
-  int64_t d = R->d, k = R->k;
-  for (int64_t t = begin; t < end; t++) {
-    float *dx = R->dx + t * d;
-    memset(dx, 0, (size_t)d * sizeof *dx);
-    for (int64_t j = 0; j < k; j++) {
-      int64_t pos = R->p->inv[t * k + j];
-      if (pos < 0) continue;
-      const float *g = R->dxs + pos * d;
-      for (int64_t c = 0; c < d; c++) dx[c] += g[c];
-    }
-  }
 }
 
 /* ------------------------------------------------------ scratch */
@@ -781,7 +779,7 @@ static glia_status moe_experts(glia_ctx *G, glia_tensor *x, glia_tensor *gates, 
       if (st == GLIA_OK) st = run_tasks(G, p, TASK_ROWS, down, down_task, &R);
     }
   }
-  if (st == GLIA_OK) glia_parallel_for(G, R.T, glia_grain_items(R.d * R.k), combine_rows, &R);
+  if (st == GLIA_OK) slot_sum_run(G, &R, R.gate, R.ys, R.y);
   /* record: up (x, w1, b1) -> h, down (h, gates, w2, b2) -> y */
   if (st == GLIA_OK) {
     glia_tensor *upin[3] = {x, w1, b1 ? b1 : w1};
@@ -893,8 +891,7 @@ static glia_status up_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_ten
     R.db1 = g[DB1] ? (float *)glia_ptr(g[DB1]) : NULL;
     glia_parallel_for(G, p->A, glia_grain_items(R.d), gather_rows, &R);
     st = run_tasks(G, p, 0, 6.0 * (double)R.d * (double)F1, up_bwd_task, &R);
-    if (st == GLIA_OK && R.dx)
-      glia_parallel_for(G, R.T, glia_grain_items(R.d * R.k), dx_rows, &R);
+    if (st == GLIA_OK && R.dx) slot_sum_run(G, &R, NULL, R.dxs, R.dx);
   }
   glia_tensor_release(dhc);
   glia_tensor_release(xc);

@@ -30,26 +30,7 @@ end
 
 -- ================================================ f64 reference in Lua
 
--- erf to ~1e-15: its series below 2.5, the continued fraction of erfc above.
-local function erf(x)
-  local ax = abs(x)
-  local r
-  if ax < 2.5 then
-    local term, sum, n = ax, ax, 0
-    repeat
-      n = n + 1
-      term = -term * ax * ax / n
-      local add = term / (2 * n + 1)
-      sum = sum + add
-    until abs(add) < 1e-17 * abs(sum)
-    r = 2 / sqrt(math.pi) * sum
-  else
-    local f = 0
-    for n = 60, 1, -1 do f = (n / 2) / (ax + f) end
-    r = 1 - exp(-ax * ax) / sqrt(math.pi) / (ax + f)
-  end
-  return x < 0 and -r or r
-end
+local erf = u.erf
 
 local function silu(v) return v / (1 + exp(-v)) end
 local ACT = {
@@ -695,32 +676,27 @@ do
   local x = glia.randn(T, d)
   -- C = 1 is the plain MoE, outputs and gradients
   local c1 = nn.MoE(d, F, E, { k = 2, iterations = 1, shared = 1 })
-  local function grads(m)
+  -- y = f(x) and the gradients of sum(y^2) for x and m's parameters
+  local function grads(m, f)
     m:zero_grad()
     local xx = x:clone():requires_grad()
-    local y = m(xx)
+    local y = f(xx)
     ;(y * y):sum():backward()
     local g = { y:totable(), xx.grad:totable() }
     for _, p in ipairs(m:parameters()) do g[#g + 1] = p.grad:totable() end
     return g
   end
-  local g1 = grads(c1)
-  local function plain(xx)
+  local g1 = grads(c1, c1)
+  local gp = grads(c1, function(xx)
     local y = glia.moe(xx, c1.routers[1].weight, c1.w1, c1.b1, c1.w2, c1.b2, { k = 2 })
     return y + c1:shared_forward(xx)
-  end
-  c1:zero_grad()
-  local xx = x:clone():requires_grad()
-  local yp = plain(xx)
-  ;(yp * yp):sum():backward()
-  local gp = { yp:totable(), xx.grad:totable() }
-  for _, p in ipairs(c1:parameters()) do gp[#gp + 1] = p.grad:totable() end
+  end)
   t.ok(u.identical(g1, gp), "CoE with C = 1 equals the plain MoE layer, outputs and gradients")
   -- C = 2 with identical routers: the same MoE applied twice, with the
   -- inner residual; expert gradients are the sum over the iterations
   local c2 = nn.MoE(d, F, E, { k = 2, iterations = 2 })
   glia.no_grad(function() c2.routers[2].weight:copy_(c2.routers[1].weight) end)
-  local g2 = grads(c2)
+  local g2 = grads(c2, c2)
   c2:zero_grad()
   local xr = x:clone():requires_grad()
   local wr = c2.routers[1].weight
@@ -780,12 +756,7 @@ do
   local f = io.open(tmp .. "-text.txt", "wb")
   f:write(table.concat(lines, "\n"))
   f:close()
-  local function run(args)
-    local h = io.popen(bin .. " " .. args .. " 2>&1")
-    local o = h:read("*a")
-    h:close()
-    return o
-  end
+  local function run(args) return (u.sh(bin .. " " .. args .. " 2>&1")) end
   local common = "--text " .. tmp .. "-text.txt --d 16 --layers 2 --heads 2 --ctx 16 --batch 4 " ..
                  "--warmup 3 --eval-every 5 --sample-len 8 --seed 3 --experts 4 --top-k 2 " ..
                  "--bias-gamma 0.001 --shared 1"

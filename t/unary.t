@@ -26,20 +26,7 @@ local function tanh(x)
   return (e - 1) / (e + 1)
 end
 
--- erf by its Taylor series (|x| <= 4 keeps ~1e-9 accuracy); beyond, erf is
--- +-1 within 2e-8.
-local function erf(x)
-  if x ~= x then return x end
-  if x > 4 then return 1 elseif x < -4 then return -1 end
-  local sum, term, n = x, x, 0
-  repeat
-    n = n + 1
-    term = -term * x * x / n
-    local add = term / (2 * n + 1)
-    sum = sum + add
-  until abs(add) < 1e-17 * abs(sum) or n > 200
-  return sum * 2 / sqrt(math.pi)
-end
+local erf = u.erf
 
 -- x * gate(x) -> 0 as x -> -inf (the formula gives -inf * 0 = NaN there)
 local function gated(x, f) if x == -huge then return 0 end return f(x) end

@@ -7,6 +7,7 @@
 --   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)
 --   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
 --   u.gradcheck_f64(fn, ref, inputs, desc [, opts])  u.check_grad_f64(fn, ref, inputs [, opts])
+--   u.erf(x)
 --   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
 --   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
 --   u.root()  u.exe()  u.skip_all(why)  u.write_fmnist(dir, prefix, n, rng)
@@ -240,6 +241,28 @@ function M.oom_ok(fn, desc)
   local ok, err = M.survives_oom(fn)
   if not t.ok(ok, desc) then t.diag(err) end
   return ok
+end
+
+-- erf(x) in doubles to ~1e-15: its series below 2.5, the continued
+-- fraction of erfc above (Lua has no math.erf).
+function M.erf(x)
+  local ax = abs(x)
+  local r
+  if ax < 2.5 then
+    local term, sum, n = ax, ax, 0
+    repeat
+      n = n + 1
+      term = -term * ax * ax / n
+      local add = term / (2 * n + 1)
+      sum = sum + add
+    until abs(add) <= 1e-17 * abs(sum) or n > 200
+    r = 2 / math.sqrt(math.pi) * sum
+  else
+    local f = 0
+    for n = 60, 1, -1 do f = (n / 2) / (ax + f) end
+    r = 1 - math.exp(-ax * ax) / math.sqrt(math.pi) / (ax + f)
+  end
+  return x < 0 and -r or r
 end
 
 -- ===================================================== shell and files
