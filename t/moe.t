@@ -776,7 +776,30 @@ do
        "an MoE run resumed from its checkpoint ends bit-identical to the straight run (bias included)")
   local sample = run("examples/sample.lua " .. A .. " --length 20 --prompt 'in the'")
   t.ok(sample:find("^in the"), "sample.lua samples from an MoE checkpoint")
+  -- the study's pipeline (--quick: a tiny model, a few steps)
+  local study = run("examples/moe_study.lua --quick --runs dense,moe_bias,coe --out " .. tmp .. "-study")
+  local table_md = io.open(tmp .. "-study/table.md") and u.slurp(tmp .. "-study/table.md") or ""
+  t.ok(table_md:find("| MoE 8x top%-2, bias controller | %d+ |") and table_md:find("| CoE 2 x top%-1"),
+       "moe_study.lua writes its table")
+  t.ok(u.slurp(tmp .. "-study/load.svg"):find("<svg") and u.slurp(tmp .. "-study/loss.svg"):find("<svg"),
+       "moe_study.lua writes the loss and load plots")
+  if not study:find("wrote") then t.diag(study) end
   os.execute("rm -rf '" .. tmp .. "'-*")
+end
+
+-- ======================================================== empty shapes
+
+do
+  local E, F, d = 4, 3, 5
+  local w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  local x, wr = glia.randn(0, d):requires_grad(), glia.randn(E, d):requires_grad()
+  local y, info = glia.moe(x, wr, w1, b1, w2, b2, { k = 2, capacity_factor = 1 })
+  y:sum():backward()
+  t.ok(u.same_shape(y, { 0, d }) and u.identical(info.load, { 0, 0, 0, 0 }) and
+       u.same_shape(x.grad, { 0, d }), "no tokens: y {0,d}, no load, an empty gradient")
+  local y2 = glia.moe(glia.randn(3, 0), glia.randn(E, 0), glia.randn(E, F, 0), b1,
+                      glia.randn(E, 0, F), nil, { k = 2 })
+  t.ok(u.same_shape(y2, { 3, 0 }), "zero width: y {T,0}")
 end
 
 -- ============================================================ bad input
