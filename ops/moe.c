@@ -977,8 +977,10 @@ static glia_status op_moe_dispatch(glia_ctx *G, int nargs, glia_value *args, int
   glia_tensor *idx = args[0].u.t, *kept = arg_t(&args[2]);
   int64_t E = args[1].u.i;
   const char *name = "glia.moe_dispatch";
-  if (idx->ndim != 2 || (idx->dtype != GLIA_DTYPE_I64 && idx->dtype != GLIA_DTYPE_I32) || E < 1)
-    return glia_fail(G, GLIA_EARG, "%s: idx must be i64 {T,k} and E >= 1, got %s %s, E %lld",
+  /* E sizes the plan's arrays: bounded, so that their byte count cannot overflow */
+  if (idx->ndim != 2 || (idx->dtype != GLIA_DTYPE_I64 && idx->dtype != GLIA_DTYPE_I32) || E < 1 ||
+      E > INT32_MAX)
+    return glia_fail(G, GLIA_EARG, "%s: idx must be i64 {T,k} and E in 1..2^31-1, got %s %s, E %lld",
                      name, glia_dtype_name(idx->dtype), glia_shape_str(idx), (long long)E);
   if (kept && !glia_has_shape(kept, 2, idx->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: kept must be shaped like idx %s, got %s", name,

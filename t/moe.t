@@ -847,6 +847,9 @@ do
                "swiglu needs w1 {E,2F,d} with an even row count", "swiglu with an odd w1 is refused")
   t.error_like(function() glia.moe_experts(x, glia.rand(T, 2), glia.full({ T, 2 }, 9, "i64"), w1, b1, w2, b2) end,
                "glia.moe: expert index 9 out of range 1..4", "an expert index out of range is refused")
+  t.error_like(function() glia.moe_dispatch(glia.ones({ T, 2 }, "i64"), 1099511627776) end,
+               "moe_dispatch: idx must be i64 {T,k} and E in 1..2^31%-1, got i64 {5,2}, E 1099511627776",
+               "moe_dispatch: an expert count past 2^31 is refused (it once overflowed the plan's size)")
   t.error_like(function() glia.moe_experts(x, glia.rand(T, 2), glia.ones(T, 2), w1, b1, w2, b2) end,
                "glia.moe: idx must be i64 or i32, got f32 {5,2}", "an f32 idx is refused")
 end

@@ -454,6 +454,16 @@ local TEMPLATES = {
   max_pool2d = function(N, C, K) return { r(N, C, 6, 5), K, 2, 1 } end,
   avg_pool2d = function(N, C, K) return { r(N, C, 6, 5), K, 1, 0 } end,
   adaptive_avg_pool2d = function(N, C, K) return { r(N, C, 6, 5), K } end,
+  moe_route = function(T, E, K)
+    return { r(T, E), { k = K, router = pick { "softmax", "sigmoid" }, capacity_factor = pick { 0.5, 1, 2 } } }
+  end,
+  moe_experts = function(T, E, D, F)
+    return { r(T, D), r(T, 2), ids(E, T, 2), r(E, F, D), r(E, F), r(E, D, F), r(E, D), "gelu" }
+  end,
+  moe = function(T, E, D, F)
+    return { r(T, D), r(E, D), r(E, F, D), r(E, F), r(E, D, F), r(E, D), { k = 1, aux_alpha = 0.01 } }
+  end,
+  moe_dispatch = function(T, E) return { ids(E, T, 2), E } end,
   decoder_block = function(B, T, D)
     local w = {}
     for i = 1, 12 do w[i] = r(D, D) end
