@@ -136,18 +136,7 @@ for _, r in ipairs(RUNS) do
   glia.manual_seed(1)
   local model = GPT{ vocab_size = ds.vocab_size, d_model = D, n_layers = L, n_heads = HEADS,
                      ctx = CTX, moe = r.moe }
-  local decay, no_decay = {}, {}
-  for _, e in ipairs(model:named_parameters()) do
-    local p = e[2]
-    if p:dim() >= 2 and not e[1]:match("^tok%.") and not e[1]:match("^pos%.") then
-      decay[#decay + 1] = p
-    else
-      no_decay[#no_decay + 1] = p
-    end
-  end
-  local opt = optim.AdamW({ { params = decay, weight_decay = 0.1 },
-                            { params = no_decay, weight_decay = 0 } },
-                          { lr = 1e-3, betas = { 0.9, 0.99 } })
+  local opt = optim.AdamW(model:param_groups(0.1), { lr = 1e-3, betas = { 0.9, 0.99 } })
   local sampler = data.Generator(1, 1)
   local res = { run = r, val_x = {}, val_y = {}, load = {}, params = model:num_parameters() }
   local train_time = 0

@@ -231,18 +231,7 @@ glia.manual_seed(run.seed)
 local model = GPT{ vocab_size = ds.vocab_size, d_model = run.d, n_layers = run.layers,
                    n_heads = run.heads, ctx = run.ctx, moe = GPT.moe_of_run(run) }
 -- No weight decay on biases, norms and embeddings (as GPT-2 does).
-local decay, no_decay = {}, {}
-for _, e in ipairs(model:named_parameters()) do
-  local p = e[2]
-  if p:dim() >= 2 and not e[1]:match("^tok%.") and not e[1]:match("^pos%.") then
-    decay[#decay + 1] = p
-  else
-    no_decay[#no_decay + 1] = p
-  end
-end
-local opt = optim.AdamW({ { params = decay, weight_decay = run["weight-decay"] },
-                          { params = no_decay, weight_decay = 0 } },
-                        { lr = run.lr, betas = { 0.9, 0.99 } })
+local opt = optim.AdamW(model:param_groups(run["weight-decay"]), { lr = run.lr, betas = { 0.9, 0.99 } })
 local sampler = data.Generator(run.seed, 1)
 
 local step, elapsed0 = 0, 0

@@ -156,6 +156,21 @@ function GPT:loss(x, y)
   return aux and loss + aux or loss, logits
 end
 
+-- The optimizer's parameter groups: weight decay wd on the matrices, none on
+-- biases, norms and embeddings (as GPT-2 does).
+function GPT:param_groups(wd)
+  local decay, no_decay = {}, {}
+  for _, e in ipairs(self:named_parameters()) do
+    local p = e[2]
+    if p:dim() >= 2 and not e[1]:match("^tok%.") and not e[1]:match("^pos%.") then
+      decay[#decay + 1] = p
+    else
+      no_decay[#no_decay + 1] = p
+    end
+  end
+  return { { params = decay, weight_decay = wd }, { params = no_decay, weight_decay = 0 } }
+end
+
 -- The moe config of a training run's flat settings (examples/train_gpt.lua's
 -- --experts, --top-k, --router, --shared, --coe, --aux-alpha, --bias-gamma,
 -- as its checkpoints keep them), or nil for a dense model.
