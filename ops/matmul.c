@@ -179,7 +179,12 @@ static void rowdot_run(glia_ctx *G, rowdot *d) {
 
 void glia_matvec(glia_ctx *G, const float *w, const float *x, const float *bias, float *y,
                  int64_t rows, int64_t k) {
-  rowdot d = {.w = w, .x = x, .y = y, .bias = bias, .rows = rows, .k = k, .ldw = k, .incy = 1,
+  glia_matvec_ld(G, w, k, x, bias, y, rows, k);
+}
+
+void glia_matvec_ld(glia_ctx *G, const float *w, int64_t ldw, const float *x, const float *bias,
+                    float *y, int64_t rows, int64_t k) {
+  rowdot d = {.w = w, .x = x, .y = y, .bias = bias, .rows = rows, .k = k, .ldw = ldw, .incy = 1,
               .alpha = 1.0f};
   rowdot_run(G, &d);
 }

@@ -207,6 +207,9 @@ GLIAI_FUNC glia_status glia_fill_(glia_ctx *G, glia_tensor *x, double v);
 ** row-major: glia.linear's one-row kernel, on the pool (ops/matmul.c). */
 GLIAI_FUNC void glia_matvec(glia_ctx *G, const float *w, const float *x, const float *bias,
                             float *y, int64_t rows, int64_t k);
+/* The same with w's rows ldw floats apart (a slice of a wider matrix). */
+GLIAI_FUNC void glia_matvec_ld(glia_ctx *G, const float *w, int64_t ldw, const float *x,
+                               const float *bias, float *y, int64_t rows, int64_t k);
 /* glia.layer_norm of R rows of C (w, b may be NULL) into y (ops/norm.c). */
 GLIAI_FUNC void glia_layer_norm_rows(const float *x, const float *w, const float *b, float *y,
                                      int64_t R, int64_t C, double eps);

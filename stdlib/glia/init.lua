@@ -206,6 +206,23 @@ function glia.linear_attention(q, k, v, opts)
   return linear_attention(q, k, v, opts.eps)
 end
 
+-- glia.acm(x, w1, b1, w2, k [, {learners, activation}]) and
+-- glia.acm_all(x, w1, b1, w2 [, {learners, activation, detach}]): Adaptive
+-- Computation Modules (ops/acm.c). learners defaults to 4, activation to
+-- "gelu" (exact), detach to true. glia.acm returns o_{k_t}(x_t) {T,d} and
+-- the learner FLOPs it ran; glia.acm_all every prefix {N+1,T,d}.
+local acm_op, acm_all_op = core.acm, core.acm_all
+local ACM_OPTIONS, ACM_ALL_OPTIONS = { "learners", "activation" },
+                                     { "learners", "activation", "detach" }
+function glia.acm(x, w1, b1, w2, k, opts)
+  opts = options.check("glia.acm", opts, ACM_OPTIONS)
+  return acm_op(x, w1, b1, w2, k, opts.learners, opts.activation)
+end
+function glia.acm_all(x, w1, b1, w2, opts)
+  opts = options.check("glia.acm_all", opts, ACM_ALL_OPTIONS)
+  return acm_all_op(x, w1, b1, w2, opts.learners, opts.activation, opts.detach)
+end
+
 -- glia.load(path [, {mmap}]): the options are checked here, the file read in C.
 local load = core.load
 function glia.load(path, opts)

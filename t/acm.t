@@ -1,0 +1,319 @@
+-- t/acm.t -- Adaptive Computation Modules, the ops (ops/acm.c): glia.acm,
+-- the bucketed per-token forward, and glia.acm_all, every prefix at once.
+-- Proves the spec's invariants against a naive per-token reference in
+-- doubles: a dense MLP split into learners is exact, prefixes are
+-- consistent, the bucketed schedule equals the per-token computation for
+-- random counts at every thread count and for one token, k = 0 runs
+-- nothing; gradients in f64 (gated, and every prefix with and without
+-- detach), determinism, and the errors bad input gets.
+local t = require "t.tap"
+local glia = require "glia"
+local u = require "t.util"
+
+u.seed(20261206)
+
+local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
+
+t.plan(40)
+
+-- ============================================================ reference
+
+-- erf by its Taylor series: exact to double rounding for the |x| < 3 the
+-- tests use (their weights are small).
+local function erf(x)
+  if x > 5 then return 1 elseif x < -5 then return -1 end
+  local s, term, n = x, x, 0
+  repeat
+    n = n + 1
+    term = -term * x * x / n
+    local add = term / (2 * n + 1)
+    s = s + add
+  until abs(add) < 1e-17 * abs(s) and n > 3
+  return s * 2 / sqrt(math.pi)
+end
+
+local ACT = {
+  gelu = function(z) return 0.5 * z * (1 + erf(z / sqrt(2))) end,
+  gelu_tanh = function(z)
+    local v = sqrt(2 / math.pi) * (z + 0.044715 * z ^ 3)
+    return z / (1 + exp(-2 * v))
+  end,
+  relu = function(z) return z > 0 and z or 0 end,
+  identity = function(z) return z end,
+}
+
+-- o_k(x) of one token x (a table of d) for learners N, in doubles.
+local function ref_token(x, w1, b1, w2, N, k, act)
+  local d, H = #x, #b1
+  local w, y = floor(H / N), {}
+  for c = 1, d do y[c] = 0 end
+  for j = 1, k * w do
+    local s = b1[j]
+    for c = 1, d do s = s + w1[j][c] * x[c] end
+    s = act(s)
+    for c = 1, d do y[c] = y[c] + w2[c][j] * s end
+  end
+  return y
+end
+
+-- glia.acm's value, per token: rows of o_{k_t}(x_t).
+local function ref_acm(ks, N, actname)
+  return function(x, w1, b1, w2)
+    local out = {}
+    for i = 1, #x do out[i] = ref_token(x[i], w1, b1, w2, N, ks[i], ACT[actname or "gelu"]) end
+    return out
+  end
+end
+
+-- glia.acm_all's value: {N+1, T, d}; with `each`, learner outputs h_k
+-- instead of their running sums (entry 1 stays 0).
+local function ref_all(N, actname, each)
+  return function(x, w1, b1, w2)
+    local out = {}
+    for k = 0, N do
+      out[k + 1] = {}
+      for i = 1, #x do
+        local y = ref_token(x[i], w1, b1, w2, N, k, ACT[actname or "gelu"])
+        if each and k > 0 then
+          local p = ref_token(x[i], w1, b1, w2, N, k - 1, ACT[actname or "gelu"])
+          for c = 1, #y do y[c] = y[c] - p[c] end
+        end
+        out[k + 1][i] = y
+      end
+    end
+    return out
+  end
+end
+
+local function relerr(a, b)
+  local fb, m = t.flat(b, {}), 0
+  for _, v in ipairs(fb) do m = max(m, abs(v)) end
+  return t.maxdiff(a, b) / max(m, 1e-30)
+end
+
+-- random learners: x {T,d}, w1 {N*w,d}, b1, w2 {d,N*w}, scaled so that
+-- hidden pre-activations stay O(1)
+local function make(T, d, N, w, scale)
+  scale = scale or 1
+  local H = N * w
+  return glia.randn(T, d), glia.randn(H, d) * (scale / sqrt(d)), glia.randn(H) * 0.1,
+         glia.randn(d, H) * (scale / sqrt(H))
+end
+
+local function rand_k(T, N)
+  local ks = {}
+  for i = 1, T do ks[i] = floor(glia.rand(1):item() * (N + 1)) % (N + 1) end
+  return ks, glia.tensor(ks, "i64")
+end
+
+local function full_k(T, v)
+  local ks = {}
+  for i = 1, T do ks[i] = v end
+  return ks, glia.tensor(ks, "i64")
+end
+
+-- ============================================================ forward
+
+do -- 1. a dense MLP split into learners gives o_N(x) = f(x)
+  local T, d, N, w = 37, 16, 4, 8
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local dense = glia.linear(glia.gelu(glia.linear(x, w1, b1)), w2)
+  local _, kN = full_k(T, N)
+  local y = glia.acm(x, w1, b1, w2, kN, { learners = N })
+  local all = glia.acm_all(x, w1, b1, w2, { learners = N })
+  t.ok(t.maxdiff(y, dense) <= 1e-6 * max(1, t.maxdiff(dense, dense * 0)),
+       "an MLP's hidden units split into 4 learners give o_N(x) = the MLP (gated)")
+  t.ok(t.maxdiff(all[N + 1], dense) <= 1e-6 * max(1, t.maxdiff(dense, dense * 0)),
+       "and every-prefix's last prefix is the MLP too")
+end
+
+do -- 2. prefix consistency
+  local T, d, N, w = 9, 5, 3, 4
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local all = glia.acm_all(x, w1, b1, w2, { learners = N })
+  t.is(all:shape()[1], N + 1, "acm_all returns N + 1 prefixes")
+  t.ok(u.identical(all[1], glia.zeros(T, d)), "prefix 0 is exactly 0")
+  local each = ref_all(N, "gelu", true)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+  local worst = 0
+  for k = 1, N do worst = max(worst, relerr(all[k + 1] - all[k], each[k + 1])) end
+  t.ok(worst < 1e-5, "o_k - o_{k-1} = h_k, the k-th learner alone, for every k")
+  local want = ref_all(N, "gelu")(x:totable(), w1:totable(), b1:totable(), w2:totable())
+  t.ok(relerr(all, want) < 1e-5, "every prefix matches the per-token reference in doubles")
+end
+
+do -- each activation, gated and every-prefix, against the reference
+  local T, d, N, w = 11, 6, 2, 5
+  local x, w1, b1, w2 = make(T, d, N, w, 2)
+  local ks, k = rand_k(T, N)
+  local worst = 0
+  for _, a in ipairs { "gelu", "gelu_tanh", "relu", "identity" } do
+    local want = ref_acm(ks, N, a)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+    worst = max(worst, relerr(glia.acm(x, w1, b1, w2, k, { learners = N, activation = a }), want))
+    local wall = ref_all(N, a)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+    worst = max(worst, relerr(glia.acm_all(x, w1, b1, w2, { learners = N, activation = a }), wall))
+  end
+  t.ok(worst < 1e-5, "gelu, gelu_tanh, relu and identity learners match the reference")
+end
+
+do -- 3. bucketed = naive per token, every thread count, T = 1, strides
+  local T, d, N, w = 301, 24, 4, 16
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks, k = rand_k(T, N)
+  local want = ref_acm(ks, N)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+  local got = u.by_threads(function() return glia.acm(x, w1, b1, w2, k) end, { 1, 2, 3 })
+  t.ok(relerr(got[1], want) < 1e-6, "bucketed inference equals the per-token o_k(x) (1 thread)")
+  t.ok(u.identical(got[1], got[2]) and u.identical(got[1], got[3]),
+       "and gives the same bits on 2 and 3 threads")
+  local worst = 0
+  for kk = 0, N do
+    for _, i in ipairs { 1, 77, T } do
+      local y = glia.acm(x:narrow(1, i, 1), w1, b1, w2, glia.tensor({ kk }, "i64"))
+      worst = max(worst, relerr(y[1], ref_token(x[i]:totable(), w1:totable(), b1:totable(),
+                                                w2:totable(), N, kk, ACT.gelu)))
+    end
+  end
+  t.ok(worst < 1e-6, "one token (decoding) at each k = 0..N equals the reference")
+  local y3 = glia.acm(x:narrow(1, 5, 3), w1, b1, w2, k:narrow(1, 5, 3))
+  t.ok(relerr(y3, { want[5], want[6], want[7] }) < 1e-6, "three tokens (the row path) too")
+  -- strided: x and the weights as transposed views, k as i32 with a stride
+  local xt, w1t, w2t = x:t():contiguous():t(), w1:t():contiguous():t(), w2:t():contiguous():t()
+  local k2 = glia.zeros(T, 2, "i32")
+  k2:select(2, 1):copy_(k)
+  local ys = glia.acm(xt, w1t, b1, w2t, k2:select(2, 1))
+  t.ok(u.identical(ys, got[1]), "transposed x, w1, w2 and a strided i32 k give the same result")
+end
+
+do -- 4. all-zero and all-N gates
+  local T, d, N, w = 50, 8, 4, 4
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local _, k0 = full_k(T, 0)
+  local y0, f0 = glia.acm(x, w1, b1, w2, k0)
+  t.ok(u.identical(y0, glia.zeros(T, d)), "k = 0 for every token gives exactly 0")
+  t.is(f0, 0, "and runs no learner FLOPs (no GEMM)")
+  local _, kN = full_k(T, N)
+  local yN, fN = glia.acm(x, w1, b1, w2, kN)
+  local all = glia.acm_all(x, w1, b1, w2)
+  t.ok(relerr(yN, all[N + 1]) < 1e-6, "k = N for every token equals every-prefix's last")
+  t.is(fN, T * N * (4 * d * w + 2 * w), "and counts N learners' FLOPs per token")
+  local ks, k = rand_k(T, N)
+  local _, f = glia.acm(x, w1, b1, w2, k)
+  local sum = 0
+  for i = 1, T do sum = sum + ks[i] end
+  t.is(f, sum * (4 * d * w + 2 * w), "random k: the FLOPs run are sum_t k_t (4 d w + 2 w)")
+end
+
+-- ========================================================== gradients
+
+do -- 6. gated backward: f64 check, learners not run get nothing
+  local T, d, N, w = 7, 4, 3, 3
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks, k = { 0, 1, 2, 3, 1, 2, 2 }, nil
+  k = glia.tensor(ks, "i64")
+  u.gradcheck_f64(function(a, b, c, e) return glia.acm(a, b, c, e, k, { learners = N }) end,
+                  ref_acm(ks, N), { x, w1, b1, w2 }, "gated acm: gradients of x, w1, b1, w2 in f64")
+  u.gradcheck(function(a, b, c, e) return glia.acm(a, b, c, e, k, { learners = N }) end,
+              { x, w1, b1, w2 }, "gated acm: f32 gradient check")
+  local ks2 = { 0, 1, 1, 0, 2, 1, 0 }
+  local k2 = glia.tensor(ks2, "i64")
+  for _, p in ipairs { x, w1, b1, w2 } do p:zero_grad() end
+  glia.acm(x, w1, b1, w2, k2, { learners = N }):sum():backward()
+  local untouched = u.identical(w1.grad:narrow(1, 2 * w + 1, w), glia.zeros(w, d)) and
+                    u.identical(b1.grad:narrow(1, 2 * w + 1, w), glia.zeros(w)) and
+                    u.identical(w2.grad:narrow(2, 2 * w + 1, w), glia.zeros(d, w))
+  t.ok(untouched, "a learner no token ran gets exactly zero gradient")
+  t.ok(u.identical(x.grad[1], glia.zeros(d)) and u.identical(x.grad[4], glia.zeros(d)),
+       "a token with k = 0 gets exactly zero gradient")
+  local _, kr = rand_k(T, N)
+  u.gradcheck_f64(function(a, b, c, e)
+    return glia.acm(a, b, c, e, kr, { learners = N, activation = "relu" })
+  end, ref_acm(kr:totable(), N, "relu"), { x, w1, b1, w2 }, "gated acm with relu learners in f64")
+end
+
+do -- every prefix: both gradient variants
+  local T, d, N, w = 5, 3, 3, 2
+  local x, w1, b1, w2 = make(T, d, N, w)
+  u.gradcheck_f64(function(a, b, c, e)
+    return glia.acm_all(a, b, c, e, { learners = N, detach = false })
+  end, ref_all(N), { x, w1, b1, w2 }, "acm_all no_detach: gradients in f64 (every prefix)")
+  -- detach: o_k = h_k + stopgrad(o_{k-1}), so o_k - stopgrad(o_{k-1}) = h_k
+  -- carries exactly the gradient of h_k alone
+  local function each(a, b, c, e)
+    local all = glia.acm_all(a, b, c, e, { learners = N, detach = true })
+    local parts = { all[1] }
+    for k = 2, N + 1 do parts[k] = all[k] - all[k - 1]:detach() end
+    return glia.stack(parts, 1)
+  end
+  u.gradcheck_f64(each, ref_all(N, "gelu", true), { x, w1, b1, w2 },
+                  "acm_all detach: learner k's gradient is that of h_k alone, in f64")
+  u.gradcheck(each, { x, w1, b1, w2 }, "acm_all detach: f32 gradient check", { atol = 2e-2 })
+  u.gradcheck(function(a, b, c, e) return glia.acm_all(a, b, c, e, { learners = N, detach = false }) end,
+              { x, w1, b1, w2 }, "acm_all no_detach: f32 gradient check", { atol = 2e-2 })
+  -- in detach mode a loss on prefix n reaches learner n only
+  for _, p in ipairs { x, w1, b1, w2 } do p:zero_grad() end
+  local all = glia.acm_all(x, w1, b1, w2, { learners = N })
+  all[3]:sum():backward()
+  local g = w1.grad
+  t.ok(u.identical(g:narrow(1, 1, w), glia.zeros(w, d)) and
+       u.identical(g:narrow(1, 2 * w + 1, w), glia.zeros(w, d)) and
+       t.maxdiff(g:narrow(1, w + 1, w), glia.zeros(w, d)) > 0,
+       "detach: a loss on o_2 reaches learner 2 only")
+  for _, p in ipairs { x, w1, b1, w2 } do p:zero_grad() end
+  all = glia.acm_all(x, w1, b1, w2, { learners = N, detach = false })
+  all[3]:sum():backward()
+  g = w1.grad
+  t.ok(t.maxdiff(g:narrow(1, 1, w), glia.zeros(w, d)) > 0 and
+       u.identical(g:narrow(1, 2 * w + 1, w), glia.zeros(w, d)),
+       "no_detach: a loss on o_2 reaches learners 1 and 2, not 3")
+end
+
+do -- 11. determinism: same inputs, same bits, runs and thread counts
+  local T, d, N, w = 400, 16, 4, 16
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local _, k = rand_k(T, N)
+  local function run()
+    for _, p in ipairs { x, w1, b1, w2 } do p:zero_grad() p:requires_grad() end
+    local y = glia.acm(x, w1, b1, w2, k)
+    y:mul(y):sum():backward()
+    return { y:detach():clone(), x.grad:clone(), w1.grad:clone(), b1.grad:clone(), w2.grad:clone() }
+  end
+  local a, b = run(), run()
+  local same = true
+  for i = 1, 5 do same = same and u.identical(a[i], b[i]) end
+  t.ok(same, "two runs give the same output and gradients, to the bit")
+  local r = u.by_threads(run, { 1, 2 })
+  same = true
+  for i = 1, 5 do same = same and u.identical(r[1][i], r[2][i]) end
+  t.ok(same, "1 and 2 threads give the same output and gradients, to the bit")
+end
+
+-- ============================================================== errors
+
+do
+  local x, w1, b1, w2 = make(4, 3, 2, 2)
+  local k = glia.tensor({ 0, 1, 2, 1 }, "i64")
+  t.error_like(function() glia.acm(x, w1, b1, w2, glia.tensor({ 0, 1, 3, 1 }, "i64"), { learners = 2 }) end,
+               "glia.acm: k%[3%] = 3 is out of range 0..2", "k above N names the token and N")
+  t.error_like(function() glia.acm(x, w1, b1, w2, glia.tensor({ 0, -1, 0, 1 }, "i64"), { learners = 2 }) end,
+               "k%[2%] = %-1 is out of range", "a negative k is an error")
+  t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 3 }) end,
+               "glia.acm: the packed width 4 %(w1 {4,3}%) does not divide into 3 learners",
+               "widths that do not divide by the learner count")
+  t.error_like(function() glia.acm_all(x, w1, b1, w2, { learners = 3 }) end,
+               "glia.acm_all: the packed width 4", "the same for acm_all")
+  t.error_like(function() glia.acm(x, w1:narrow(2, 1, 2), b1, w2, k, { learners = 2 }) end,
+               "glia.acm: expected x {T,d}, w1 {H,d}, b1 {H}, w2 {d,H}, got x {4,3}, w1 {4,2}",
+               "mismatched shapes name every operand")
+  t.error_like(function() glia.acm(x, w1, b1, w2, glia.tensor({ 0, 1 }, "i64"), { learners = 2 }) end,
+               "k must be an integer tensor {T} = {4}, got i64 {2}", "k of the wrong length")
+  t.error_like(function() glia.acm(x, w1, b1, w2, glia.zeros(4), { learners = 2 }) end,
+               "k must be an integer tensor", "k of a float dtype")
+  t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 2, activation = "tanh" }) end,
+               'activation must be "gelu", "gelu_tanh", "relu" or "identity", got "tanh"',
+               "an unknown activation")
+  t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 0 }) end,
+               "learners must be at least 1", "zero learners")
+  t.error_like(function() glia.acm(x, w1, b1, w2, k, { learner = 2 }) end,
+               "glia.acm: unknown option 'learner'", "an unknown option")
+end
+
+t.done()
