@@ -20,6 +20,8 @@
 --   nn.SLA(dim, heads, {grid, kernel_size, qkv_bias})  simplified linear attention (nn/sla.lua)
 --   nn.MoE(d, hidden, n_experts, {k, router, shared, aux_alpha, bias_gamma, iterations, ...})
 --                               mixture of experts, Chain-of-Experts (nn/moe.lua); nn.aux_loss(model)
+--   nn.ACM(d, hidden, learners, {activation, min_choice, tau, gate_hidden, detach})
+--                               adaptive computation module (nn/acm.lua)
 --   nn.init                     initializers (nn/initializers.lua)
 --   nn.functional, nn.F         losses and stateless layers (nn/functional.lua)
 local Module = require "glia.nn.module"
@@ -42,6 +44,7 @@ end
 for name, cls in pairs(require "glia.nn.conv") do nn[name] = cls end
 
 for name, cls in pairs(require "glia.nn.sla") do nn[name] = cls end
+nn.ACM = require("glia.nn.acm").ACM
 
 for name, cls in pairs(require "glia.nn.moe") do nn[name] = cls end
 

@@ -1,0 +1,275 @@
+-- glia.nn.acm -- nn.ACM, an Adaptive Computation Module (Wojcik et al.
+-- 2023): N learners, two-layer networks whose outputs are summed, and a
+-- gate that picks per token how many of them run (0..N). The learners are
+-- packed as one MLP d -> N*w -> d (learner n owns hidden units
+-- (n-1)*w+1 .. n*w), so any prefix is a slice: glia.acm (ops/acm.c) runs
+-- each token on its own prefix, bucketed, and tokens that run nothing cost
+-- nothing.
+--
+--   ACM(d, hidden, learners [, {activation = "gelu", min_choice = 0,
+--       tau = 0.8, gate_hidden = 16, detach = true}])
+--
+-- hidden is the packed width N*w. The gate: three linear layers
+-- d -> gate_hidden -> gate_hidden -> N+1-m without activations between
+-- them (the reference's), m = min_choice; k = m + argmax of its logits in
+-- eval mode, and in training m + the index of a Gumbel-softmax sample
+-- taken hard, with the straight-through gradient (noise from the context's
+-- seeded RNG). Runtime overrides: `force_k` (every token runs that many
+-- learners; a number in (0, 1) is a fraction of N, rounded) and `cap_k`
+-- (k clamped to at most that).
+--
+-- forward(x {..., d}) -> {..., d}, and records in self.last what the
+-- losses read: g {T, N+1} (the gate's one-hot over k = 0..N, carrying the
+-- straight-through gradient; nil when forced), k (i64 {T}), flops (the
+-- learner FLOPs glia.acm measured) and T. forward_all(x) -> {N+1, ..., d},
+-- every prefix (phase-1 distillation).
+--
+-- Also here, as functions of the module table (glia.acm re-exports them):
+--   gumbel_hard(logits, tau [, u])   one-hot forward, softmax-Jacobian backward
+--   gate_labels(errors, tau_err)     phase-2 targets from per-prefix errors
+--   budget_loss(acms, beta)          |F - beta| and F, F the fraction of max compute
+--   entropy_loss(acms, B)            rewards varied choices inside a sample
+--   diversity_loss(acms, B)          rewards different compute across samples
+local glia = require "glia"
+local Module = require "glia.nn.module"
+local options = require "glia.options"
+local lin = require "glia.nn.linear"
+local init = require "glia.nn.initializers"
+
+local sqrt, floor, log, abs = math.sqrt, math.floor, math.log, math.abs
+local format, error, type, ipairs, tostring = string.format, error, type, ipairs, tostring
+local Parameter, check_int = Module.Parameter, Module.check_int
+
+local M = {}
+
+-- ============================================================ the gate
+
+-- y = onehot(argmax(logits + gumbel)) forward; the gradient is that of
+-- softmax((logits + gumbel) / tau). u: uniform noise of logits' shape
+-- (default glia.rand from the context's RNG), clamped away from 0 and 1.
+-- Written y_hard + (y_soft - detach(y_soft)), so that the forward value is
+-- the one-hot exactly. Returns y and the 1-based indices {...}.
+function M.gumbel_hard(logits, tau, u)
+  if type(tau) ~= "number" or not (tau > 0) then
+    error("glia.acm.gumbel_hard: temperature must be > 0, got " .. tostring(tau), 2)
+  end
+  u = (u or glia.rand(logits:shape())):clamp(1e-20, 1 - 1e-7)
+  local z = (logits + u:log():neg():log():neg()) / tau
+  local soft = glia.softmax(z, -1)
+  local idx = glia.argmax(z, -1)
+  local hard = glia.one_hot(idx, logits:size(-1))
+  return hard + (soft - soft:detach()), idx
+end
+
+-- Phase-2 targets: errors {T, N+1} (e_0..e_N per token, a tensor or nested
+-- table) -> i64 {T}: the smallest k in 1..N with e_{k-1} / e_k < tau_err
+-- (learner k helped by less than that factor), N when there is none.
+function M.gate_labels(errors, tau_err)
+  if type(tau_err) ~= "number" or not (tau_err > 0) then
+    error("glia.acm.gate_labels: tau_err must be > 0, got " .. tostring(tau_err), 2)
+  end
+  local e = type(errors) == "table" and errors or errors:totable()
+  local out = {}
+  for t = 1, #e do
+    local row, N = e[t], #e[t] - 1
+    local label = N
+    for k = 1, N do
+      if row[k] / row[k + 1] < tau_err then label = k break end
+    end
+    out[t] = label
+  end
+  return glia.tensor(out, "i64")
+end
+
+-- ============================================================== module
+
+local ACM = Module:extend("ACM")
+M.ACM = ACM
+
+local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, identity = true }
+
+function ACM:__init(d, hidden, learners, opts)
+  opts = options.check("glia.nn.ACM", opts,
+                       { "activation", "min_choice", "tau", "gate_hidden", "detach" }, 2)
+  self.d = check_int("ACM", "d", d, 1)
+  self.learners = check_int("ACM", "learners", learners, 1)
+  check_int("ACM", "hidden", hidden, 1)
+  if hidden % learners ~= 0 then
+    error(format("glia.nn.ACM: hidden %d does not divide into %d learners", hidden, learners), 2)
+  end
+  self.width = floor(hidden / learners)
+  self.activation = opts.activation or "gelu"
+  if not ACTIVATIONS[self.activation] then
+    error("glia.nn.ACM: activation must be gelu, gelu_tanh, relu or identity, got " ..
+          tostring(self.activation), 2)
+  end
+  self.min_choice = opts.min_choice or 0
+  if self.min_choice ~= 0 and self.min_choice ~= 1 then
+    error("glia.nn.ACM: min_choice must be 0 or 1, got " .. tostring(self.min_choice), 2)
+  end
+  self:set_tau(opts.tau or 0.8)
+  self.detach = opts.detach ~= false
+  local gh = check_int("ACM", "gate_hidden", opts.gate_hidden or 16, 1)
+  self.w1 = Parameter(glia.empty(hidden, d))
+  self.b1 = Parameter(glia.empty(hidden))
+  self.w2 = Parameter(glia.empty(d, hidden))
+  self.gate1 = lin.Linear(d, gh)
+  self.gate2 = lin.Linear(gh, gh)
+  self.gate3 = lin.Linear(gh, learners + 1 - self.min_choice)
+  self:reset_parameters()
+end
+
+-- The learners as nn.Linear layers would be (Kaiming-uniform, a = sqrt 5);
+-- the gate keeps its Linear defaults.
+function ACM:reset_parameters()
+  init.kaiming_uniform_(self.w1, { a = sqrt(5) })
+  init.kaiming_uniform_(self.w2, { a = sqrt(5) })
+  local bound = 1 / sqrt(self.d)
+  init.uniform_(self.b1, -bound, bound)
+end
+
+function ACM:set_tau(tau)
+  if type(tau) ~= "number" or not (tau > 0) then
+    error("glia.nn.ACM: the gate temperature tau must be > 0, got " .. tostring(tau), 2)
+  end
+  self.tau = tau
+end
+
+-- FLOPs of one learner on one token, as glia.acm counts them.
+function ACM:learner_flops()
+  return 4 * self.d * self.width + 2 * self.width
+end
+
+function ACM:_opts()
+  return { learners = self.learners, activation = self.activation }
+end
+
+local function flat(self, x)
+  if x:size(-1) ~= self.d then
+    error(format("glia.nn.ACM: expected input {..., %d}, got {%s}", self.d,
+                 table.concat(x:shape(), ",")), 3)
+  end
+  return x:reshape(-1, self.d)
+end
+
+-- The gate's logits {T, N+1-m} for x {T, d}.
+function ACM:gate_logits(x2)
+  return self.gate3(self.gate2(self.gate1(x2)))
+end
+
+-- k (i64 {T}) and the one-hot g {T, N+1} (nil when forced) for x {T, d}.
+function ACM:choose(x2)
+  local T, N, m = x2:size(1), self.learners, self.min_choice
+  local fk = self.force_k
+  if fk then
+    if fk > 0 and fk < 1 then fk = floor(fk * N + 0.5) end
+    if fk ~= floor(fk) or fk < m or fk > N then
+      error(format("glia.nn.ACM: force_k must be a count in %d..%d or a fraction of N, got %s",
+                   m, N, tostring(self.force_k)), 3)
+    end
+    local k = glia.full({ T }, fk, "i64")
+    return k, nil
+  end
+  local logits = self:gate_logits(x2)
+  local g, idx
+  if self.training then
+    g, idx = M.gumbel_hard(logits, self.tau)
+  else
+    idx = glia.argmax(logits, -1)
+    g = glia.one_hot(idx, N + 1 - m)
+  end
+  if m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
+  local k = idx:to("f32") + (m - 1) -- 1-based index -> count
+  if self.cap_k then k = k:clamp(0, self.cap_k) end
+  return k:to("i64"), g
+end
+
+function ACM:forward(x)
+  local x2 = flat(self, x)
+  local k, g = self:choose(x2)
+  local y, flops = glia.acm(x2, self.w1, self.b1, self.w2, k, self:_opts())
+  self.last = { g = g, k = k, flops = flops, T = x2:size(1) }
+  return y:view(x:shape())
+end
+
+-- Every prefix o_0..o_N of x {..., d}: {N+1, ..., d}.
+function ACM:forward_all(x)
+  local x2 = flat(self, x)
+  local o = self:_opts()
+  o.detach = self.detach
+  local all = glia.acm_all(x2, self.w1, self.b1, self.w2, o)
+  local shape = x:shape()
+  table.insert(shape, 1, self.learners + 1)
+  return all:view(shape)
+end
+
+function ACM:extra_repr()
+  return format("d=%d, learners=%d x %d, %s, min_choice=%d", self.d, self.learners, self.width,
+                self.activation, self.min_choice)
+end
+
+-- ============================================================== losses
+
+local function records(where, acms)
+  if type(acms) ~= "table" or #acms == 0 then
+    error(where .. ": expected a list of nn.ACM modules", 3)
+  end
+  for i, a in ipairs(acms) do
+    if not (a.last and a.last.g) then
+      error(format("%s: ACM %d has no gated forward to read (run the model in gated mode)",
+                   where, i), 3)
+    end
+  end
+end
+
+-- k as a row {1, N+1} = 0, 1, ..., N
+local function counts_row(N) return glia.arange(0, N + 1):view(1, N + 1) end
+
+-- L = |F - beta|, F = (sum_l mean_t c_l k_{t,l}) / (sum_l N c_l), through
+-- the gates' straight-through gradient. Returns L and F (a number).
+function M.budget_loss(acms, beta)
+  if type(beta) ~= "number" or not (beta > 0 and beta <= 1) then
+    error("glia.acm.budget_loss: the budget must be in (0, 1], got " .. tostring(beta), 2)
+  end
+  records("glia.acm.budget_loss", acms)
+  local cost, cmax
+  for _, a in ipairs(acms) do
+    local c = a:learner_flops()
+    local mean_k = (a.last.g * counts_row(a.learners)):sum(2):mean()
+    cost = cost and cost + mean_k * c or mean_k * c
+    cmax = (cmax or 0) + a.learners * c
+  end
+  local F = cost / cmax
+  return (F - beta):abs(), F:item()
+end
+
+-- Per sample b (the T tokens are B samples of T/B) and ACM l, the
+-- normalized entropy of the histogram of choices; L = -its mean.
+function M.entropy_loss(acms, B)
+  records("glia.acm.entropy_loss", acms)
+  local total
+  for _, a in ipairs(acms) do
+    local N = a.learners
+    local hist = a.last.g:view(B, -1, N + 1):sum(2)           -- {B, N+1}
+    local p = hist / hist:sum(2, true)
+    local h = (p * (p + 1e-20):log()):sum(2):neg() / log(N + 1) -- {B}
+    total = total and total + h:mean() or h:mean()
+  end
+  return total:neg() / #acms
+end
+
+-- u[b] = the mean over b's tokens, the ACMs and the N+1 slots of k g_k;
+-- L = -2 mean_{b,b'} |u[b] - u[b']|.
+function M.diversity_loss(acms, B)
+  records("glia.acm.diversity_loss", acms)
+  local u
+  for _, a in ipairs(acms) do
+    local N = a.learners
+    local kg = (a.last.g * counts_row(N)):view(B, -1, N + 1):mean({ 2, 3 }) -- {B}
+    u = u and u + kg or kg
+  end
+  u = u / #acms
+  return (u:view(B, 1) - u:view(1, B)):abs():mean():mul(-2)
+end
+
+return M

@@ -1,0 +1,174 @@
+-- t/nn_acm.t -- nn.ACM and its gate and losses (stdlib/glia/nn/acm.lua):
+-- Gumbel-softmax hard with straight-through gradient against the softmax
+-- Jacobian in doubles, eval's deterministic argmax, min_choice, force_k and
+-- cap_k, the phase-2 labels, budget accounting against the FLOPs glia.acm
+-- measured, the entropy and diversity values, determinism from the seed,
+-- and the errors.
+local t = require "t.tap"
+local glia = require "glia"
+local nn = require "glia.nn"
+local A = require "glia.nn.acm"
+local u = require "t.util"
+
+u.seed(20261206)
+
+local abs, exp, log, max = math.abs, math.exp, math.log, math.max
+
+t.plan(26)
+
+do -- Gumbel straight-through with fixed noise
+  local R, C, tau = 6, 5, 0.8
+  local logits, noise = glia.randn(R, C), glia.rand(R, C)
+  local dy = glia.randn(R, C)
+  logits:requires_grad()
+  local y, idx = A.gumbel_hard(logits, tau, noise)
+  local L, N, DY = logits:totable(), noise:totable(), dy:totable()
+  local onehot, want_grad, idx_ok = true, {}, true
+  local Y = y:totable()
+  for r = 1, R do
+    local z, best, zmax = {}, 1, -math.huge
+    for c = 1, C do
+      z[c] = (L[r][c] - log(-log(N[r][c]))) / tau
+      if z[c] > zmax then zmax, best = z[c], c end
+    end
+    if idx[r] ~= best then idx_ok = false end
+    for c = 1, C do
+      if Y[r][c] ~= (c == best and 1 or 0) then onehot = false end
+    end
+    local s, sum = {}, 0
+    for c = 1, C do s[c] = exp(z[c] - zmax) sum = sum + s[c] end
+    local dot = 0
+    for c = 1, C do s[c] = s[c] / sum dot = dot + DY[r][c] * s[c] end
+    want_grad[r] = {}
+    for c = 1, C do want_grad[r][c] = s[c] * (DY[r][c] - dot) / tau end
+  end
+  t.ok(onehot and idx_ok, "Gumbel hard: the forward is exactly onehot(argmax(logits + gumbel))")
+  y:mul(dy):sum():backward()
+  t.ok(t.maxdiff(logits.grad, want_grad) < 1e-5,
+       "and the gradient is the softmax Jacobian of (logits + gumbel) / tau applied to dy")
+  t.error_like(function() A.gumbel_hard(logits, 0) end, "temperature must be > 0",
+               "a temperature <= 0 is an error")
+end
+
+-- an ACM with a fresh gate; x {B, S, d}
+local function make(opts)
+  local m = nn.ACM(8, 16, 4, opts)
+  return m, glia.randn(3, 10, 8)
+end
+
+do -- eval: argmax, no noise; module output = glia.acm with the gate's k
+  local m, x = make()
+  m:eval()
+  local s0, o0 = glia.rng_state()
+  local y1 = m(x)
+  local k1 = m.last.k
+  local y2 = m(x)
+  local s1, o1 = glia.rng_state()
+  t.ok(u.identical(y1, y2) and u.identical(k1, m.last.k) and s0 == s1 and o0 == o1,
+       "eval mode: deterministic argmax, draws no noise")
+  local want_k = (glia.argmax(m:gate_logits(x:reshape(-1, 8)), -1):to("f32") - 1):to("i64")
+  t.ok(u.identical(k1, want_k), "eval mode: k = argmax of the gate's logits")
+  local ref = glia.acm(x:reshape(-1, 8), m.w1, m.b1, m.w2, k1, { learners = 4 })
+  t.ok(u.identical(y1:reshape(-1, 8), ref) and u.same_shape(y1, x),
+       "the module's output is glia.acm's with the gate's k, in x's shape")
+  local all = m:forward_all(x)
+  t.is(table.concat(all:shape(), ","), "5,3,10,8", "forward_all gives {N+1, ..., d}")
+end
+
+do -- min_choice with adversarial logits, force_k, cap_k
+  local m, x = make({ min_choice = 1 })
+  glia.no_grad(function()
+    m.gate3.weight:zero_()
+    m.gate3.bias:copy_(glia.tensor({ 100, -100, -100, -100 }))
+  end)
+  m:eval()
+  m(x)
+  t.is(m.last.k:to("f32"):min():item(), 1, "min_choice 1: no token gets k = 0 (eval)")
+  m:train()
+  m(x)
+  t.ok(m.last.k:to("f32"):min():item() >= 1 and m.last.g:narrow(2, 1, 1):sum():item() == 0,
+       "min_choice 1: none in training either, and g has no mass on k = 0")
+  m.force_k = 2
+  m(x)
+  t.ok(u.identical(m.last.k, glia.full({ 30 }, 2, "i64")) and m.last.g == nil,
+       "force_k = 2 runs 2 learners for every token")
+  m.force_k = 0.75
+  m(x)
+  t.is(m.last.k:to("f32"):max():item(), 3, "force_k = 0.75 is 3 of 4 learners")
+  m.force_k = nil
+  m.cap_k = 1
+  glia.no_grad(function() m.gate3.bias:copy_(glia.tensor({ -100, -100, -100, 100 })) end)
+  m(x)
+  t.is(m.last.k:to("f32"):max():item(), 1, "cap_k = 1 clamps k = 4 to 1")
+end
+
+do -- labels
+  local l = A.gate_labels({ { 10, 5, 4.5, 4.4, 4.3 }, { 10, 2, 1, 0.5, 0.25 }, { 10, 9, 1, 1, 1 } }, 1.2)
+  t.ok(u.identical(l, glia.tensor({ 2, 4, 1 }, "i64")),
+       "labels: 10,5,4.5,4.4,4.3 -> 2; 10,2,1,0.5,0.25 -> N; 10,9,... -> 1 (tau_err 1.2)")
+end
+
+do -- budget accounting: F = the measured fraction of max compute
+  local a1, a2 = nn.ACM(8, 16, 4), nn.ACM(8, 24, 2)
+  local x = glia.randn(2, 16, 8)
+  a1(x)
+  a2(x)
+  local L, F = A.budget_loss({ a1, a2 }, 0.5)
+  local T = 32
+  local c1, c2 = a1:learner_flops(), a2:learner_flops()
+  local k1, k2 = a1.last.k:totable(), a2.last.k:totable()
+  local per_token = 0
+  for i = 1, T do per_token = per_token + k1[i] * c1 + k2[i] * c2 end
+  t.is(a1.last.flops + a2.last.flops, per_token,
+       "measured learner FLOPs = sum over tokens and ACMs of k c_l")
+  local measured = (a1.last.flops + a2.last.flops) / (T * (4 * c1 + 2 * c2))
+  t.ok(abs(F - measured) < 1e-6, "budget_loss's F is the measured fraction of max compute")
+  t.ok(abs(L:item() - abs(measured - 0.5)) < 1e-6, "and L_budget = |F - beta|")
+  local L0 = A.budget_loss({ a1, a2 }, F)
+  t.is(L0:item(), 0, "L_budget is exactly 0 when beta = F")
+  L:backward()
+  t.ok(a1.gate1.weight.grad and t.maxdiff(a1.gate1.weight.grad, a1.gate1.weight * 0) > 0,
+       "the budget loss reaches the gate through the straight-through estimator")
+  t.error_like(function() A.budget_loss({ a1 }, 1.5) end, "budget must be in %(0, 1%]",
+               "a budget above 1 is an error")
+  t.error_like(function() A.budget_loss({ a1 }, 0) end, "budget must be in %(0, 1%]",
+               "a budget of 0 is an error")
+end
+
+do -- entropy and diversity values
+  local a = nn.ACM(4, 8, 4)
+  local B, S = 3, 10
+  local k = {}
+  for i = 1, B * S do k[i] = (i - 1) % 5 + 1 end
+  a.last = { g = glia.one_hot(glia.tensor(k, "i64"), 5) }
+  t.ok(abs(A.entropy_loss({ a }, B):item() + 1) < 1e-6,
+       "uniform choices within every sample give L_entropy = -1")
+  t.ok(abs(A.diversity_loss({ a }, B):item()) == 0, "identical per-sample compute: L_diversity = 0")
+  -- sample 1 all k = 0, sample 2 all k = 4: u = 0 and 4/5; mean |du| = 2 * 0.8 / 4
+  local k2 = {}
+  for i = 1, 20 do k2[i] = i <= 10 and 1 or 5 end
+  a.last = { g = glia.one_hot(glia.tensor(k2, "i64"), 5) }
+  t.ok(abs(A.diversity_loss({ a }, 2):item() + 2 * 0.4) < 1e-6,
+       "two samples at k = 0 and k = N: L_diversity = -2 mean |u_b - u_b'| = -0.8")
+end
+
+do -- determinism and errors
+  local function run()
+    glia.manual_seed(7)
+    local m, x = make()
+    local y = m(x)
+    local L = y:pow(2):mean() + A.budget_loss({ m }, 0.5)
+    L:backward()
+    return { m.last.k, y:detach(), m.w1.grad, m.gate1.weight.grad }
+  end
+  local a, b = run(), run()
+  local same = true
+  for i = 1, 4 do same = same and u.identical(a[i], b[i]) end
+  t.ok(same, "the same seed gives the same noise, choices and gradients")
+  t.error_like(function() nn.ACM(8, 16, 4, { tau = 0 }) end, "temperature tau must be > 0",
+               "a gate temperature <= 0 is an error")
+  t.error_like(function() nn.ACM(8, 18, 4) end, "hidden 18 does not divide into 4 learners",
+               "a width that does not divide")
+end
+
+t.done()
