@@ -112,6 +112,10 @@ elif w == 'moe':           # T=4096 d=256 E=8 hidden=512 top-2, fwd+bwd
         (out.sum() + aux).backward()
     t = timeit(step, 5)
     print(f"moe {t*1e3:.1f} ms fwd+bwd  {T/t:.0f} tok/s  maxrss {rss():.0f} MB")
+elif w == 'acm_4096':      # the dense gpt_train MLP (256->1024->256 GELU) on 4096 tokens, forward: the ACM baseline
+    x = torch.randn(4096, 256); fc, fc2 = nn.Linear(256, 1024), nn.Linear(1024, 256)
+    with torch.no_grad(): t = timeit(lambda: fc2(F.gelu(fc(x))), 20)
+    print(f"acm_4096 {t*1e3:.2f} ms dense MLP fwd  maxrss {rss():.0f} MB")
 elif w == 'mlp_fmnist':    # 784-512-256-10, batch 128, Adam 1e-3, 1 epoch, then test accuracy
     def idx(path, off):
         with gzip.open(path) as f: return f.read()[off:]

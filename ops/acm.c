@@ -46,9 +46,10 @@
 #include <stdlib.h>
 
 #define ACT_IDENTITY (-1)         /* act: a glia_unop, or this */
-#define TASK_WORK ((int64_t)1 << 22) /* multiply-adds per gated task, about */
+#define TASK_WORK ((int64_t)1 << 26) /* multiply-adds per gated product, about */
 #define TASK_MIN_ROWS 32
 #define MATVEC_ROWS 4
+#define SLOTS_MAX 256 /* pool slots a gated call uses, at most */
 
 /* ======================================================== the plan */
 
@@ -268,6 +269,7 @@ typedef struct {
   float *hid, *dpre; /* packed per bucket: bucket K at off[K], {count[K], K*w} */
   const int64_t *off;
   float *dx; /* {T,d} or NULL */
+  int64_t first[SLOTS_MAX + 1]; /* slot s runs tasks first[s] .. first[s+1]-1 */
 } gated_job;
 
 static void gather_rows(const acm_plan *p, const float *src, const int64_t *perm, int64_t nr,
@@ -313,12 +315,12 @@ static void task_backward(const gated_job *j, const acm_task *t, float *ws) {
   }
 }
 
-/* Slot s runs tasks [s*n/nslots, (s+1)*n/nslots): about equal work each. */
+/* Slot s runs the tasks [first[s], first[s+1]): runs of about equal work. */
 static void run_slots(int64_t begin, int64_t end, void *ud) {
   const gated_job *j = ud;
   for (int64_t s = begin; s < end; s++) {
     float *ws = j->ws + j->per * (size_t)s;
-    for (int64_t i = s * j->ntasks / j->nslots; i < (s + 1) * j->ntasks / j->nslots; i++) {
+    for (int64_t i = j->first[s]; i < j->first[s + 1]; i++) {
       if (j->dy) task_backward(j, &j->tasks[i], ws);
       else task_forward(j, &j->tasks[i], ws);
     }
@@ -337,7 +339,19 @@ static glia_status run_tasks(glia_ctx *G, gated_job *j) {
   }
   j->per = (per + 15) & ~(size_t)15;
   j->nslots = j->ntasks < G->nthreads ? j->ntasks : G->nthreads;
+  if (j->nslots > SLOTS_MAX) j->nslots = SLOTS_MAX;
   if (j->nslots < 1) j->nslots = 1;
+  /* cut the task list where the running work crosses s/nslots of the total
+  ** (a task's work is rows x K); which slot runs a task never changes its bits */
+  double total = 0, at = 0;
+  for (int64_t i = 0; i < j->ntasks; i++) total += (double)(j->tasks[i].nr * j->tasks[i].K);
+  int64_t s = 1;
+  j->first[0] = 0;
+  for (int64_t i = 0; i < j->ntasks && s < j->nslots; i++) {
+    at += (double)(j->tasks[i].nr * j->tasks[i].K);
+    while (s < j->nslots && at >= total * (double)s / (double)j->nslots) j->first[s++] = i + 1;
+  }
+  while (s <= j->nslots) j->first[s++] = j->ntasks;
   size_t bytes = j->per * (size_t)j->nslots * sizeof(float);
   j->ws = glia_alloc(G, bytes ? bytes : 1);
   if (!j->ws) return glia_fail_nomem(G, bytes, "glia.acm scratch");
