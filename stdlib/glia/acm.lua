@@ -1,0 +1,445 @@
+-- glia.acm -- converting a trained model's per-token layers into Adaptive
+-- Computation Modules (nn.ACM, stdlib/glia/nn/acm.lua) in three phases, as
+-- Wojcik et al. (2023) do:
+--
+--   1. distillation: every ACM learns its teacher module (frozen) from the
+--      teacher's own inputs: the mean over k = 0..N of |o_k(x) - f(x)|^2;
+--   2. gate pre-training: learners frozen, each gate learns by cross
+--      entropy the smallest k after which one more learner helps by less
+--      than tau_err (nn.acm's gate_labels);
+--   3. end-to-end fine-tuning: everything trains, gates in Gumbel mode, on
+--      task + w_b budget + w_e entropy + w_v diversity.
+--
+--   local acm = require "glia.acm"
+--   local conv = acm.convert(model, {learners = 4, batch = fn, out = "runs/acm",
+--                                    phase3 = {budget = 0.5}})
+--   conv:set_mode("gated")  -- or "teacher", or "dense" (every ACM at k = N)
+--
+-- Which modules: opts.modules lists dotted names in the model; the default
+-- is every nn.TransformerBlock. A TransformerBlock has its MLP replaced
+-- (fc, gelu tanh, fc2 -> an ACM of gelu_tanh learners reading ln2's output;
+-- its forward becomes an instance field, its fused decoding path is turned
+-- off); any other module is replaced in its parent by a slot holding the
+-- ACM, after a probe proves it a d -> d per-token map. The teachers leave
+-- the model (its parameters and state dict hold the ACMs only) and stay in
+-- conv.entries[i].teacher for phases 1 and 2.
+--
+-- batch(step, phase) returns the model's input and target for a step
+-- (model(x) and, for phase 3, loss(model, x, y), default model:loss(x, y)).
+-- Each phase writes out/phase<i> (a glia.checkpoint: model, optimizer,
+-- step) every save_every steps and when done, and appends to out/log.csv;
+-- convert resumes from the latest phase checkpoint in out. Each ACM's
+-- learners use rho * (teacher width) / N hidden units each (rho = 1: all
+-- of them cost what the teacher did).
+--
+-- Also re-exported from nn.acm: ACM, gumbel_hard, gate_labels, budget_loss,
+-- entropy_loss, diversity_loss.
+local glia = require "glia"
+local nn = require "glia.nn"
+local A = require "glia.nn.acm"
+local options = require "glia.options"
+local optim = require "glia.optim"
+local progress = require "glia.progress"
+local checkpoint = require "glia.checkpoint"
+
+local fmt, floor, max, sqrt = string.format, math.floor, math.max, math.sqrt
+local type, error, ipairs, pairs, tostring, rawget, rawset =
+  type, error, ipairs, pairs, tostring, rawget, rawset
+local clock = glia.clock
+local unpack = table.unpack or unpack
+local no_grad = glia.no_grad
+
+local M = {}
+for _, k in ipairs { "ACM", "gumbel_hard", "gate_labels", "budget_loss", "entropy_loss",
+                     "diversity_loss" } do
+  M[k] = A[k]
+end
+
+-- =========================================================== attaching
+
+-- A module's child by dotted name, with its parent and last key.
+local function lookup(model, path)
+  local parent, key, m = nil, nil, model
+  for part in path:gmatch("[^.]+") do
+    local k = tonumber(part) or part
+    parent, key, m = m, k, rawget(m, k)
+    if not nn.is_module(m) then
+      error(fmt("glia.acm.convert: the model has no module '%s'", path), 4)
+    end
+  end
+  return m, parent, key
+end
+
+-- Drops child `name` from module m (from its registration list too), so
+-- that parameters() and state_dict() no longer hold it.
+local function drop_child(m, name)
+  local list = m._children
+  for i = #list, 1, -1 do
+    if list[i] == name then table.remove(list, i) end
+  end
+  rawset(m, name, nil)
+end
+
+-- The per-token check of a module taken for a d -> d map: on x {2, 3, d}
+-- the output has x's shape, and token (1, 2) alone gives the same row.
+local function check_per_token(path, m, d)
+  local ok, why = pcall(function()
+    local x = glia.randn(2, 3, d)
+    local y = no_grad(m, x)
+    if table.concat(y:shape(), ",") ~= table.concat(x:shape(), ",") then
+      return fmt("it maps {2,3,%d} to {%s}", d, table.concat(y:shape(), ","))
+    end
+    local one = no_grad(m, x:narrow(1, 1, 1):narrow(2, 2, 1))
+    local diff = (one:view(d) - y[1][2]):abs():max():item()
+    local scale = y:abs():max():item()
+    if diff > 1e-4 * max(scale, 1) then
+      return "its output for a token depends on the other tokens"
+    end
+  end)
+  if not ok then why = "running it on {2,3," .. d .. "} failed: " .. tostring(why) end
+  if why then
+    error(fmt("glia.acm.convert: module '%s' is not a d -> d per-token map (d = %d): %s", path, d,
+              why), 4)
+  end
+end
+
+-- The forward of a converted TransformerBlock (its own, with the MLP
+-- through the entry: teacher, ACM, or ACM at k = N).
+local function block_forward(self, x, cache)
+  x = x + self.attn(self.ln1(x), cache)
+  local h = rawget(self, "_acm_entry"):run(self.ln2(x))
+  if self.drop then h = self.drop(h) end
+  return x + h
+end
+
+-- A generic converted module's place in its parent.
+local Slot = nn.Module:extend("ACMSlot")
+function Slot:__init(entry, acm_module)
+  self.acm = acm_module
+  rawset(self, "_acm_entry", entry)
+end
+function Slot:forward(x) return rawget(self, "_acm_entry"):run(x) end
+
+local Entry = {}
+Entry.__index = Entry
+
+-- The module's output for h in the conversion's current mode; in teacher
+-- mode with recording on, keeps h and the teacher's output (detached).
+function Entry:run(h)
+  if self.mode == "teacher" then
+    local y = self.teacher(h)
+    if self.recording then self.h, self.y = h:detach(), y:detach() end
+    return y
+  end
+  return self.acm(h)
+end
+
+-- Attaches ACMs in place of the modules (see the header). Returns the
+-- conversion: {model, entries = {{name, acm, teacher, ...}}, acms}.
+function M.attach(model, opts)
+  opts = options.check("glia.acm.attach", opts,
+                       { "modules", "learners", "rho", "tau", "min_choice", "init" }, 2)
+  local N = opts.learners or 4
+  local rho = opts.rho or 1
+  local names = opts.modules
+  if names == nil then
+    names = {}
+    for _, e in ipairs(model:named_modules()) do
+      if getmetatable(e[2]) == nn.TransformerBlock then names[#names + 1] = e[1] end
+    end
+    if #names == 0 then
+      error("glia.acm.convert: the model has no TransformerBlock; name the modules to convert", 3)
+    end
+  end
+  local conv = setmetatable({ model = model, entries = {}, acms = {}, learners = N }, M.Conversion)
+  for _, path in ipairs(names) do
+    local m, parent, key = lookup(model, path)
+    local e = setmetatable({ name = path, mode = "student" }, Entry)
+    local d, width, act
+    if getmetatable(m) == nn.TransformerBlock then
+      local fc, fc2 = m.fc, m.fc2
+      d, width, act = fc.weight:size(2), fc.weight:size(1), "gelu_tanh"
+      e.teacher = function(h) return fc2(glia.gelu(fc(h), "tanh")) end
+      e.dense = { fc = fc, fc2 = fc2 }
+    else
+      local w = rawget(m, "weight")
+      d = w and w:dim() == 2 and w:size(2)
+      if not d or (w and w:size(1) ~= w:size(2)) then
+        error(fmt("glia.acm.convert: module '%s' is not a d -> d map%s", path,
+                  w and fmt(" (weight {%d,%d})", w:size(1), w:size(2)) or ""), 3)
+      end
+      check_per_token(path, m, d)
+      width, act = d, "identity"
+      e.teacher = m
+    end
+    local hidden = max(N, floor(rho * width / N + 0.5) * N)
+    local a = nn.ACM(d, hidden, N, { activation = act, tau = opts.tau,
+                                     min_choice = opts.min_choice })
+    if opts.init == "split" and e.dense and hidden == width then
+      no_grad(function()
+        a.w1:copy_(e.dense.fc.weight)
+        a.b1:copy_(e.dense.fc.bias)
+        a.w2:copy_(e.dense.fc2.weight)
+      end)
+    end
+    e.acm = a
+    if getmetatable(m) == nn.TransformerBlock then
+      drop_child(m, "fc")
+      drop_child(m, "fc2")
+      m.acm = a
+      rawset(m, "_acm_entry", e)
+      rawset(m, "forward", block_forward)
+      m.fused = false
+    else
+      parent[key] = Slot(e, a)
+    end
+    conv.entries[#conv.entries + 1] = e
+    conv.acms[#conv.acms + 1] = a
+  end
+  return conv
+end
+
+-- ========================================================== conversion
+
+local Conversion = {}
+Conversion.__index = Conversion
+M.Conversion = Conversion
+
+-- mode: "teacher" (the original modules), "gated" (the ACMs, their gates
+-- choosing k), or "dense" (the ACMs at k = N); force_k/cap_k apply in gated.
+function Conversion:set_mode(mode, force_k)
+  for _, e in ipairs(self.entries) do
+    e.mode = mode == "teacher" and "teacher" or "student"
+    e.acm.force_k = mode == "dense" and e.acm.learners or force_k
+  end
+end
+
+function Conversion:learner_params()
+  local ps = {}
+  for _, a in ipairs(self.acms) do ps[#ps + 1] = a.w1 ps[#ps + 1] = a.b1 ps[#ps + 1] = a.w2 end
+  return ps
+end
+
+function Conversion:gate_params()
+  local ps = {}
+  for _, a in ipairs(self.acms) do
+    for _, g in ipairs { a.gate1, a.gate2, a.gate3 } do
+      for _, p in ipairs(g:parameters()) do ps[#ps + 1] = p end
+    end
+  end
+  return ps
+end
+
+-- The fraction of the ACMs' maximal compute the last forward ran, from the
+-- FLOPs glia.acm measured.
+function Conversion:compute_fraction()
+  local run, most = 0, 0
+  for _, a in ipairs(self.acms) do
+    local l = a.last
+    if not l then return nil end
+    run = run + l.flops
+    most = most + l.T * a.learners * a:learner_flops()
+  end
+  return run / most
+end
+
+-- The teacher's inputs and outputs of every entry for model input x.
+function Conversion:record(x)
+  self:set_mode("teacher")
+  for _, e in ipairs(self.entries) do e.recording = true end
+  no_grad(self.model, x)
+  for _, e in ipairs(self.entries) do e.recording = false end
+  self:set_mode("gated")
+end
+
+-- Per-prefix relative errors on x: e_k = sum |o_k - f|^2 / sum |f|^2
+-- summed over the entries' tokens, k = 0..N (a list).
+function Conversion:prefix_errors(x)
+  self:record(x)
+  local num, den = {}, 0
+  no_grad(function()
+    for _, e in ipairs(self.entries) do
+      local all = e.acm:forward_all(e.h)
+      local diff = all - e.y:view(1, unpack(e.y:shape()))
+      local per = diff:pow(2):sum({ 2, 3, 4 }):totable()
+      for k = 1, #per do num[k] = (num[k] or 0) + per[k] end
+      den = den + e.y:pow(2):sum():item()
+    end
+  end)
+  for k = 1, #num do num[k] = num[k] / den end
+  return num
+end
+
+-- ============================================================== phases
+
+local PHASES = {
+  { name = "distil", defaults = { steps = 300, lr = 1e-3, min_lr = 1e-6, clip = 1 } },
+  { name = "gates", defaults = { steps = 100, lr = 1e-2, tau_err = 1.2, clip = 1 } },
+  { name = "finetune", defaults = { steps = 300, lr = 3e-4, budget = 0.5, w_b = 0.1, w_e = 0.05,
+                                    w_v = 0.05, clip = 1 } },
+}
+local PHASE_KEYS = { "steps", "lr", "min_lr", "clip", "tau_err", "budget", "w_b", "w_e", "w_v" }
+local LOG_COLUMNS = { "phase", "step", "loss", "task", "compute", "lr", "time" }
+
+local function phase_opts(i, given)
+  local o = options.check("glia.acm.convert: phase" .. i, given, PHASE_KEYS, 3)
+  local out = {}
+  for k, v in pairs(PHASES[i].defaults) do out[k] = v end
+  for k, v in pairs(o) do out[k] = v end
+  if i == 3 and not (type(out.budget) == "number" and out.budget > 0 and out.budget <= 1) then
+    error("glia.acm.convert: phase3: the budget must be in (0, 1], got " .. tostring(out.budget), 3)
+  end
+  return out
+end
+
+-- Phase 1's loss: sum over entries of mean over k, tokens, features of
+-- (o_k - f)^2, on the teacher's activations for x.
+local function distil_loss(conv, x)
+  conv:record(x)
+  local loss
+  for _, e in ipairs(conv.entries) do
+    local all = e.acm:forward_all(e.h)
+    local l = (all - e.y:view(1, unpack(e.y:shape()))):pow(2):mean()
+    loss = loss and loss + l or l
+  end
+  return loss
+end
+
+-- Phase 2's loss: cross entropy of each gate against its labels.
+local function gate_loss(conv, x, tau_err)
+  conv:record(x)
+  local loss
+  for _, e in ipairs(conv.entries) do
+    local a = e.acm
+    local h2 = e.h:reshape(-1, a.d)
+    local labels = no_grad(function()
+      local all = a:forward_all(h2)                         -- {N+1, T, d}
+      local err = (all - e.y:reshape(1, -1, a.d)):pow(2):sum(3):sqrt() -- {N+1, T}
+      return A.gate_labels(err:t(), tau_err)
+    end)
+    -- gate classes are k = m..N, 1-based for cross entropy
+    local target = (labels:to("f32") + (1 - a.min_choice)):to("i64")
+    local l = glia.cross_entropy(a:gate_logits(h2), target)
+    loss = loss and loss + l or l
+  end
+  return loss
+end
+
+-- Phase 3's loss and the task part.
+local function finetune_loss(conv, x, y, o, task_fn)
+  conv:set_mode("gated")
+  local task = task_fn(conv.model, x, y)
+  local B = x:size(1)
+  local lb = A.budget_loss(conv.acms, o.budget)
+  local loss = task + lb * o.w_b + A.entropy_loss(conv.acms, B) * o.w_e +
+               A.diversity_loss(conv.acms, B) * o.w_v
+  return loss, task
+end
+
+local function phase_dir(out, i) return out and fmt("%s/phase%d", out, i) end
+
+-- Runs phase i from `start` (resumed) to its steps.
+local function run_phase(conv, i, o, ctx, start, ck)
+  local model = conv.model
+  local params = i == 1 and conv:learner_params() or i == 2 and conv:gate_params() or
+                 model:parameters()
+  local opt = i == 3 and optim.AdamW(params, { lr = o.lr, weight_decay = 0 })
+                      or optim.Adam(params, { lr = o.lr })
+  if ck then checkpoint.load(ck, { model = model, optimizer = opt }) end
+  local sched = i == 1 and optim.schedule.cosine { lr = o.lr, total = max(o.steps, 1),
+                                                   min_lr = o.min_lr }
+                        or optim.schedule.constant(o.lr)
+  local bar = ctx.out_stream and progress.bar { total = o.steps, desc = "acm " .. PHASES[i].name,
+                                                out = ctx.out_stream }
+  if bar and start > 0 then bar:update(start) end
+  local t0 = clock()
+  local function save(step, done)
+    if not ctx.out then return end
+    local ok, err = checkpoint.save(phase_dir(ctx.out, i), { model = model, optimizer = opt,
+      step = step, extra = { phase = i, done = done } })
+    if not ok then error("glia.acm.convert: " .. err, 0) end
+  end
+  if i == 3 then model:train() end
+  for step = start + 1, o.steps do
+    local lr = sched(step)
+    opt:set_lr(lr)
+    opt:zero_grad()
+    local x, y = ctx.batch(step, i)
+    local loss, task
+    if i == 1 then loss = distil_loss(conv, x)
+    elseif i == 2 then loss = gate_loss(conv, x, o.tau_err)
+    else loss, task = finetune_loss(conv, x, y, o, ctx.loss) end
+    loss:backward()
+    optim.clip_grad_norm(params, o.clip)
+    opt:step()
+    local row = { phase = i, step = step, loss = loss:item(), task = task and task:item(),
+                  compute = i == 3 and conv:compute_fraction() or nil, lr = lr,
+                  time = clock() - t0 }
+    loss, task, x, y = nil, nil, nil, nil
+    collectgarbage()
+    if ctx.log then ctx.log:write(row) end
+    if bar then bar:update(step, { loss = row.loss, compute = row.compute }) end
+    if ctx.save_every and step % ctx.save_every == 0 and step < o.steps then save(step, false) end
+  end
+  if bar then bar:close() end
+  save(o.steps, true)
+  model:eval()
+  conv:set_mode("gated")
+end
+
+-- attach + the three phases (see the header). opts: modules, learners, rho,
+-- tau, min_choice, init ("split": start from the teacher's own units, when
+-- rho = 1); batch (required), loss, phase1, phase2, phase3 (tables of
+-- steps, lr, ...; phase3.budget in (0, 1]), out, save_every (100),
+-- progress (a stream for the bars, default io.stdout; false: none),
+-- phases (the list to run, default {1, 2, 3}). Returns the conversion;
+-- conv.prefix_errors holds phase 1's per-prefix errors on its last batch.
+function M.convert(model, opts)
+  opts = options.check("glia.acm.convert", opts,
+                       { "modules", "learners", "rho", "tau", "min_choice", "init", "batch",
+                         "loss", "phase1", "phase2", "phase3", "out", "save_every", "progress",
+                         "phases" }, 2)
+  if type(opts.batch) ~= "function" then
+    error("glia.acm.convert: batch must be a function(step, phase) returning x, y", 2)
+  end
+  local po = { phase_opts(1, opts.phase1), phase_opts(2, opts.phase2), phase_opts(3, opts.phase3) }
+  local conv = M.attach(model, { modules = opts.modules, learners = opts.learners, rho = opts.rho,
+                                 tau = opts.tau, min_choice = opts.min_choice, init = opts.init })
+  local ctx = { batch = opts.batch, out = opts.out, save_every = opts.save_every or 100,
+                loss = opts.loss or function(m, x, y) return (m:loss(x, y)) end,
+                out_stream = opts.progress == nil and io.stdout or opts.progress or nil }
+  -- the latest phase checkpoint: resume there
+  local from, ck = 1, nil
+  if opts.out then
+    for i = 3, 1, -1 do
+      local c = checkpoint.read(phase_dir(opts.out, i))
+      if c then
+        if c.extra.done then
+          checkpoint.load(c, { model = model })
+          from = i + 1
+        else
+          from, ck = i, c
+        end
+        break
+      end
+    end
+    local ok, err = checkpoint.make_dir(opts.out)
+    if not ok then error(err, 2) end
+    ctx.log = progress.csv(opts.out .. "/log.csv", LOG_COLUMNS, { append = true })
+  end
+  local want = {}
+  for _, i in ipairs(opts.phases or { 1, 2, 3 }) do want[i] = true end
+  for i = from, 3 do
+    if want[i] then
+      run_phase(conv, i, po[i], ctx, ck and ck.step or 0, ck)
+      if i == 1 then conv.prefix_errors_last = conv:prefix_errors(ctx.batch(po[1].steps + 1, 1)) end
+    end
+    ck = nil
+  end
+  if ctx.log then ctx.log:close() end
+  model:eval()
+  conv:set_mode("gated")
+  return conv
+end
+
+return M

@@ -1,0 +1,112 @@
+-- t/acm_convert.t -- glia.acm.convert (stdlib/glia/acm.lua) on a tiny GPT
+-- (models/gpt.lua, unchanged): the MLPs become ACMs and leave the model,
+-- the exact split starts at the teacher, phase 1 lowers the prefix errors,
+-- each phase is resumable from its checkpoint (an interrupted run resumed
+-- ends with the same bits as one uninterrupted), phase 3 runs gated with
+-- its budget, and the errors bad input gets.
+package.path = "./?.lua;" .. package.path
+local t = require "t.tap"
+local glia = require "glia"
+local nn = require "glia.nn"
+local acm = require "glia.acm"
+local u = require "t.util"
+local GPT = require "models.gpt"
+
+u.seed(20261206)
+t.plan(14)
+
+local dir = io.popen("mktemp -d"):read("*l")
+local CFG = { vocab_size = 11, d_model = 16, n_layers = 2, n_heads = 2, ctx = 8 }
+
+local function teacher()
+  glia.manual_seed(5)
+  return GPT(CFG)
+end
+
+-- batch(step): a fixed function of the step, so that runs can be compared
+local function batch(step)
+  local ids = {}
+  for b = 1, 4 do
+    ids[b] = {}
+    for i = 1, 9 do ids[b][i] = (step * 7 + b * 3 + i * i) % 11 + 1 end
+  end
+  local all = glia.tensor(ids, "i64")
+  return all:narrow(2, 1, 8):contiguous(), all:narrow(2, 2, 8):contiguous()
+end
+
+local P = { phase1 = { steps = 12, lr = 1e-2 }, phase2 = { steps = 4 }, phase3 = { steps = 4, budget = 0.5 } }
+
+do -- attach: structure, the split initialization
+  local m = teacher()
+  local x = batch(1)
+  local want = glia.no_grad(m, x)
+  local conv = acm.attach(m, { learners = 4, init = "split" })
+  t.is(#conv.acms, 2, "every TransformerBlock's MLP gets an ACM")
+  local sd = m:state_dict()
+  t.ok(sd["blocks.1.acm.w1"] and not sd["blocks.1.fc.weight"],
+       "the ACM is in the state dict, the dense MLP is gone from it")
+  conv:set_mode("teacher")
+  t.ok(u.identical(glia.no_grad(m, x), want), "teacher mode gives the original model's output")
+  conv:set_mode("dense")
+  local got = glia.no_grad(m, x)
+  -- the split has no output bias (fc2's is zero at GPT init), so o_N = the MLP
+  t.ok(t.maxdiff(got, want) < 1e-4, "init = split, every ACM at k = N: the original model")
+end
+
+do -- phases, resume
+  local m = teacher()
+  local conv = acm.attach(m, { learners = 4 })
+  local e0 = conv:prefix_errors(batch(100))
+  t.ok(math.abs(e0[1] - 1) < 1e-6, "the k = 0 prefix error is 1 (relative)")
+  local m1 = teacher()
+  local out1 = dir .. "/a"
+  local c1 = acm.convert(m1, { learners = 4, batch = batch, out = out1, progress = false,
+                              phase1 = P.phase1, phase2 = P.phase2, phase3 = P.phase3,
+                              save_every = 5 })
+  local e1 = c1.prefix_errors_last
+  t.ok(e1[5] < e0[5] / 2, "phase 1 lowers the N-learner error (same initialization)")
+  local frac = c1:compute_fraction()
+  t.ok(frac and frac >= 0 and frac <= 1, "after phase 3 gated: a compute fraction in [0, 1]")
+  -- interrupted in phase 1 at step 8 (checkpoint at 5), then resumed
+  local m2 = teacher()
+  local out2 = dir .. "/b"
+  local ok = pcall(acm.convert, m2, { learners = 4, out = out2, progress = false,
+    batch = function(s, ph) if ph == 1 and s == 8 then error("stop") end return batch(s) end,
+    phase1 = P.phase1, phase2 = P.phase2, phase3 = P.phase3, save_every = 5 })
+  t.ok(not ok, "a failing batch stops the conversion")
+  local m3 = teacher()
+  local c3 = acm.convert(m3, { learners = 4, batch = batch, out = out2, progress = false,
+                              phase1 = P.phase1, phase2 = P.phase2, phase3 = P.phase3,
+                              save_every = 5 })
+  t.ok(u.identical(c3.acms[1].w1, c1.acms[1].w1) and u.identical(c3.acms[2].gate1.weight,
+       c1.acms[2].gate1.weight) and u.identical(m3.head.weight, m1.head.weight),
+       "resumed from phase 1's step-5 checkpoint: the same bits as the run not interrupted")
+  local log = u.slurp(out2 .. "/log.csv")
+  local n1 = 0
+  for line in log:gmatch("[^\n]+") do if line:match("^1,") then n1 = n1 + 1 end end
+  t.is(n1, 7 + 7, "the log holds steps 1..7, then 6..12 of phase 1 (resumed at 5)")
+  -- a finished conversion resumes to nothing
+  local m4 = teacher()
+  local c4 = acm.convert(m4, { learners = 4, batch = function() error("no batch needed") end,
+                              out = out1, progress = false, phase3 = P.phase3 })
+  t.ok(u.identical(c4.acms[1].w1, c1.acms[1].w1), "every phase done: convert loads the result")
+end
+
+do -- errors
+  t.error_like(function()
+    acm.convert(teacher(), { batch = batch, progress = false, phase3 = { budget = 1.5 } })
+  end, "phase3: the budget must be in %(0, 1%], got 1.5", "a budget above 1")
+  t.error_like(function() acm.attach(teacher(), { modules = { "blocks.1.attn" } }) end,
+               "module 'blocks.1.attn' is not a d %-> d map", "a module without a square weight")
+  local Mix = nn.Module:extend("Mix")
+  function Mix:__init() self.weight = nn.Parameter(glia.eye(16)) end
+  function Mix:forward(x) return x + x:mean(2, true) end
+  local m = teacher()
+  m.blocks[1].mix = Mix()
+  t.error_like(function() acm.attach(m, { modules = { "blocks.1.mix" } }) end,
+               "not a d %-> d per%-token map %(d = 16%): its output for a token depends on the other tokens",
+               "a module that mixes tokens")
+end
+
+os.execute("rm -rf '" .. dir .. "'")
+t.done()
