@@ -307,4 +307,72 @@ function plot.loss_curve(path, opts)
   return true
 end
 
+-- ===================================================== coloured text
+
+-- Writes text as an SVG picture, each character on a background whose
+-- shade says its value: plot.colored_text(path, {chars = {...}, values =
+-- {...}, vmax = N, title = "...", legend = "..."}). values[i] in [0, vmax]
+-- (nil: no background); newlines break lines, and lines wrap at `columns`
+-- (100). Returns true, or nil and a message.
+function plot.colored_text(path, opts)
+  if type(path) ~= "string" then error("plot.colored_text: path must be a string", 2) end
+  options.check("plot.colored_text", opts, { "chars", "values", "vmax", "title", "legend",
+                                             "columns" })
+  local chars, values, vmax = opts.chars, opts.values or {}, opts.vmax or 1
+  if type(chars) ~= "table" then error("plot.colored_text: chars must be a list", 2) end
+  local cols, cw, lh, x0, y0 = opts.columns or 100, 8.4, 20, 12, 52
+  local o, rects, texts = {}, {}, {}
+  local col, row = 0, 0
+  -- white to dark orange as the value rises
+  local function shade(v)
+    local a = min(1, max(0, v / vmax))
+    return fmt("rgb(%d,%d,%d)", floor(255 - 25 * a), floor(255 - 140 * a), floor(255 - 230 * a))
+  end
+  for i, ch in ipairs(chars) do
+    if ch == "\n" then
+      col, row = 0, row + 1
+    else
+      if col >= cols then col, row = 0, row + 1 end
+      local x, y = x0 + col * cw, y0 + row * lh
+      if values[i] then
+        rects[#rects + 1] = fmt('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>', x,
+                                y - 14, cw, lh - 2, shade(values[i]))
+      end
+      texts[#texts + 1] = fmt('<tspan x="%.1f" y="%d">%s</tspan>', x, y,
+                              ch == " " and "&#160;" or xml_escape(ch))
+      col = col + 1
+    end
+  end
+  local width, height = x0 * 2 + cols * cw, y0 + (row + 1) * lh + 36
+  o[#o + 1] = fmt('<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
+                  .. 'viewBox="0 0 %d %d">', width, height, width, height)
+  o[#o + 1] = fmt('<rect width="%d" height="%d" fill="white"/>', width, height)
+  if opts.title then
+    o[#o + 1] = fmt('<text x="%d" y="24" font-size="15" %s>%s</text>', x0, FONT,
+                    xml_escape(opts.title))
+  end
+  for _, r in ipairs(rects) do o[#o + 1] = r end
+  o[#o + 1] = '<text font-family="DejaVu Sans Mono, monospace" font-size="14">'
+  for _, t in ipairs(texts) do o[#o + 1] = t end
+  o[#o + 1] = '</text>'
+  -- the legend: one swatch per integer value
+  local ly = height - 20
+  for v = 0, vmax do
+    o[#o + 1] = fmt('<rect x="%d" y="%d" width="18" height="14" fill="%s" stroke="#999"/>',
+                    x0 + v * 44, ly - 11, shade(v))
+    o[#o + 1] = fmt('<text x="%d" y="%d" font-size="12" %s>%d</text>', x0 + v * 44 + 22, ly, FONT, v)
+  end
+  if opts.legend then
+    o[#o + 1] = fmt('<text x="%d" y="%d" font-size="12" %s>%s</text>', x0 + (vmax + 1) * 44 + 8,
+                    ly, FONT, xml_escape(opts.legend))
+  end
+  o[#o + 1] = '</svg>'
+  local f, err = io_open(path, "wb")
+  if not f then return nil, "plot.colored_text: " .. err end
+  local ok, werr = f:write(concat(o, "\n") .. "\n")
+  f:close()
+  if not ok then return nil, "plot.colored_text: " .. tostring(werr) end
+  return true
+end
+
 return plot
