@@ -18,19 +18,7 @@ t.plan(40)
 
 -- ============================================================ reference
 
--- erf by its Taylor series: exact to double rounding for the |x| < 3 the
--- tests use (their weights are small).
-local function erf(x)
-  if x > 5 then return 1 elseif x < -5 then return -1 end
-  local s, term, n = x, x, 0
-  repeat
-    n = n + 1
-    term = -term * x * x / n
-    local add = term / (2 * n + 1)
-    s = s + add
-  until abs(add) < 1e-17 * abs(s) and n > 3
-  return s * 2 / sqrt(math.pi)
-end
+local erf = u.erf
 
 local ACT = {
   gelu = function(z) return 0.5 * z * (1 + erf(z / sqrt(2))) end,
