@@ -43,10 +43,12 @@ usage: glia examples/acm_study.lua [TEACHER] [options]
   --out DIR        table and plots (default docs/acm)
   --work DIR       checkpoints and partial results (default runs/acm_study)
   --part NAME      distil, acm, narrow, timing, classes or report (default: all)
-  --steps1 N       distillation steps (200)
+  --steps1 N       distillation steps (300)
   --steps2 N       gate pre-training steps (60)
   --steps3 N       fine-tuning steps per budget (200)
   --batch N        sequences per step (16)
+  --budgets LIST   the budgets the acm and narrow parts run, e.g. 0.25,0.5
+                   (default all four; each budget's result is kept apart)
   --threads N      compute threads (default GLIA_NUM_THREADS)
 ]]
 
@@ -55,11 +57,12 @@ local o = cli.parse(arg or {}, {
     out = { "string", "docs/acm" },
     work = { "string", "runs/acm_study" },
     part = { "string" },
-    steps1 = { "integer", 200 },
+    steps1 = { "integer", 300 },
     steps2 = { "integer", 60 },
     steps3 = { "integer", 200 },
     batch = { "integer", 16, min = "positive" },
     threads = { "integer", min = "positive" },
+    budgets = { "string" },
   },
   min = "non-negative",
   positional = 1,
@@ -68,6 +71,12 @@ if o.threads then glia.set_num_threads(o.threads) end
 
 local TEACHER = o[1] or "runs/gpt"
 local BUDGETS = { 0.25, 0.5, 0.75, 1.0 }
+local RUN_BUDGETS = BUDGETS
+if o.budgets then
+  RUN_BUDGETS = {}
+  for v in o.budgets:gmatch("[^,]+") do RUN_BUDGETS[#RUN_BUDGETS + 1] = tonumber(v) end
+end
+local function bkey(b) return fmt("%03d", floor(b * 100 + 0.5)) end
 local N = 4
 local SEED = 1
 
@@ -157,8 +166,7 @@ end
 
 function P.acm()
   local base = load_results("distil") or die("run --part distil first")
-  local res = {}
-  for _, b in ipairs(BUDGETS) do
+  for _, b in ipairs(RUN_BUDGETS) do
     local dir = budget_dir(b)
     for _, ph in ipairs { "phase1", "phase2" } do
       if not io.open(dir .. "/" .. ph .. "/checkpoint.safetensors") then
@@ -171,11 +179,11 @@ function P.acm()
     local seconds = clock() - t0
     local loss, frac = G.evaluate(model, DATA.val_batches, conv)
     G.save(dir, model, RUN, VOCAB, N)
-    res[#res + 1] = { budget = b, loss = loss, compute = frac, seconds = base.seconds + seconds }
+    save_results("acm_" .. bkey(b), { budget = b, loss = loss, compute = frac,
+                                      seconds = base.seconds + seconds })
     print(fmt("budget %.2f: val loss %.4f at %.3f of the MLPs' compute (%.0f s in all)", b, loss,
               frac, base.seconds + seconds))
   end
-  save_results("acm", res)
 end
 
 -- The teacher with every MLP cut to the `keep` hidden units of largest
@@ -187,7 +195,7 @@ local function narrowed(keep)
       local fc, fc2 = blk.fc, blk.fc2
       local score = fc.weight:norm(2, 2) * fc2.weight:norm(2, 1)
       local _, idx = score:topk(keep)
-      idx = idx:sort()
+      idx = idx:to("f32"):sort():to("i64")
       local a, b = nn.Linear(RUN.d, keep), nn.Linear(keep, RUN.d)
       a.weight:copy_(glia.index_select(fc.weight, 1, idx))
       a.bias:copy_(glia.index_select(fc.bias, 1, idx))
@@ -200,17 +208,15 @@ local function narrowed(keep)
 end
 
 function P.narrow()
-  local res = {}
-  local acm_res = load_results("acm") or die("run --part acm first")
-  for i, b in ipairs(BUDGETS) do
+  for _, b in ipairs(RUN_BUDGETS) do
+    local a = load_results("acm_" .. bkey(b)) or die("run --part acm for budget " .. b .. " first")
     local keep = floor(b * F_HIDDEN + 0.5)
     local model = narrowed(keep)
     local before = G.evaluate(model, DATA.val_batches)
-    local budget_s = acm_res[i].seconds
     model:train()
     local opt = optim.AdamW(model:parameters(), { lr = 3e-4, weight_decay = 0 })
     local t0, step = clock(), 0
-    while clock() - t0 < budget_s do
+    while clock() - t0 < a.seconds do
       step = step + 1
       opt:zero_grad()
       local x, y = DATA.batch(step, 3)
@@ -222,12 +228,11 @@ function P.narrow()
       collectgarbage()
     end
     local loss = G.evaluate(model, DATA.val_batches)
-    res[i] = { budget = b, keep = keep, loss = loss, before = before, steps = step,
-               seconds = clock() - t0 }
+    save_results("narrow_" .. bkey(b), { budget = b, keep = keep, loss = loss, before = before,
+                                         steps = step, seconds = clock() - t0 })
     print(fmt("narrowed to %d of %d (%.2f): val loss %.4f (%.4f before), %d steps in %.0f s",
               keep, F_HIDDEN, b, loss, before, step, clock() - t0))
   end
-  save_results("narrow", res)
 end
 
 -- An ACMized model of budget b, in eval mode, and its conversion.
@@ -330,9 +335,13 @@ function P.classes()
 end
 
 function P.report()
-  local d, a, n, t, c = load_results("distil"), load_results("acm"), load_results("narrow"),
-                        load_results("timing"), load_results("classes")
-  if not (d and a and n and t and c) then die("run the other parts first") end
+  local d, t, c = load_results("distil"), load_results("timing"), load_results("classes")
+  local a, n = {}, {}
+  for i, b in ipairs(BUDGETS) do
+    a[i], n[i] = load_results("acm_" .. bkey(b)), load_results("narrow_" .. bkey(b))
+    if not (a[i] and n[i]) then die("run the acm and narrow parts for budget " .. b .. " first") end
+  end
+  if not (d and t and c) then die("run the other parts first") end
   checkpoint.make_dir(o.out)
   local L = {}
   local function add(s) L[#L + 1] = s end

@@ -20,7 +20,7 @@
 --
 -- forward(x {..., d}) -> {..., d}, and records in self.last what the
 -- losses read: g {T, N+1} (the gate's one-hot over k = 0..N, carrying the
--- straight-through gradient; nil when forced), k (i64 {T}), flops (the
+-- straight-through gradient; training mode only, nil when forced), k (i64 {T}), flops (the
 -- learner FLOPs glia.acm measured) and T. forward_all(x) -> {N+1, ..., d},
 -- every prefix (phase-1 distillation).
 --
@@ -174,11 +174,10 @@ function ACM:choose(x2)
   local g, idx
   if self.training then
     g, idx = M.gumbel_hard(logits, self.tau)
-  else
+  else -- eval: no one-hot (only the training losses read it)
     idx = glia.argmax(logits, -1)
-    g = glia.one_hot(idx, N + 1 - m)
   end
-  if m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
+  if g and m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
   local k = idx:to("f32") + (m - 1) -- 1-based index -> count
   if self.cap_k then k = k:clamp(0, self.cap_k) end
   return k:to("i64"), g
@@ -216,7 +215,7 @@ local function records(where, acms)
   end
   for i, a in ipairs(acms) do
     if not (a.last and a.last.g) then
-      error(format("%s: ACM %d has no gated forward to read (run the model in gated mode)",
+      error(format("%s: ACM %d has no gate choice to read (run a gated forward in training mode)",
                    where, i), 3)
     end
   end
