@@ -21,8 +21,9 @@
 ** a scatter back. Tokens with k = 0 cost nothing and get 0. A bucket is cut
 ** into tasks of about TASK_WORK multiply-adds (the cut depends only on K,
 ** w and d, never on the thread count), the tasks are dealt to the pool in
-** contiguous runs, and OpenBLAS runs single-threaded inside them: a token's
-** result is the same bits for any thread count. With fewer than
+** contiguous runs of about equal work (rows x K), and OpenBLAS runs
+** single-threaded inside them: a token's result is the same bits for any
+** thread count. With fewer than
 ** MATVEC_ROWS tokens to run (decoding), each runs as two matrix-vector
 ** products on the pool instead. The second result is the learner FLOPs
 ** run: K * (4 d w + 2 w) per token of bucket K (the two products, the bias
