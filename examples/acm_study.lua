@@ -16,8 +16,9 @@
 --            with the largest |w_in| |w_out|), fine-tuned for the CPU time
 --            the ACM conversion took (phases 1-3)
 --   timing   wall clock of the ACMized MLPs (gate + glia.acm) against the
---            dense MLPs on the same activations: prefill (16 x 128 tokens)
---            and decoding (one token) (measurement 3)
+--            dense MLPs on the same activations (the ACMized model's own):
+--            prefill (16 x 128 tokens) and decoding (one token), in
+--            alternating rounds (measurement 3)
 --   classes  which characters get more learners: the mean k by character
 --            class on validation text, budget 0.5 (measurement 4)
 --   report   table.md, loss_compute.svg, prefix_error.svg, sample.svg
@@ -247,52 +248,53 @@ local function acm_model(b)
   return model, conv
 end
 
+-- Median ratio of fa's time to fb's over rounds that alternate them (the
+-- machine is shared: a round that others slow down slows both sides).
+local function timed_ratio(fa, fb, reps, rounds)
+  local ta, tb, r = {}, {}, {}
+  for i = 1, rounds do
+    ta[i], tb[i] = util.time(fa, reps), util.time(fb, reps)
+    r[i] = ta[i] / tb[i]
+  end
+  return util.median(ta), util.median(tb), util.median(r)
+end
+
 function P.timing()
   local res = {}
   local x = DATA.val_batches[1][1] -- 16 x 128 tokens
+  local teach = teacher() -- the dense MLPs' weights
+  local tconv = acm.attach(teach, { learners = N })
   for _, b in ipairs(BUDGETS) do
     local model, conv = acm_model(b)
-    -- the MLP inputs of every layer: ln2's output, recorded in teacher mode
-    -- (the teacher's activations: the same tokens for both sides)
-    local teach = teacher()
-    local tconv = acm.attach(teach, { learners = N })
-    tconv:record(x)
-    local dense_w = {}
-    for i, blk in ipairs(teach.blocks) do dense_w[i] = tconv.entries[i].dense end
-    local function run_layers(h_of, one)
+    -- each layer's MLP input in the ACMized model itself (its gates see
+    -- what they see in use); both sides run on these
+    for _, e in ipairs(conv.entries) do e.recording = true end
+    glia.no_grad(model, x)
+    for _, e in ipairs(conv.entries) do e.recording = false end
+    local frac = conv:compute_fraction()
+    local function layers(one, dense)
       return function()
         glia.no_grad(function()
           for i, e in ipairs(conv.entries) do
-            local h = h_of(i)
-            if one then h = h:narrow(1, 1, 1):narrow(2, 1, 1) end
-            e.acm(h)
+            local h = one and e.h:narrow(1, 1, 1):narrow(2, 1, 1) or e.h
+            if dense then
+              local d = tconv.entries[i].dense
+              d.fc2(glia.gelu(d.fc(h), "tanh"))
+            else
+              e.acm(h)
+            end
           end
         end)
       end
     end
-    local function run_dense(one)
-      return function()
-        glia.no_grad(function()
-          for i, d in ipairs(dense_w) do
-            local h = tconv.entries[i].h
-            if one then h = h:narrow(1, 1, 1):narrow(2, 1, 1) end
-            d.fc2(glia.gelu(d.fc(h), "tanh"))
-          end
-        end)
-      end
-    end
-    local hs = function(i) return tconv.entries[i].h end
-    local t_acm = util.time(run_layers(hs, false), 9)
-    local frac = conv:compute_fraction()
-    local t_dense = util.time(run_dense(false), 9)
-    local t_acm1 = util.time(run_layers(hs, true), 301)
-    local t_dense1 = util.time(run_dense(true), 301)
-    res[#res + 1] = { budget = b, compute = frac, prefill_ms = t_acm * 1e3,
-                      dense_prefill_ms = t_dense * 1e3, decode_ms = t_acm1 * 1e3,
-                      dense_decode_ms = t_dense1 * 1e3 }
+    local ta, td, r = timed_ratio(layers(false, false), layers(false, true), 5, 5)
+    local ta1, td1, r1 = timed_ratio(layers(true, false), layers(true, true), 101, 5)
+    res[#res + 1] = { budget = b, compute = frac, prefill_ms = ta * 1e3, dense_prefill_ms = td * 1e3,
+                      prefill_ratio = r, decode_ms = ta1 * 1e3, dense_decode_ms = td1 * 1e3,
+                      decode_ratio = r1 }
     print(fmt("budget %.2f (%.3f of the compute on these tokens): prefill %.2f ms vs dense %.2f ms"
-              .. " (%.2fx); decode %.3f ms vs %.3f ms (%.2fx)", b, frac, t_acm * 1e3,
-              t_dense * 1e3, t_acm / t_dense, t_acm1 * 1e3, t_dense1 * 1e3, t_acm1 / t_dense1))
+              .. " (%.2fx); decode %.3f ms vs %.3f ms (%.2fx)", b, frac, ta * 1e3, td * 1e3, r,
+              ta1 * 1e3, td1 * 1e3, r1))
   end
   save_results("timing", { rows = res, threads = glia.num_threads() })
 end
@@ -370,15 +372,17 @@ function P.report()
   end
   add(fmt("| dense teacher | 1.000 | %.4f | | |", d.dense_loss))
   add("")
-  add(fmt("**3. Wall clock of the 4 MLPs** (%d thread(s), median; prefill: 16 x %d tokens; " ..
-          "decoding: one token):", t.threads, RUN.ctx))
+  add(fmt("**3. Wall clock of the 4 MLPs** (%d thread(s); the ACMs with their gates, on their own " ..
+          "model's MLP inputs, against the teacher's dense MLPs on the same inputs; prefill: 16 x %d " ..
+          "tokens, decoding: one token; medians of 5 alternating rounds, the ratio the median of " ..
+          "the rounds' ratios; taken while other jobs loaded the machine):", t.threads, RUN.ctx))
   add("")
   add("| budget | compute on these tokens | ACM prefill | dense prefill | ratio | ACM decode | dense decode | ratio |")
   add("|---|---|---|---|---|---|---|---|")
   for _, r in ipairs(t.rows) do
     add(fmt("| %.2f | %.3f | %.2f ms | %.2f ms | %.2fx | %.3f ms | %.3f ms | %.2fx |", r.budget,
-            r.compute, r.prefill_ms, r.dense_prefill_ms, r.prefill_ms / r.dense_prefill_ms,
-            r.decode_ms, r.dense_decode_ms, r.decode_ms / r.dense_decode_ms))
+            r.compute, r.prefill_ms, r.dense_prefill_ms, r.prefill_ratio, r.decode_ms,
+            r.dense_decode_ms, r.decode_ratio))
   end
   add("")
   add("**4. Learners by character class** (budget 0.5, validation text, mean over layers; the " ..

@@ -123,12 +123,14 @@ function Slot:forward(x) return rawget(self, "_acm_entry"):run(x) end
 local Entry = {}
 Entry.__index = Entry
 
--- The module's output for h in the conversion's current mode; in teacher
--- mode with recording on, keeps h and the teacher's output (detached).
+-- The module's output for h in the conversion's current mode; with
+-- recording on, keeps h (detached), and in teacher mode the teacher's
+-- output as y.
 function Entry:run(h)
+  if self.recording then self.h = h:detach() end
   if self.mode == "teacher" then
     local y = self.teacher(h)
-    if self.recording then self.h, self.y = h:detach(), y:detach() end
+    if self.recording then self.y = y:detach() end
     return y
   end
   return self.acm(h)
