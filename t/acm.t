@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(40)
+t.plan(42)
 
 -- ============================================================ reference
 
@@ -272,6 +272,18 @@ do -- 11. determinism: same inputs, same bits, runs and thread counts
   same = true
   for i = 1, 5 do same = same and u.identical(r[1][i], r[2][i]) end
   t.ok(same, "1 and 2 threads give the same output and gradients, to the bit")
+end
+
+do -- buckets cut into several tasks (about 2^26 multiply-adds each)
+  local T, d, N, w = 12000, 64, 4, 128
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks, k = rand_k(T, N)
+  local got = u.by_threads(function() return glia.acm(x, w1, b1, w2, k) end, { 1, 2, 3 })
+  t.ok(u.identical(got[1], got[2]) and u.identical(got[1], got[3]),
+       "12000 tokens, buckets of several tasks: the same bits on 1, 2 and 3 threads")
+  local all, worst = glia.acm_all(x, w1, b1, w2), 0
+  for i = 1, T, 397 do worst = max(worst, relerr(got[1][i], all[ks[i] + 1][i])) end
+  t.ok(worst < 1e-5, "and each token's row is its prefix o_k from acm_all")
 end
 
 -- ============================================================== errors
