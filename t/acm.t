@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(42)
+t.plan(45)
 
 -- ============================================================ reference
 
@@ -284,6 +284,23 @@ do -- buckets cut into several tasks (about 2^26 multiply-adds each)
   local all, worst = glia.acm_all(x, w1, b1, w2), 0
   for i = 1, T, 397 do worst = max(worst, relerr(got[1][i], all[ks[i] + 1][i])) end
   t.ok(worst < 1e-5, "and each token's row is its prefix o_k from acm_all")
+end
+
+do -- allocation failures: clean out-of-memory errors, nothing leaked (SAN)
+  local x, w1, b1, w2 = make(40, 8, 4, 4)
+  local k = glia.tensor({ 0, 1, 2, 3, 4, 1, 2, 3, 4, 0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 1,
+                          2, 3, 4, 1, 1, 2, 2, 3, 3, 4, 4, 0, 0, 1, 2, 3, 4, 2, 2, 1 }, "i64")
+  for _, p in ipairs { x, w1, b1, w2 } do p:requires_grad() end
+  u.oom_ok(function()
+    local y = glia.acm(x, w1, b1, w2, k)
+    y:sum():backward()
+  end, "every allocation failure in acm forward+backward is a clean out-of-memory error")
+  u.oom_ok(function()
+    local y = glia.acm_all(x, w1, b1, w2, { detach = false })
+    y:sum():backward()
+  end, "and in acm_all forward+backward")
+  u.oom_ok(function() glia.acm(x:narrow(1, 2, 1), w1, b1, w2, k:narrow(1, 2, 1)) end,
+           "and in the one-token path")
 end
 
 -- ============================================================== errors

@@ -13,7 +13,7 @@ local u = require "t.util"
 local GPT = require "models.gpt"
 
 u.seed(20261206)
-t.plan(14)
+t.plan(17)
 
 local dir = io.popen("mktemp -d"):read("*l")
 local CFG = { vocab_size = 11, d_model = 16, n_layers = 2, n_heads = 2, ctx = 8 }
@@ -90,6 +90,23 @@ do -- phases, resume
   local c4 = acm.convert(m4, { learners = 4, batch = function() error("no batch needed") end,
                               out = out1, progress = false, phase3 = P.phase3 })
   t.ok(u.identical(c4.acms[1].w1, c1.acms[1].w1), "every phase done: convert loads the result")
+end
+
+do -- a projection (any d -> d per-token module) is replaced in its parent
+  local m = teacher()
+  local x = batch(1)
+  local want = glia.no_grad(m, x)
+  local conv = acm.attach(m, { modules = { "blocks.2.attn.proj" } })
+  local a = conv.acms[1]
+  t.ok(a.min_choice == 1 and a.activation == "identity" and a.width == 2 and
+       m:state_dict()["blocks.2.attn.proj.acm.w1"] ~= nil,
+       "a projection: identity learners of width (d^2+d)/((2d+1)N), min_choice 1, in its place")
+  conv:set_mode("teacher")
+  t.ok(u.identical(glia.no_grad(m, x), want), "teacher mode runs the original projection")
+  conv:set_mode("gated")
+  m:eval()
+  glia.no_grad(m, x)
+  t.ok(a.last.k:to("f32"):min():item() >= 1, "gated: every token runs at least one learner")
 end
 
 do -- errors

@@ -20,7 +20,9 @@
 -- (fc, gelu tanh, fc2 -> an ACM of gelu_tanh learners reading ln2's output;
 -- its forward becomes an instance field, its fused decoding path is turned
 -- off); any other module is replaced in its parent by a slot holding the
--- ACM, after a probe proves it a d -> d per-token map. The teachers leave
+-- ACM, after a probe proves it a d -> d per-token map (a projection: identity
+-- learners of width rho (d^2 + d) / ((2d + 1) N), min_choice 1, as the
+-- paper has for attention's projections). The teachers leave
 -- the model (its parameters and state dict hold the ACMs only) and stay in
 -- conv.entries[i].teacher for phases 1 and 2.
 --
@@ -157,10 +159,11 @@ function M.attach(model, opts)
   for _, path in ipairs(names) do
     local m, parent, key = lookup(model, path)
     local e = setmetatable({ name = path, mode = "student" }, Entry)
-    local d, width, act
+    local d, hidden, act, min_choice
     if getmetatable(m) == nn.TransformerBlock then
       local fc, fc2 = m.fc, m.fc2
-      d, width, act = fc.weight:size(2), fc.weight:size(1), "gelu_tanh"
+      d, act, min_choice = fc.weight:size(2), "gelu_tanh", opts.min_choice or 0
+      hidden = max(N, floor(rho * fc.weight:size(1) / N + 0.5) * N)
       e.teacher = function(h) return fc2(glia.gelu(fc(h), "tanh")) end
       e.dense = { fc = fc, fc2 = fc2 }
     else
@@ -171,13 +174,14 @@ function M.attach(model, opts)
                   w and fmt(" (weight {%d,%d})", w:size(1), w:size(2)) or ""), 3)
       end
       check_per_token(path, m, d)
-      width, act = d, "identity"
+      -- a projection: low-rank identity learners, each costing rho/N of
+      -- it, and at least one of them per token (it may not output zero)
+      act, min_choice = "identity", opts.min_choice or 1
+      hidden = max(1, floor(rho * (d * d + d) / ((2 * d + 1) * N) + 0.5)) * N
       e.teacher = m
     end
-    local hidden = max(N, floor(rho * width / N + 0.5) * N)
-    local a = nn.ACM(d, hidden, N, { activation = act, tau = opts.tau,
-                                     min_choice = opts.min_choice })
-    if opts.init == "split" and e.dense and hidden == width then
+    local a = nn.ACM(d, hidden, N, { activation = act, tau = opts.tau, min_choice = min_choice })
+    if opts.init == "split" and e.dense and hidden == e.dense.fc.weight:size(1) then
       no_grad(function()
         a.w1:copy_(e.dense.fc.weight)
         a.b1:copy_(e.dense.fc.bias)
