@@ -3,7 +3,7 @@
 ** of N small two-layer "learners" whose outputs are summed, each token
 ** running only its first k of them. Ops: acm (the gated, bucketed forward:
 ** inference and training) and acm_all (every prefix at once, for
-** distillation); both differentiable.
+** distillation), both differentiable; acm_gate, the gate's eval path fused.
 **
 ** Shape letters: T tokens, d features, N learners of width w, H = N*w.
 ** x {T,d}; the learners packed as nn.Linear weights, learner n (0-based)
@@ -587,6 +587,77 @@ static glia_status acm_all_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, gli
   return st;
 }
 
+/* ============================================================ the gate */
+
+/* The gate in eval mode, fused: k = min(cap, m + argmax_c logits[t,c])
+** with logits = L3(L2(L1(x))), three linear layers without activations
+** between them (the reference's gate), the first largest logit on ties.
+** One call instead of the seven ops of the module path: what decoding a
+** token pays for its gate. Each row is computed by glia_dot in a fixed
+** order, on the pool for many rows. k is a count: no gradient, as argmax. */
+typedef struct {
+  const float *x, *w[3], *b[3];
+  int64_t d, g, C, m, cap;
+  int64_t *k;
+} gate_job;
+
+static void gate_rows(int64_t r0, int64_t r1, void *ud) {
+  const gate_job *j = ud;
+  float h1[64], h2[64];
+  for (int64_t t = r0; t < r1; t++) {
+    const float *x = j->x + t * j->d;
+    for (int64_t i = 0; i < j->g; i++) h1[i] = glia_dot(j->w[0] + i * j->d, x, j->d) + j->b[0][i];
+    for (int64_t i = 0; i < j->g; i++) h2[i] = glia_dot(j->w[1] + i * j->g, h1, j->g) + j->b[1][i];
+    int64_t best = 0;
+    float top = 0;
+    for (int64_t c = 0; c < j->C; c++) {
+      float v = glia_dot(j->w[2] + c * j->g, h2, j->g) + j->b[2][c];
+      if (c == 0 || v > top) top = v, best = c;
+    }
+    int64_t k = j->m + best;
+    j->k[t] = k > j->cap ? j->cap : k;
+  }
+}
+
+static glia_status acm_gate(glia_ctx *G, glia_value *args, int64_t m, int64_t cap,
+                            glia_tensor **out) {
+  const char *name = "glia.acm_gate";
+  glia_tensor *in[7], *c[7] = {NULL};
+  for (int i = 0; i < 7; i++) {
+    in[i] = args[i].u.t;
+    TRY(glia_check_f32(G, name, i == 0 ? "x" : "a gate parameter", in[i]));
+  }
+  glia_tensor *x = in[0], *w1 = in[1], *b1 = in[2], *w2 = in[3], *b2 = in[4], *w3 = in[5],
+              *b3 = in[6];
+  int64_t g = w1->ndim == 2 ? w1->size[0] : -1;
+  if (x->ndim != 2 || w1->ndim != 2 || w1->size[1] != x->size[1] || g < 1 || g > 64 ||
+      b1->ndim != 1 || b1->size[0] != g || w2->ndim != 2 || w2->size[0] != g ||
+      w2->size[1] != g || b2->ndim != 1 || b2->size[0] != g || w3->ndim != 2 ||
+      w3->size[1] != g || w3->size[0] < 1 || b3->ndim != 1 || b3->size[0] != w3->size[0])
+    return glia_fail(G, GLIA_ESHAPE,
+                     "%s: expected x {T,d}, w1 {g,d}, b1 {g}, w2 {g,g}, b2 {g}, w3 {C,g}, b3 {C} "
+                     "with 1 <= g <= 64, got x %s, w1 %s, b1 %s, w2 %s, b2 %s, w3 %s, b3 %s", name,
+                     glia_shape_str(x), glia_shape_str(w1), glia_shape_str(b1), glia_shape_str(w2),
+                     glia_shape_str(b2), glia_shape_str(w3), glia_shape_str(b3));
+  glia_status st = GLIA_OK;
+  for (int i = 0; i < 7 && st == GLIA_OK; i++)
+    st = glia_tensor_contiguous_as(G, in[i], GLIA_DTYPE_F32, &c[i]);
+  glia_tensor *r = NULL;
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, 1, x->size, &r);
+  if (st == GLIA_OK) {
+    gate_job j = {.x = (const float *)glia_ptr(c[0]), .d = x->size[1], .g = g,
+                  .C = w3->size[0], .m = m, .cap = cap, .k = (int64_t *)glia_ptr(r)};
+    for (int i = 0; i < 3; i++) {
+      j.w[i] = (const float *)glia_ptr(c[1 + 2 * i]);
+      j.b[i] = (const float *)glia_ptr(c[2 + 2 * i]);
+    }
+    int64_t per = g * (x->size[1] + g) + j.C * g;
+    glia_parallel_for(G, x->size[0], glia_grain_items(per), gate_rows, &j);
+  }
+  for (int i = 0; i < 7; i++) glia_tensor_release(c[i]);
+  return glia_hand_out(st, r, out);
+}
+
 /* ================================================== registry wrappers */
 
 /* acm(x, w1, b1, w2, k [, learners [, activation]]) -> out, learner FLOPs */
@@ -618,8 +689,22 @@ static glia_status op_acm_all(glia_ctx *G, int nargs, glia_value *args, int *nou
   return out1(nouts, outs, r);
 }
 
+/* acm_gate(x, w1, b1, w2, b2, w3, b3 [, min_choice [, cap_k]]) -> k i64 {T} */
+static glia_status op_acm_gate(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                               glia_value *outs) {
+  (void)nargs;
+  int64_t m = arg_int(&args[7], 0), cap = arg_int(&args[8], INT64_MAX);
+  if (m < 0 || cap < 0)
+    return glia_fail(G, GLIA_EARG, "glia.acm_gate: min_choice %lld and cap_k %lld must be >= 0",
+                     (long long)m, (long long)cap);
+  glia_tensor *r = NULL;
+  TRY(acm_gate(G, args, m, cap, &r));
+  return out1(nouts, outs, r);
+}
+
 const glia_op glia_ops_acm[] = {
     {"acm", "TTTTT|is", op_acm, 0},
     {"acm_all", "TTTT|isb", op_acm_all, 0},
+    {"acm_gate", "TTTTTTT|ii", op_acm_gate, 0},
     {NULL, NULL, NULL, 0},
 };

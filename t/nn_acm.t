@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, log, max = math.abs, math.exp, math.log, math.max
 
-t.plan(26)
+t.plan(28)
 
 do -- Gumbel straight-through with fixed noise
   local R, C, tau = 6, 5, 0.8
@@ -67,7 +67,17 @@ do -- eval: argmax, no noise; module output = glia.acm with the gate's k
   t.ok(u.identical(y1, y2) and u.identical(k1, m.last.k) and s0 == s1 and o0 == o1,
        "eval mode: deterministic argmax, draws no noise")
   local want_k = (glia.argmax(m:gate_logits(x:reshape(-1, 8)), -1):to("f32") - 1):to("i64")
-  t.ok(u.identical(k1, want_k), "eval mode: k = argmax of the gate's logits")
+  t.ok(u.identical(k1, want_k), "eval mode: k = argmax of the gate's logits (fused gate)")
+  local xb = glia.randn(700, 8)
+  local kb = glia.no_grad(function() m(xb) return m.last.k end)
+  local kl = (glia.argmax(m:gate_logits(xb), -1):to("f32") - 1):to("i64")
+  local kt = u.by_threads(function() m(xb) return m.last.k end, { 1, 2 })
+  t.ok(u.identical(kb, kl) and u.identical(kt[1], kt[2]),
+       "the fused gate on 700 tokens: the module path's k, the same on 1 and 2 threads")
+  t.error_like(function()
+    glia.acm_gate(xb, m.gate1.weight, m.gate1.bias, m.gate2.weight, m.gate2.bias,
+                  m.gate3.weight:narrow(2, 1, 8), m.gate3.bias)
+  end, "glia.acm_gate: expected x {T,d}, w1 {g,d}", "acm_gate names every operand on a bad shape")
   local ref = glia.acm(x:reshape(-1, 8), m.w1, m.b1, m.w2, k1, { learners = 4 })
   t.ok(u.identical(y1:reshape(-1, 8), ref) and u.same_shape(y1, x),
        "the module's output is glia.acm's with the gate's k, in x's shape")

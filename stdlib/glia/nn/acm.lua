@@ -12,7 +12,8 @@
 -- hidden is the packed width N*w. The gate: three linear layers
 -- d -> gate_hidden -> gate_hidden -> N+1-m without activations between
 -- them (the reference's), m = min_choice; k = m + argmax of its logits in
--- eval mode, and in training m + the index of a Gumbel-softmax sample
+-- eval mode (glia.acm_gate: the three layers fused in one call), and in
+-- training m + the index of a Gumbel-softmax sample
 -- taken hard, with the straight-through gradient (noise from the context's
 -- seeded RNG). Runtime overrides: `force_k` (every token runs that many
 -- learners; a number in (0, 1) is a fraction of N, rounded) and `cap_k`
@@ -140,8 +141,14 @@ function ACM:learner_flops()
   return 4 * self.d * self.width + 2 * self.width
 end
 
+-- glia.acm's options, made once (a table per call costs decoding time)
 function ACM:_opts()
-  return { learners = self.learners, activation = self.activation }
+  local o = rawget(self, "_acm_opts")
+  if not o then
+    o = { learners = self.learners, activation = self.activation }
+    rawset(self, "_acm_opts", o)
+  end
+  return o
 end
 
 local function flat(self, x)
@@ -170,14 +177,13 @@ function ACM:choose(x2)
     local k = glia.full({ T }, fk, "i64")
     return k, nil
   end
-  local logits = self:gate_logits(x2)
-  local g, idx
-  if self.training then
-    g, idx = M.gumbel_hard(logits, self.tau)
-  else -- eval: no one-hot (only the training losses read it)
-    idx = glia.argmax(logits, -1)
+  if not self.training then -- eval: the fused gate, one call (glia.acm_gate)
+    local g1, g2, g3 = self.gate1, self.gate2, self.gate3
+    return glia.acm_gate(x2, g1.weight, g1.bias, g2.weight, g2.bias, g3.weight, g3.bias, m,
+                         self.cap_k), nil
   end
-  if g and m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
+  local g, idx = M.gumbel_hard(self:gate_logits(x2), self.tau)
+  if m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
   local k = idx:to("f32") + (m - 1) -- 1-based index -> count
   if self.cap_k then k = k:clamp(0, self.cap_k) end
   return k:to("i64"), g
@@ -194,9 +200,9 @@ end
 -- Every prefix o_0..o_N of x {..., d}: {N+1, ..., d}.
 function ACM:forward_all(x)
   local x2 = flat(self, x)
-  local o = self:_opts()
-  o.detach = self.detach
-  local all = glia.acm_all(x2, self.w1, self.b1, self.w2, o)
+  local all = glia.acm_all(x2, self.w1, self.b1, self.w2,
+                           { learners = self.learners, activation = self.activation,
+                             detach = self.detach })
   local shape = x:shape()
   table.insert(shape, 1, self.learners + 1)
   return all:view(shape)
