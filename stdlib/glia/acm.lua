@@ -17,9 +17,9 @@
 --
 -- Which modules: opts.modules lists dotted names in the model; the default
 -- is every nn.TransformerBlock. A TransformerBlock has its MLP replaced
--- (fc, gelu tanh, fc2 -> an ACM of gelu_tanh learners reading ln2's output;
--- its forward becomes an instance field, its fused decoding path is turned
--- off); any other module is replaced in its parent by a slot holding the
+-- (fc, gelu tanh, fc2 -> an ACM of gelu_tanh learners reading ln2's output,
+-- through an instance field mlp_update, the block's hook for its MLP; its
+-- fused decoding paths are turned off); any other module is replaced in its parent by a slot holding the
 -- ACM, after a probe proves it a d -> d per-token map (a projection: identity
 -- learners of width rho (d^2 + d) / ((2d + 1) N), min_choice 1, as the
 -- paper has for attention's projections). The teachers leave
@@ -105,13 +105,12 @@ local function check_per_token(path, m, d)
   end
 end
 
--- The forward of a converted TransformerBlock (its own, with the MLP
--- through the entry: teacher, ACM, or ACM at k = N).
-local function block_forward(self, x, cache)
-  x = x + self.attn(self.ln1(x), cache)
+-- The MLP residual update of a converted TransformerBlock (the block's
+-- mlp_update hook), through the entry: teacher, ACM, or ACM at k = N.
+local function block_mlp_update(self, x)
   local h = rawget(self, "_acm_entry"):run(self.ln2(x))
   if self.drop then h = self.drop(h) end
-  return x + h
+  return h
 end
 
 -- A generic converted module's place in its parent.
@@ -194,7 +193,7 @@ function M.attach(model, opts)
       drop_child(m, "fc2")
       m.acm = a
       rawset(m, "_acm_entry", e)
-      rawset(m, "forward", block_forward)
+      rawset(m, "mlp_update", block_mlp_update)
       m.fused = false
     else
       parent[key] = Slot(e, a)
