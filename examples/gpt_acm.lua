@@ -19,7 +19,7 @@ function M.load_teacher(dir)
     return nil, dir .. " holds no model config and vocabulary: was it written by train_gpt.lua?"
   end
   local model = GPT{ vocab_size = #vocab, d_model = run.d, n_layers = run.layers,
-                     n_heads = run.heads, ctx = run.ctx }
+                     n_heads = run.heads, ctx = run.ctx, moe = GPT.moe_of_run(run) }
   checkpoint.load(ck, { model = model, rng = false })
   model:eval()
   return model, run, vocab

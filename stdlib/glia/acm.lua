@@ -160,7 +160,10 @@ function M.attach(model, opts)
     local e = setmetatable({ name = path, mode = "student" }, Entry)
     local d, hidden, act, min_choice
     if getmetatable(m) == nn.TransformerBlock then
-      local fc, fc2 = m.fc, m.fc2
+      local fc, fc2 = rawget(m, "fc"), rawget(m, "fc2")
+      if not (fc and fc2) then
+        error(fmt("glia.acm.convert: block '%s' has no dense MLP (fc, fc2) to convert", path), 3)
+      end
       d, act, min_choice = fc.weight:size(2), "gelu_tanh", opts.min_choice or 0
       hidden = max(N, floor(rho * fc.weight:size(1) / N + 0.5) * N)
       e.teacher = function(h) return fc2(glia.gelu(fc(h), "tanh")) end
