@@ -36,31 +36,40 @@
 #include <math.h>
 #include <stdlib.h>
 
-static const char *const NAME = "glia.decoder_block";
-
 /* Which sub-layers a step runs (bits). */
 enum { PART_ATTN = 1, PART_MLP = 2, PART_BLOCK = 3 };
 
+/* The op a step belongs to, for its errors: the MLP alone is
+** glia.decoder_mlp, anything with the attention glia.decoder_block. */
+static const char *op_name(int part) {
+  return part == PART_MLP ? "glia.decoder_mlp" : "glia.decoder_block";
+}
+
 /* The parameters, in the order of the Lua list. */
 enum { LN1_W, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FC2_W, FC2_B, NPARAM };
-/* The attention sub-layer reads the first 6 (ln1, qkv, proj); only those
-** are looked at when part is PART_ATTN. */
+/* The attention sub-layer's parameters are the first 6 (ln1, qkv, proj):
+** part "attn" takes a list of just those. */
 #define NPARAM_ATTN (PROJ_B + 1)
-static int nparams_read(int part) { return part & PART_MLP ? NPARAM : NPARAM_ATTN; }
 static const char *const PARAM_NAMES[NPARAM] = {
     "ln1.weight", "ln1.bias", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias",
     "ln2.weight", "ln2.bias", "fc.weight",  "fc.bias",  "fc2.weight",  "fc2.bias"};
 
+/* Whether a step running the sub-layers in part reads parameter i: the
+** attention's are LN1_W..PROJ_B, the MLP's LN2_W..FC2_B. A step neither
+** checks nor reads the others (decoder_mlp's list may hold anything
+** there; part "attn"'s may end after PROJ_B). */
+static bool reads(int part, int i) { return (part & (i < LN2_W ? PART_ATTN : PART_MLP)) != 0; }
+
 /* Fails unless t is f32 {n0} (n1 < 0) or {n0, n1}. */
-static glia_status check_param(glia_ctx *G, int i, const glia_tensor *t, int64_t n0,
-                               int64_t n1) {
-  TRY(glia_check_f32(G, NAME, PARAM_NAMES[i], t));
+static glia_status check_param(glia_ctx *G, const char *name, int i, const glia_tensor *t,
+                               int64_t n0, int64_t n1) {
+  TRY(glia_check_f32(G, name, PARAM_NAMES[i], t));
   int nd = n1 < 0 ? 1 : 2;
   if (t->ndim != nd || t->size[0] != n0 || (nd == 2 && t->size[1] != n1)) {
     if (nd == 1)
-      return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld}, got %s", NAME, PARAM_NAMES[i],
+      return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld}, got %s", name, PARAM_NAMES[i],
                        (long long)n0, glia_shape_str(t));
-    return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld,%lld}, got %s", NAME, PARAM_NAMES[i],
+    return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%lld,%lld}, got %s", name, PARAM_NAMES[i],
                      (long long)n0, (long long)n1, glia_shape_str(t));
   }
   return GLIA_OK;
@@ -71,39 +80,40 @@ static glia_status check_param(glia_ctx *G, int i, const glia_tensor *t, int64_t
 static glia_status check_attn_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                                    glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
                                    int64_t *K) {
+  const char *name = op_name(PART_ATTN);
   int64_t B = x->size[0], T = x->size[1], C = x->size[2];
   if (H < 1 || H > (C > 0 ? C : 1) || C % H != 0)
-    return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", NAME,
+    return glia_fail(G, GLIA_EARG, "%s: %lld heads do not divide d_model %lld", name,
                      (long long)H, (long long)C);
   int64_t D = C / H;
-  TRY(glia_check_f32(G, NAME, "key cache", kc));
-  TRY(glia_check_f32(G, NAME, "value cache", vc));
+  TRY(glia_check_f32(G, name, "key cache", kc));
+  TRY(glia_check_f32(G, name, "value cache", vc));
   if (kc->ndim != 4 || kc->size[0] != B || kc->size[3] != D || vc->ndim != 4 ||
       memcmp(vc->size, kc->size, 4 * sizeof *kc->size) != 0 || kc->size[1] < 1 ||
       H % kc->size[1] != 0)
     return glia_fail(G, GLIA_ESHAPE,
                      "%s: for x %s with %lld heads the caches must be {%lld,K,cap,%lld} with K "
-                     "dividing %lld, got %s and %s", NAME, glia_shape_str(x), (long long)H,
+                     "dividing %lld, got %s and %s", name, glia_shape_str(x), (long long)H,
                      (long long)B, (long long)D, (long long)H, glia_shape_str(kc),
                      glia_shape_str(vc));
   if (kc->storage == vc->storage)
-    return glia_fail(G, GLIA_EARG, "%s: the key and value caches share memory", NAME);
-  TRY(glia_check_no_overlap(G, NAME, kc));
-  TRY(glia_check_no_overlap(G, NAME, vc));
+    return glia_fail(G, GLIA_EARG, "%s: the key and value caches share memory", name);
+  TRY(glia_check_no_overlap(G, name, kc));
+  TRY(glia_check_no_overlap(G, name, vc));
   *K = kc->size[1];
   if (len < 0)
-    return glia_fail(G, GLIA_ERANGE, "%s: cached length must be >= 0, got %lld", NAME,
+    return glia_fail(G, GLIA_ERANGE, "%s: cached length must be >= 0, got %lld", name,
                      (long long)len);
   if (len > kc->size[2] - T) /* not len + T: that may overflow */
     return glia_fail(G, GLIA_ERANGE, "%s: %lld cached + %lld new positions exceed the cache "
-                     "capacity %lld", NAME, (long long)len, (long long)T,
+                     "capacity %lld", name, (long long)len, (long long)T,
                      (long long)kc->size[2]);
-  TRY(check_param(G, LN1_W, p[LN1_W], C, -1));
-  TRY(check_param(G, LN1_B, p[LN1_B], C, -1));
-  TRY(check_param(G, QKV_W, p[QKV_W], (H + 2 * *K) * D, C));
-  TRY(check_param(G, QKV_B, p[QKV_B], (H + 2 * *K) * D, -1));
-  TRY(check_param(G, PROJ_W, p[PROJ_W], C, C));
-  TRY(check_param(G, PROJ_B, p[PROJ_B], C, -1));
+  TRY(check_param(G, name, LN1_W, p[LN1_W], C, -1));
+  TRY(check_param(G, name, LN1_B, p[LN1_B], C, -1));
+  TRY(check_param(G, name, QKV_W, p[QKV_W], (H + 2 * *K) * D, C));
+  TRY(check_param(G, name, QKV_B, p[QKV_B], (H + 2 * *K) * D, -1));
+  TRY(check_param(G, name, PROJ_W, p[PROJ_W], C, C));
+  TRY(check_param(G, name, PROJ_B, p[PROJ_B], C, -1));
   return GLIA_OK;
 }
 
@@ -113,36 +123,38 @@ static glia_status check_attn_args(glia_ctx *G, glia_tensor *x, glia_tensor *con
 static glia_status check_args(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                               glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
                               double eps, int part, int64_t *K) {
-  TRY(glia_check_f32(G, NAME, "x", x));
+  const char *name = op_name(part);
+  TRY(glia_check_f32(G, name, "x", x));
   if (x->ndim != 3)
-    return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", NAME, glia_shape_str(x));
+    return glia_fail(G, GLIA_ESHAPE, "%s: x must be {B,T,C}, got %s", name, glia_shape_str(x));
   int64_t C = x->size[2];
-  if (p[LN1_W]->ndim != 1 || p[LN1_W]->size[0] != C)
-    return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match ln1.weight %s", NAME,
-                     glia_shape_str(x), glia_shape_str(p[LN1_W]));
+  int ln = (part & PART_ATTN) ? LN1_W : LN2_W; /* the first norm the step runs */
+  if (p[ln]->ndim != 1 || p[ln]->size[0] != C)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x %s does not match %s %s", name, glia_shape_str(x),
+                     PARAM_NAMES[ln], glia_shape_str(p[ln]));
   if (!(eps >= 0))
-    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", NAME, eps);
+    return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", name, eps);
   if (part & PART_ATTN) TRY(check_attn_args(G, x, p, kc, vc, len, H, K));
   if (part & PART_MLP) {
     if (p[FC_W]->ndim != 2 || p[FC_W]->size[1] != C)
-      return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld} for x %s, got %s", NAME,
+      return glia_fail(G, GLIA_ESHAPE, "%s: fc.weight must be {F,%lld} for x %s, got %s", name,
                        (long long)C, glia_shape_str(x), glia_shape_str(p[FC_W]));
     int64_t F = p[FC_W]->size[0];
-    TRY(check_param(G, LN2_W, p[LN2_W], C, -1));
-    TRY(check_param(G, LN2_B, p[LN2_B], C, -1));
-    TRY(check_param(G, FC_W, p[FC_W], F, C));
-    TRY(check_param(G, FC_B, p[FC_B], F, -1));
-    TRY(check_param(G, FC2_W, p[FC2_W], C, F));
-    TRY(check_param(G, FC2_B, p[FC2_B], C, -1));
+    TRY(check_param(G, name, LN2_W, p[LN2_W], C, -1));
+    TRY(check_param(G, name, LN2_B, p[LN2_B], C, -1));
+    TRY(check_param(G, name, FC_W, p[FC_W], F, C));
+    TRY(check_param(G, name, FC_B, p[FC_B], F, -1));
+    TRY(check_param(G, name, FC2_W, p[FC2_W], C, F));
+    TRY(check_param(G, name, FC2_B, p[FC2_B], C, -1));
   }
   bool needs_grad = glia_tensor_needs_grad(x) || (kc && glia_tensor_needs_grad(kc)) ||
                     (vc && glia_tensor_needs_grad(vc));
-  for (int i = 0; i < nparams_read(part); i++)
-    needs_grad = needs_grad || glia_tensor_needs_grad(p[i]);
+  for (int i = 0; i < NPARAM; i++)
+    needs_grad = needs_grad || (reads(part, i) && glia_tensor_needs_grad(p[i]));
   if (G->grad_mode && needs_grad)
     return glia_fail(G, GLIA_EGRAD,
                      "%s: inference only, but an input requires grad (run it under "
-                     "glia.no_grad)", NAME);
+                     "glia.no_grad)", name);
   return GLIA_OK;
 }
 
@@ -178,8 +190,8 @@ static bool one_row(glia_tensor *x, glia_tensor *const *p, glia_tensor *kc, glia
   if (x->size[0] * x->size[1] != 1 || !glia_tensor_is_contiguous(x) ||
       (kc && kc->stride[3] != 1) || (vc && vc->stride[3] != 1))
     return false;
-  for (int i = 0; i < nparams_read(part); i++)
-    if (!glia_tensor_is_contiguous(p[i])) return false;
+  for (int i = 0; i < NPARAM; i++)
+    if (reads(part, i) && !glia_tensor_is_contiguous(p[i])) return false;
   return true;
 }
 
@@ -202,11 +214,11 @@ static void put_row(glia_tensor *cache, const float *heads, int64_t K, int64_t D
 static glia_status row_step(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
                             glia_tensor *kc, glia_tensor *vc, int64_t len, int64_t H,
                             int64_t K, double eps, int part, glia_tensor **out) {
-  int64_t C = x->size[2], F = part & PART_MLP ? p[FC_W]->size[0] : 0;
+  int64_t C = x->size[2], F = (part & PART_MLP) ? p[FC_W]->size[0] : 0;
   size_t ws_bytes = (size_t)(2 * C + F) * sizeof(float);
   glia_tensor *qkv = NULL, *q = NULL, *y = NULL, *r = NULL;
   float *ws = glia_alloc(G, ws_bytes); /* h {C}, t {C}, f {F} */
-  glia_status st = ws ? GLIA_OK : glia_fail_nomem(G, ws_bytes, NAME);
+  glia_status st = ws ? GLIA_OK : glia_fail_nomem(G, ws_bytes, op_name(part));
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 3, x->size, &r);
   float *h = ws, *t = ws ? ws + C : NULL, *f = ws ? ws + 2 * C : NULL;
   float *rp = r ? (float *)glia_ptr(r) : NULL;
@@ -263,7 +275,7 @@ static glia_status attn_any(glia_ctx *G, glia_tensor *x, glia_tensor *const *p,
   if (st == GLIA_OK) st = append(G, vc, t[T_V], len);
   if (st == GLIA_OK) {
     int64_t *lens = glia_malloc(G, (size_t)B * sizeof *lens);
-    if (!lens) st = glia_fail_nomem(G, (size_t)B * sizeof *lens, NAME);
+    if (!lens) st = glia_fail_nomem(G, (size_t)B * sizeof *lens, op_name(PART_ATTN));
     for (int64_t b = 0; st == GLIA_OK && b < B; b++) lens[b] = len + T;
     if (st == GLIA_OK) st = glia_attention_decode(G, t[T_Q], kc, vc, lens, NAN, &t[T_Y]);
     free(lens);
@@ -325,11 +337,12 @@ glia_status glia_decoder_block(glia_ctx *G, glia_tensor *x, glia_tensor *const *
 ** block whose MLP is another module, nn.TransformerBlock's mlp option, has
 ** no fc and fc2). */
 static glia_status check_nparams(glia_ctx *G, const glia_value *params, int part) {
+  const char *name = op_name(part);
   int n = params->u.list.n;
   if (n != NPARAM && !(part == PART_ATTN && n == NPARAM_ATTN))
     return glia_fail(G, GLIA_EARG,
                      "%s: expected %d parameters (ln1, qkv, proj, ln2, fc, fc2: weight and "
-                     "bias each)%s, got %d", NAME, NPARAM,
+                     "bias each)%s, got %d", name, NPARAM,
                      part == PART_ATTN ? ", or the first 6 for part \"attn\"" : "", n);
   return GLIA_OK;
 }
@@ -344,8 +357,8 @@ static glia_status op_decoder_block(glia_ctx *G, int nargs, glia_value *args, in
     const char *s = args[7].u.s;
     if (strcmp(s, "attn") == 0) part = PART_ATTN;
     else if (strcmp(s, "block") != 0)
-      return glia_fail(G, GLIA_EARG, "%s: part must be \"block\" or \"attn\", got \"%s\"", NAME,
-                       s);
+      return glia_fail(G, GLIA_EARG, "%s: part must be \"block\" or \"attn\", got \"%s\"",
+                       op_name(PART_BLOCK), s);
   }
   TRY(check_nparams(G, &args[1], part));
   glia_tensor *r;

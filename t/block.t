@@ -280,21 +280,45 @@ glia.no_grad(function()
          "decoder_mlp on a strided input equals the module path")
   t.error_like(function() decoder_block(x, p, kc, vc, 0, H, 1e-5, "mlp") end,
                'part must be "block" or "attn", got "mlp"', "an unknown part is an error")
-  t.error_like(function() glia.decoder_mlp(x, { p[1] }) end, "expected 12 parameters",
-               "decoder_mlp checks the parameter count")
+  -- decoder_mlp's errors name decoder_mlp (not decoder_block), and it
+  -- checks only the MLP's parameters, the ones it reads.
+  local DM = ": glia%.decoder_mlp: "
+  t.error_like(function() glia.decoder_mlp(x, { p[1] }) end, DM .. "expected 12 parameters",
+               "decoder_mlp checks the parameter count, naming itself")
   t.error_like(function() glia.decoder_mlp(glia.randn(1, 1, C + 1), p) end,
-               "does not match ln1.weight", "decoder_mlp checks x against the parameters")
+               DM .. "x {1,1,33} does not match ln2%.weight {32}",
+               "decoder_mlp checks x against ln2.weight, naming itself")
+  t.error_like(function() glia.decoder_mlp(x:to("f64"), p) end, DM .. "x must be f32",
+               "decoder_mlp checks x's dtype, naming itself")
   local q = { unpack(p) }
   q[9] = glia.randn(7, C)
-  t.error_like(function() glia.decoder_mlp(x, q) end, "fc.bias must be {7}",
-               "decoder_mlp checks the MLP's shapes")
+  t.error_like(function() glia.decoder_mlp(x, q) end, DM .. "fc%.bias must be {7}",
+               "decoder_mlp checks the MLP's shapes, naming itself")
 end)
 t.error_like(function()
   local blk = block {}
   local x = glia.randn(1, 1, C)
   x:requires_grad()
   glia.decoder_mlp(x, blk:_fused_params())
-end, "inference only", "decoder_mlp is inference only")
+end, ": glia%.decoder_mlp: inference only", "decoder_mlp is inference only, naming itself")
+do -- in grad mode: attention parameters that require grad do not make it refuse
+  local p = block {}:_fused_params()
+  local junk = {}
+  for i = 1, 12 do junk[i] = p[i]:detach() end
+  for i = 1, 6 do junk[i] = glia.randn(3):requires_grad() end -- ln1, qkv, proj: wrong shapes
+  local x, xs = glia.randn(1, 1, C), glia.randn(2, 3, C)
+  local ok, err = pcall(function()
+    local want1, want2 = glia.no_grad(function()
+      return glia.decoder_mlp(x, p), glia.decoder_mlp(xs, p)
+    end)
+    return u.identical(glia.decoder_mlp(x, junk), want1)
+       and u.identical(glia.decoder_mlp(xs, junk), want2)
+  end)
+  if not t.ok(ok and err, "decoder_mlp neither checks nor reads the attention's parameters "
+                          .. "(ln1, qkv, proj: shapes, requires_grad)") then
+    t.diag(tostring(err))
+  end
+end
 
 -- ================================================================ errors
 
