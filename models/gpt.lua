@@ -194,7 +194,8 @@ end
 
 -- Puts a glia.skip plan in force (nil: none); see stdlib/glia/skip.lua.
 function GPT:set_plan(plan)
-  return skip.set_plan(self, plan)
+  skip.set_plan(self, plan, "models.gpt: set_plan")
+  return self
 end
 
 -- ============================================================ generation
@@ -274,7 +275,7 @@ function GPT:generate(idx, n, opts)
   local ctx, B = self.config.ctx, idx:size(1)
   local lens = opts.lengths and ragged_lengths(opts.lengths, B, idx:size(2), n, ctx)
   local was_training, old_plan = self.training, skip.get_plan(self)
-  if opts.plan then self:set_plan(opts.plan) end
+  if opts.plan then skip.set_plan(self, opts.plan, "models.gpt: generate") end
   local planned = skip.get_plan(self) ~= nil
   self:eval()
   local ok, out = pcall(no_grad, function()

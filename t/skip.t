@@ -81,8 +81,39 @@ t.error_like(function() skip.plan_uniform(8, 2, { rule = "odd" }) end, "rule mus
              "an unknown keep-set rule is rejected")
 t.error_like(function() skip.plan_drop(8, { attn = { 9 } }) end, "attn layer 9 is out of range 1..8",
              "a layer index out of range is rejected")
-t.error_like(function() skip.plan_drop(8, { mlp = { 1.5 } }) end, "mlp layer 1.5 is out of range",
+t.error_like(function() skip.plan_drop(8, { mlp = { 1.5 } }) end,
+             "mlp layer 1%.5 is not an integer layer index in 1%.%.8",
              "a fractional layer index is rejected")
+-- a spec's lists are lists of layer indices: nothing in them is ignored
+t.error_like(function() skip.plan_drop(8, { attn = { "3" } }) end,
+             'glia%.skip%.plan_drop: attn entry 1 must be a layer index in 1%.%.8, '
+             .. 'got the string "3"',
+             "a layer index given as a string is rejected as a string, not as out of range")
+t.error_like(function() skip.plan_drop(8, { attn = { [2] = 5 } }) end,
+             "glia%.skip%.plan_drop: attn must be a list of layer indices, "
+             .. "got a table with the key 2",
+             "a list with a hole is rejected, not ignored")
+t.error_like(function() skip.plan_drop(8, { attn = { x = 5 } }) end,
+             'glia%.skip%.plan_drop: attn must be a list of layer indices, '
+             .. 'got a table with the key "x"',
+             "a table with a string key is rejected, not ignored")
+t.error_like(function() skip.plan_keep(8, { 1, 2, [4] = 3 }) end,
+             "glia%.skip%.plan_keep: kept must be a list of layer indices",
+             "plan_keep checks its list the same way")
+-- the fewest layers: two, or all of a model with fewer
+t.ok(skip.plan_drop(1, {}):empty() and skip.plan_uniform(1, 1):empty()
+     and skip.plan_keep(1, { 1 }):empty(),
+     "a one-layer model has the empty plan (nothing dropped, s = 1, every layer kept)")
+t.is(tostring(skip.plan_drop(1, { attn = { 1 } })), "skip plan{layers=1 attn=1}",
+     "a one-layer plan dropping the attention keeps the layer running (its MLP)")
+t.error_like(function() skip.plan_drop(1, { block = { 1 } }) end,
+             "keeps 0 of 1 layers; at least one must run",
+             "a one-layer plan dropping the block is rejected")
+t.error_like(function() skip.plan_uniform(1, 2) end, "keeps 0 of 1 layers; at least one must run",
+             "a one-layer ULS plan with s = 2 is rejected")
+t.error_like(function() skip.plan_drop(2, { block = { 1 } }) end,
+             "keeps 1 of 2 layers; at least two must run",
+             "a two-layer plan leaving one layer is rejected")
 t.error_like(function() skip.plan_drop(8, { heads = { 1 } }) end, "heads",
              "an unknown sub-layer kind is rejected")
 t.error_like(function() skip.plan_drop(3, { block = { 1, 2 } }) end,
@@ -125,6 +156,38 @@ t.error_like(function() m:set_plan(skip.plan_uniform(6, 2)) end,
              "the plan is for 6 layers, the model has 4", "a plan for another depth is rejected")
 t.error_like(function() m:set_plan({ layers = 4 }) end, "expected a plan",
              "a table that is not a plan is rejected")
+t.error_like(function() skip.compose(nil, skip.plan_drop(4, {})) end,
+             "glia%.skip%.compose: plan 1 must be a plan %(from glia%.skip%), got nil",
+             "compose(nil, p) is an error naming the argument")
+
+-- A plan is checked where it is applied, not only where it is built: one
+-- edited afterwards fails in set_plan, generate and compose, and leaves
+-- the plan in force alone.
+do
+  local p = skip.plan_uniform(4, 2)
+  p.decode = {}
+  t.error_like(function() m:generate(x, 3, { plan = p }) end,
+               "models%.gpt: generate: the plan keeps 0 of 4 layers; at least two must run",
+               "generate rejects a plan whose decode list was emptied after it was built")
+  local q = skip.plan_drop(4, {})
+  q.attn, q.mlp = { 1, 2, 3, 4 }, { 1, 2, 3, 4 }
+  t.error_like(function() m:set_plan(q) end,
+               "models%.gpt: set_plan: the plan keeps 0 of 4 layers; at least two must run",
+               "model:set_plan rejects a plan edited to drop every layer")
+  t.error_like(function() skip.set_plan(m, q) end, "glia%.skip%.set_plan: the plan keeps 0 of 4",
+               "skip.set_plan rejects it too")
+  t.ok(skip.get_plan(m) == nil and m.blocks[1].skip == nil,
+       "and the plan in force is left as it was")
+  local r = skip.plan_drop(4, { attn = { 2 } })
+  r.mlp = { 5 }
+  t.error_like(function() m:set_plan(r) end, "the plan's mlp layer 5 is out of range 1%.%.4",
+               "a plan edited to name a layer the model lacks is rejected")
+  r.mlp = { "2" }
+  t.error_like(function() skip.compose(skip.plan_drop(4, {}), r) end,
+               "glia%.skip%.compose: the plan's mlp entry 1 must be a layer index in 1%.%.4, "
+               .. 'got the string "2"',
+               "compose checks the plans it is given")
+end
 
 -- A dropped sub-layer is the zero function: the same as zeroing the
 -- weights and biases that write its output.

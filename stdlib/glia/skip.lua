@@ -30,6 +30,18 @@
 -- of every sequence runs the same layers, which keeps batching and the KV
 -- cache intact and the speedup predictable.
 --
+-- How few layers a plan may leave: a layer runs when a generated token
+-- computes any of its sub-layers (it is neither dropped whole nor left out
+-- of decode). A plan that skips anything must leave at least two layers
+-- running, or every layer of a model with fewer than two: plan_drop(1, {})
+-- and plan_uniform(1, 1) are the (empty) plan of a one-layer model, while
+-- plan_drop(2, {block = {1}}) and plan_uniform(8, 5) (one layer) fail. The
+-- lists are lists of layer indices (integers in 1..L, keys 1..n). Every
+-- builder checks the plan it makes, and everything that applies one
+-- (set_plan and so model:set_plan and generate's plan, compose, select's
+-- base) checks it again, so a plan edited after it was built fails where
+-- it is used rather than running a model of no layers.
+--
 -- The execution lives in TransformerBlock:forward (glia.nn.transformer),
 -- which reads two fields this module sets on each block: skip (its part of
 -- the plan) and prompt_len (how many of the input's leading positions are
@@ -86,16 +98,74 @@ local function layers_run(plan)
   return n
 end
 
+-- A value for an error message: strings quoted, so "3" is not read as 3.
+local function shown(v) return type(v) == "string" and format("%q", v) or tostring(v) end
+
+-- Fails (naming where) unless list is a list of layer indices: a sequence
+-- (keys 1..n, no holes, no other keys) of integers in 1..L. what names
+-- the list in the message.
+local function check_list(where, L, list, what, level)
+  if type(list) ~= "table" then
+    error(format("%s: %s must be a list of layer indices, got %s", where, what, type(list)),
+          level + 1)
+  end
+  local n = 0
+  for _ in pairs(list) do n = n + 1 end
+  for k in pairs(list) do
+    if not is_int(k) or k < 1 or k > n then
+      error(format("%s: %s must be a list of layer indices, got a table with the key %s",
+                   where, what, shown(k)), level + 1)
+    end
+  end
+  for i = 1, n do
+    local l = list[i]
+    if type(l) ~= "number" then
+      error(format("%s: %s entry %d must be a layer index in 1..%d, got the %s %s", where, what,
+                   i, L, type(l), shown(l)), level + 1)
+    elseif not is_int(l) then
+      error(format("%s: %s layer %s is not an integer layer index in 1..%d", where, what,
+                   tostring(l), L), level + 1)
+    elseif l < 1 or l > L then
+      error(format("%s: %s layer %s is out of range 1..%d", where, what, tostring(l), L),
+            level + 1)
+    end
+  end
+end
+
+-- Fails (naming where) unless p is a well-formed plan: made by this
+-- module, its lists lists of layer indices in 1..layers, and, when it
+-- skips anything, keeping min(2, layers) layers running (the rule in the
+-- header). The builders check what they make and the appliers (set_plan,
+-- compose, select, so generate and the training loss) what they are
+-- given, so a plan edited after it was built is caught where it is used.
+local function validate(where, p, level)
+  if not skip.is_plan(p) then
+    error(format("%s: expected a plan (from glia.skip), got %s", where, type(p)), level + 1)
+  end
+  local L = p.layers
+  if not is_int(L) or L < 1 then
+    error(format("%s: the plan's layer count must be a positive integer, got %s", where,
+                 shown(L)), level + 1)
+  end
+  check_list(where, L, p.attn, "the plan's attn", level + 1)
+  check_list(where, L, p.mlp, "the plan's mlp", level + 1)
+  if p.decode ~= nil then check_list(where, L, p.decode, "the plan's decode", level + 1) end
+  if not p:empty() then
+    local n, need = layers_run(p), min(2, L)
+    if n < need then
+      error(format("%s: the plan keeps %d of %d layers; at least %s must run", where, n, L,
+                   need == 2 and "two" or "one"), level + 1)
+    end
+  end
+  return p
+end
+
 -- A plan from sets of dropped sub-layers and the decode keep-list (nil:
--- every layer), checked to keep at least two layers.
+-- every layer), validated.
 local function make(where, L, A, M, decode, level)
   local p = setmetatable({ layers = L, attn = sorted_keys(A), mlp = sorted_keys(M),
                            decode = decode }, Plan)
-  local n = layers_run(p)
-  if n < 2 then
-    error(format("%s: the plan keeps %d of %d layers; at least two must run", where, n, L),
-          level + 1)
-  end
+  validate(where, p, level + 1)
   return p
 end
 
@@ -138,11 +208,14 @@ function skip.plan_uniform(L, s, opts)
     error(format("%s: rule must be \"reference\" or \"even\", got %s", where, tostring(rule)), 2)
   end
   local n_keep = floor(L / s)
-  if n_keep < 2 then
-    error(format("%s: s = %s keeps %d of %d layers; at least two must run", where, tostring(s),
-                 n_keep, L), 2)
+  if n_keep >= L then
+    local p = make(where, L, {}, {}, nil, 2)
+    return p
   end
-  if n_keep >= L then return make(where, L, {}, {}, nil, 2) end
+  if n_keep < 2 then
+    error(format("%s: s = %s keeps %d of %d layers; at least %s must run", where, tostring(s),
+                 n_keep, L, L >= 2 and "two" or "one"), 2)
+  end
   local keep = { [0] = true, [L - 1] = true } -- 0-based here, as the rule is written
   if rule == "reference" then
     local delta, count = floor(L / (n_keep - 1)), 2
@@ -154,20 +227,25 @@ function skip.plan_uniform(L, s, opts)
   end
   local decode = {}
   for i = 0, L - 1 do if keep[i] then decode[#decode + 1] = i + 1 end end
-  return make(where, L, {}, {}, decode, 2)
+  local p = make(where, L, {}, {}, decode, 2)
+  return p
 end
 
-local function add_layers(where, L, set, list, what)
+local function add_layers(where, L, set, list, what, level)
   if list == nil then return end
-  if type(list) ~= "table" then
-    error(format("%s: %s must be a list of layer numbers, got %s", where, what, type(list)), 4)
-  end
-  for _, l in ipairs(list) do
-    if not is_int(l) or l < 1 or l > L then
-      error(format("%s: %s layer %s is out of range 1..%d", where, what, tostring(l), L), 4)
-    end
-    set[l] = true
-  end
+  check_list(where, L, list, what, level + 1)
+  for _, l in ipairs(list) do set[l] = true end
+end
+
+-- plan_drop's body, its errors naming where.
+local function drop(where, L, spec, level)
+  local A, M, B = {}, {}, {}
+  add_layers(where, L, A, spec.attn, "attn", level + 1)
+  add_layers(where, L, M, spec.mlp, "mlp", level + 1)
+  add_layers(where, L, B, spec.block, "block", level + 1)
+  for l in pairs(B) do A[l], M[l] = true, true end
+  local p = make(where, L, A, M, nil, level + 1)
+  return p
 end
 
 -- A plan dropping sub-layers for good: spec = {attn = {...}, mlp = {...},
@@ -176,13 +254,8 @@ function skip.plan_drop(L, spec)
   local where = "glia.skip.plan_drop"
   check_layers(where, L)
   spec = options.check(where, spec, { "attn", "mlp", "block" }, 1)
-  local A, M = {}, {}
-  add_layers(where, L, A, spec.attn, "attn")
-  add_layers(where, L, M, spec.mlp, "mlp")
-  local B = {}
-  add_layers(where, L, B, spec.block, "block")
-  for l in pairs(B) do A[l], M[l] = true, true end
-  return make(where, L, A, M, nil, 2)
+  local p = drop(where, L, spec, 2)
+  return p
 end
 
 -- A plan whose generated tokens run the listed layers only (the prompt
@@ -191,28 +264,27 @@ function skip.plan_keep(L, layers)
   local where = "glia.skip.plan_keep"
   check_layers(where, L)
   local K = {}
-  add_layers(where, L, K, layers, "kept")
+  check_list(where, L, layers, "kept", 2)
+  for _, l in ipairs(layers) do K[l] = true end
   local keep = sorted_keys(K)
-  return make(where, L, {}, {}, #keep < L and keep or nil, 2)
+  local p = make(where, L, {}, {}, #keep < L and keep or nil, 2)
+  return p
 end
 
-local function check_plan(where, p, level)
-  if not skip.is_plan(p) then
-    error(format("%s: expected a plan (from glia.skip), got %s", where, type(p)), level + 1)
-  end
-end
-
--- The plan doing everything the given plans do (all for the same depth):
--- the union of their drops; generated tokens run the layers every plan
--- lets them run.
-function skip.compose(...)
-  local where, plans = "glia.skip.compose", { ... }
-  if #plans == 0 then error(where .. ": expected at least one plan", 2) end
+-- compose's body over plans[1..n] (n counts nils too), its errors naming where.
+local function compose(where, plans, n, level)
+  if n == 0 then error(where .. ": expected at least one plan", level + 1) end
   local L, A, M, D = nil, {}, {}, nil
-  for i, p in ipairs(plans) do
-    check_plan(where, p, 2)
+  for i = 1, n do
+    local p = plans[i]
+    if not skip.is_plan(p) then
+      error(format("%s: plan %d must be a plan (from glia.skip), got %s", where, i, type(p)),
+            level + 1)
+    end
+    validate(where, p, level + 1)
     if L and p.layers ~= L then
-      error(format("%s: plan %d is for %d layers, plan 1 for %d", where, i, p.layers, L), 2)
+      error(format("%s: plan %d is for %d layers, plan 1 for %d", where, i, p.layers, L),
+            level + 1)
     end
     L = p.layers
     for _, l in ipairs(p.attn) do A[l] = true end
@@ -222,7 +294,16 @@ function skip.compose(...)
       if D then for l in pairs(D) do if not keep[l] then D[l] = nil end end else D = keep end
     end
   end
-  return make(where, L, A, M, D and sorted_keys(D), 2)
+  local p = make(where, L, A, M, D and sorted_keys(D), level + 1)
+  return p
+end
+
+-- The plan doing everything the given plans do (all for the same depth):
+-- the union of their drops; generated tokens run the layers every plan
+-- lets them run.
+function skip.compose(...)
+  local p = compose("glia.skip.compose", { ... }, select("#", ...), 2)
+  return p
 end
 
 -- A plan from text (command lines): "uls:S" (plan_uniform), "attn:3,5",
@@ -250,7 +331,8 @@ function skip.parse(L, text)
                    where, part), 2)
     end
   end
-  return skip.compose(unpack(plans))
+  local p = compose(where, plans, #plans, 2)
+  return p
 end
 
 -- ============================================================ models
@@ -279,7 +361,7 @@ function skip.blocks(model, where)
 end
 
 local function check_depth(where, plan, n, level)
-  check_plan(where, plan, level + 1)
+  validate(where, plan, level + 1)
   if plan.layers ~= n then
     error(format("%s: the plan is for %d layers, the model has %d", where, plan.layers, n),
           level + 1)
@@ -287,9 +369,10 @@ local function check_depth(where, plan, n, level)
 end
 
 -- Puts plan in force on the model (nil or an empty plan: none); returns
--- the model. The plan stays until the next set_plan.
-function skip.set_plan(model, plan)
-  local where = "glia.skip.set_plan"
+-- the model. The plan stays until the next set_plan. where (optional)
+-- names the caller in errors (models.gpt's set_plan and generate).
+function skip.set_plan(model, plan, where)
+  where = type(where) == "string" and where or "glia.skip.set_plan"
   local blocks = skip.blocks(model, where)
   if plan ~= nil then check_depth(where, plan, #blocks, 2) end
   if plan and plan:empty() then plan = nil end
