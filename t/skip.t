@@ -454,6 +454,16 @@ do
   t.error_like(function() skip.similarity(mm, { ids(2, 6), glia.zeros(2, 6, 1, "i64") }) end,
                "calibration batch 2 must be integer token ids {B,T}",
                "calibration batches of the wrong rank are rejected")
+  -- an empty batch would average over no tokens (NaN scores): an error
+  t.error_like(function() skip.similarity(mm, glia.zeros(0, 5, "i64")) end,
+               "glia%.skip%.similarity: calibration batch 1 is empty %(i64 {0,5}%)",
+               "similarity on an empty batch {0,5} is an error naming it and the shape")
+  t.error_like(function() skip.contrib(mm, { ids(2, 6), glia.zeros(2, 0, "i64") }) end,
+               "glia%.skip%.contrib: calibration batch 2 is empty %(i64 {2,0}%)",
+               "contrib on an empty batch {2,0} is an error naming it and the shape")
+  t.error_like(function() skip.effect(mm, glia.zeros(2, 0, "i64")) end,
+               "glia%.skip%.effect: calibration batch 1 is empty %(i64 {2,0}%)",
+               "effect on an empty batch is an error naming it and the shape")
 
   -- selection by hand
   local sc = { layers = 3, attn = { 0.9, 0.5, 0.95 }, mlp = { 0.7, 0.96, 0.1 },
@@ -476,6 +486,24 @@ do
                "an unknown mode fails")
   t.error_like(function() skip.select(sc, 1, { iterative = true }) end, "needs opts.model",
                "iterative selection needs the model")
+  -- scores select ranks must all be there and be numbers: a NaN is not
+  -- silently left out of the ranking
+  t.error_like(function() skip.select({ layers = 4, attn = {} }, 1) end,
+               "glia%.skip%.select: scores%.attn%[1%] must be a number, got nil",
+               "a missing score is an error naming it")
+  local nan_sc = { layers = 3, attn = { 0.9, 0.5, 0.95 }, mlp = { 0.7, 0 / 0, 0.1 } }
+  t.error_like(function() skip.select(nan_sc, 1, { mode = "joint" }) end,
+               "glia%.skip%.select: scores%.mlp%[2%] must be a number, got NaN",
+               "a NaN score is an error naming it")
+  t.error_like(function() skip.select({ layers = 3, attn = { 1, 1, 1 } }, 1, { mode = "mlp" }) end,
+               "glia%.skip%.select: the scores have no mlp list",
+               "scores without the list the mode ranks are an error")
+  -- a selection that would leave too few layers names select, not plan_drop
+  local m4 = tiny(4)
+  local s4 = skip.similarity(m4, { ids(2, 6) })
+  t.error_like(function() skip.select(s4, 8, { mode = "joint" }) end,
+               "glia%.skip%.select: the plan keeps 0 of 4 layers; at least two must run",
+               "selecting all 8 sub-layers of 4 layers is an error naming select")
   -- iterative on a model
   local m2 = tiny(4)
   local cal = { ids(2, 8) }

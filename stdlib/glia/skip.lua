@@ -101,6 +101,20 @@ end
 -- A value for an error message: strings quoted, so "3" is not read as 3.
 local function shown(v) return type(v) == "string" and format("%q", v) or tostring(v) end
 
+-- A tensor's dtype and shape ("i64 {2,5}"), or another value's type.
+local function describe(v)
+  if not glia.is_tensor(v) then return type(v) end
+  return v:dtype() .. " {" .. concat(v:shape(), ",") .. "}"
+end
+
+-- Fails (naming where and what) unless v is integer token ids {B,T}.
+local function check_ids(where, what, v, level)
+  if not glia.is_tensor(v) or v:dim() ~= 2 or (v:dtype() ~= "i64" and v:dtype() ~= "i32") then
+    error(format("%s: %s must be integer token ids {B,T}, got %s", where, what, describe(v)),
+          level + 1)
+  end
+end
+
 -- Fails (naming where) unless list is a list of layer indices: a sequence
 -- (keys 1..n, no holes, no other keys) of integers in 1..L. what names
 -- the list in the message.
@@ -461,16 +475,18 @@ end
 
 -- ========================================================= calibration
 
+-- Calibration batches checked: a token tensor {B,T} or a list of them,
+-- none empty (an empty batch would average over no tokens: NaN scores).
 local function check_batches(where, batches)
   if glia.is_tensor(batches) then batches = { batches } end
   if type(batches) ~= "table" or #batches == 0 then
     error(where .. ": expected calibration batches: a token tensor {B,T} or a list of them", 3)
   end
   for i, x in ipairs(batches) do
-    if not glia.is_tensor(x) or x:dim() ~= 2 or (x:dtype() ~= "i64" and x:dtype() ~= "i32") then
-      error(format("%s: calibration batch %d must be integer token ids {B,T}, got %s", where, i,
-                   glia.is_tensor(x) and (x:dtype() .. " {" .. concat(x:shape(), ",") .. "}")
-                   or type(x)), 3)
+    check_ids(where, format("calibration batch %d", i), x, 3)
+    if x:numel() == 0 then
+      error(format("%s: calibration batch %d is empty (%s); each needs at least one token",
+                   where, i, describe(x)), 3)
     end
   end
   return batches
@@ -574,10 +590,35 @@ local function ranked(scores, mode)
   return c
 end
 
-local function drop_plan(L, picks)
+-- The plan dropping the picks on top of base (nil: none), its errors
+-- naming where.
+local function drop_plan(where, L, base, picks, level)
   local spec = { attn = {}, mlp = {}, block = {} }
   for _, p in ipairs(picks) do spec[p.kind][#spec[p.kind] + 1] = p.layer end
-  return skip.plan_drop(L, spec)
+  local p = drop(where, L, spec, level + 1)
+  if base then p = compose(where, { base, p }, 2, level + 1) end
+  return p
+end
+
+-- Fails (naming where) unless scores has a number (not NaN) for every
+-- layer in each list mode ranks, and a valid plan for its depth if any.
+local function check_scores(where, scores, mode, level)
+  local L = scores.layers
+  for _, kind in ipairs(KINDS[mode]) do
+    local list = scores[kind]
+    if type(list) ~= "table" then
+      error(format("%s: the scores have no %s list (mode %s ranks it), got %s", where, kind,
+                   mode, type(list)), level + 1)
+    end
+    for l = 1, L do
+      local v = list[l]
+      if type(v) ~= "number" or v ~= v then
+        error(format("%s: scores.%s[%d] must be a number, got %s", where, kind, l,
+                     v ~= v and "NaN" or shown(v)), level + 1)
+      end
+    end
+  end
+  if scores.plan ~= nil then check_depth(where, scores.plan, L, level + 1) end
 end
 
 -- Chooses n modules to drop from similarity scores: mode "attn" (the
@@ -590,13 +631,15 @@ end
 function skip.select(scores, n, opts)
   local where = "glia.skip.select"
   opts = options.check(where, opts, { "mode", "iterative", "model", "batches" }, 1)
-  if type(scores) ~= "table" or not scores.layers or not scores.attn then
-    error(where .. ": expected scores from glia.skip.similarity", 2)
+  if type(scores) ~= "table" or not is_int(scores.layers) or scores.layers < 1 then
+    error(where .. ": expected scores from glia.skip.similarity (layers = L and per-layer "
+          .. "lists)", 2)
   end
   local mode = opts.mode or "attn"
   if not KINDS[mode] then
     error(format("%s: mode must be attn, mlp, joint or block, got %s", where, tostring(mode)), 2)
   end
+  check_scores(where, scores, mode, 2)
   if not is_int(n) or n < 0 then
     error(format("%s: n must be a count >= 0, got %s", where, tostring(n)), 2)
   end
@@ -621,8 +664,7 @@ function skip.select(scores, n, opts)
       for i = 1, n do
         picks[i] = ranked(s, mode)[1]
         if i < n then
-          local p = drop_plan(L, picks)
-          skip.set_plan(model, base and skip.compose(base, p) or p)
+          skip.set_plan(model, drop_plan(where, L, base, picks, 1))
           s = skip.similarity(model, batches)
         end
       end
@@ -630,9 +672,8 @@ function skip.select(scores, n, opts)
     skip.set_plan(model, before)
     if not ok then error(err, 0) end
   end
-  if n == 0 then return base or skip.plan_drop(L, {}), picks end
-  local p = drop_plan(L, picks)
-  return base and skip.compose(base, p) or p, picks
+  local p = drop_plan(where, L, base, picks, 2)
+  return p, picks
 end
 
 -- ========================================================= diagnostics
