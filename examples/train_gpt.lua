@@ -76,7 +76,7 @@ usage: glia examples/train_gpt.lua [options]
   --threads N        compute threads (default: GLIA_NUM_THREADS or all cores)
   --plan TEXT        train under a layer-skip plan: uls:S, attn:i,j, mlp:i,j, block:i,j,
                      joined by + (see the header)
-  --prompt-frac F    under a uls plan, the fraction of each sequence that is prompt (0.5)
+  --prompt-frac F    under a uls plan, the fraction of each sequence that is prompt, in (0, 1) (0.5)
   --experts N        mixture of experts: N experts in place of every block's MLP (0: dense)
   --top-k K          experts per token (2); each of hidden 4 d / K, so the active
                      parameters per token are the dense model's
@@ -180,6 +180,9 @@ end
 -- ================================================================ setup
 
 local o, given = cli.parse(arg or {}, SPEC, USAGE)
+if not (o["prompt-frac"] > 0 and o["prompt-frac"] < 1) then -- 0 or 1 leaves no prompt or response
+  die(fmt("--prompt-frac must be in (0, 1), got %s", tostring(o["prompt-frac"])))
+end
 if o.threads then glia.set_num_threads(o.threads) end
 
 local ck

@@ -262,6 +262,10 @@ end
 function GPT:generate(idx, n, opts)
   opts = options.check("models.gpt: generate", opts, { "temperature", "top_k", "on_token",
                                                        "plan", "lengths" })
+  if type(n) ~= "number" or n ~= floor(n) or n < 0 or n == math.huge then
+    error("models.gpt: generate's n (the number of new tokens) must be an integer >= 0, got "
+          .. (n ~= n and "NaN" or tostring(n)), 2)
+  end
   local temperature, top_k, on_token = opts.temperature or 1, opts.top_k, opts.on_token
   if type(temperature) ~= "number" or temperature < 0 then
     error("models.gpt: temperature must be a number >= 0, got " .. tostring(temperature), 2)

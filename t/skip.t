@@ -159,6 +159,19 @@ t.error_like(function() m:set_plan({ layers = 4 }) end, "expected a plan",
 t.error_like(function() skip.compose(nil, skip.plan_drop(4, {})) end,
              "glia%.skip%.compose: plan 1 must be a plan %(from glia%.skip%), got nil",
              "compose(nil, p) is an error naming the argument")
+for _, n in ipairs { "nil", 1.5, 0 / 0, -1 } do
+  local shown = n ~= n and "NaN" or tostring(n)
+  t.error_like(function() m:generate(x, n ~= "nil" and n or nil) end,
+               "models%.gpt: generate's n %(the number of new tokens%) must be an integer >= 0, "
+               .. "got " .. shown:gsub("%p", "%%%0"), "generate rejects n = " .. shown)
+end
+t.error_like(function() skip.kv_release(nil, m) end,
+             "glia%.skip%.kv_release: expected the caches", "kv_release(nil, m) is an error")
+t.error_like(function() skip.kv_bytes(nil) end,
+             "glia%.skip%.kv_bytes: expected the caches", "kv_bytes(nil) is an error")
+t.error_like(function() skip.kv_bytes({ 5 }) end,
+             "glia%.skip%.kv_bytes: caches%[1%] is not a KV cache",
+             "kv_bytes of a table of non-caches is an error")
 
 -- A plan is checked where it is applied, not only where it is built: one
 -- edited afterwards fails in set_plan, generate and compose, and leaves
@@ -538,6 +551,16 @@ do
   t.near(loss, want, 1e-6, "skip.loss scores the response (positions 3..8) under the plan")
   t.error_like(function() skip.loss(mm, xs, ys, 8) end, "prompt length must be in 1..7",
                "a prompt as long as the sequence fails")
+  t.error_like(function() skip.loss(mm, nil, ys, 2) end,
+               "glia%.skip%.loss: x must be integer token ids {B,T}, got nil", "skip.loss needs x")
+  t.error_like(function() skip.loss(mm, xs, nil, 2) end,
+               "glia%.skip%.loss: y must be integer token ids {B,T}, got nil", "skip.loss needs y")
+  t.error_like(function() skip.loss(mm, glia.randint(1, 14, 5), ys, 2) end,
+               "glia%.skip%.loss: x must be integer token ids {B,T}, got i64 {5}",
+               "a 1-D x is an error naming its shape (not a prompt range for sequences of 0)")
+  t.error_like(function() skip.loss(mm, xs, ids(2, 3), 2) end,
+               "glia%.skip%.loss: y i64 {2,3} must have x's shape i64 {2,8}",
+               "y of another shape than x is an error naming skip.loss and both shapes")
 end
 
 -- ============================================================ gradients
@@ -771,6 +794,11 @@ do
   t.ok(run("--resume " .. dir .. "-a --out " .. dir .. "-b --plan attn:9 --steps 4")
        :find("train_gpt: glia.skip.plan_drop: attn layer 9 is out of range 1..4", 1, true),
        "train_gpt.lua --plan rejects a plan that does not fit the model")
+  for _, f in ipairs { "0", "2" } do
+    t.ok(run(common .. " --steps 1 --prompt-frac " .. f .. " --out " .. dir .. "-c")
+         :find("train_gpt: --prompt-frac must be in (0, 1), got " .. f, 1, true),
+         "train_gpt.lua --prompt-frac " .. f .. " is an error, not clamped")
+  end
   -- the study's whole pipeline on that checkpoint, budgets shrunk
   local h = io.popen(bin .. " examples/skip_study.lua --quick --ckpt " .. dir .. "-a --out "
                      .. dir .. "-s 2>&1")

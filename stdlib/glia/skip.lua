@@ -422,9 +422,19 @@ end
 -- only (from position P on). The model's output must be logits {B,T,V}.
 -- Returns the loss and the logits.
 function skip.loss(model, x, y, P)
-  local T = x:dim() == 2 and x:size(2) or 0
+  local where = "glia.skip.loss"
+  check_ids(where, "x", x, 2)
+  check_ids(where, "y", y, 2)
+  if y:size(1) ~= x:size(1) or y:size(2) ~= x:size(2) then
+    error(format("%s: y %s must have x's shape %s", where, describe(y), describe(x)), 2)
+  end
+  local T = x:size(2)
+  if T < 2 then
+    error(format("%s: x %s is too short: a prompt and a response need T >= 2", where,
+                 describe(x)), 2)
+  end
   if not is_int(P) or P < 1 or P >= T then
-    error(format("glia.skip.loss: the prompt length must be in 1..%d for sequences of %d, got %s",
+    error(format("%s: the prompt length must be in 1..%d for sequences of %d, got %s", where,
                  T - 1, T, tostring(P)), 2)
   end
   skip.set_prompt_len(model, P)
@@ -435,6 +445,23 @@ function skip.loss(model, x, y, P)
 end
 
 -- ============================================================ KV caches
+
+-- Fails (naming where) unless caches maps layers to KV caches (each with
+-- its key and value buffers k and v), as kv_compact and new_caches make.
+local function check_caches(where, caches, level)
+  if type(caches) ~= "table" then
+    error(format("%s: expected the caches (layer -> KV cache, from kv_compact or "
+                 .. "model:new_caches), got %s", where, type(caches)), level + 1)
+  end
+  for l, c in pairs(caches) do
+    local ok = (type(c) == "table" or type(c) == "userdata") and glia.is_tensor(c.k)
+               and glia.is_tensor(c.v)
+    if not ok then
+      error(format("%s: caches[%s] is not a KV cache (with k and v buffers): a %s", where,
+                   shown(l), type(c)), level + 1)
+    end
+  end
+end
 
 -- One cache per block whose attention the plan in force keeps (B
 -- sequences, capacity positions): caches[l] is nil for a dropped one. The
@@ -455,6 +482,7 @@ end
 -- tokens skip under the plan in force, once the prompt is in: they are
 -- never read again. Returns the bytes released.
 function skip.kv_release(caches, model)
+  check_caches("glia.skip.kv_release", caches, 2)
   local freed = 0
   for l, b in ipairs(skip.blocks(model, "glia.skip.kv_release")) do
     local c = caches[l]
@@ -466,8 +494,9 @@ function skip.kv_release(caches, model)
   return freed
 end
 
--- The bytes the caches' key and value buffers hold.
+-- The bytes the caches' key and value buffers hold (caches: layer -> cache).
 function skip.kv_bytes(caches)
+  check_caches("glia.skip.kv_bytes", caches, 2)
   local n = 0
   for _, c in pairs(caches) do n = n + (c.k:numel() + c.v:numel()) * 4 end
   return n
