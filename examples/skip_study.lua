@@ -164,6 +164,19 @@ local function decode_rates(variants)
   return rates, speedups
 end
 
+-- The note under a table with decode tok/s and speedup columns: they are
+-- medians of different things (raw times, paired ratios), so a row's
+-- tok/s over the full model's need not equal its speedup.
+local function decode_note()
+  return fmt("\nHow the decode columns are computed: *decode tok/s* is %d generated tokens over the "
+    .. "median of the variant's %d raw times (taken at different moments of a shared machine, so "
+    .. "the rows' loads differ); *speedup* is the median of %d paired ratios, each the time of a "
+    .. "full-model run just before over the variant's time. They are medians of different "
+    .. "things: a row's tok/s divided by the full model's need not equal its speedup, and can "
+    .. "even fall on the other side of 1. Compare variants by the speedup.\n",
+    o.decode, o.rounds, o.rounds)
+end
+
 local function kv_bytes(m, plan)
   m:set_plan(plan)
   local n = skip.kv_bytes(m:new_caches(1))
@@ -256,6 +269,7 @@ for i, r in ipairs(rows) do
           r.loss, r.loss - base_loss, rates[i + 1], speedups[i + 1], r.kv,
           100 * r.kv / full_kv))
 end
+out(decode_note())
 local series = {}
 for i, c in ipairs(curves) do
   series[i] = { name = c[1], x = { 0, 2, 4 }, y = c[2] }
@@ -324,6 +338,7 @@ out(fmt("| ULS s = 2 | %s | %.4f | %.4f | %.0f | %.2fx |", concat(uls.decode, ",
         after.uls, rates[2], speedups[2]))
 out(fmt("| the top layers skipped | %s | %.4f | %.4f | %.0f | %.2fx |", concat(topk.decode, ","),
         before.top, after.top, rates[3], speedups[3]))
+out(decode_note())
 say("3. ULS vs top: fine-tuned in %.0f s (%.0f s in all)", ft_seconds, clock() - t0)
 
 -- ============================================ 4. depth use
