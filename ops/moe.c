@@ -16,6 +16,8 @@
 **            the topk_groups best groups stay selectable
 **   S_t      = the k largest sel (ties: lower expert first)
 **   gate_j   = scale * s_j / sum_{i in S_t} s_i   (normalize)   or   scale * s_j
+**            (normalized gates are computed as the softmax of log s_j over
+**            S_t: the same value, defined when every s_i underflows to 0)
 **
 ** Capacity (capacity_factor cf): each expert keeps at most ceil(cf k T / E)
 ** assignments; the rest are dropped (they add nothing to y and get no
@@ -85,7 +87,13 @@ typedef struct {
   float *scratch;  /* {T,E} selection scores */
   int64_t *idx;    /* {T,k} 0-based */
   float *gate;     /* {T,k} */
+  float *w;        /* {T,k} gates before route_scale (saved for backward) */
 } route_job;
+
+/* log(sigmoid(x)), without underflow to log(0) for very negative x. */
+static float log_sigmoid(float x) {
+  return x < 0 ? x - log1pf(expf(x)) : -log1pf(expf(-x));
+}
 
 /* The largest (and second largest) of sel[0..n) not masked. */
 static float group_score(const float *sel, int64_t n, bool top2) {
@@ -103,7 +111,7 @@ static void route_rows(int64_t begin, int64_t end, void *ud) {
   int64_t E = c->E, k = c->k;
   for (int64_t t = begin; t < end; t++) {
     const float *z = J->z + t * E;
-    float *s = J->s + t * E, *sel = J->scratch + t * E;
+    float *s = J->s + t * E, *sel = J->scratch + t * (E + k); /* sel {E}, then buf {k} */
     int64_t *idx = J->idx + t * k;
     if (c->sigmoid) {
       for (int64_t e = 0; e < E; e++) s[e] = 1.0f / (1.0f + glia_expf(-z[e]));
@@ -129,21 +137,34 @@ static void route_rows(int64_t begin, int64_t end, void *ud) {
         keep_lo |= (uint64_t)1 << best;
       }
     }
-    int64_t gs = c->groups > 1 ? E / c->groups : E;
-    for (int64_t j = 0; j < k; j++) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; e++) {
-        if (!(keep_lo >> (e / gs) & 1)) continue;
-        bool taken = false;
-        for (int64_t i = 0; i < j; i++) taken |= idx[i] == e;
-        if (!taken && (best < 0 || sel[e] > sel[best])) best = e;
-      }
-      idx[j] = best;
+    /* the k largest sel, sorted, in idx and buf (O(E k) at worst, most
+    ** experts rejected by one compare): a later expert enters only when
+    ** strictly larger, so ties keep the lower expert first */
+    int64_t gs = c->groups > 1 ? E / c->groups : E, n = 0;
+    float *buf = sel + E;
+    for (int64_t e = 0; e < E; e++) {
+      if (!(keep_lo >> (e / gs) & 1)) continue;
+      float v = sel[e];
+      if (n == k && !(v > buf[k - 1])) continue;
+      int64_t p = n < k ? n++ : k - 1;
+      for (; p > 0 && v > buf[p - 1]; p--) buf[p] = buf[p - 1], idx[p] = idx[p - 1];
+      buf[p] = v, idx[p] = e;
     }
-    float den = 0;
-    for (int64_t j = 0; j < k; j++) den += s[idx[j]];
-    for (int64_t j = 0; j < k; j++)
-      J->gate[t * k + j] = c->normalize ? c->scale * s[idx[j]] / den : c->scale * s[idx[j]];
+    /* normalized gates: a softmax over the chosen experts' log-scores (z
+    ** for softmax, log sigmoid(z) for sigmoid), which is s_j / sum s_i but
+    ** stays defined when every chosen score underflows to 0 */
+    float *w = J->w + t * k, *gate = J->gate + t * k;
+    if (c->normalize) {
+      float m = -INFINITY, den = 0;
+      for (int64_t j = 0; j < k; j++) {
+        w[j] = c->sigmoid ? log_sigmoid(z[idx[j]]) : z[idx[j]];
+        m = w[j] > m ? w[j] : m;
+      }
+      for (int64_t j = 0; j < k; j++) den += w[j] = expf(w[j] - m);
+      for (int64_t j = 0; j < k; j++) gate[j] = c->scale * (w[j] /= den);
+    } else {
+      for (int64_t j = 0; j < k; j++) gate[j] = c->scale * (w[j] = s[idx[j]]);
+    }
   }
 }
 
@@ -210,7 +231,7 @@ static glia_status moe_route(glia_ctx *G, glia_tensor *z, route_cfg c, int base,
   if (c.k < 1 || c.k > c.E) what = "k must be in 1..E";
   else if (c.groups < 1 || c.groups > 64 || c.E % c.groups != 0)
     what = "groups must divide the experts (at most 64 groups)";
-  else if (c.groups > 1 && (c.topk_groups < 1 || c.topk_groups > c.groups))
+  else if (c.topk_groups < 1 || c.topk_groups > c.groups)
     what = "topk_groups must be in 1..groups";
   else if (c.groups > 1 && c.k > c.topk_groups * (c.E / c.groups))
     what = "k is larger than the experts of topk_groups groups";
@@ -224,21 +245,23 @@ static glia_status moe_route(glia_ctx *G, glia_tensor *z, route_cfg c, int base,
                      c.cf, glia_shape_str(z));
   if (isinf(c.cf)) c.cf = 0;
   int64_t T = c.T, E = c.E, k = c.k;
-  glia_tensor *zc = NULL, *s = NULL, *sc = NULL, *g = NULL, *ix = NULL, *ix0 = NULL,
+  glia_tensor *zc = NULL, *s = NULL, *sc = NULL, *g = NULL, *w = NULL, *ix = NULL, *ix0 = NULL,
               *cnt = NULL, *kp = NULL;
-  int64_t tk[2] = {T, k}, te[2] = {T, E};
+  int64_t tk[2] = {T, k}, te[2] = {T, E}, tek[2] = {T, E + k};
   glia_status st = glia_tensor_contiguous_as(G, z, GLIA_DTYPE_F32, &zc);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, te, &s);
-  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, te, &sc);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, tek, &sc);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, tk, &g);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, tk, &w);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, 2, tk, &ix0);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, 2, tk, &ix);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, 1, &E, &cnt);
   if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_BOOL, 2, tk, &kp);
   if (st == GLIA_OK) {
     route_job J = {&c, (const float *)glia_ptr(zc), (float *)glia_ptr(s),
-                   (float *)glia_ptr(sc), (int64_t *)glia_ptr(ix0), (float *)glia_ptr(g)};
-    glia_parallel_for(G, T, glia_grain_items(E * (k + 4)), route_rows, &J);
+                   (float *)glia_ptr(sc), (int64_t *)glia_ptr(ix0), (float *)glia_ptr(g),
+                   (float *)glia_ptr(w)};
+    glia_parallel_for(G, T, glia_grain_items(8 * E + k), route_rows, &J);
     st = apply_capacity(G, &c, J.idx, J.gate, (uint8_t *)glia_ptr(kp),
                         (int64_t *)glia_ptr(cnt));
     int64_t *o = (int64_t *)glia_ptr(ix);
@@ -252,6 +275,7 @@ static glia_status moe_route(glia_ctx *G, glia_tensor *z, route_cfg c, int base,
       node->farg[0] = c.scale;
       st = glia_node_save(G, node, s);
       if (st == GLIA_OK) st = glia_node_save(G, node, ix0);
+      if (st == GLIA_OK) st = glia_node_save(G, node, w);
       st = glia_node_end(node, st, g);
     }
   }
@@ -259,6 +283,7 @@ static glia_status moe_route(glia_ctx *G, glia_tensor *z, route_cfg c, int base,
   glia_tensor_release(sc);
   glia_tensor_release(s);
   glia_tensor_release(ix0);
+  glia_tensor_release(w);
   if (st != GLIA_OK) {
     glia_tensor_release(g);
     glia_tensor_release(ix);
@@ -270,30 +295,40 @@ static glia_status moe_route(glia_ctx *G, glia_tensor *z, route_cfg c, int base,
   return GLIA_OK;
 }
 
-/* dz from dgates: through the normalization over the chosen experts (dg ->
-** ds on S_t), then through softmax or sigmoid. */
+/* dz from dgates. Normalized: the gates are scale * w, w the softmax of the
+** chosen log-scores l (z, or log sigmoid(z)), so dl_j = scale w_j (dg_j -
+** sum_i w_i dg_i), then dz_j = dl_j (softmax) or dl_j (1 - s_j) (sigmoid),
+** on the chosen experts only. Not normalized: ds = scale dg on the chosen,
+** then through softmax or sigmoid. */
 static glia_status route_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_tensor **din) {
-  glia_tensor *s, *ix, *dg = NULL, *dz = NULL;
+  glia_tensor *s, *ix, *w, *dg = NULL, *dz = NULL;
   TRY(glia_node_saved(G, n, 0, &s));
   TRY(glia_node_saved(G, n, 1, &ix));
+  TRY(glia_node_saved(G, n, 2, &w));
   int64_t T = s->size[0], E = s->size[1], k = ix->size[1];
   bool sigmoid = n->iarg[0], normalize = n->iarg[1];
   float scale = (float)n->farg[0];
   TRY(glia_tensor_contiguous_as(G, dout, GLIA_DTYPE_F32, &dg));
   glia_status st = glia_tensor_zeros(G, GLIA_DTYPE_F32, 2, s->size, &dz);
   if (st == GLIA_OK) {
-    const float *S = (const float *)glia_ptr(s), *DG = (const float *)glia_ptr(dg);
+    const float *S = (const float *)glia_ptr(s), *DG = (const float *)glia_ptr(dg),
+                *W = (const float *)glia_ptr(w);
     const int64_t *IX = (const int64_t *)glia_ptr(ix);
     float *DZ = (float *)glia_ptr(dz);
     for (int64_t t = 0; t < T; t++) {
-      const float *st_ = S + t * E, *dgt = DG + t * k;
+      const float *st_ = S + t * E, *dgt = DG + t * k, *wt = W + t * k;
       const int64_t *it = IX + t * k;
       float *ds = DZ + t * E; /* ds first, then dz in place */
-      float den = 0, mix = 0;
-      for (int64_t j = 0; j < k; j++) den += st_[it[j]];
-      for (int64_t j = 0; j < k; j++) mix += dgt[j] * st_[it[j]];
-      for (int64_t j = 0; j < k; j++)
-        ds[it[j]] = normalize ? scale * (dgt[j] - mix / den) / den : scale * dgt[j];
+      if (normalize) {
+        float mix = 0;
+        for (int64_t j = 0; j < k; j++) mix += wt[j] * dgt[j];
+        for (int64_t j = 0; j < k; j++) {
+          float dl = scale * wt[j] * (dgt[j] - mix);
+          ds[it[j]] = sigmoid ? dl * (1.0f - st_[it[j]]) : dl;
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < k; j++) ds[it[j]] = scale * dgt[j];
       if (sigmoid) {
         for (int64_t j = 0; j < k; j++) {
           float v = st_[it[j]];
@@ -340,6 +375,16 @@ static moe_plan *plan_clone(glia_ctx *G, const moe_plan *p) {
   memcpy(q, p, bytes);
   plan_point(q);
   return q;
+}
+
+/* kept masks are bool or u8 (moe_route's output): a float is refused rather
+** than read as nonzero = kept, the same for every op taking one. */
+static glia_status check_kept(glia_ctx *G, const char *name, glia_tensor *kept) {
+  TRY(glia_check_live(G, name, kept));
+  if (kept->dtype != GLIA_DTYPE_BOOL && kept->dtype != GLIA_DTYPE_U8)
+    return glia_fail(G, GLIA_EDTYPE, "%s: kept must be bool or u8, got %s %s", name,
+                     glia_dtype_name(kept->dtype), glia_shape_str(kept));
+  return GLIA_OK;
 }
 
 /* idx {T,k} (counted from base, any integer dtype), kept {T,k} or NULL. */
@@ -710,10 +755,7 @@ static glia_status check_experts(glia_ctx *G, glia_tensor *x, glia_tensor *gates
     return glia_fail(G, GLIA_ESHAPE, MOE_NAME ": idx must be {%lld,%lld} like gates, got %s",
                      (long long)T, (long long)k, glia_shape_str(idx));
   if (kept) {
-    TRY(glia_check_live(G, MOE_NAME, kept));
-    if (kept->dtype != GLIA_DTYPE_BOOL && kept->dtype != GLIA_DTYPE_U8)
-      return glia_fail(G, GLIA_EDTYPE, MOE_NAME ": kept must be bool or u8, got %s %s",
-                       glia_dtype_name(kept->dtype), glia_shape_str(kept));
+    TRY(check_kept(G, MOE_NAME, kept));
     if (!glia_has_shape(kept, 2, gates->size))
       return glia_fail(G, GLIA_ESHAPE, MOE_NAME ": kept must be {%lld,%lld} like gates, got %s",
                        (long long)T, (long long)k, glia_shape_str(kept));
@@ -982,6 +1024,7 @@ static glia_status op_moe_dispatch(glia_ctx *G, int nargs, glia_value *args, int
       E > INT32_MAX)
     return glia_fail(G, GLIA_EARG, "%s: idx must be i64 {T,k} and E in 1..2^31-1, got %s %s, E %lld",
                      name, glia_dtype_name(idx->dtype), glia_shape_str(idx), (long long)E);
+  if (kept) TRY(check_kept(G, name, kept));
   if (kept && !glia_has_shape(kept, 2, idx->size))
     return glia_fail(G, GLIA_ESHAPE, "%s: kept must be shaped like idx %s, got %s", name,
                      glia_shape_str(idx), glia_shape_str(kept));

@@ -854,4 +854,92 @@ do
                "glia.moe: idx must be i64 or i32, got f32 {5,2}", "an f32 idx is refused")
 end
 
+-- ==================================== routing edge cases (review of #10)
+
+do -- renormalized gates are a softmax over the chosen log-scores: defined
+   -- even when every chosen score underflows to 0 in f32 (it was 0/0 = NaN)
+  local g = glia.moe_route(glia.full({ 5, 4 }, -200), { k = 2, router = "sigmoid" })
+  t.ok(t.maxdiff(g, glia.full({ 5, 2 }, 0.5)) == 0,
+       "sigmoid router with every logit -200: gates 1/2, not NaN")
+  local z = glia.full({ 5, 4 }, -200)
+  for tt = 1, 5 do z[tt][1] = 0 end
+  local g2, i2 = glia.moe_route(z, { k = 2, bias = glia.tensor { 0, 5, 5, 0 } })
+  t.ok(t.maxdiff(g2, glia.full({ 5, 2 }, 0.5)) == 0 and t.maxdiff(i2, glia.full({ 5, 2 }, 2):add(glia.tensor { 0, 1 })) == 0,
+       "softmax router, bias choosing underflowed experts: gates 1/2, not NaN")
+  -- the backward agrees with the same gates in f64 (where nothing underflows)
+  local function sig(v) return 1 / (1 + exp(-v)) end
+  local function ref_gates(zz, score, pick)
+    local out = {}
+    for tt, row in ipairs(zz) do
+      local sc = score(row)
+      local den = sc[pick[1]] + sc[pick[2]]
+      out[tt] = { sc[pick[1]] / den, sc[pick[2]] / den }
+    end
+    return out
+  end
+  local function softmax_row(row)
+    local m, s, r = -math.huge, 0, {}
+    for _, v in ipairs(row) do m = max(m, v) end
+    for e, v in ipairs(row) do r[e] = exp(v - m); s = s + r[e] end
+    for e = 1, #row do r[e] = r[e] / s end
+    return r
+  end
+  local zs = glia.full({ 3, 4 }, -200) + glia.randn(3, 4)
+  local os = { k = 2, router = "sigmoid", route_scale = 2, bias = glia.tensor { 1, 1, 0, 0 } }
+  u.gradcheck_f64(function(a) return (glia.moe_route(a, os)) end,
+                  function(a)
+                    local r = ref_gates(a, function(row)
+                      local q = {}
+                      for e, v in ipairs(row) do q[e] = sig(v) end
+                      return q
+                    end, { 1, 2 })
+                    for _, row in ipairs(r) do row[1], row[2] = 2 * row[1], 2 * row[2] end
+                    return r
+                  end, { zs }, "sigmoid gates at logits near -200: f64 gradients")
+  local zx = glia.full({ 3, 4 }, -200) + glia.randn(3, 4)
+  zx:narrow(2, 1, 1):fill_(0)
+  zx:narrow(2, 4, 1):fill_(0)
+  local ox = { k = 2, bias = glia.tensor { 0, 5, 5, 0 } }
+  u.gradcheck_f64(function(a) return (glia.moe_route(a, ox)) end,
+                  function(a) return ref_gates(a, softmax_row, { 2, 3 }) end,
+                  { zx }, "softmax gates of underflowed experts chosen by the bias: f64 gradients")
+end
+
+do -- selection keeps a sorted k-entry buffer: the f64 router's choice and
+   -- order, ties to the lower expert, and k = E costs O(E k), not O(E k^2)
+  local z = glia.randn(16, 64)
+  z[1]:fill_(0.5) -- all tied: experts in order
+  z[2]:narrow(1, 10, 5):fill_(3)
+  local idx_ok = true
+  for _, k in ipairs { 1, 2, 7, 64 } do
+    local _, idx = glia.moe_route(z, { k = k })
+    local got, ref = idx:totable(), ref_route(z:totable(), { k = k })
+    for tt = 1, 16 do
+      for j = 1, k do idx_ok = idx_ok and got[tt][j] == ref[tt][j] end
+    end
+  end
+  t.ok(idx_ok, "top-k choices and their order are the f64 router's, ties to the lower expert")
+  local _, idx = glia.moe_route(glia.randn(16, 1024), { k = 1024 })
+  t.is(idx:size(2), 1024, "k = E = 1024 routes (it once took seconds)")
+end
+
+do -- topk_groups is checked with or without groups
+  t.error_like(function() glia.moe_route(glia.randn(3, 4), { k = 1, topk_groups = 2 }) end,
+               "glia.moe_route: topk_groups must be in 1..groups; k 1, groups 1, topk_groups 2",
+               "topk_groups > groups is refused when groups is absent")
+  t.error_like(function() glia.moe_route(glia.randn(3, 4), { k = 1, groups = 1, topk_groups = 3 }) end,
+               "topk_groups must be in 1..groups", "and when groups is 1")
+end
+
+do -- a float kept mask is refused by moe_dispatch as by moe_experts
+  local idx = glia.tensor({ { 1, 2 } }):to("i64")
+  t.error_like(function() glia.moe_dispatch(idx, 3, glia.tensor { { 1, 0 } }) end,
+               "glia.moe_dispatch: kept must be bool or u8, got f32 {1,2}",
+               "moe_dispatch refuses an f32 kept (it converted it)")
+  t.error_like(function()
+                 glia.moe_experts(glia.randn(1, 4), glia.rand(1, 2), idx, glia.randn(3, 2, 4), nil,
+                                  glia.randn(3, 4, 2), nil, nil, glia.tensor { { 1, 0 } })
+               end, "glia.moe: kept must be bool or u8, got f32 {1,2}", "as moe_experts does")
+end
+
 t.done()
