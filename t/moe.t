@@ -942,4 +942,58 @@ do -- a float kept mask is refused by moe_dispatch as by moe_experts
                end, "glia.moe: kept must be bool or u8, got f32 {1,2}", "as moe_experts does")
 end
 
+do -- no tokens: the asked-for losses are 0 (they were NaN), on both Luas
+  local E, d, F = 3, 4, 2
+  local wr, w1, w2 = glia.randn(E, d), glia.randn(E, F, d), glia.randn(E, d, F)
+  local x0 = glia.randn(0, d)
+  local y, info = glia.moe(x0, wr, w1, nil, w2, nil,
+                           { aux_alpha = 0.01, z_alpha = 1e-3, seq_alpha = 0.1 })
+  t.ok(y:size(1) == 0 and info.aux:item() == 0 and info.balance:item() == 0 and
+       info.z:item() == 0 and info.seq:item() == 0, "T = 0: balance, z and seq losses are 0, not NaN")
+  local _, info2 = glia.moe(x0, wr, w1, nil, w2, nil, { seq_alpha = 0.1, seq_len = 4 })
+  t.ok(info2.seq:item() == 0, "T = 0 with a seq_len: the seq loss is 0")
+  t.error_like(function() glia.moe(x0, wr, w1, nil, w2, nil, { seq_alpha = 0.1, seq_len = 0 }) end,
+               "glia.moe: seq_len must be a positive integer, got 0", "seq_len = 0 is one clear error (was n%%0 on Lua 5.4)")
+end
+
+do -- bad option values name the function and the option
+  local E, d, F = 3, 4, 2
+  local x, wr, w1, w2 = glia.randn(4, d), glia.randn(E, d), glia.randn(E, F, d), glia.randn(E, d, F)
+  local cases = {
+    { { seq_alpha = 0.1, seq_len = -5 }, "glia.moe: seq_len must be a positive integer, got %-5" },
+    { { seq_len = 2.5 }, "glia.moe: seq_len must be a positive integer, got 2.5" },
+    { { seq_len = "a" }, 'glia.moe: seq_len must be a positive integer, got "a"' },
+    { { aux_alpha = "a" }, 'glia.moe: aux_alpha must be a finite number, got "a"' },
+    { { z_alpha = 0 / 0 }, "glia.moe: z_alpha must be a finite number" },
+    { { route_scale = "a" }, 'glia.moe: route_scale must be a finite number, got "a"' },
+    { { k = math.huge }, "glia.moe: k must be a positive integer, got inf" },
+    { { k = 2 ^ 63 }, "glia.moe: k must be a positive integer, got 9.22" },
+    { { groups = "2" }, 'glia.moe: groups must be a positive integer, got "2"' },
+    { { topk_groups = 1.5 }, "glia.moe: topk_groups must be a positive integer, got 1.5" },
+    { { normalize = "no" }, 'glia.moe: normalize must be a boolean, got "no"' },
+    { { bias = 3 }, "glia.moe: bias must be a tensor {E}, got 3" },
+  }
+  for _, c in ipairs(cases) do
+    t.error_like(function() glia.moe(x, wr, w1, nil, w2, nil, c[1]) end, c[2], c[2])
+  end
+  t.error_like(function() glia.moe_route(glia.randn(4, E), { k = 2 ^ 63 }) end,
+               "glia.moe_route: k must be a positive integer", "glia.moe_route names k")
+  t.error_like(function() glia.moe_route(glia.randn(4, E), { normalize = 1 }) end,
+               "glia.moe_route: normalize must be a boolean, got 1", "glia.moe_route names normalize")
+  t.error_like(function() glia.moe_bias_update(glia.zeros(E):to("i64"), glia.ones(E), 0.1) end,
+               "glia.moe_bias_update: bias must be f32 {E}, got i64 {3}", "an i64 bias is named (was glia.add_)")
+end
+
+do -- gamma must be finite and >= 0: a NaN one poisoned the bias silently
+  local b = glia.zeros(3)
+  for _, gamma in ipairs { 0 / 0, -1e-3, math.huge } do
+    t.error_like(function() glia.moe_bias_update(b, glia.tensor { 1, 2, 3 }, gamma) end,
+                 "glia.moe_bias_update: gamma must be a finite number >= 0",
+                 "moe_bias_update refuses gamma " .. tostring(gamma))
+  end
+  t.ok(t.maxdiff(b, glia.zeros(3)) == 0, "the bias is untouched")
+  t.error_like(function() require("glia.nn").MoE(4, 2, 3, { bias_gamma = 0 / 0 }) end,
+               "glia.nn.MoE: bias_gamma must be a finite number >= 0", "nn.MoE refuses a NaN bias_gamma")
+end
+
 t.done()

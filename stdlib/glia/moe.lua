@@ -40,15 +40,42 @@ local MOE_OPTIONS = { "k", "router", "normalize", "bias", "groups", "topk_groups
                       "capacity_factor", "priority", "activation", "aux_alpha", "z_alpha",
                       "seq_alpha", "seq_len" }
 
+-- Option checks: the error names the function and the option, at `level`
+-- as error() counts it from the checker's caller.
+local function bad(where, name, want, v, level)
+  local shown = type(v) == "string" and format("%q", v) or tostring(v)
+  error(format("%s: %s must be %s, got %s", where, name, want, shown), level + 1)
+end
+-- nil, or a positive integer (at most 2^53: the C side gets it exactly)
+local function int_opt(where, name, v, level)
+  if v ~= nil and (type(v) ~= "number" or v ~= math.floor(v) or v < 1 or v > 2 ^ 53) then
+    bad(where, name, "a positive integer", v, level + 1)
+  end
+end
+-- nil, or a finite number
+local function num_opt(where, name, v, level)
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge) then
+    bad(where, name, "a finite number", v, level + 1)
+  end
+end
+
 local function route(where, z, o)
   local k = o.k or 2
-  if type(k) ~= "number" or k < 1 or k ~= math.floor(k) then
-    error(format("%s: k must be a positive integer, got %s", where, tostring(k)), 3)
-  end
+  int_opt(where, "k", k, 3)
+  int_opt(where, "groups", o.groups, 3)
+  int_opt(where, "topk_groups", o.topk_groups, 3)
+  num_opt(where, "route_scale", o.route_scale, 3)
   local cf = o.capacity_factor
   if cf ~= nil and (type(cf) ~= "number" or not (cf > 0)) then
-    error(format("%s: capacity_factor must be a number > 0, got %s", where, tostring(cf)), 3)
+    bad(where, "capacity_factor", "a number > 0", cf, 3)
   end
+  if o.normalize ~= nil and type(o.normalize) ~= "boolean" then
+    bad(where, "normalize", "a boolean", o.normalize, 3)
+  end
+  for _, name in ipairs { "router", "priority" } do
+    if o[name] ~= nil and type(o[name]) ~= "string" then bad(where, name, "a string", o[name], 3) end
+  end
+  if o.bias ~= nil and not glia.is_tensor(o.bias) then bad(where, "bias", "a tensor {E}", o.bias, 3) end
   return core_route(z, k, o.router, o.normalize, o.bias, o.groups, o.topk_groups,
                              o.route_scale, cf, o.priority)
 end
@@ -57,7 +84,8 @@ function M.moe_route(z, opts)
   return route("glia.moe_route", z, options.check("glia.moe_route", opts, ROUTE_OPTIONS))
 end
 
--- The weighted auxiliary losses of one routing (see the header).
+-- The weighted auxiliary losses of one routing (see the header). With no
+-- tokens each asked-for loss is 0 (a mean over nothing), still on z's graph.
 local function aux_losses(o, z, idx, counts, E, k)
   local T = z:size(1)
   local info, total = {}, nil
@@ -72,24 +100,31 @@ local function aux_losses(o, z, idx, counts, E, k)
     local s = glia.sigmoid(z)
     return s / s:sum(2, true)
   end
+  local zero = T == 0 and z:sum() * 0 or nil
   if o.aux_alpha and o.aux_alpha ~= 0 then
-    local P = norm_scores():mean(1)
-    local f = counts:to("f32") / (k * T)
-    add("balance", (P * f):sum() * (o.aux_alpha * E))
+    if zero then add("balance", zero) else
+      local P = norm_scores():mean(1)
+      local f = counts:to("f32") / (k * T)
+      add("balance", (P * f):sum() * (o.aux_alpha * E))
+    end
   end
   if o.z_alpha and o.z_alpha ~= 0 then
-    local lse = glia.logsumexp(z, 2)
-    add("z", (lse * lse):mean() * o.z_alpha)
+    if zero then add("z", zero) else
+      local lse = glia.logsumexp(z, 2)
+      add("z", (lse * lse):mean() * o.z_alpha)
+    end
   end
   if o.seq_alpha and o.seq_alpha ~= 0 then
     local Ts = o.seq_len or T
-    if T % Ts ~= 0 then
+    if zero then add("seq", zero)
+    elseif T % Ts ~= 0 then
       error(format("glia.moe: seq_len %d does not divide the %d tokens", Ts, T), 3)
+    else
+      local B = math.floor(T / Ts)
+      local P = norm_scores():view(B, Ts, E):mean(2)                     -- {B,E}
+      local f = glia.one_hot(idx, E):sum(2):view(B, Ts, E):sum(2) * (E / (k * Ts))
+      add("seq", (P * f):sum(2):mean() * o.seq_alpha)
     end
-    local B = math.floor(T / Ts)
-    local P = norm_scores():view(B, Ts, E):mean(2)                     -- {B,E}
-    local f = glia.one_hot(idx, E):sum(2):view(B, Ts, E):sum(2) * (E / (k * Ts))
-    add("seq", (P * f):sum(2):mean() * o.seq_alpha)
   end
   info.aux = total
   return info
@@ -97,6 +132,8 @@ end
 
 function M.moe(x, wr, w1, b1, w2, b2, opts)
   local o = options.check("glia.moe", opts, MOE_OPTIONS)
+  for _, name in ipairs { "aux_alpha", "z_alpha", "seq_alpha" } do num_opt("glia.moe", name, o[name], 2) end
+  int_opt("glia.moe", "seq_len", o.seq_len, 2)
   if not (glia.is_tensor(x) and glia.is_tensor(wr) and glia.is_tensor(w1) and glia.is_tensor(w2)) then
     error("glia.moe: x, wr, w1 and w2 must be tensors", 2)
   end
@@ -131,8 +168,13 @@ function M.moe_bias_update(bias, counts, gamma)
      counts:numel() ~= bias:numel() then
     error("glia.moe_bias_update: want bias {E} and counts {E}", 2)
   end
-  if type(gamma) ~= "number" then
-    error("glia.moe_bias_update: gamma must be a number, got " .. tostring(gamma), 2)
+  if bias:dtype() ~= "f32" then
+    error(format("glia.moe_bias_update: bias must be f32 {E}, got %s {%s}", bias:dtype(),
+                 table.concat(bias:shape(), ",")), 2)
+  end
+  -- a NaN, infinite or negative gamma would poison or invert the bias
+  if type(gamma) ~= "number" or not (gamma >= 0 and gamma < math.huge) then
+    bad("glia.moe_bias_update", "gamma", "a finite number >= 0", gamma, 2)
   end
   local c = counts:to("f32"):view(-1)
   local mean = c:mean():item()

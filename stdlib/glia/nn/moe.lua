@@ -73,10 +73,14 @@ function MoE:__init(d, hidden, n_experts, opts)
   end
   local C = opts.iterations or 1
   check_int("MoE", "iterations", C, 1)
+  local bias_gamma = opts.bias_gamma or 0
+  if type(bias_gamma) ~= "number" or not (bias_gamma >= 0 and bias_gamma < math.huge) then
+    error(format("glia.nn.MoE: bias_gamma must be a finite number >= 0, got %s", tostring(bias_gamma)), 3)
+  end
   local shared = opts.shared or 0
   check_int("MoE", "shared", shared, 0)
   self.d, self.hidden, self.n_experts, self.k, self.iterations = d, hidden, n_experts, k, C
-  self.activation, self.n_shared, self.bias_gamma = act, shared, opts.bias_gamma or 0
+  self.activation, self.n_shared, self.bias_gamma = act, shared, bias_gamma
   local F1 = act == "swiglu" and 2 * hidden or hidden
   self.w1 = Parameter(glia.empty(n_experts, F1, d))
   if opts.bias ~= false then self.b1 = Parameter(glia.empty(n_experts, F1)) end
