@@ -996,4 +996,42 @@ do -- gamma must be finite and >= 0: a NaN one poisoned the bias silently
                "glia.nn.MoE: bias_gamma must be a finite number >= 0", "nn.MoE refuses a NaN bias_gamma")
 end
 
+do -- Chain-of-Experts arrangements: chain_start and outer_residual, each
+   -- against a direct composition of glia.moe calls, given the stream
+  local nn = require "glia.nn"
+  local d, F, E, T = 6, 5, 4, 8
+  local x, stream = glia.randn(T, d), glia.randn(T, d)
+  for _, cs in ipairs { "normed", "residual" } do
+    for _, outer in ipairs { false, true } do
+      for _, C in ipairs { 1, 2 } do
+        local m = nn.MoE(d, F, E, { k = 2, iterations = C, shared = 1, chain_start = cs,
+                                    outer_residual = outer })
+        local function f(i, a)
+          return glia.moe(a, m.routers[i].weight, m.w1, m.b1, m.w2, m.b2, { k = 2 }) + m:shared_forward(a)
+        end
+        local xi = cs == "normed" and x or stream
+        local a = x
+        for i = 1, C do
+          xi = xi + f(i, a)
+          a = xi
+        end
+        local want = outer and xi or xi - stream -- R - stream
+        t.ok(relerr(m(x, stream), want:totable()) <= 1e-5,
+             ("chain_start %s, outer_residual %s, C = %d: the direct composition"):format(cs, tostring(outer), C))
+      end
+    end
+  end
+  local m = nn.MoE(d, F, E, { k = 2, chain_start = "residual" })
+  t.ok(u.identical(m(x, stream), m(x)), "chain_start residual, C = 1: h + MoE(Norm(h)), the plain MoE layer")
+  local m2 = nn.MoE(d, F, E, { k = 2 })
+  t.ok(relerr(m2(x, stream), (x + m2(x) - stream):totable()) <= 1e-6,
+       "the defaults (normed, no outer residual), C = 1: Norm(h) + MoE(Norm(h)) replaces the stream")
+  t.error_like(function() nn.MoE(d, F, E, { chain_start = "input" }) end,
+               "glia.nn.MoE: chain_start must be 'normed' or 'residual', got input", "an unknown chain_start is named")
+  t.error_like(function() nn.MoE(d, F, E, { outer_residual = "on" }) end,
+               "glia.nn.MoE: outer_residual must be a boolean, got on", "outer_residual must be a boolean")
+  t.error_like(function() m(x, glia.randn(T, d + 1)) end,
+               "glia.nn.MoE: the residual stream must be shaped like the input {8,6}", "a stream of another shape is refused")
+end
+
 t.done()

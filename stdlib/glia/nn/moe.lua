@@ -10,7 +10,9 @@
 -- shared experts, run on every token as one MLP of width shared * hidden);
 -- aux_alpha, z_alpha, seq_alpha, seq_len (loss weights); bias_gamma (0: the
 -- speed of DeepSeek's bias balancing, see below); iterations (1: C of
--- Chain-of-Experts); bias (true: b1 and b2 in the experts).
+-- Chain-of-Experts); chain_start ("normed" | "residual") and outer_residual
+-- (false) for the chain's arrangement (below); bias (true: b1 and b2 in the
+-- experts).
 --
 -- Parameters: w1 {E,F1,d}, b1 {E,F1}, w2 {E,d,F}, b2 {E,d} (F1 = F, or 2F
 -- for swiglu: the first F rows go through silu), one router per iteration
@@ -18,11 +20,17 @@
 -- expert_bias {C,E}, the selection bias of each router (zero unless
 -- bias_gamma balances it; saved with the model).
 --
--- Chain-of-Experts (C iterations, experts shared, one router each):
---   x0 = x;  x_i = x_{i-1} + MoE_i(x_{i-1}) + Shared(x_{i-1});  output x_C - x0
--- so with C = 1 the module is the plain MoE(x) + Shared(x), and the block
--- around it adds its own residual (h + MoE(Norm(h)): the chain starts at the
--- normalized state and the pre-norm residual is kept).
+-- Chain-of-Experts (C iterations, experts shared, one router each), in
+-- forward(x [, h]): x the normalized state Norm(h), h the residual stream
+-- the caller adds the output to (default x: the input is the stream):
+--   x_0 = x (chain_start "normed", default)  or  h (chain_start "residual")
+--   x_i = x_{i-1} + MoE_i(a_{i-1}) + Shared(a_{i-1}),  a_0 = x, a_i = x_i
+--   R   = x_C (outer_residual false, default)  or  h + x_C (true)
+--   output R - h, so that h + output = R
+-- The defaults are the CoE reference's: with C = 1 the sub-layer gives
+-- Norm(h) + MoE(Norm(h)) when the caller passes h; chain_start "residual"
+-- gives the usual h + MoE(Norm(h)). Called as m(x) (h = x) the output is
+-- MoE(x) + Shared(x) for C = 1, the plain MoE layer.
 --
 -- After a forward: m.aux_loss (the weighted auxiliary losses of every
 -- iteration, a 0-D tensor, or nil when no weight is set) and m:load([i])
@@ -50,7 +58,8 @@ local M = {}
 
 local OPTIONS = { "k", "router", "normalize", "groups", "topk_groups", "route_scale",
                   "capacity_factor", "priority", "activation", "shared", "aux_alpha", "z_alpha",
-                  "seq_alpha", "seq_len", "bias_gamma", "iterations", "bias" }
+                  "seq_alpha", "seq_len", "bias_gamma", "iterations", "bias", "chain_start",
+                  "outer_residual" }
 local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, silu = true, swiglu = true }
 
 local MoE = Module:extend("MoE")
@@ -77,6 +86,14 @@ function MoE:__init(d, hidden, n_experts, opts)
   if type(bias_gamma) ~= "number" or not (bias_gamma >= 0 and bias_gamma < math.huge) then
     error(format("glia.nn.MoE: bias_gamma must be a finite number >= 0, got %s", tostring(bias_gamma)), 3)
   end
+  local chain_start, outer = opts.chain_start or "normed", opts.outer_residual or false
+  if chain_start ~= "normed" and chain_start ~= "residual" then
+    error(format("glia.nn.MoE: chain_start must be 'normed' or 'residual', got %s", tostring(chain_start)), 3)
+  end
+  if type(outer) ~= "boolean" then
+    error(format("glia.nn.MoE: outer_residual must be a boolean, got %s", tostring(outer)), 3)
+  end
+  self.chain_start, self.outer_residual = chain_start, outer
   local shared = opts.shared or 0
   check_int("MoE", "shared", shared, 0)
   self.d, self.hidden, self.n_experts, self.k, self.iterations = d, hidden, n_experts, k, C
@@ -126,16 +143,23 @@ function MoE:shared_forward(x)
   return self.shared_proj(act_of(self.activation, self.shared_fc(x), F))
 end
 
--- x {..., d} -> {..., d}
-function MoE:forward(x)
+-- x {..., d} [, stream {..., d}] -> {..., d} (see the header)
+function MoE:forward(x, stream)
   local d = self.d
   if x:size(-1) ~= d then
     error(format("glia.nn.MoE: expected input {..., %d}, got {%s}", d,
                  table.concat(x:shape(), ",")), 2)
   end
   local shape = x:shape()
+  if stream ~= nil and not (glia.is_tensor(stream) and
+                            table.concat(stream:shape(), ",") == table.concat(shape, ",")) then
+    error(format("glia.nn.MoE: the residual stream must be shaped like the input {%s}",
+                 table.concat(shape, ",")), 2)
+  end
   local h = x:reshape(-1, d)
-  local o, total, aux = self._route, nil, nil
+  local res = stream and stream:reshape(-1, d) or h
+  local x0 = self.chain_start == "residual" and res or h
+  local chain, o, total, aux = x0, self._route, nil, nil
   local balancing = self.bias_gamma ~= 0
   self._load = {}
   for i = 1, self.iterations do
@@ -150,11 +174,20 @@ function MoE:forward(x)
       self._tally[i] = self._tally[i] and self._tally[i] + c or c
     end
     total = total and total + y or y
-    if i < self.iterations then h = h + y end
+    if i < self.iterations then
+      chain = chain + y
+      h = chain
+    end
   end
   o.bias = nil
   self.aux_loss = aux
-  return total:reshape(shape)
+  -- R - stream: x_C = x_0 + the updates when the outer residual adds the
+  -- stream back, else x_C - stream (the updates alone when x_0 is the stream)
+  local out
+  if self.outer_residual then out = x0 + total
+  elseif x0 == res then out = total
+  else out = x0 + total - res end
+  return out:reshape(shape)
 end
 
 -- Kept tokens per expert in the last forward: of iteration i, or summed.
