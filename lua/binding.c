@@ -22,6 +22,7 @@
 
 #define TENSOR_MT "glia.tensor"
 #define STATE_KEY "glia.binding_state"
+#define HOOKS_KEY "glia.grad_hooks" /* leaf pointer -> its grad hook function */
 
 /* ====================================================== state, boxes */
 
@@ -31,6 +32,7 @@ typedef struct binding_state {
   int owns_ctx;
   glia_tensor *pending[GLIA_MAX_OUTS];
   size_t gc_trigger; /* full collection when live bytes pass this */
+  lua_State *hook_L; /* the thread running t:backward(), for grad hooks */
 } binding_state;
 
 static binding_state *state_of(lua_State *L) {
@@ -454,11 +456,61 @@ static int t_requires_grad(lua_State *L) {
 
 static int t_backward(lua_State *L) {
   glia_tensor *t = self_tensor(L);
-  glia_ctx *G = state_of(L)->G;
+  binding_state *B = state_of(L);
+  glia_ctx *G = B->G;
   glia_tensor *g = lua_isnoneornil(L, 2) ? NULL : glia_lua_check_tensor(L, 2);
   int keep = lua_toboolean(L, 3);
-  if (glia_backward(G, t, g, keep) != GLIA_OK) return glia_lua_raise(L, G);
+  lua_State *outer = B->hook_L; /* a hook may run a backward of its own */
+  B->hook_L = L;
+  glia_status st = glia_backward(G, t, g, keep);
+  B->hook_L = outer;
+  if (st != GLIA_OK) return glia_lua_raise(L, G);
   return 0;
+}
+
+/* t:register_grad_hook(fn): backward calls fn(t) once per backward when
+** t's gradient is final (vm/autograd.c); fn nil removes it. Leaves only. */
+static int t_register_grad_hook(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (t->grad_fn)
+    return luaL_error(L, "glia.register_grad_hook: tensor %s is not a leaf (hooks are for "
+                         "leaves, whose gradient backward accumulates in .grad)",
+                      glia_shape_str(t));
+  lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_pushlightuserdata(L, t);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, -3);
+  t->grad_hook = !lua_isnoneornil(L, 2);
+  return 0;
+}
+
+/* Runs in a protected call: upvalue-free, arguments (leaf pointer). */
+static int grad_hook_call(lua_State *L) {
+  glia_tensor *leaf = lua_touserdata(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_pushlightuserdata(L, leaf);
+  lua_rawget(L, -2);
+  if (!lua_isfunction(L, -1)) return 0;
+  glia_lua_push_tensor(L, glia_tensor_retain(leaf));
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+/* The context's grad hook: calls the leaf's Lua function on the thread that
+** runs the backward. An error in it stops the backward with its message. */
+static glia_status grad_hook(glia_ctx *G, void *ud, glia_tensor *leaf) {
+  binding_state *B = ud;
+  lua_State *L = B->hook_L;
+  if (!L) return GLIA_OK; /* a backward started from C */
+  lua_pushcfunction(L, grad_hook_call);
+  lua_pushlightuserdata(L, leaf);
+  if (lua_pcall(L, 1, 0, 0) == LUA_OK) return GLIA_OK;
+  const char *msg = lua_tostring(L, -1);
+  glia_status st = glia_fail(G, GLIA_EGRAD, "glia.backward: grad hook of %s: %s",
+                             glia_shape_str(leaf), msg ? msg : "(error object is not a string)");
+  lua_pop(L, 1);
+  return st;
 }
 
 static int t_zero_grad(lua_State *L) {
@@ -810,6 +862,7 @@ static const luaL_Reg tensor_methods[] = {
     {"requires_grad", t_requires_grad},
     {"needs_grad", t_grad_mode_is},
     {"backward", t_backward},
+    {"register_grad_hook", t_register_grad_hook},
     {"zero_grad", t_zero_grad},
     {"free", t_free},
     {NULL, NULL},
@@ -922,6 +975,9 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_setmetatable(L, state_idx);
   lua_pushvalue(L, state_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  glia_ctx_set_grad_hook(G, grad_hook, B);
 
   lua_newtable(L); /* module */
   int mod_idx = lua_gettop(L);
