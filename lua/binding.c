@@ -12,6 +12,7 @@
 ** they read and return indices counted from 1.
 */
 #include "binding.h"
+#include "capi.h"
 
 #include <limits.h>
 #include <math.h>
@@ -543,6 +544,28 @@ static int t_grad_mode_is(lua_State *L) {
   return 1;
 }
 
+/* ================================================ the C modules' API */
+
+_Static_assert(GLIA_MAX_DIMS == 8, "glia_lua_buffer.size holds GLIA_MAX_DIMS sizes");
+
+static int capi_buffer(lua_State *L, int idx, glia_lua_buffer *b) {
+  glia_tensor *t = glia_lua_test_tensor(L, idx);
+  if (!t || !t->storage) return 0;
+  b->tensor = t;
+  b->data = glia_ptr(t);
+  b->dtype = glia_dtype_name(t->dtype);
+  b->ndim = t->ndim;
+  memcpy(b->size, t->size, sizeof b->size);
+  b->numel = glia_tensor_numel(t);
+  b->contiguous = glia_tensor_is_contiguous(t);
+  return 1;
+}
+static void capi_retain(void *t) { glia_tensor_retain(t); }
+static void capi_release(void *t) { glia_tensor_release(t); }
+
+static const glia_lua_capi capi = {GLIA_LUA_CAPI_VERSION, capi_buffer, capi_retain,
+                                   capi_release};
+
 /* ========================================================= printing */
 
 typedef struct {
@@ -977,6 +1000,8 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
   lua_newtable(L);
   lua_setfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_pushlightuserdata(L, (void *)&capi);
+  lua_setfield(L, LUA_REGISTRYINDEX, GLIA_LUA_CAPI_KEY);
   glia_ctx_set_grad_hook(G, grad_hook, B);
 
   lua_newtable(L); /* module */

@@ -1,0 +1,177 @@
+-- t/distributed.t -- glia.distributed under mpirun: the collectives, bad
+-- input named on every rank, a failing rank ending the job, DataParallel's
+-- buckets, and data-parallel training equal to one process on the whole
+-- batch. Runs only where glia was built with MPI (make sets GLIA_TEST_MPI)
+-- and mpirun is installed. Every mpirun runs under `timeout`: a hang fails.
+--
+-- GLIA_MPIRUN replaces the launcher (default: mpirun --allow-run-as-root
+-- --oversubscribe, as CI runs as root on machines of any core count). Ranks
+-- run one thread each (GLIA_NUM_THREADS=1), over shared memory or loopback.
+local t = require "t.tap"
+local glia = require "glia"
+local u = require "t.util"
+
+local sh, q = u.sh, u.sh_quote
+if (os.getenv("GLIA_TEST_MPI") or "") == "" then u.skip_all("glia was built without MPI") end
+if select(2, sh("command -v mpirun >/dev/null")) ~= 0 then u.skip_all("mpirun is not installed") end
+
+local exe = u.exe()
+local san = (os.getenv("GLIA_TEST_SAN") or "") ~= ""
+local launcher = (os.getenv("GLIA_MPIRUN") or "mpirun --allow-run-as-root --oversubscribe")
+  .. " --bind-to none --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo"
+  .. " -x GLIA_NUM_THREADS=1 -x GLIA_STDLIB -x ASAN_OPTIONS=detect_leaks=0"
+local tmp = os.tmpname()
+os.remove(tmp)
+assert(os.execute("mkdir -p " .. q(tmp)))
+
+-- Output (stdout and stderr) and exit status of `np` ranks running cmd.
+local function mpirun(np, cmd, limit)
+  return sh(("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 5 %d %s -np %d %s 2>&1")
+            :format(limit or 120, launcher, np, cmd))
+end
+local function glia_run(np, script, args, limit)
+  return mpirun(np, q(exe) .. " " .. script .. " " .. (args or ""), limit)
+end
+local function lines_of(out, prefix)
+  local got = {}
+  for line in out:gmatch("[^\n]+") do
+    if line:sub(1, #prefix) == prefix then got[#got + 1] = line end
+  end
+  table.sort(got)
+  return got
+end
+
+-- ------------------------------------------------------------ collectives
+
+local want = {
+  "all_gather 0.0,0.0,1.0,1.0", "all_gather_shape 2x2", "all_reduce_mean 1.5,1.5",
+  "all_reduce_sum 3.0,3.0,3.0", "async_all_gather 0.0,1.0", "async_all_reduce 1.0,1.0,1.0,1.0",
+  "async_broadcast 5.0", "async_reduce_scatter 1.0,1.0", "broadcast 11.0,11.0", "done world 2",
+}
+local function check_collectives(out, code, who)
+  t.is(code, 0, who .. ": the collectives script ends cleanly on 2 ranks")
+  local got = table.concat(lines_of(out, "rank 0 "), "\n")
+  local expect = {}
+  for i, w in ipairs(want) do expect[i] = "rank 0 " .. w end
+  expect[#expect + 1] = "rank 0 reduce_scatter 2.0,4.0"
+  expect[#expect + 1] = "rank 0 test_then_wait 2.0,2.0"
+  table.sort(expect)
+  t.is(got, table.concat(expect, "\n"),
+       who .. ": all_reduce sum/mean, broadcast, all_gather, reduce_scatter, blocking and async, on rank 0")
+  t.ok(out:find("rank 1 reduce_scatter 6.0,8.0", 1, true) and out:find("rank 1 broadcast 11.0,11.0", 1, true),
+       who .. ": rank 1 gets its own part of reduce_scatter and root's broadcast")
+  if code ~= 0 then t.diag(out) end
+end
+local out, code = glia_run(2, "t/dist/collectives.lua")
+check_collectives(out, code, "glia")
+
+-- from a stock interpreter, with only glia --env's exports
+local interp = os.getenv("GLIA_TEST_LUA") or (jit and "luajit" or "lua5.4")
+if san then
+  t.ok(true, "# skip a sanitizer build's module cannot load into a stock " .. interp)
+else
+  local env = sh(q(exe) .. " --env")
+  out, code = mpirun(2, "sh -c " .. q("eval " .. q(env) .. "; exec " .. interp .. " t/dist/collectives.lua"))
+  check_collectives(out, code, "stock " .. interp)
+end
+
+-- ------------------------------------------------------------ bad input
+
+local cases = {
+  shape = "glia.distributed.all_reduce: shapes differ across ranks: rank 0 has {4,3}, rank 1 has {4,4}",
+  dtype = "glia.distributed.all_reduce: rank 1 passed a i64 tensor {3} (collectives take f32 tensors)",
+  strided = "glia.distributed.broadcast: rank 0 passed a non-contiguous tensor {4,3} (call :contiguous() first)",
+  call = "ranks disagree on the call: rank 0 runs all_reduce(sum, root 0), "
+    .. "rank 1 runs broadcast(sum, root 0)",
+  split = "glia.distributed.reduce_scatter: rank 0 passed a tensor {3} whose first dim does not split over 2 ranks",
+  root = "glia.distributed.broadcast: rank 0 passed root 5, not a rank of 0..1",
+  op = 'glia.distributed.all_reduce: op must be "sum" or "mean", got max',
+  gather_shape = "glia.distributed.all_gather: shapes differ across ranks: rank 0 has {2}, rank 1 has {3}",
+  batch = "data.DataLoader: world size 2 does not divide the batch size 3 (the global batch)",
+}
+local names = {}
+for k in pairs(cases) do names[#names + 1] = k end
+table.sort(names)
+for _, name in ipairs(names) do
+  out, code = glia_run(2, "t/dist/bad.lua", name)
+  local errs = lines_of(out, "rank ")
+  local ok = code == 0 and #errs == 4
+  for r = 0, 1 do
+    local line = out:match("rank " .. r .. " error ([^\n]*)")
+    ok = ok and line and line:find(cases[name], 1, true) ~= nil
+  end
+  t.ok(ok and out:find("rank 0 after") and out:find("rank 1 after"),
+       "bad input (" .. name .. "): every rank raises the same error, naming it, and the ranks go on")
+  if not ok then t.diag(out) end
+end
+
+-- ------------------------------------------------------------ a failing rank
+
+for _, where in ipairs { "collective", "backward" } do
+  out, code = glia_run(2, "t/dist/fail.lua", where, 60)
+  t.ok(code ~= 0 and code ~= 124 and code ~= 137,
+       "a rank raising an error (" .. where .. ") ends the whole job, non-zero, before the timeout")
+  t.ok(out:find("rank one", 1, true) and out:find("rank 1 ended while this rank waits", 1, true),
+       "the job's output shows the error and why rank 0 stopped")
+  t.ok(not out:find("was not stopped", 1, true), "no rank goes on past the failure")
+  if code == 0 or code == 124 then t.diag(out) end
+end
+
+-- ------------------------------------------------------------ buckets
+
+out, code = glia_run(2, "t/dist/buckets.lua", "0.05")
+local sizes, seen, nb, ordered = {}, {}, 0, true
+for v in (out:match("sizes ([%d,]+)") or ""):gmatch("%d+") do sizes[#sizes + 1] = tonumber(v) end
+local last = math.huge
+for b in out:gmatch("bucket ([%d,]+)") do
+  nb = nb + 1
+  for v in b:gmatch("%d+") do
+    local i = tonumber(v)
+    seen[i] = (seen[i] or 0) + 1
+    ordered = ordered and i < last
+    last = i
+  end
+end
+local once = #sizes == 8
+for i = 1, #sizes do once = once and seen[i] == 1 end
+t.ok(code == 0 and once, "the buckets cover each of the 8 parameters exactly once")
+t.ok(ordered, "buckets hold the parameters in reverse registration order")
+t.ok(nb == 2, "bucket_mb = 0.05 (13107 floats) makes 2 buckets of this model, got " .. nb)
+
+-- ------------------------------------------------------------ equivalence
+
+local function load(path)
+  local ok, sd = pcall(glia.load, path)
+  return ok and sd or nil
+end
+-- the largest |a - b| over the largest |a| of each tensor
+local function rel_diff(a, b)
+  local worst = 0
+  for k, v in pairs(a) do
+    if not b[k] then return math.huge end
+    local scale = math.max(glia.max(glia.abs(v)):item(), 1e-30)
+    worst = math.max(worst, glia.max(glia.abs(v - b[k])):item() / scale)
+  end
+  return worst
+end
+
+local single = tmp .. "/single.st"
+out, code = sh(q(exe) .. " t/dist/train.lua single 5 " .. q(single) .. " 2>&1")
+t.is(code, 0, "one process trains 5 steps at batch 16")
+local ref = load(single)
+for _, run in ipairs { { 2, "25", "a" }, { 2, "25", "b" }, { 4, "0.002", "c" } } do
+  local np, mb, tag = run[1], run[2], run[3]
+  local path = tmp .. "/ddp" .. tag .. ".st"
+  out, code = glia_run(np, "t/dist/train.lua", "ddp 5 " .. q(path) .. " " .. mb)
+  local got = load(path)
+  local d = ref and got and rel_diff(ref, got) or math.huge
+  t.ok(code == 0 and d <= 1e-6,
+       ("%d ranks x batch %d, bucket_mb %s: the parameters after 5 steps equal one process at batch 16 "
+        .. "(relative difference %.3g <= 1e-6)"):format(np, 16 / np, mb, d))
+  if code ~= 0 then t.diag(out) end
+end
+t.ok(u.slurp(tmp .. "/ddpa.st") == u.slurp(tmp .. "/ddpb.st"),
+     "two runs on 2 ranks give bitwise identical parameters")
+
+os.execute("rm -rf " .. q(tmp))
+t.done()
