@@ -4,8 +4,10 @@
 local glia = require "glia"
 local dist = require "glia.distributed"
 local r, n = dist.init()
-local function show(name, t)
-  print(("rank %d %s %s"):format(r, name, table.concat(t:reshape(t:numel()):totable(), ",")))
+local function show(name, t) -- %g: Lua 5.4 and LuaJIT print numbers alike
+  local v = t:reshape(t:numel()):totable()
+  for i = 1, #v do v[i] = ("%g"):format(v[i]) end
+  print(("rank %d %s %s"):format(r, name, table.concat(v, ",")))
 end
 local t = glia.full({3}, r + 1)
 dist.all_reduce(t, "sum")
