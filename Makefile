@@ -118,11 +118,17 @@ $(LUAMOD): $(LIB_OBJ) $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) -lz -lm -ldl -pthread
 
+# Each flavor's executable finds its own copy (build/<flavor>/lib/lua,
+# next to its bin/); lib/lua gets the last one built, like bin/glia.
 ifneq ($(HAVE_MPI),)
+MPIMOD_OWN := $(OBJDIR)/lib/lua/$(LUA_ABI)/glia/mpi.so
 $(OBJDIR)/lua/mpi.o: ALL_CFLAGS += $(MPI_CFLAGS)
-$(MPIMOD): $(OBJDIR)/lua/mpi.o $(STAMP)
+$(MPIMOD_OWN): $(OBJDIR)/lua/mpi.o
 	@mkdir -p $(dir $@)
 	$(CC) $(SANLD) -shared -o $@ $(OBJDIR)/lua/mpi.o $(MPI_LIBS)
+$(MPIMOD): $(MPIMOD_OWN) $(STAMP)
+	@mkdir -p $(dir $@)
+	@cp $(MPIMOD_OWN) $@.tmp && mv $@.tmp $@
 endif
 
 $(OBJDIR)/t/%.t: t/c/%.c $(LIB_OBJ) t/c/tap.h
