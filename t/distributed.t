@@ -173,5 +173,38 @@ end
 t.ok(u.slurp(tmp .. "/ddpa.st") == u.slurp(tmp .. "/ddpb.st"),
      "two runs on 2 ranks give bitwise identical parameters")
 
+-- ------------------------------------------------------------ train_gpt --ddp
+
+do
+  local words = { "in", "the", "beginning", "god", "created", "heaven", "and", "earth", "light" }
+  local rng, parts = require("glia.data").Generator(4), {}
+  for i = 1, 6000 do parts[i] = words[rng:random(#words)] end
+  local text = u.spit(tmp .. "/text.txt", table.concat(parts, " "))
+  local common = "--text " .. q(text) .. " --d 16 --layers 2 --heads 2 --ctx 16 --batch 8 "
+    .. "--warmup 3 --eval-every 5 --sample-len 8 --seed 3"
+  local A, B = tmp .. "/gptA", tmp .. "/gptB"
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " examples/train_gpt.lua " .. common .. " --steps 20 --out " .. q(A))
+  out, code = glia_run(2, "examples/train_gpt.lua", "--ddp " .. common .. " --steps 10 --decay-steps 20 --out " .. q(B))
+  local _, evals = out:gsub("val loss: ", "")
+  t.ok(code == 0 and evals == 2, "train_gpt --ddp on 2 ranks: one rank prints the 2 evaluations of 10 steps")
+  t.ok(out:find("data-parallel: 2 ranks x 4 sequences", 1, true), "the global batch of 8 is split over the ranks")
+  if code ~= 0 then t.diag(out) end
+  out, code = glia_run(4, "examples/train_gpt.lua", "--ddp --resume " .. q(B) .. " --steps 20")
+  t.ok(code == 0 and out:find("resumed from .* at step 10"), "the 2-rank checkpoint resumes on 4 ranks")
+  -- the loss of each step, as one process logs it and as the ranks did
+  local function losses(dir)
+    local v = {}
+    for line in u.slurp(dir .. "/log.csv"):gmatch("[^\n]+") do
+      local s, l = line:match("^(%d+),([^,]+)")
+      if s then v[tonumber(s)] = tonumber(l) end
+    end
+    return v
+  end
+  local la, lb, worst = losses(A), losses(B), 0
+  for s = 1, 20 do worst = math.max(worst, math.abs((la[s] or 0) - (lb[s] or math.huge)) / la[s]) end
+  t.ok(worst <= 1e-5, ("train_gpt: 10 steps on 2 ranks then 10 on 4 log the losses of 20 steps in one "
+                       .. "process (relative difference %.3g <= 1e-5)"):format(worst))
+end
+
 os.execute("rm -rf " .. q(tmp))
 t.done()
