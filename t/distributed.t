@@ -206,5 +206,28 @@ do
                        .. "process (relative difference %.3g <= 1e-5)"):format(worst))
 end
 
+-- ------------------------------------------------------------ train_fmnist --ddp
+
+do
+  u.write_fmnist(tmp, "train", 128, require("glia.data").Generator(1))
+  u.write_fmnist(tmp, "t10k", 32, require("glia.data").Generator(2))
+  local F = "examples/train_fmnist.lua --data " .. q(tmp) .. " --batch 32 --schedule constant "
+  local A, B = tmp .. "/fmA", tmp .. "/fmB"
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " " .. F .. "--epochs 2 --out " .. q(A) .. " 2>&1")
+  out, code = glia_run(2, F, "--ddp --epochs 1 --out " .. q(B))
+  local _, heads = out:gsub("Fashion%-MNIST: ", "")
+  t.ok(code == 0 and heads == 1 and out:find("test accuracy: "),
+       "train_fmnist --ddp on 2 ranks: one rank prints, evaluates and checkpoints")
+  if code ~= 0 then t.diag(out) end
+  out, code = glia_run(4, F, "--ddp --epochs 2 --resume " .. q(B))
+  t.ok(code == 0 and out:find("epoch 2/2") and not out:find("epoch 1/2  train"),
+       "its checkpoint resumes on 4 ranks at epoch 2")
+  local function epoch2(dir) return u.slurp(dir .. "/train_log.csv"):match("\n2,8,,,([^,]+)") end
+  local la, lb = tonumber(epoch2(A)), tonumber(epoch2(B))
+  t.ok(la and lb and math.abs(la - lb) <= 1e-5 * la,
+       ("train_fmnist: an epoch on 2 ranks then one on 4 end at the test loss of 2 epochs in one "
+        .. "process (%s, %s)"):format(tostring(la), tostring(lb)))
+end
+
 os.execute("rm -rf " .. q(tmp))
 t.done()
