@@ -172,7 +172,16 @@ function dist.reduce_scatter(t, op) return dist.reduce_scatter_async(t, op):wait
 -- ======================================================= DataParallel
 
 local DataParallel = {}
-DataParallel.__index = DataParallel
+-- What the wrapper does not define, the model does: dp:loss(x, y) is
+-- model:loss(x, y).
+function DataParallel.__index(self, k)
+  local v = DataParallel[k]
+  if v ~= nil then return v end
+  local module = rawget(self, "module")
+  v = module[k]
+  if type(v) ~= "function" then return v end
+  return function(_, ...) return v(module, ...) end
+end
 
 -- Wraps model (a glia.nn module) for data-parallel training. At wrap time
 -- rank 0's parameters and buffers are copied to every rank. Gradients go in
@@ -188,8 +197,10 @@ DataParallel.__index = DataParallel
 -- one that some ranks did gets their sum / world_size (the others count as
 -- zero): each bucket carries one flag per parameter for this.
 --
--- The wrapper calls through to the model: dp(x) is model(x), and
--- dp.module is the model. One backward per sync.
+-- The wrapper calls through to the model: dp(x) is model(x), dp:loss(...)
+-- is model:loss(...), and dp.module is the model. Only the hooks on the
+-- parameters matter, so calling the model itself is the same. One backward
+-- per sync.
 function dist.DataParallel(model, opts)
   opts = options.check("glia.distributed.DataParallel", opts, { "bucket_mb" })
   if not mpi then
