@@ -8,11 +8,13 @@
 --
 -- single and ddp print (rank 0) one line:
 --   gpt_train_ddp ranks N threads T step_ms S tok/s R exposed_ms E allreduce_ms A
--- with medians over 8 steps after 2 of warm-up. exposed_ms is the time a step
--- spends in DataParallel:sync() -- the communication that backward did not
--- hide -- and allreduce_ms the time the same buckets take to all-reduce
--- alone (blocking, nothing else running): exposed / allreduce is the
--- fraction of all-reduce time not overlapped with compute.
+-- (and skew_ms S) with medians over 8 steps after 2 of warm-up. exposed_ms
+-- is the time in DataParallel:sync() -- the communication that backward
+-- did not hide -- less skew_ms, the time sync waits for the slowest rank to
+-- finish its backward (large on a loaded machine),
+-- and allreduce_ms the time the same buckets take to all-reduce alone, one
+-- after another as sync runs them: exposed / allreduce is the fraction of
+-- all-reduce time not overlapped with compute.
 -- allreduce prints, per size, "allreduce_bw ranks N bytes B ms T algbw_GBs G busbw_GBs U"
 -- (busbw = algbw x 2(N-1)/N, what each link carries in a ring all-reduce).
 local script_dir = (arg and arg[0] or ""):match("^(.-)[^/]*$")
@@ -71,20 +73,29 @@ local x, y = glia.randint(1, V + 1, B, T), glia.randint(1, V + 1, B, T)
 local part = B / world
 x, y = x:narrow(1, rank * part + 1, part), y:narrow(1, rank * part + 1, part)
 
-local steps, exposed = {}, {}
+local steps, exposed, skew = {}, {}, {}
 for i = 1, 10 do
   if dist then dist.barrier() end
   local t0 = clock()
   opt:zero_grad()
   model:loss(x, y):backward()
   local t1 = clock()
-  if dist then model:sync() end
+  if dist then model:sync() end -- no other collective may come between
   local t2 = clock()
   opt:step()
   collectgarbage()
+  local t3 = clock()
+  -- the part of sync spent waiting for a slower rank's backward: the
+  -- slowest backward (the steps start together, after a barrier) minus ours
+  local lag = 0
+  if dist then
+    local bw = dist.all_gather(glia.tensor{ t1 - t0 }):totable()
+    for _, v in ipairs(bw) do lag = math.max(lag, v[1] - (t1 - t0)) end
+  end
   if i > 2 then
-    steps[#steps + 1] = clock() - t0
-    exposed[#exposed + 1] = t2 - t1
+    steps[#steps + 1] = t3 - t0
+    skew[#skew + 1] = lag
+    exposed[#exposed + 1] = math.max(0, t2 - t1 - lag)
   end
 end
 local step_s, exposed_s, alone_s = median(steps), median(exposed), 0
@@ -93,12 +104,11 @@ if dist then -- the same buckets, all-reduced with nothing else running
   for i = 1, 5 do
     dist.barrier()
     local t0 = clock()
-    local hs = {}
-    for k, b in ipairs(model.buckets) do hs[k] = dist.all_reduce_async(b.flat, "mean") end
-    for _, h in ipairs(hs) do h:wait() end
+    for _, b in ipairs(model.buckets) do dist.all_reduce(b.flat, "mean") end -- in turn, as sync
     ts[i] = clock() - t0
   end
   alone_s = median(ts)
 end
-say("gpt_train_ddp ranks %d threads %d step_ms %.1f tok/s %.0f exposed_ms %.2f allreduce_ms %.2f",
-    world, glia.num_threads(), step_s * 1e3, B * T / step_s, exposed_s * 1e3, alone_s * 1e3)
+say("gpt_train_ddp ranks %d threads %d step_ms %.1f tok/s %.0f exposed_ms %.2f allreduce_ms %.2f "
+    .. "skew_ms %.2f", world, glia.num_threads(), step_s * 1e3, B * T / step_s, exposed_s * 1e3,
+    alone_s * 1e3, median(skew) * 1e3)
