@@ -138,6 +138,18 @@ t.ok(code == 0 and once, "the buckets cover each of the 8 parameters exactly onc
 t.ok(ordered, "buckets hold the parameters in reverse registration order")
 t.ok(nb == 2, "bucket_mb = 0.05 (13107 floats) makes 2 buckets of this model, got " .. nb)
 
+-- ------------------------------------------------------------ DataParallel's edge cases
+
+out, code = glia_run(2, "t/dist/dp_cases.lua")
+t.ok(code == 0 and select(2, out:gsub("wrap true", "")) == 2,
+     "DataParallel copies rank 0's parameters to every rank at wrap time")
+t.ok(select(2, out:gsub("partial 0,1.25,2.5,0,1.25,2.5", "")) == 2
+     or select(2, out:gsub("partial 0.0,1.25,2.5,0.0,1.25,2.5", "")) == 2,
+     "a parameter only rank 0 used gets rank 0's gradient / 2 on both ranks (the other counts zero)")
+t.ok(select(2, out:gsub("twice [^\n]*a second backward before sync%(%)", "")) == 2,
+     "a second backward before sync() is an error on every rank, not a lost gradient")
+if code ~= 0 then t.diag(out) end
+
 -- ------------------------------------------------------------ equivalence
 
 local function load(path)

@@ -265,7 +265,10 @@ function DataParallel:parameters() return self.module:parameters() end
 -- Bucket bi's parameter k has its final gradient: into the bucket it goes.
 function DataParallel:_ready(bi, k)
   local b = self.buckets[bi]
-  if b.have[k] then return end
+  if b.have[k] then
+    error("glia.distributed.DataParallel: a second backward before sync() (call sync() after "
+          .. "each backward: its gradient would be lost)", 0)
+  end
   local p = b.params[k]
   local n = p:numel()
   b.flat:narrow(1, b.offset[k] + 1, n):copy_(p.grad:reshape(n))
