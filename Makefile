@@ -120,12 +120,16 @@ $(LUAMOD): $(LIB_OBJ) $(STAMP)
 
 # Each flavor's executable finds its own copy (build/<flavor>/lib/lua,
 # next to its bin/); lib/lua gets the last one built, like bin/glia.
+# Its object stays out of $(OBJDIR)/lua, whose objects are the library's.
 ifneq ($(HAVE_MPI),)
 MPIMOD_OWN := $(OBJDIR)/lib/lua/$(LUA_ABI)/glia/mpi.so
-$(OBJDIR)/lua/mpi.o: ALL_CFLAGS += $(MPI_CFLAGS)
-$(MPIMOD_OWN): $(OBJDIR)/lua/mpi.o
+$(OBJDIR)/mod/mpi.o: lua/mpi.c
 	@mkdir -p $(dir $@)
-	$(CC) $(SANLD) -shared -o $@ $(OBJDIR)/lua/mpi.o $(MPI_LIBS)
+	@echo "CC $<"
+	@$(CC) $(ALL_CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+$(MPIMOD_OWN): $(OBJDIR)/mod/mpi.o
+	@mkdir -p $(dir $@)
+	$(CC) $(SANLD) -shared -o $@ $(OBJDIR)/mod/mpi.o $(MPI_LIBS)
 $(MPIMOD): $(MPIMOD_OWN) $(STAMP)
 	@mkdir -p $(dir $@)
 	@cp $(MPIMOD_OWN) $@.tmp && mv $@.tmp $@
