@@ -67,12 +67,26 @@ check_collectives(out, code, "glia")
 
 -- from a stock interpreter, with only glia --env's exports
 local interp = os.getenv("GLIA_TEST_LUA") or (jit and "luajit" or "lua5.4")
-if san then
+local moddir = "lib/lua/" .. (interp == "luajit" and "5.1" or "5.4") .. "/glia/"
+if san or sh("ldd " .. moddir .. "core.so " .. moddir .. "mpi.so 2>/dev/null"):find("asan") then
   t.ok(true, "# skip a sanitizer build's module cannot load into a stock " .. interp)
 else
   local env = sh(q(exe) .. " --env")
   out, code = mpirun(2, "sh -c " .. q("eval " .. q(env) .. "; exec " .. interp .. " t/dist/collectives.lua"))
   check_collectives(out, code, "stock " .. interp)
+end
+
+-- Without GLIA_NUM_THREADS, the ranks on one machine split its cores.
+do
+  local cores = tonumber((sh("getconf _NPROCESSORS_ONLN")))
+  local own = launcher:gsub("%-x GLIA_NUM_THREADS=1 ", "")
+  out, code = sh(("env -u GLIA_NUM_THREADS OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                  .. "timeout -k 5 60 %s -np 2 %s -e %s 2>&1")
+                 :format(own, q(exe), q('local d = require "glia.distributed"; d.init(); '
+                                        .. 'print("threads " .. glia.num_threads())')))
+  local want_n = math.max(1, math.floor(cores / 2))
+  t.is(select(2, out:gsub("threads " .. want_n .. "\n", "")), 2,
+       ("2 ranks on %d cores without GLIA_NUM_THREADS run %d thread(s) each"):format(cores, want_n))
 end
 
 -- ------------------------------------------------------------ bad input

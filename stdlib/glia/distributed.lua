@@ -44,7 +44,10 @@ function dist.available()
   return (pcall(require, "glia.mpi"))
 end
 
--- Starts MPI (idempotent). Returns rank, world_size.
+-- Starts MPI (idempotent). Returns rank, world_size. Unless GLIA_NUM_THREADS
+-- says otherwise, the ranks mpirun started on this machine share its cores:
+-- each computes on cores / local ranks threads (at least 1), glia's pool and
+-- OpenBLAS alike, so that N ranks do not run N x cores threads.
 function dist.init()
   if not mpi then
     local ok, m = pcall(require, "glia.mpi")
@@ -54,6 +57,11 @@ function dist.init()
     end
     rank, size = m.init()
     mpi = m
+    local env = os.getenv("GLIA_NUM_THREADS")
+    local here = tonumber(os.getenv("OMPI_COMM_WORLD_LOCAL_SIZE") or "")
+    if (env == nil or env == "") and here and here > 1 then
+      glia.set_num_threads(math.max(1, floor(glia.num_threads() / here)))
+    end
   end
   return rank, size
 end
