@@ -23,7 +23,9 @@
 
 #define TENSOR_MT "glia.tensor"
 #define STATE_KEY "glia.binding_state"
-#define HOOKS_KEY "glia.grad_hooks" /* leaf pointer -> its grad hook function */
+/* The registry's table of grad hooks, leaf pointer -> function, under the
+** address of this variable: reaching it allocates nothing (hook_drop). */
+static char hooks_key;
 
 /* ====================================================== state, boxes */
 
@@ -34,6 +36,7 @@ typedef struct binding_state {
   glia_tensor *pending[GLIA_MAX_OUTS];
   size_t gc_trigger; /* full collection when live bytes pass this */
   lua_State *hook_L; /* the thread running t:backward(), for grad hooks */
+  lua_State *L;      /* the state's thread that opened the binding */
 } binding_state;
 
 static binding_state *state_of(lua_State *L) {
@@ -56,6 +59,7 @@ static void release_pending(binding_state *B) {
 
 static int state_gc(lua_State *L) {
   binding_state *B = lua_touserdata(L, 1);
+  glia_ctx_set_grad_hook(B->G, NULL, NULL, NULL); /* the hooks go with the state */
   release_pending(B);
   if (B->owns_ctx) glia_ctx_release(B->G);
   B->G = NULL;
@@ -478,7 +482,8 @@ static int t_register_grad_hook(lua_State *L) {
     return luaL_error(L, "glia.register_grad_hook: tensor %s is not a leaf (hooks are for "
                          "leaves, whose gradient backward accumulates in .grad)",
                       glia_shape_str(t));
-  lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, t);
   lua_pushvalue(L, 2);
   lua_rawset(L, -3);
@@ -489,13 +494,28 @@ static int t_register_grad_hook(lua_State *L) {
 /* Runs in a protected call: upvalue-free, arguments (leaf pointer). */
 static int grad_hook_call(lua_State *L) {
   glia_tensor *leaf = lua_touserdata(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, leaf);
   lua_rawget(L, -2);
   if (!lua_isfunction(L, -1)) return 0;
   glia_lua_push_tensor(L, glia_tensor_retain(leaf));
   lua_call(L, 1, 0);
   return 0;
+}
+
+/* A hooked tensor is gone: forget its hook (else the function, and all it
+** holds, would stay in the registry for good). Sets a key to nil in an
+** existing table: allocates nothing, so cannot raise. */
+static void hook_drop(void *ud, glia_tensor *leaf) {
+  binding_state *B = ud;
+  lua_State *L = B->hook_L ? B->hook_L : B->L;
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, leaf);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
 }
 
 /* The context's grad hook: calls the leaf's Lua function on the thread that
@@ -998,11 +1018,13 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_setmetatable(L, state_idx);
   lua_pushvalue(L, state_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  lua_pushlightuserdata(L, &hooks_key);
   lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, HOOKS_KEY);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  B->L = L;
   lua_pushlightuserdata(L, (void *)&capi);
   lua_setfield(L, LUA_REGISTRYINDEX, GLIA_LUA_CAPI_KEY);
-  glia_ctx_set_grad_hook(G, grad_hook, B);
+  glia_ctx_set_grad_hook(G, grad_hook, hook_drop, B);
 
   lua_newtable(L); /* module */
   int mod_idx = lua_gettop(L);

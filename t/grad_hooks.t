@@ -92,4 +92,17 @@ do -- a temporary leaf whose only owner is the graph is kept alive for its hook
   t.near(got, {3, 3, 3}, 1e-6, "a leaf owned only by the graph still gets its hook, with its gradient")
 end
 
+do -- a hooked tensor that is gone takes its hook (and what the hook holds) with it
+  local held = setmetatable({}, { __mode = "k" })
+  do
+    local x = glia.tensor{1, 2}:requires_grad()
+    local big = {}
+    held[big] = true
+    x:register_grad_hook(function() return big end)
+  end
+  collectgarbage()
+  collectgarbage()
+  t.is(next(held), nil, "once the tensor is collected, nothing keeps its hook's upvalues alive")
+end
+
 t.done()

@@ -140,8 +140,12 @@ GLIAI_FUNC bool glia_tensor_needs_grad(const glia_tensor *t);
 ** training starts sending it then). Grad mode is off. A status other than
 ** GLIA_OK (message in the context) stops the backward with it. */
 typedef glia_status (*glia_grad_hook_fn)(glia_ctx *G, void *ud, glia_tensor *leaf);
-/* Sets the context's one grad hook (NULL: none). */
-GLIAI_FUNC void glia_ctx_set_grad_hook(glia_ctx *G, glia_grad_hook_fn fn, void *ud);
+/* Called when a tensor with t->grad_hook is destroyed, so that whoever keeps
+** its hook (the binding) can drop it. Must not fail. */
+typedef void (*glia_grad_hook_drop_fn)(void *ud, glia_tensor *leaf);
+/* Sets the context's one grad hook and its drop function (NULL: none). */
+GLIAI_FUNC void glia_ctx_set_grad_hook(glia_ctx *G, glia_grad_hook_fn fn,
+                                       glia_grad_hook_drop_fn drop, void *ud);
 
 #define GLIA_ERRMSG_MAX 512
 #define GLIA_CACHE_CLASSES 168
@@ -173,6 +177,7 @@ struct glia_ctx {
   int index_base; /* of the op call running now: 0 from C, 1 from Lua */
   void *lua; /* the binding's back pointer, never touched by vm/ */
   glia_grad_hook_fn grad_hook; /* called for leaves with t->grad_hook */
+  glia_grad_hook_drop_fn grad_hook_drop;
   void *grad_hook_ud;
 };
 
