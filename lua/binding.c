@@ -479,7 +479,7 @@ static int t_register_grad_hook(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   if (t->grad_fn)
-    return luaL_error(L, "glia.register_grad_hook: tensor %s is not a leaf (hooks are for "
+    return luaL_error(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks are for "
                          "leaves, whose gradient backward accumulates in .grad)",
                       glia_shape_str(t));
   lua_pushlightuserdata(L, &hooks_key);

@@ -92,6 +92,20 @@ do -- a temporary leaf whose only owner is the graph is kept alive for its hook
   t.near(got, {3, 3, 3}, 1e-6, "a leaf owned only by the graph still gets its hook, with its gradient")
 end
 
+do -- a hook registered by a hook, during a backward, waits for the next backward
+  local a = glia.tensor{1, 2}:requires_grad()
+  local b = glia.tensor{3, 4}:requires_grad()
+  local calls = {}
+  a:register_grad_hook(function()
+    calls[#calls + 1] = "a"
+    b:register_grad_hook(function() calls[#calls + 1] = "b" end)
+  end)
+  glia.sum(b * glia.relu(a * 2)):backward()
+  t.is(table.concat(calls, ","), "a", "a hook added during a backward is not called by it")
+  glia.sum(b * glia.relu(a * 2)):backward()
+  t.is(table.concat(calls, ","), "a,b,a", "the next backward calls it once, when b's gradient is final")
+end
+
 do -- a hooked tensor that is gone takes its hook (and what the hook holds) with it
   local held = setmetatable({}, { __mode = "k" })
   do

@@ -211,8 +211,8 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
       glia_tensor *in = node->input[i];
       if (is_hooked_leaf(node, i)) {
         if (!in->hook_mark) {
-          if (!vec_push(leaves, glia_tensor_retain(in)))
-            return glia_fail_nomem(G, 0, "backward");
+          if (!vec_push(leaves, in)) return glia_fail_nomem(G, 0, "backward");
+          glia_tensor_retain(in);
           in->hook_mark = true;
           in->hook_pending = 0;
         }
@@ -254,7 +254,8 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     for (int i = 0; i < GLIA_NODE_MAX_IN; i++) glia_tensor_release(din[i]);
     glia_tensor_release(g);
     for (int i = 0; i < node->ninputs && st == GLIA_OK; i++)
-      if (is_hooked_leaf(node, i) && --node->input[i]->hook_pending == 0)
+      if (is_hooked_leaf(node, i) && node->input[i]->hook_mark && /* hooked before pass 1 */
+          --node->input[i]->hook_pending == 0)
         st = G->grad_hook(G, G->grad_hook_ud, node->input[i]);
     if (st != GLIA_OK) return st;
     if (!keep_graph) node_drop_history(node);
