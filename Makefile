@@ -57,9 +57,16 @@ CTEST_BIN := $(patsubst t/c/%.c,$(OBJDIR)/t/%.t,$(CTEST_SRC))
 LUAMOD  := lib/lua/$(LUA_ABI)/glia/core.so
 STAMP   := build/.flavor
 
+# glia.distributed's collectives (lua/mpi.c): their own module, linked with
+# Open MPI, built only where mpi.h is found (`make deps` installs it).
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+HAVE_MPI   := $(shell printf '\#include <mpi.h>\n' | $(CC) $(MPI_CFLAGS) -E -x c - >/dev/null 2>&1 && echo 1)
+MPIMOD     := $(if $(HAVE_MPI),lib/lua/$(LUA_ABI)/glia/mpi.so)
+
 .PHONY: all test test-gemm bench run deps install clean check-deps fuzz FORCE
 
-all: check-deps bin/glia lib/libglia.a lib/libglia.so $(LUAMOD) $(CTEST_BIN)
+all: check-deps bin/glia lib/libglia.a lib/libglia.so $(LUAMOD) $(MPIMOD) $(CTEST_BIN)
 
 check-deps:
 	@pkg-config --exists $(LUA_PC) || { echo "glia: $(LUA_PC) headers missing: run 'make deps'"; exit 1; }
@@ -111,6 +118,23 @@ $(LUAMOD): $(LIB_OBJ) $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(SANLD) -shared -o $@ $(LIB_OBJ) -lz -lm -ldl -pthread
 
+# Each flavor's executable finds its own copy (build/<flavor>/lib/lua,
+# next to its bin/); lib/lua gets the last one built, like bin/glia.
+# Its object stays out of $(OBJDIR)/lua, whose objects are the library's.
+ifneq ($(HAVE_MPI),)
+MPIMOD_OWN := $(OBJDIR)/lib/lua/$(LUA_ABI)/glia/mpi.so
+$(OBJDIR)/mod/mpi.o: lua/mpi.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	@$(CC) $(ALL_CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+$(MPIMOD_OWN): $(OBJDIR)/mod/mpi.o
+	@mkdir -p $(dir $@)
+	$(CC) $(SANLD) -shared -o $@ $(OBJDIR)/mod/mpi.o $(MPI_LIBS)
+$(MPIMOD): $(MPIMOD_OWN) $(STAMP)
+	@mkdir -p $(dir $@)
+	@cp $(MPIMOD_OWN) $@.tmp && mv $@.tmp $@
+endif
+
 $(OBJDIR)/t/%.t: t/c/%.c $(LIB_OBJ) t/c/tap.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SANLD) -It/c -o $@ $< $(LIB_OBJ) $(LDLIBS)
@@ -122,7 +146,7 @@ GEMM_TESTS := t/matmul.t t/attention.t t/mha.t t/block.t t/nn.t t/gpt.t t/mlp.t 
   $(OBJDIR)/t/blas.t
 
 test: all
-	GLIA_TEST_LUA=$(LUA) GLIA_TEST_SAN=$(SAN) GLIA_BIN=$(GLIA_BIN) prove -f --exec t/run $(TESTS)
+	GLIA_TEST_LUA=$(LUA) GLIA_TEST_SAN=$(SAN) GLIA_TEST_MPI=$(HAVE_MPI) GLIA_BIN=$(GLIA_BIN) prove -f --exec t/run $(TESTS)
 
 test-gemm:
 	$(MAKE) test TESTS="$(GEMM_TESTS)"
@@ -137,7 +161,7 @@ run:
 
 deps:
 	@missing=""; for p in liblua5.4-dev lua5.4 libluajit-5.1-dev luajit libopenblas-dev \
-	    libedit-dev zlib1g-dev pkg-config tmux; do \
+	    libedit-dev zlib1g-dev pkg-config tmux libopenmpi-dev openmpi-bin; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -182,6 +206,7 @@ install: all
 	install -m 644 lib/libglia.a $(DESTDIR)$(PREFIX)/lib/libglia.a
 	install -m 755 lib/libglia.so $(DESTDIR)$(PREFIX)/lib/libglia.so
 	install -m 755 $(LUAMOD) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/glia/core.so
+	$(if $(MPIMOD),install -m 755 $(MPIMOD) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/glia/mpi.so)
 	install -m 644 vm/glia.h $(DESTDIR)$(PREFIX)/include/glia.h
 	cp -r stdlib/. $(DESTDIR)$(PREFIX)/share/glia/
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|0.1.0|g' -e 's|@LUA_PC@|$(LUA_PC)|g' \

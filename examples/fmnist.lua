@@ -40,24 +40,37 @@ end
 -- opts.out, writes DIR/train_log.csv and DIR/loss_curve.svg (titled title).
 -- Prints a header, one line per epoch and no more; returns the last test
 -- accuracy (0..1). die(message) on a file error.
+--
+-- Resuming and data-parallel training (train_fmnist --resume, --ddp): t.epoch0
+-- and t.step0 are the epochs and steps already done (the log is then
+-- appended to); t.after_epoch(epoch, step), if given, runs after each
+-- epoch's evaluation (to save a checkpoint). With t.dp (a
+-- glia.distributed.DataParallel around model) each step waits for the
+-- averaged gradients before the optimizer step, the logged loss is the mean
+-- over the ranks, and only rank 0 (t.lead, default true) prints, logs and
+-- evaluates (the others return nil).
 function M.train(t)
   local model, opt, loader, opts, die = t.model, t.opt, t.loader, t.opts, t.die
-  local log
-  if opts.out then
+  local lead = t.lead ~= false
+  local epoch0, log = t.epoch0 or 0, nil
+  if opts.out and lead then
     os.execute("mkdir -p '" .. opts.out:gsub("'", "'\\''") .. "'")
     local err
     log, err = progress.csv(opts.out .. "/train_log.csv",
-                            { "epoch", "step", "lr", "loss", "test_loss", "test_acc", "time" })
+                            { "epoch", "step", "lr", "loss", "test_loss", "test_acc", "time" },
+                            { append = epoch0 > 0 })
     if not log then die(err) end
   end
-  stdout:write(fmt("Fashion-MNIST: %d training and %d test images; %s\n", t.n_train,
-                   t.x_test:size(1), tostring(model):match("^[^\n]*")))
+  if lead then stdout:write(fmt("Fashion-MNIST: %d training and %d test images; %s\n", t.n_train,
+                   t.x_test:size(1), tostring(model):match("^[^\n]*"))) end
 
   local steps, losses = {}, {}               -- per step, for the loss curve
   local test_steps, test_losses = {}, {}     -- per epoch
-  local step, t0, acc = 0, glia.clock(), 0
-  for epoch = 1, opts.epochs do
-    local bar = progress.bar{ total = loader:len(), desc = fmt("epoch %d/%d", epoch, opts.epochs) }
+  local step, t0, acc = t.step0 or 0, glia.clock(), 0
+  local quiet = setmetatable({}, { __index = function() return function() end end })
+  for epoch = epoch0 + 1, opts.epochs do
+    local bar = lead and progress.bar{ total = loader:len(), desc = fmt("epoch %d/%d", epoch, opts.epochs) }
+                or quiet
     local loss_sum, nb = 0, 0
     for xb, yb in loader:iter() do
       step = step + 1
@@ -65,10 +78,11 @@ function M.train(t)
       local loss = nn.F.cross_entropy(model(xb), yb)
       opt:zero_grad()
       loss:backward()
+      if t.dp then t.dp:sync() end
       opt:set_lr(lr)
       opt:step()
       if t.after_step then t.after_step(model) end
-      local l = loss:item()
+      local l = t.dp and t.dist.all_reduce(loss:detach(), "mean"):item() or loss:item()
       nb, loss_sum = nb + 1, loss_sum + l
       steps[step], losses[step] = step, l
       bar:update(nb, { loss = l })
@@ -77,6 +91,7 @@ function M.train(t)
       end
     end
     bar:close()
+    if not lead then goto next_epoch end
     local test_loss
     test_loss, acc = model:evaluate(t.x_test, t.y_test)
     test_steps[epoch], test_losses[epoch] = step, test_loss
@@ -87,9 +102,11 @@ function M.train(t)
     stdout:write(fmt("epoch %d/%d  train loss %.4f  test loss %.4f  test acc %.1f%%  %.1f s\n",
                      epoch, opts.epochs, loss_sum / nb, test_loss, acc * 100, elapsed))
     stdout:flush()
+    if t.after_epoch then t.after_epoch(epoch, step) end
+    ::next_epoch::
   end
 
-  if log then
+  if log then -- the curve shows this invocation's steps
     log:close()
     local ok, err = plot.loss_curve(opts.out .. "/loss_curve.svg", {
       title = t.title, xlabel = "step", ylabel = "cross entropy",
@@ -100,7 +117,7 @@ function M.train(t)
     })
     if not ok then die(err) end
   end
-  return acc
+  return lead and acc or nil
 end
 
 return M

@@ -10,6 +10,14 @@
 --   glia examples/train_gpt.lua --steps 2000 --out runs/a  # a fixed number of steps
 --   glia examples/train_gpt.lua --resume runs/a --steps 3000
 --   glia examples/sample.lua runs/a --prompt "And God said"
+--   mpirun -np 2 --bind-to core -x GLIA_NUM_THREADS=1 bin/glia examples/train_gpt.lua --ddp
+--
+-- --ddp trains data-parallel over the ranks mpirun starts (glia.distributed):
+-- --batch is the global batch, each rank draws the same windows and trains
+-- on its --batch / N of them, and gradients are averaged over the ranks
+-- during backward. Rank 0 alone prints, logs, evaluates, samples and writes
+-- the checkpoint; its clock decides when a --time run stops. A checkpoint
+-- resumes with any number of ranks (the batches do not depend on N).
 --
 -- The validation set is the last 10% of the text; its loss is the mean over
 -- 8 fixed batches of 16 x 256 tokens (fewer positions when --ctx is
@@ -85,6 +93,7 @@ usage: glia examples/train_gpt.lua [options]
   --coe C            Chain-of-Experts iterations (1)
   --aux-alpha X      Switch balance loss weight (0.01; 0: none)
   --bias-gamma X     DeepSeek's bias balancing speed, applied after each step (0: none)
+  --ddp              data-parallel over the ranks of mpirun (see above)
 ]]
 
 -- ================================================================ options
@@ -125,6 +134,7 @@ local SPEC = {
     coe              = { "integer", 1, min = "positive" },
     ["aux-alpha"]    = { "number", 0.01 },
     ["bias-gamma"]   = { "number", 0 },
+    ddp              = { "flag" },
   },
   min = "non-negative",
 }
@@ -184,6 +194,11 @@ if not (o["prompt-frac"] > 0 and o["prompt-frac"] < 1) then -- 0 or 1 leaves no 
   die(fmt("--prompt-frac must be in (0, 1), got %s", tostring(o["prompt-frac"])))
 end
 if o.threads then glia.set_num_threads(o.threads) end
+-- data-parallel: rank 0 of world ranks speaks for the run
+local dist = o.ddp and require "glia.distributed"
+local rank, world = 0, 1
+if dist then rank, world = dist.init() end
+local lead = rank == 0
 
 local ck
 if o.resume then
@@ -224,6 +239,9 @@ if not decay_steps then
   decay_steps = ck and ck.extra.decay_steps -- nil: the peak rate after warm-up until estimated
 end
 
+if run.batch % world ~= 0 then
+  die(fmt("--ddp: %d ranks do not divide the batch of %d sequences", world, run.batch))
+end
 local text = run.text and read_file(run.text) or data.kjv_text()
 local ds = data.CharDataset(text, ck and ck.extra.vocab or nil)
 local train, val = ds:split(0.9)
@@ -245,19 +263,25 @@ if ck then
   ck = nil
 end
 
+-- buckets of 4 MB: the default 25 would hold all of the 12.6 MB default model,
+-- whose one all-reduce could then only start once backward is done
+local dp = dist and dist.DataParallel(model, { bucket_mb = 4 })
 local log_path, svg_path = out .. "/log.csv", out .. "/loss.svg"
-do
+local rows, log = {}, nil
+if lead then
   local ok, err = checkpoint.make_dir(out)
   if not ok then die(err) end
+  rows = read_log(log_path, step)
+  -- rewrite the log without the steps after the checkpoint
+  local rewrite, err2 = progress.csv(log_path, COLUMNS)
+  if not rewrite then die(err2) end
+  for _, r in ipairs(rows) do rewrite:write(r) end
+  rewrite:close()
+  log = progress.csv(log_path, COLUMNS, { append = true })
 end
-local rows = read_log(log_path, step)
-do -- rewrite the log without the steps after the checkpoint
-  local log, err = progress.csv(log_path, COLUMNS)
-  if not log then die(err) end
-  for _, r in ipairs(rows) do log:write(r) end
-  log:close()
-end
-local log = progress.csv(log_path, COLUMNS, { append = true })
+-- ranks other than 0 print nothing and write nothing
+local quiet = setmetatable({}, { __index = function() return function() end end })
+if not lead then print, log = function() end, quiet end
 
 print(fmt("model: %d parameters (d=%d, %d layers, %d heads, ctx %d, vocab %d)",
           model:num_parameters(), run.d, run.layers, run.heads, run.ctx, ds.vocab_size))
@@ -268,6 +292,7 @@ if run.experts > 0 then
 end
 print(fmt("data: %d train and %d validation characters; batch %d x %d; %d threads",
           train:len(), val:len(), run.batch, run.ctx, glia.num_threads()))
+if dist then print(fmt("data-parallel: %d ranks x %d sequences", world, run.batch / world)) end
 if step > 0 then print(fmt("resumed from %s at step %d", o.resume, step)) end
 
 -- ================================================================ training
@@ -361,22 +386,34 @@ function model.loss(m, x, y)
   return skip.loss(m, x, y, max(1, min(T - 1, floor(T * o["prompt-frac"]))))
 end
 
-local start_step = step
-local bar = progress.bar{ total = run.steps, desc = "train", out = io.stdout }
-while true do
+-- Data-parallel: rank 0's clock decides for every rank whether this step is
+-- the last and how long the schedule is (the ranks must agree on both).
+local function agree(last)
+  if not dist then return last end
+  local v = glia.tensor{ last and 1 or 0, decay_steps or -1 }
+  dist.broadcast(v, 0)
+  decay_steps = v[2] >= 0 and floor(v[2]) or nil
+  return v[1] == 1
+end
+
+local start_step, finished = step, false
+local bar = lead and progress.bar{ total = run.steps, desc = "train", out = io.stdout } or quiet
+while not finished do
   if run.steps and step >= run.steps then break end
-  if run.time and clock() - t_start >= run.time then break end
+  if run.time and clock() - t_start >= run.time and not dist then break end
   step = step + 1
   local lr = lr_at(step)
   opt:set_lr(lr)
   opt:zero_grad()
-  local x, y = train:batch(run.batch, run.ctx, sampler)
+  local x, y = train:batch(run.batch, run.ctx, sampler, rank, world)
   local loss = model:loss(x, y)
   loss:backward()
+  if dp then dp:sync() end
   optim.clip_grad_norm(opt, run.clip)
   opt:step()
   nn.schedule_step(model) -- MoE bias balancing (--bias-gamma)
-  local row = { step = step, loss = loss:item(), lr = lr, time = elapsed0 + clock() - t_start }
+  local loss_v = dist and dist.all_reduce(loss:detach(), "mean"):item() or loss:item()
+  local row = { step = step, loss = loss_v, lr = lr, time = elapsed0 + clock() - t_start }
   loss, x, y = nil, nil, nil
   -- This step's activations are garbage now: collecting them here keeps the
   -- peak at one step's worth (a full cycle over a small heap costs ~1 ms).
@@ -385,8 +422,10 @@ while true do
   local done = step - start_step
   if done == 20 then estimate_decay(done) end
   local last = (run.steps and step >= run.steps) or (run.time and clock() - t_start >= run.time)
-  if step % run["eval-every"] == 0 or last then
-    estimate_decay(done)
+  if step % run["eval-every"] == 0 or last then estimate_decay(done) end
+  last = agree(last)
+  finished = last
+  if lead and (step % run["eval-every"] == 0 or last) then
     row.val_loss = evaluate()
     bar:print(fmt("step %d: train loss %.3f, val loss: %.3f  (%.0f s)", step, bar:loss(),
                   row.val_loss, row.time))
@@ -401,12 +440,12 @@ while true do
 end
 bar:close()
 log:close()
-if step == start_step then save() end -- nothing ran: still leave a checkpoint
+if step == start_step and lead then save() end -- nothing ran: still leave a checkpoint
 
 print(fmt("checkpoint: %s   log: %s   curve: %s", checkpoint.path(out), log_path, svg_path))
 print(fmt("%d steps in %.0f s this run (%.0f tokens/s)", step - start_step, clock() - t_start,
           (step - start_step) * run.batch * run.ctx / max(1e-9, clock() - t_start)))
-if run["sample-len"] > 0 then
+if run["sample-len"] > 0 and lead then
   print("sample:")
   print(sample(max(run["sample-len"], 400)))
 end

@@ -12,6 +12,7 @@
 ** they read and return indices counted from 1.
 */
 #include "binding.h"
+#include "capi.h"
 
 #include <limits.h>
 #include <math.h>
@@ -22,6 +23,9 @@
 
 #define TENSOR_MT "glia.tensor"
 #define STATE_KEY "glia.binding_state"
+/* The registry's table of grad hooks, leaf pointer -> function, under the
+** address of this variable: reaching it allocates nothing (hook_drop). */
+static char hooks_key;
 
 /* ====================================================== state, boxes */
 
@@ -31,6 +35,8 @@ typedef struct binding_state {
   int owns_ctx;
   glia_tensor *pending[GLIA_MAX_OUTS];
   size_t gc_trigger; /* full collection when live bytes pass this */
+  lua_State *hook_L; /* the thread running t:backward(), for grad hooks */
+  lua_State *L;      /* the state's thread that opened the binding */
 } binding_state;
 
 static binding_state *state_of(lua_State *L) {
@@ -53,6 +59,7 @@ static void release_pending(binding_state *B) {
 
 static int state_gc(lua_State *L) {
   binding_state *B = lua_touserdata(L, 1);
+  glia_ctx_set_grad_hook(B->G, NULL, NULL, NULL); /* the hooks go with the state */
   release_pending(B);
   if (B->owns_ctx) glia_ctx_release(B->G);
   B->G = NULL;
@@ -454,11 +461,77 @@ static int t_requires_grad(lua_State *L) {
 
 static int t_backward(lua_State *L) {
   glia_tensor *t = self_tensor(L);
-  glia_ctx *G = state_of(L)->G;
+  binding_state *B = state_of(L);
+  glia_ctx *G = B->G;
   glia_tensor *g = lua_isnoneornil(L, 2) ? NULL : glia_lua_check_tensor(L, 2);
   int keep = lua_toboolean(L, 3);
-  if (glia_backward(G, t, g, keep) != GLIA_OK) return glia_lua_raise(L, G);
+  lua_State *outer = B->hook_L; /* a hook may run a backward of its own */
+  B->hook_L = L;
+  glia_status st = glia_backward(G, t, g, keep);
+  B->hook_L = outer;
+  if (st != GLIA_OK) return glia_lua_raise(L, G);
   return 0;
+}
+
+/* t:register_grad_hook(fn): backward calls fn(t) once per backward when
+** t's gradient is final (vm/autograd.c); fn nil removes it. Leaves only. */
+static int t_register_grad_hook(lua_State *L) {
+  glia_tensor *t = self_tensor(L);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (t->grad_fn)
+    return luaL_error(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks are for "
+                         "leaves, whose gradient backward accumulates in .grad)",
+                      glia_shape_str(t));
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, t);
+  lua_pushvalue(L, 2);
+  lua_rawset(L, -3);
+  t->grad_hook = !lua_isnoneornil(L, 2);
+  return 0;
+}
+
+/* Runs in a protected call: upvalue-free, arguments (leaf pointer). */
+static int grad_hook_call(lua_State *L) {
+  glia_tensor *leaf = lua_touserdata(L, 1);
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, leaf);
+  lua_rawget(L, -2);
+  if (!lua_isfunction(L, -1)) return 0;
+  glia_lua_push_tensor(L, glia_tensor_retain(leaf));
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+/* A hooked tensor is gone: forget its hook (else the function, and all it
+** holds, would stay in the registry for good). Sets a key to nil in an
+** existing table: allocates nothing, so cannot raise. */
+static void hook_drop(void *ud, glia_tensor *leaf) {
+  binding_state *B = ud;
+  lua_State *L = B->hook_L ? B->hook_L : B->L;
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, leaf);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* The context's grad hook: calls the leaf's Lua function on the thread that
+** runs the backward. An error in it stops the backward with its message. */
+static glia_status grad_hook(glia_ctx *G, void *ud, glia_tensor *leaf) {
+  binding_state *B = ud;
+  lua_State *L = B->hook_L;
+  if (!L) return GLIA_OK; /* a backward started from C */
+  lua_pushcfunction(L, grad_hook_call);
+  lua_pushlightuserdata(L, leaf);
+  if (lua_pcall(L, 1, 0, 0) == LUA_OK) return GLIA_OK;
+  const char *msg = lua_tostring(L, -1);
+  glia_status st = glia_fail(G, GLIA_EGRAD, "glia.backward: grad hook of %s: %s",
+                             glia_shape_str(leaf), msg ? msg : "(error object is not a string)");
+  lua_pop(L, 1);
+  return st;
 }
 
 static int t_zero_grad(lua_State *L) {
@@ -490,6 +563,28 @@ static int t_grad_mode_is(lua_State *L) {
   lua_pushboolean(L, glia_tensor_requires_grad(self_tensor(L)));
   return 1;
 }
+
+/* ================================================ the C modules' API */
+
+_Static_assert(GLIA_MAX_DIMS == 8, "glia_lua_buffer.size holds GLIA_MAX_DIMS sizes");
+
+static int capi_buffer(lua_State *L, int idx, glia_lua_buffer *b) {
+  glia_tensor *t = glia_lua_test_tensor(L, idx);
+  if (!t || !t->storage) return 0;
+  b->tensor = t;
+  b->data = glia_ptr(t);
+  b->dtype = glia_dtype_name(t->dtype);
+  b->ndim = t->ndim;
+  memcpy(b->size, t->size, sizeof b->size);
+  b->numel = glia_tensor_numel(t);
+  b->contiguous = glia_tensor_is_contiguous(t);
+  return 1;
+}
+static void capi_retain(void *t) { glia_tensor_retain(t); }
+static void capi_release(void *t) { glia_tensor_release(t); }
+
+static const glia_lua_capi capi = {GLIA_LUA_CAPI_VERSION, capi_buffer, capi_retain,
+                                   capi_release};
 
 /* ========================================================= printing */
 
@@ -810,6 +905,7 @@ static const luaL_Reg tensor_methods[] = {
     {"requires_grad", t_requires_grad},
     {"needs_grad", t_grad_mode_is},
     {"backward", t_backward},
+    {"register_grad_hook", t_register_grad_hook},
     {"zero_grad", t_zero_grad},
     {"free", t_free},
     {NULL, NULL},
@@ -922,6 +1018,13 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_setmetatable(L, state_idx);
   lua_pushvalue(L, state_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  lua_pushlightuserdata(L, &hooks_key);
+  lua_newtable(L);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  B->L = L;
+  lua_pushlightuserdata(L, (void *)&capi);
+  lua_setfield(L, LUA_REGISTRYINDEX, GLIA_LUA_CAPI_KEY);
+  glia_ctx_set_grad_hook(G, grad_hook, hook_drop, B);
 
   lua_newtable(L); /* module */
   int mod_idx = lua_gettop(L);

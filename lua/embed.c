@@ -47,6 +47,30 @@ static int dirname_of(char *path) {
   return 1;
 }
 
+/* Where C modules beside the core (glia.mpi) live: lib/lua/<abi> next to
+** the executable in the build tree (bin/glia, build/<flavor>/bin/glia) and
+** installed (PREFIX/bin/glia), before the interpreter's default cpath. */
+static void set_cpath(lua_State *L, int pkg) {
+  static const char *const rel[] = {"/../lib/lua/" GLIA_LUA_ABI "/?.so;",
+                                    "/../../../lib/lua/" GLIA_LUA_ABI "/?.so;"};
+  char exe[1024];
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = 0;
+    if (dirname_of(exe))
+      for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+        luaL_addstring(&b, exe);
+        luaL_addstring(&b, rel[i]);
+      }
+  }
+  lua_getfield(L, pkg, "cpath");
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_setfield(L, pkg, "cpath");
+}
+
 /* Where the stdlib lives: $GLIA_STDLIB, then next to the executable, then
 ** next to the library holding this code (a host linking libglia.so), then
 ** the directory compiled in. */
@@ -80,6 +104,7 @@ static void set_paths(lua_State *L) {
   luaL_addvalue(&b);
   luaL_pushresult(&b);
   lua_setfield(L, pkg, "path");
+  set_cpath(L, pkg);
   lua_pop(L, 1);
 }
 

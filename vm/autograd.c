@@ -9,7 +9,9 @@
 ** each node's consumers, then runs nodes in dependency order, reduces each
 ** input gradient to the input's shape, and accumulates it into the next
 ** node's gout or into a leaf's .grad. Without keep_graph, each node drops
-** its inputs and saved tensors once it has run.
+** its inputs and saved tensors once it has run. A leaf marked grad_hook also
+** counts the nodes that add into its .grad, and the context's grad hook is
+** called for it when the last of them has run (its gradient is then final).
 */
 #include "glia_impl.h"
 
@@ -121,15 +123,16 @@ glia_status glia_node_saved(glia_ctx *G, glia_node *node, int i, glia_tensor **o
 
 /* ========================================================= backward */
 
+/* A growable array of nodes (or of tensors, for the hooked leaves). */
 typedef struct {
-  glia_node **v;
+  void **v;
   size_t n, cap;
 } node_vec;
 
-static bool vec_push(node_vec *s, glia_node *node) {
+static bool vec_push(node_vec *s, void *node) {
   if (s->n == s->cap) {
     size_t cap = s->cap ? s->cap * 2 : 64;
-    glia_node **v = realloc(s->v, cap * sizeof *v);
+    void **v = realloc(s->v, cap * sizeof *v);
     if (!v) return false;
     s->v = v;
     s->cap = cap;
@@ -178,8 +181,18 @@ static glia_status scatter_grad(glia_ctx *G, glia_node *node, glia_tensor *g, no
   return GLIA_OK;
 }
 
+/* Whether input i of node is a leaf whose grad the hook waits for. */
+static bool is_hooked_leaf(const glia_node *node, int i) {
+  const glia_tensor *in = node->input[i];
+  return node->needs[i] && in && !in->grad_fn && in->requires_grad && in->grad_hook &&
+         in->G->grad_hook;
+}
+
+/* `leaves` collects the hooked leaves reached (as glia_tensor pointers, each
+** retained: dropping the graph may release a leaf's last other owner). */
 static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gout,
-                                int keep_graph, node_vec *all, node_vec *ready) {
+                                int keep_graph, node_vec *all, node_vec *ready,
+                                node_vec *leaves) {
   glia_node *rn = root->grad_fn;
   /* Pass 1: reach every node, counting consumers (pending). */
   if (rn->ninputs < 0)
@@ -196,6 +209,15 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     glia_node *node = all->v[k];
     for (int i = 0; i < node->ninputs; i++) {
       glia_tensor *in = node->input[i];
+      if (is_hooked_leaf(node, i)) {
+        if (!in->hook_mark) {
+          if (!vec_push(leaves, in)) return glia_fail_nomem(G, 0, "backward");
+          glia_tensor_retain(in);
+          in->hook_mark = true;
+          in->hook_pending = 0;
+        }
+        in->hook_pending++;
+      }
       if (!node->needs[i] || !in || !in->grad_fn) continue;
       glia_node *nx = in->grad_fn;
       if (nx->ninputs < 0)
@@ -231,6 +253,10 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
     }
     for (int i = 0; i < GLIA_NODE_MAX_IN; i++) glia_tensor_release(din[i]);
     glia_tensor_release(g);
+    for (int i = 0; i < node->ninputs && st == GLIA_OK; i++)
+      if (is_hooked_leaf(node, i) && node->input[i]->hook_mark && /* hooked before pass 1 */
+          --node->input[i]->hook_pending == 0)
+        st = G->grad_hook(G, G->grad_hook_ud, node->input[i]);
     if (st != GLIA_OK) return st;
     if (!keep_graph) node_drop_history(node);
   }
@@ -263,9 +289,16 @@ glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int ke
   int old = glia_ctx_set_grad_mode(G, 0);
   if (!t->grad_fn) {
     st = glia_accumulate(G, &t->grad, g);
+    if (st == GLIA_OK && t->grad_hook && G->grad_hook) st = G->grad_hook(G, G->grad_hook_ud, t);
   } else {
-    node_vec all = {0}, ready = {0};
-    st = run_backward(G, t, g, keep_graph, &all, &ready);
+    node_vec all = {0}, ready = {0}, leaves = {0};
+    st = run_backward(G, t, g, keep_graph, &all, &ready, &leaves);
+    for (size_t k = 0; k < leaves.n; k++) {
+      glia_tensor *leaf = leaves.v[k];
+      leaf->hook_mark = false;
+      glia_tensor_release(leaf);
+    }
+    free(leaves.v);
     for (size_t k = 0; k < all.n; k++) {
       glia_node *node = all.v[k];
       node->seq &= ~((uint64_t)1 << 63);

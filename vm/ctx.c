@@ -371,3 +371,10 @@ int glia_ctx_set_grad_mode(glia_ctx *G, int on) {
   return old;
 }
 int glia_ctx_grad_mode(const glia_ctx *G) { return G->grad_mode; }
+
+void glia_ctx_set_grad_hook(glia_ctx *G, glia_grad_hook_fn fn, glia_grad_hook_drop_fn drop,
+                            void *ud) {
+  G->grad_hook = fn;
+  G->grad_hook_drop = drop;
+  G->grad_hook_ud = ud;
+}

@@ -66,6 +66,9 @@ struct glia_tensor {
   bool requires_grad;            /* leaves only: accumulate into grad */
   glia_tensor *grad;             /* owned */
   glia_node *grad_fn;            /* owned; NULL for leaves */
+  bool grad_hook;                /* leaves: call the context's grad hook */
+  bool hook_mark;                /* set while a backward counts this leaf */
+  int64_t hook_pending;          /* that backward's nodes yet to add to grad */
   glia_tensor *free_next;        /* struct cache link */
 };
 
@@ -131,6 +134,19 @@ GLIAI_FUNC bool glia_tensor_needs_grad(const glia_tensor *t);
 
 /* ---------------------------------------------------------------- context */
 
+/* Called by backward once per leaf with t->grad_hook set, as soon as the
+** last node of that backward that adds into t->grad has run: the gradient is
+** final, and the rest of the backward has not run yet (data-parallel
+** training starts sending it then). Grad mode is off. A status other than
+** GLIA_OK (message in the context) stops the backward with it. */
+typedef glia_status (*glia_grad_hook_fn)(glia_ctx *G, void *ud, glia_tensor *leaf);
+/* Called when a tensor with t->grad_hook is destroyed, so that whoever keeps
+** its hook (the binding) can drop it. Must not fail. */
+typedef void (*glia_grad_hook_drop_fn)(void *ud, glia_tensor *leaf);
+/* Sets the context's one grad hook and its drop function (NULL: none). */
+GLIAI_FUNC void glia_ctx_set_grad_hook(glia_ctx *G, glia_grad_hook_fn fn,
+                                       glia_grad_hook_drop_fn drop, void *ud);
+
 #define GLIA_ERRMSG_MAX 512
 #define GLIA_CACHE_CLASSES 168
 
@@ -160,6 +176,9 @@ struct glia_ctx {
   uint64_t node_seq;
   int index_base; /* of the op call running now: 0 from C, 1 from Lua */
   void *lua; /* the binding's back pointer, never touched by vm/ */
+  glia_grad_hook_fn grad_hook; /* called for leaves with t->grad_hook */
+  glia_grad_hook_drop_fn grad_hook_drop;
+  void *grad_hook_ud;
 };
 
 /* Records a formatted message and returns st. */

@@ -174,6 +174,7 @@ void glia_tensor_release(glia_tensor *t) {
   storage_release(t->storage);
   glia_tensor_release(t->grad);
   glia_node_release(t->grad_fn);
+  if (t->grad_hook && G->grad_hook_drop) G->grad_hook_drop(G->grad_hook_ud, t);
   if (G->nfree_tensors < 1024) {
     t->free_next = G->free_tensors;
     G->free_tensors = t;

@@ -182,8 +182,17 @@ DataLoader.__index = DataLoader
 -- opts: batch_size (1), shuffle (false), seed (0), drop_last (false).
 -- Shuffling uses its own generator, seeded from (seed, epoch): the order of
 -- every epoch is fixed by the seed, whatever else draws random numbers.
+--
+-- Data-parallel (glia.distributed): with world_size = N and rank = r (0-based,
+-- as dist.rank() gives), batch_size is the global batch and each batch of
+-- the epoch is split in N equal parts, r's part for this rank: every rank
+-- walks the same order (same seed), so the N parts together are the batch a
+-- single process would take, at every N, epoch after epoch and on resume.
+-- N must divide batch_size, and the data must split into whole batches or
+-- drop_last be set.
 function data.DataLoader(dataset, opts)
-  opts = options.check("data.DataLoader", opts, { "batch_size", "shuffle", "seed", "drop_last" })
+  opts = options.check("data.DataLoader", opts, { "batch_size", "shuffle", "seed", "drop_last",
+                                                  "rank", "world_size" })
   if type(dataset) ~= "table" or type(dataset.len) ~= "function"
       or type(dataset.get) ~= "function" then
     error("data.DataLoader: dataset must have :len() and :get(idx)", 2)
@@ -198,6 +207,22 @@ function data.DataLoader(dataset, opts)
   }, DataLoader)
   check_count(self.batch_size, "batch_size", "data.DataLoader")
   check_seed(self.seed, "data.DataLoader")
+  local N, r = opts.world_size or 1, opts.rank or 0
+  check_count(N, "world_size", "data.DataLoader")
+  if type(r) ~= "number" or r ~= floor(r) or r < 0 or r >= N then
+    error(fmt("data.DataLoader: rank must be an integer in 0..%d (world_size %d), got %s", N - 1, N,
+              tostring(r)), 2)
+  end
+  if self.batch_size % N ~= 0 then
+    error(fmt("data.DataLoader: world size %d does not divide the batch size %d (the global batch)",
+              N, self.batch_size), 2)
+  end
+  local n = dataset:len()
+  if N > 1 and not self.drop_last and n % self.batch_size ~= 0 then
+    error(fmt("data.DataLoader: %d rows leave a last batch of %d that does not split over %d "
+              .. "ranks like the others: pass drop_last = true", n, n % self.batch_size, N), 2)
+  end
+  self.rank, self.world_size = r, N
   return self
 end
 
@@ -227,11 +252,13 @@ end
 function DataLoader:iter()
   local order, n, bs = self:order(self.epoch), self.dataset:len(), self.batch_size
   local nb, i, ds = self:len(), 0, self.dataset
+  local part = bs / self.world_size -- this rank's rows of each batch
   self.epoch = self.epoch + 1
   return function()
     if i >= nb then return nil end
     local start = i * bs + 1
     i = i + 1
+    if self.world_size > 1 then return ds:get(order:narrow(1, start + self.rank * part, part)) end
     return ds:get(order:narrow(1, start, min(bs, n - start + 1)))
   end
 end
@@ -315,15 +342,30 @@ end
 -- B random windows of T tokens: x, y i64 {B, T}. Starts are drawn from rng
 -- (a data.Generator) when given, else from glia's RNG (glia.manual_seed and
 -- glia.rng_state govern them, so checkpoints that save the RNG state resume
--- the same batches).
-function CharDataset:batch(B, T, rng)
+-- the same batches). Data-parallel: with rank r of world_size N (0-based),
+-- B is the global batch: every rank draws the same B starts from the same
+-- generator state and keeps its B / N of them (rows r*B/N+1 .. (r+1)*B/N).
+function CharDataset:batch(B, T, rng, rank, world_size)
   local nstarts = check_window(self, B, T, "CharDataset:batch")
+  local N, r = world_size or 1, rank or 0
+  if type(N) ~= "number" or N < 1 or N ~= floor(N) or B % N ~= 0 then
+    error(fmt("CharDataset:batch: world size %s does not divide the batch size %d (the global "
+              .. "batch)", tostring(N), B), 2)
+  end
+  if type(r) ~= "number" or r < 0 or r >= N or r ~= floor(r) then
+    error(fmt("CharDataset:batch: rank must be an integer in 0..%d, got %s", N - 1, tostring(r)), 2)
+  end
   local starts
   if rng then
     starts = {}
     for b = 1, B do starts[b] = rng:random(nstarts) end
   else
     starts = glia.randint(1, nstarts + 1, B):totable()
+  end
+  if N > 1 then
+    local part, mine = B / N, {}
+    for b = 1, part do mine[b] = starts[r * part + b] end
+    starts = mine
   end
   return self:windows(starts, T)
 end
