@@ -987,6 +987,8 @@ static glia_status op_moe_decode(glia_ctx *G, int nargs, glia_value *args, int *
               *w2 = args[4].u.t, *b2 = arg_t(&args[5]);
   int act;
   TRY(pick(G, name, "activation", &args[11], ACT_NAMES, ACT_GELU, &act));
+  TRY(glia_check_f32(G, name, "x", x));
+  TRY(glia_check_f32(G, name, "wr", wr));
   if (x->ndim != 2 || x->size[0] > DECODE_T || wr->ndim != 2 || w1->ndim != 3 ||
       wr->size[0] != w1->size[0] || wr->size[1] != x->size[1])
     return glia_fail(G, GLIA_ESHAPE, "%s: want x {T,d} with T <= %d, wr {E,d}, w1 {E,F,d}; "

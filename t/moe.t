@@ -618,6 +618,8 @@ do
   t.error_like(function() glia.no_grad(function() glia.moe_decode(glia.randn(5, d), wr, w1, b1, w2, b2, 2) end) end,
                "glia.moe_decode: want x {T,d} with T <= 4, wr {E,d}, w1 {E,F,d}; got x {5,16}",
                "moe_decode refuses 5 tokens (glia.moe's business)")
+  t.error_like(function() glia.no_grad(function() glia.moe_decode(x:to("f64"), wr, w1, b1, w2, b2, 2) end) end,
+               "glia.moe_decode: x must be f32", "moe_decode refuses an f64 x")
   local wg = w1:clone():requires_grad()
   t.error_like(function() glia.moe_decode(x, wr, wg, b1, w2, b2, 2) end,
                "glia.moe_decode: inference only, but grad is enabled",
