@@ -12,6 +12,8 @@
 --   moe_decode     gpt_decode for the MoE GPT of the same active size: every
 --                  block's MLP replaced by 8 experts of 256 -> 512 -> 256,
 --                  top-2 (models/gpt.lua's moe option)
+--   moe_decode_fit moe_decode with 2 experts, both chosen: the dense
+--                  model's 8 MB of MLP weights, the cache control
 --   gpt_profile    gpt_train split into forward / backward / optimizer
 --                  times, for finding what is slow
 --   --torch        also run bench/torch_ref.py (or the shared copy) on the
@@ -123,6 +125,7 @@ local W = {
   gpt_profile = function(name) gpt_train(name, true) end,
   gpt_decode = gpt_decode,
   moe_decode = function(name) gpt_decode(name, { experts = 8, k = 2 }) end,
+  moe_decode_fit = function(name) gpt_decode(name, { experts = 2, k = 2 }) end,
 }
 
 local with_torch, rounds, names = false, 3, {}

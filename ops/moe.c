@@ -964,37 +964,102 @@ static glia_status pick(glia_ctx *G, const char *op, const char *what, const gli
   return glia_fail(G, GLIA_EARG, "%s: unknown %s '%s'", op, what, a->u.s);
 }
 
+/* The routing config of a[0..6] = k, kind, normalize, bias, groups,
+** topk_groups, route_scale (moe_route's args 1..7; groups and topk_groups
+** NULL: one group); E the experts (-1: unknown). *bc holds the contiguous
+** bias (release it after use). */
+static glia_status route_args(glia_ctx *G, const char *op, glia_value *const *a, int64_t E,
+                              route_cfg *c, glia_tensor **bc) {
+  static const char *const KINDS[] = {"softmax", "sigmoid", NULL};
+  int kind;
+  *bc = NULL;
+  TRY(pick(G, op, "router", a[1], KINDS, 0, &kind));
+  *c = (route_cfg){.k = a[0]->u.i, .sigmoid = kind == 1, .cf = INFINITY};
+  c->normalize = arg_bool(a[2], kind == 1 || c->k > 1);
+  c->groups = a[4] ? arg_int(a[4], 1) : 1;
+  c->topk_groups = a[5] ? arg_int(a[5], c->groups) : c->groups;
+  c->scale = (float)arg_num(a[6], 1.0);
+  glia_tensor *bias = arg_t(a[3]);
+  if (bias) {
+    TRY(glia_check_f32(G, op, "bias", bias));
+    if (E >= 0 && (bias->ndim != 1 || bias->size[0] != E))
+      return glia_fail(G, GLIA_ESHAPE, "%s: bias must be {%lld} (one per expert), got %s", op,
+                       (long long)E, glia_shape_str(bias));
+    TRY(glia_tensor_contiguous_as(G, bias, GLIA_DTYPE_F32, bc));
+    c->bias = (const float *)glia_ptr(*bc);
+  }
+  return GLIA_OK;
+}
+
 /* moe_route(z, k [, kind, normalize, bias, groups, topk_groups, route_scale,
 ** capacity_factor, priority]) -> gates, idx, counts, kept */
 static glia_status op_moe_route(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                 glia_value *outs) {
   (void)nargs;
-  static const char *const KINDS[] = {"softmax", "sigmoid", NULL};
   static const char *const PRIOS[] = {"choice", "gate", NULL};
-  int kind, prio;
-  TRY(pick(G, ROUTE_NAME, "router", &args[2], KINDS, 0, &kind));
+  int prio;
   TRY(pick(G, ROUTE_NAME, "priority", &args[9], PRIOS, 0, &prio));
-  route_cfg c = {.k = args[1].u.i, .sigmoid = kind == 1, .gate_priority = prio == 1};
-  c.normalize = arg_bool(&args[3], kind == 1 || c.k > 1);
-  glia_tensor *bias = arg_t(&args[4]), *bc = NULL, *z = args[0].u.t;
-  c.groups = arg_int(&args[5], 1);
-  c.topk_groups = arg_int(&args[6], c.groups);
-  c.scale = (float)arg_num(&args[7], 1.0);
+  glia_tensor *z = args[0].u.t, *bc;
+  route_cfg c;
+  glia_value *a[7] = {&args[1], &args[2], &args[3], &args[4], &args[5], &args[6], &args[7]};
+  TRY(route_args(G, ROUTE_NAME, a, z->ndim == 2 ? z->size[1] : -1, &c, &bc));
+  c.gate_priority = prio == 1;
   c.cf = arg_num(&args[8], INFINITY);
-  if (bias) {
-    TRY(glia_check_f32(G, ROUTE_NAME, "bias", bias));
-    if (z->ndim == 2 && (bias->ndim != 1 || bias->size[0] != z->size[1]))
-      return glia_fail(G, GLIA_ESHAPE, ROUTE_NAME ": bias must be {%lld} (one per expert), got %s",
-                       (long long)z->size[1], glia_shape_str(bias));
-    TRY(glia_tensor_contiguous_as(G, bias, GLIA_DTYPE_F32, &bc));
-    c.bias = (const float *)glia_ptr(bc);
-  }
   glia_tensor *r[4];
   glia_status st = moe_route(G, z, c, glia_index_base(G), &r[0], &r[1], &r[2], &r[3]);
   glia_tensor_release(bc);
   TRY(st);
   *nouts = 4;
   for (int i = 0; i < 4; i++) outs[i].kind = GLIA_VAL_TENSOR, outs[i].u.t = r[i];
+  return GLIA_OK;
+}
+
+/* moe_decode(x, wr, w1, b1, w2, b2, k [, kind, normalize, bias, route_scale,
+** activation]) -> y, idx: glia.moe's forward for a decoding step (T <=
+** DECODE_T tokens, one group, no capacity, nothing recorded) in one call
+** (group-limited routing would take the registry past its 12 arguments). It runs the very functions glia.moe runs (glia_linear for the
+** logits, moe_route, moe_experts on its decoding path), so y is the same
+** bits; what it saves is the Lua between them (the options tables, the
+** info table, the losses, five tensors per layer handed to Lua). */
+static glia_status op_moe_decode(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                 glia_value *outs) {
+  (void)nargs;
+  const char *name = "glia.moe_decode";
+  glia_tensor *x = args[0].u.t, *wr = args[1].u.t, *w1 = args[2].u.t, *b1 = arg_t(&args[3]),
+              *w2 = args[4].u.t, *b2 = arg_t(&args[5]);
+  int act;
+  TRY(pick(G, name, "activation", &args[11], ACT_NAMES, ACT_GELU, &act));
+  TRY(glia_check_f32(G, name, "x", x));
+  TRY(glia_check_f32(G, name, "wr", wr));
+  if (x->ndim != 2 || x->size[0] > DECODE_T || wr->ndim != 2 || w1->ndim != 3 ||
+      wr->size[0] != w1->size[0] || wr->size[1] != x->size[1])
+    return glia_fail(G, GLIA_ESHAPE, "%s: want x {T,d} with T <= %d, wr {E,d}, w1 {E,F,d}; "
+                     "got x %s, wr %s, w1 %s", name, DECODE_T, glia_shape_str(x),
+                     glia_shape_str(wr), glia_shape_str(w1));
+  glia_tensor *ts[6] = {x, wr, w1, w2, b1, b2};
+  for (int i = 0; i < 6 && G->grad_mode; i++)
+    if (ts[i] && glia_tensor_needs_grad(ts[i]))
+      return glia_fail(G, GLIA_EARG, "%s: inference only, but grad is enabled and an input "
+                       "needs grad (x %s): use glia.moe", name, glia_shape_str(x));
+  route_cfg c;
+  glia_tensor *bc, *z = NULL, *r[4] = {NULL, NULL, NULL, NULL}, *y = NULL;
+  glia_value *a[7] = {&args[6], &args[7], &args[8], &args[9], NULL, NULL, &args[10]};
+  TRY(route_args(G, name, a, wr->size[0], &c, &bc));
+  glia_status st = glia_linear(G, x, wr, NULL, &z);
+  if (st == GLIA_OK) st = moe_route(G, z, c, glia_index_base(G), &r[0], &r[1], &r[2], &r[3]);
+  if (st == GLIA_OK) st = moe_experts(G, x, r[0], r[1], w1, b1, w2, b2, (moe_act)act, NULL, &y);
+  glia_tensor_release(bc);
+  glia_tensor_release(z);
+  glia_tensor_release(r[0]);
+  glia_tensor_release(r[2]);
+  glia_tensor_release(r[3]);
+  if (st != GLIA_OK) {
+    glia_tensor_release(r[1]);
+    return st;
+  }
+  *nouts = 2;
+  outs[0].kind = GLIA_VAL_TENSOR, outs[0].u.t = y;
+  outs[1].kind = GLIA_VAL_TENSOR, outs[1].u.t = r[1];
   return GLIA_OK;
 }
 
@@ -1058,5 +1123,6 @@ const glia_op glia_ops_moe[] = {
     {"moe_route", "Ti|sbtiinns", op_moe_route, 0},
     {"moe_experts", "TTTTtTt|st", op_moe_experts, 0},
     {"moe_dispatch", "Ti|t", op_moe_dispatch, 0},
+    {"moe_decode", "TTTtTti|sbtns", op_moe_decode, 0},
     {NULL, NULL, NULL, 0},
 };

@@ -566,6 +566,94 @@ do
   t.ok(u.identical(y0, y1), "decoding reads only the chosen experts' weights (NaN elsewhere changes nothing)")
 end
 
+-- ============================================ fused decoding entry
+
+-- glia.moe_decode runs the very kernels glia.moe runs for T <= 4 without
+-- autograd (glia.linear's logits, the same routing, the row kernels, the
+-- same slot sums), so its output is the same bits, not merely close.
+do
+  local d, E, F = 16, 8, 12
+  local wr = glia.randn(E, d)
+  for _, act in ipairs { "gelu", "gelu_tanh", "relu", "silu", "swiglu" } do
+    local w1, b1, w2, b2 = weights(E, d, F, act)
+    for _, r in ipairs(ROUTERS) do
+      if not r.groups and not r.capacity_factor then
+        local o = opts_of(r, E)
+        o.activation = act
+        local same = true
+        for _, T in ipairs { 1, 4 } do
+          local x = glia.randn(T, d)
+          glia.no_grad(function()
+            local yg, info = glia.moe(x, wr, w1, b1, w2, b2, o)
+            local yf, idx = glia.moe_decode(x, wr, w1, b1, w2, b2, o.k, o.router, o.normalize,
+                                            o.bias, o.route_scale, act)
+            same = same and u.identical(yf, yg) and u.identical(idx, info.idx)
+          end)
+        end
+        t.ok(same, ("moe_decode is glia.moe bit for bit (T 1 and 4): %s, %s"):format(r.name, act))
+      end
+    end
+  end
+  -- no biases
+  local w1, _, w2 = weights(E, d, F, "relu")
+  local x = glia.randn(2, d)
+  glia.no_grad(function()
+    local yg = glia.moe(x, wr, w1, nil, w2, nil, { k = 2, activation = "relu" })
+    local yf = glia.moe_decode(x, wr, w1, nil, w2, nil, 2, nil, nil, nil, nil, "relu")
+    t.ok(u.identical(yf, yg), "moe_decode without expert biases is glia.moe bit for bit")
+  end)
+  -- only the chosen experts' weights are read
+  local b1, b2
+  w1, b1, w2, b2 = weights(E, d, F, "gelu")
+  local y0, idx = glia.no_grad(function() return glia.moe_decode(x, wr, w1, b1, w2, b2, 2) end)
+  local chosen = {}
+  for _, row in ipairs(idx:totable()) do for _, e in ipairs(row) do chosen[e] = true end end
+  local n1, n2, nb1, nb2 = w1:clone(), w2:clone(), b1:clone(), b2:clone()
+  for e = 1, E do
+    if not chosen[e] then n1[e]:fill_(0 / 0); n2[e]:fill_(0 / 0); nb1[e]:fill_(0 / 0); nb2[e]:fill_(0 / 0) end
+  end
+  local y1 = glia.no_grad(function() return glia.moe_decode(x, wr, n1, nb1, n2, nb2, 2) end)
+  t.ok(u.identical(y0, y1), "moe_decode reads only the chosen experts' weights (NaN elsewhere changes nothing)")
+  -- refused: more than 4 tokens, autograd, a wrong bias
+  t.error_like(function() glia.no_grad(function() glia.moe_decode(glia.randn(5, d), wr, w1, b1, w2, b2, 2) end) end,
+               "glia.moe_decode: want x {T,d} with T <= 4, wr {E,d}, w1 {E,F,d}; got x {5,16}",
+               "moe_decode refuses 5 tokens (glia.moe's business)")
+  t.error_like(function() glia.no_grad(function() glia.moe_decode(x:to("f64"), wr, w1, b1, w2, b2, 2) end) end,
+               "glia.moe_decode: x must be f32", "moe_decode refuses an f64 x")
+  local wg = w1:clone():requires_grad()
+  t.error_like(function() glia.moe_decode(x, wr, wg, b1, w2, b2, 2) end,
+               "glia.moe_decode: inference only, but grad is enabled",
+               "moe_decode refuses to run where autograd would record")
+  t.error_like(function() glia.no_grad(function() glia.moe_decode(x, wr, w1, b1, w2, b2, 2, nil, nil, glia.zeros(3)) end) end,
+               "glia.moe_decode: bias must be {8} %(one per expert%), got {3}", "moe_decode refuses a bias of the wrong size")
+end
+
+-- nn.MoE takes glia.moe_decode for a step of <= 4 tokens without autograd:
+-- the same bits and the same m:load() as glia.moe's path
+do
+  local nn = require "glia.nn"
+  for _, cfg in ipairs {
+    { k = 2, activation = "swiglu", shared = 1, iterations = 2 },
+    { k = 2, router = "sigmoid", activation = "gelu_tanh", bias = false },
+    { k = 1, activation = "silu", aux_alpha = 0.01 },
+  } do
+    glia.manual_seed(3)
+    local m = nn.MoE(16, 12, 8, cfg)
+    m:eval()
+    local x = glia.randn(1, 3, 16)
+    local general = nn.MoE(16, 12, 8, cfg)
+    general:load_state_dict(m:state_dict())
+    general:eval()
+    general.decodes = function() return false end
+    glia.no_grad(function()
+      local yf, yg = m(x), general(x)
+      t.ok(m:decodes(x:reshape(-1, 16)) and u.identical(yf, yg) and u.identical(m:load(), general:load()),
+           ("nn.MoE's decoding step is glia.moe's, bit for bit, load too (%s, shared %s, C %s)")
+             :format(cfg.activation, cfg.shared or 0, cfg.iterations or 1))
+    end)
+  end
+end
+
 -- ==================================================== bias controller
 
 do

@@ -143,6 +143,20 @@ function MoE:shared_forward(x)
   return self.shared_proj(act_of(self.activation, self.shared_fc(x), F))
 end
 
+-- Whether a forward of the rows h {T,d} is a decoding step that
+-- glia.moe_decode runs in one call: T <= 4 without autograd, no capacity
+-- (nothing to drop), one group, and no training-time bookkeeping (auxiliary losses or
+-- the bias tally) asked for. Its output is glia.moe's, bit for bit.
+function MoE:decodes(h)
+  local o = self._route
+  if h:size(1) > 4 or glia.is_grad_enabled() or o.capacity_factor or (o.groups or 1) > 1 then
+    return false
+  end
+  if not self.training then return true end
+  local function on(a) return a and a ~= 0 end
+  return self.bias_gamma == 0 and not (on(o.aux_alpha) or on(o.z_alpha) or on(o.seq_alpha))
+end
+
 -- x {..., d} [, stream {..., d}] -> {..., d} (see the header)
 function MoE:forward(x, stream)
   local d = self.d
@@ -162,9 +176,19 @@ function MoE:forward(x, stream)
   local chain, o, total, aux = x0, self._route, nil, nil
   local balancing = self.bias_gamma ~= 0
   self._load = {}
+  local decode = self:decodes(h)
   for i = 1, self.iterations do
     o.bias = balancing and self.expert_bias[i] or nil
-    local y, info = glia.moe(h, self.routers[i].weight, self.w1, self.b1, self.w2, self.b2, o)
+    local y, info
+    if decode then
+      local idx
+      y, idx = glia.moe_decode(h, self.routers[i].weight, self.w1, self.b1, self.w2, self.b2,
+                               o.k, o.router, o.normalize, o.bias, o.route_scale,
+                               o.activation)
+      info = { load = idx } -- counted when m:load() asks
+    else
+      y, info = glia.moe(h, self.routers[i].weight, self.w1, self.b1, self.w2, self.b2, o)
+    end
     if self.n_shared > 0 then y = y + self:shared_forward(h) end
     if info.aux then aux = aux and aux + info.aux or info.aux end
     self._load[i] = info.load
@@ -194,6 +218,9 @@ end
 function MoE:load(i)
   local l = self._load
   if not l then return nil end
+  for j, t in ipairs(l) do -- a decoding step left its idx {T,k}: count it
+    if t:dim() == 2 then l[j] = glia.one_hot(t, self.n_experts):sum({ 1, 2 }):to("i64") end
+  end
   if i then return l[i] end
   if #l == 1 then return l[1] end
   local s = l[1]:to("f32")
