@@ -162,6 +162,9 @@ t.ok(select(2, out:gsub("partial 0,1.25,2.5,0,1.25,2.5", "")) == 2
      "a parameter only rank 0 used gets rank 0's gradient / 2 on both ranks (the other counts zero)")
 t.ok(select(2, out:gsub("twice [^\n]*a second backward before sync%(%)", "")) == 2,
      "a second backward before sync() is an error on every rank, not a lost gradient")
+local b0, b1 = out:match("rank 0 moebias ([^\n]+)"), out:match("rank 1 moebias ([^\n]+)")
+t.ok(b0 and b0 == b1 and b0:find("[1-9]"),
+     "nn.MoE's balancing bias, updated after sync from the counts of both ranks, is the same on both")
 if code ~= 0 then t.diag(out) end
 
 -- ------------------------------------------------------------ equivalence

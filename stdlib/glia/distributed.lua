@@ -339,6 +339,16 @@ function DataParallel:sync()
     end
   end)
   self.handles, self.launched = {}, 0
+  -- Statistics a module updates from its own batch outside the gradients
+  -- (nn.MoE's routing counts for its balancing bias) are summed over the
+  -- ranks here, so every rank applies the same update and the replicas stay
+  -- equal. Every rank reaches this point with the same modules in the same
+  -- order, so the collectives match.
+  for _, m in ipairs(self.module:modules()) do
+    if type(m.reduce_stats) == "function" then
+      m:reduce_stats(function(t) dist.all_reduce(t, "sum") end)
+    end
+  end
 end
 
 -- The buckets as lists of parameter indices (1-based, registration order).

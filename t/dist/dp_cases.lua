@@ -4,6 +4,8 @@
 --            0's gradient / 2 (rank 1 counted zero), the same on both
 --   twice    a second backward before sync() is an error, not a lost gradient
 --   wrap     DataParallel copies rank 0's parameters to every rank
+--   moebias  nn.MoE's balancing bias, updated from each rank's own routing,
+--            stays the same on both ranks (sync sums the counts over ranks)
 local glia = require "glia"
 local nn = require "glia.nn"
 local dist = require "glia.distributed"
@@ -38,3 +40,16 @@ glia.sum(dp(x)):backward()
 local ok, err = pcall(function() glia.sum(dp(x)):backward() end)
 print(("rank %d twice %s"):format(r, ok and "no error" or err))
 dp:sync()
+
+-- Each rank routes its own tokens; the bias update must see the global load.
+glia.manual_seed(3)
+local moe = nn.MoE(4, 8, 4, { k = 1, bias_gamma = 0.01 })
+local dpm = dist.DataParallel(moe, { bucket_mb = 1 })
+glia.manual_seed(20 + r)
+for _ = 1, 3 do
+  glia.sum(dpm(glia.randn(6 + 4 * r, 4))):backward()
+  dpm:sync()
+  nn.schedule_step(moe)
+end
+local b = moe.expert_bias[1]
+print(("rank %d moebias %s"):format(r, table.concat(b:totable(), ",")))

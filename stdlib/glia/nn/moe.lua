@@ -228,6 +228,14 @@ function MoE:load(i)
   return s:to("i64")
 end
 
+-- Sums the routing counts the bias update will read with `reduce(t)`, in
+-- place: glia.distributed.DataParallel passes a sum over the ranks, so the
+-- biases of all replicas see the global batch's load and stay equal.
+function MoE:reduce_stats(reduce)
+  if not self._tally then return end
+  for _, c in ipairs(self._tally) do reduce(c) end
+end
+
 -- The bias update of one optimizer step (nn.schedule_step's hook).
 function MoE:schedule_step()
   if self.bias_gamma == 0 or not self._tally then return end
