@@ -51,6 +51,7 @@
 #define TASK_MIN_ROWS 32
 #define MATVEC_ROWS 4
 #define SLOTS_MAX 256 /* pool slots a gated call uses, at most */
+#define GATE_MAX 64   /* acm_gate's hidden width, at most (stack rows) */
 
 /* ======================================================== the plan */
 
@@ -603,7 +604,7 @@ typedef struct {
 
 static void gate_rows(int64_t r0, int64_t r1, void *ud) {
   const gate_job *j = ud;
-  float h1[64], h2[64];
+  float h1[GATE_MAX], h2[GATE_MAX];
   for (int64_t t = r0; t < r1; t++) {
     const float *x = j->x + t * j->d;
     for (int64_t i = 0; i < j->g; i++) h1[i] = glia_dot(j->w[0] + i * j->d, x, j->d) + j->b[0][i];
@@ -629,16 +630,27 @@ static glia_status acm_gate(glia_ctx *G, glia_value *args, int64_t m, int64_t ca
   }
   glia_tensor *x = in[0], *w1 = in[1], *b1 = in[2], *w2 = in[3], *b2 = in[4], *w3 = in[5],
               *b3 = in[6];
+  /* one message per layer: glia_shape_str keeps only a few buffers */
   int64_t g = w1->ndim == 2 ? w1->size[0] : -1;
-  if (x->ndim != 2 || w1->ndim != 2 || w1->size[1] != x->size[1] || g < 1 || g > 64 ||
-      b1->ndim != 1 || b1->size[0] != g || w2->ndim != 2 || w2->size[0] != g ||
-      w2->size[1] != g || b2->ndim != 1 || b2->size[0] != g || w3->ndim != 2 ||
-      w3->size[1] != g || w3->size[0] < 1 || b3->ndim != 1 || b3->size[0] != w3->size[0])
-    return glia_fail(G, GLIA_ESHAPE,
-                     "%s: expected x {T,d}, w1 {g,d}, b1 {g}, w2 {g,g}, b2 {g}, w3 {C,g}, b3 {C} "
-                     "with 1 <= g <= 64, got x %s, w1 %s, b1 %s, w2 %s, b2 %s, w3 %s, b3 %s", name,
-                     glia_shape_str(x), glia_shape_str(w1), glia_shape_str(b1), glia_shape_str(w2),
-                     glia_shape_str(b2), glia_shape_str(w3), glia_shape_str(b3));
+  if (x->ndim != 2 || w1->ndim != 2 || w1->size[1] != x->size[1] || b1->ndim != 1 ||
+      b1->size[0] != g)
+    return glia_fail(G, GLIA_ESHAPE, "%s: expected x {T,d}, w1 {g,d}, b1 {g}, got x %s, w1 %s, b1 %s",
+                     name, glia_shape_str(x), glia_shape_str(w1), glia_shape_str(b1));
+  if (g < 1 || g > GATE_MAX)
+    return glia_fail(G, GLIA_ESHAPE, "%s: the gate's width g (w1 %s) must be in 1..%d", name,
+                     glia_shape_str(w1), GATE_MAX);
+  if (w2->ndim != 2 || w2->size[0] != g || w2->size[1] != g || b2->ndim != 1 || b2->size[0] != g)
+    return glia_fail(G, GLIA_ESHAPE, "%s: expected w2 {g,g}, b2 {g} with g = %lld, got w2 %s, b2 %s",
+                     name, (long long)g, glia_shape_str(w2), glia_shape_str(b2));
+  if (w3->ndim != 2 || w3->size[1] != g || w3->size[0] < 1 || b3->ndim != 1 ||
+      b3->size[0] != w3->size[0])
+    return glia_fail(G, GLIA_ESHAPE, "%s: expected w3 {C,g}, b3 {C} with g = %lld, C >= 1, got "
+                     "w3 %s, b3 %s", name, (long long)g, glia_shape_str(w3), glia_shape_str(b3));
+  /* k runs m .. m + C - 1, capped: that must fit an i64 */
+  if (m < 0 || m > INT64_MAX - w3->size[0] || cap < m)
+    return glia_fail(G, GLIA_EARG,
+                     "%s: min_choice %lld must be in 0..%lld and cap_k %lld at least min_choice",
+                     name, (long long)m, (long long)(INT64_MAX - w3->size[0]), (long long)cap);
   glia_status st = GLIA_OK;
   for (int i = 0; i < 7 && st == GLIA_OK; i++)
     st = glia_tensor_contiguous_as(G, in[i], GLIA_DTYPE_F32, &c[i]);
@@ -694,9 +706,6 @@ static glia_status op_acm_gate(glia_ctx *G, int nargs, glia_value *args, int *no
                                glia_value *outs) {
   (void)nargs;
   int64_t m = arg_int(&args[7], 0), cap = arg_int(&args[8], INT64_MAX);
-  if (m < 0 || cap < 0)
-    return glia_fail(G, GLIA_EARG, "glia.acm_gate: min_choice %lld and cap_k %lld must be >= 0",
-                     (long long)m, (long long)cap);
   glia_tensor *r = NULL;
   TRY(acm_gate(G, args, m, cap, &r));
   return out1(nouts, outs, r);

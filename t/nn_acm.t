@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, log, max = math.abs, math.exp, math.log, math.max
 
-t.plan(28)
+t.plan(35)
 
 do -- Gumbel straight-through with fixed noise
   local R, C, tau = 6, 5, 0.8
@@ -77,7 +77,8 @@ do -- eval: argmax, no noise; module output = glia.acm with the gate's k
   t.error_like(function()
     glia.acm_gate(xb, m.gate1.weight, m.gate1.bias, m.gate2.weight, m.gate2.bias,
                   m.gate3.weight:narrow(2, 1, 8), m.gate3.bias)
-  end, "glia.acm_gate: expected x {T,d}, w1 {g,d}", "acm_gate names every operand on a bad shape")
+  end, "glia.acm_gate: expected w3 {C,g}, b3 {C} with g = 16, C >= 1, got w3 {5,8}, b3 {5}",
+  "acm_gate names the bad layer's operands and their shapes")
   local ref = glia.acm(x:reshape(-1, 8), m.w1, m.b1, m.w2, k1, { learners = 4 })
   t.ok(u.identical(y1:reshape(-1, 8), ref) and u.same_shape(y1, x),
        "the module's output is glia.acm's with the gate's k, in x's shape")
@@ -110,6 +111,48 @@ do -- min_choice with adversarial logits, force_k, cap_k
   glia.no_grad(function() m.gate3.bias:copy_(glia.tensor({ -100, -100, -100, 100 })) end)
   m(x)
   t.is(m.last.k:to("f32"):max():item(), 1, "cap_k = 1 clamps k = 4 to 1")
+  -- one check of force_k and cap_k, the same in both modes: min_choice holds
+  local bad = {}
+  for _, mode in ipairs { "train", "eval" } do
+    m[mode](m)
+    for _, v in ipairs { 0, 1.5, -1, 0 / 0, 5, "2" } do
+      for _, key in ipairs { "cap_k", "force_k" } do
+        m.force_k, m.cap_k = nil, nil
+        m[key] = v
+        local ok, err = pcall(m, x)
+        if ok or not tostring(err):find("glia.nn.ACM: " .. key .. " must be an integer in 1..4", 1, true) then
+          bad[#bad + 1] = mode .. " " .. key .. "=" .. tostring(v) .. ": " .. tostring(err)
+        end
+      end
+    end
+  end
+  m.force_k, m.cap_k = nil, nil
+  t.is(table.concat(bad, "; "), "",
+       "force_k and cap_k of 0 (below min_choice 1), 1.5, -1, NaN, 5, '2': the same clear error in train and eval")
+end
+
+do -- the fused gate's limits: wide gates fall back, bad counts and shapes are clear
+  local m = nn.ACM(8, 16, 4, { gate_hidden = 100 })
+  local x = glia.randn(5, 8)
+  m:eval()
+  local y = m(x)
+  local want = (glia.argmax(m:gate_logits(x), -1):to("f32") - 1):to("i64")
+  t.ok(u.identical(m.last.k, want) and u.same_shape(y, x),
+       "gate_hidden 100 (wider than the fused gate's 64): eval runs the gate's layers, k = argmax")
+  local s = nn.ACM(8, 16, 4)
+  local g1, g2, g3 = s.gate1, s.gate2, s.gate3
+  local function gate(mc, cap) return glia.acm_gate(x, g1.weight, g1.bias, g2.weight, g2.bias, g3.weight, g3.bias, mc, cap) end
+  t.error_like(function() gate(math.maxinteger) end, "glia.acm_gate: min_choice 9223372036854775807 must be in 0..",
+               "acm_gate: min_choice = maxinteger is an error, no overflow")
+  t.error_like(function() gate(-1) end, "glia.acm_gate: min_choice %-1 must be in 0..",
+               "acm_gate: min_choice -1 is an error")
+  t.error_like(function() gate(2, 1) end, "cap_k 1 at least min_choice",
+               "acm_gate: cap_k below min_choice is an error")
+  t.ok(u.identical(gate(0, math.maxinteger), gate(0)), "acm_gate: cap_k = maxinteger is no cap")
+  local ok, err = pcall(glia.acm_gate, x, g1.weight, g1.bias, g2.weight:narrow(2, 1, 8), g2.bias,
+                        g3.weight:narrow(1, 1, 3), g3.bias)
+  t.ok(not ok and tostring(err):find("expected w2 {g,g}, b2 {g} with g = 16, got w2 {16,8}, b2 {16}", 1, true),
+       "acm_gate's shape error names the shapes it was given: " .. tostring(err))
 end
 
 do -- labels

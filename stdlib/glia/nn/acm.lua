@@ -17,7 +17,9 @@
 -- taken hard, with the straight-through gradient (noise from the context's
 -- seeded RNG). Runtime overrides: `force_k` (every token runs that many
 -- learners; a number in (0, 1) is a fraction of N, rounded) and `cap_k`
--- (k clamped to at most that).
+-- (k clamped to at most that), each an integer in min_choice..N, checked
+-- the same way in training and eval. Any gate_hidden works: eval fuses the
+-- gate when it is at most 64 wide and runs the three layers otherwise.
 --
 -- forward(x {..., d}) -> {..., d}, and records in self.last what the
 -- losses read: g {T, N+1} (the gate's one-hot over k = 0..N, carrying the
@@ -164,28 +166,46 @@ function ACM:gate_logits(x2)
   return self.gate3(self.gate2(self.gate1(x2)))
 end
 
+-- A count override (force_k, cap_k) checked once, the same in both modes:
+-- an integer in min_choice..N (force_k may also be a fraction of N in
+-- (0, 1), rounded). nil when unset.
+local function count_override(self, key)
+  local v = self[key]
+  if v == nil then return nil end
+  local N, m = self.learners, self.min_choice
+  local c = v
+  if key == "force_k" and type(v) == "number" and v > 0 and v < 1 then c = floor(v * N + 0.5) end
+  if type(c) ~= "number" or c ~= floor(c) or c < m or c > N then
+    error(format("glia.nn.ACM: %s must be an integer in %d..%d (min_choice..learners)%s, got %s",
+                 key, m, N, key == "force_k" and " or a fraction of N in (0, 1)" or "",
+                 tostring(v)), 4)
+  end
+  return floor(c)
+end
+
+-- The fused gate (glia.acm_gate) keeps its hidden rows on the stack: at
+-- most this wide (GATE_MAX in ops/acm.c); wider gates take the module path.
+local GATE_FUSED_MAX = 64
+
 -- k (i64 {T}) and the one-hot g {T, N+1} (nil when forced) for x {T, d}.
 function ACM:choose(x2)
-  local T, N, m = x2:size(1), self.learners, self.min_choice
-  local fk = self.force_k
-  if fk then
-    if fk > 0 and fk < 1 then fk = floor(fk * N + 0.5) end
-    if fk ~= floor(fk) or fk < m or fk > N then
-      error(format("glia.nn.ACM: force_k must be a count in %d..%d or a fraction of N, got %s",
-                   m, N, tostring(self.force_k)), 3)
-    end
-    local k = glia.full({ T }, fk, "i64")
-    return k, nil
-  end
-  if not self.training then -- eval: the fused gate, one call (glia.acm_gate)
+  local T, m = x2:size(1), self.min_choice
+  local fk, cap = count_override(self, "force_k"), count_override(self, "cap_k")
+  if fk then return glia.full({ T }, fk, "i64"), nil end -- forcing overrides the cap
+  if not self.training then -- eval: argmax, the fused gate in one call when it fits
     local g1, g2, g3 = self.gate1, self.gate2, self.gate3
-    return glia.acm_gate(x2, g1.weight, g1.bias, g2.weight, g2.bias, g3.weight, g3.bias, m,
-                         self.cap_k), nil
+    if g1.weight:size(1) <= GATE_FUSED_MAX then
+      return glia.acm_gate(x2, g1.weight, g1.bias, g2.weight, g2.bias, g3.weight, g3.bias, m,
+                           cap), nil
+    end
+    local k = glia.argmax(self:gate_logits(x2), -1):to("f32") + (m - 1)
+    if cap then k = k:clamp(m, cap) end
+    return k:to("i64"), nil
   end
   local g, idx = M.gumbel_hard(self:gate_logits(x2), self.tau)
   if m > 0 then g = glia.cat({ glia.zeros(T, m), g }, 2) end
   local k = idx:to("f32") + (m - 1) -- 1-based index -> count
-  if self.cap_k then k = k:clamp(0, self.cap_k) end
+  if cap then k = k:clamp(m, cap) end
   return k:to("i64"), g
 end
 
