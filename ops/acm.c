@@ -31,9 +31,10 @@
 **
 ** acm(x, k) backward: per task, recompute pre = x W1_K^T + b1_K, then
 ** dpre = (dy W2_K) o act'(pre), hid = act(pre), dx = dpre W1_K; then per
-** bucket, on the calling thread with a threaded BLAS, dW1[0:Kw] +=
-** dpre^T xs, dW2[:,0:Kw] += dy^T hid, db1[0:Kw] += colsum dpre. Learners a
-** token did not run get nothing from it.
+** learner l, one pool task (single-threaded BLAS) sums over the buckets
+** K > l in order: dW1_l += dpre_l^T xs, dW2_l += dy^T hid_l, db1_l +=
+** colsum dpre_l, so the weight gradients are the same bits on any thread
+** count too. Learners a token did not run get nothing from it.
 **
 ** acm_all(x): out {N+1,T,d}, out[k] = o_k(x). Backward with detach (the
 ** default, as the reference code runs): o_k = h_k + stopgrad(o_{k-1}), so
@@ -256,6 +257,15 @@ static void col_sums(float *acc, const float *rows_, int64_t rows, int64_t n, in
   }
 }
 
+/* fn over the items [0, n) on the pool, OpenBLAS single-threaded inside:
+** an item's bits never depend on the thread count. */
+static void pool_items(glia_ctx *G, int64_t n, void (*fn)(int64_t, int64_t, void *), void *ud) {
+  glia_blas_set_threads(1);
+  if (n == 1 || G->nthreads < 2) fn(0, n, ud);
+  else glia_parallel_for(G, n, 1, fn, ud);
+  glia_blas_set_threads(G->nthreads);
+}
+
 /* ================================================== gated: forward */
 
 typedef struct {
@@ -423,6 +433,29 @@ static glia_status acm(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_tensor
   return glia_hand_out(st, r, out);
 }
 
+/* The weight gradients of learners [l0, l1) from the packed buckets. */
+typedef struct {
+  const acm_plan *p;
+  const gated_job *j;
+  float *dw1, *db1, *dw2; /* NULL when not needed */
+} learner_job;
+
+static void learner_grads(int64_t l0, int64_t l1, void *ud) {
+  const learner_job *g = ud;
+  const acm_plan *p = g->p;
+  const gated_job *j = g->j;
+  int64_t w = p->w, d = p->d;
+  for (int64_t l = l0; l < l1; l++)
+    for (int64_t K = l + 1; K <= p->N; K++) {
+      int64_t c = p->count[K], n = K * w, r0 = p->start[K];
+      if (c == 0) continue;
+      const float *hid = j->hid + j->off[K] + l * w, *dpre = j->dpre + j->off[K] + l * w;
+      if (g->dw1) gemm(true, false, w, d, c, dpre, n, j->xs + r0 * d, d, 1.0f, g->dw1 + l * w * d, d);
+      if (g->db1) col_sums(g->db1 + l * w, dpre, c, w, n);
+      if (g->dw2) gemm(true, false, d, w, c, j->dys + r0 * d, d, hid, n, 1.0f, g->dw2 + l * w, p->H);
+    }
+}
+
 /* Gradients of the saved x, w1, b1, w2 through the tokens' own prefixes. */
 static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_tensor **din) {
   glia_tensor *sv[5];
@@ -464,17 +497,13 @@ static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_te
     st = plan_tasks(G, &p, &tasks, &j.ntasks);
     j.tasks = tasks;
     if (st == GLIA_OK) st = run_tasks(G, &j);
-    /* the weights, bucket by bucket on this thread, BLAS threaded */
-    float *dw1 = (float *)glia_ptr(g[1]), *db1 = (float *)glia_ptr(g[2]),
-          *dw2 = (float *)glia_ptr(g[3]);
-    for (int64_t K = 1; K <= p.N && st == GLIA_OK; K++) {
-      int64_t c = p.count[K], w = K * p.w, r0 = p.start[K];
-      if (c == 0) continue;
-      const float *hid = j.hid + offs[K], *dpre = j.dpre + offs[K];
-      if (n->needs[1]) gemm(true, false, w, p.d, c, dpre, w, j.xs + r0 * p.d, p.d, 1.0f, dw1, p.d);
-      if (n->needs[2]) col_sums(db1, dpre, c, w, w);
-      if (n->needs[3]) gemm(true, false, p.d, w, c, j.dys + r0 * p.d, p.d, hid, w, 1.0f, dw2, p.H);
-    }
+    /* the weights: learner l's rows of dW1, db1 and columns of dW2 by one
+    ** task, over the buckets K > l in order (a fixed summation order) */
+    learner_job lj = {.p = &p, .j = &j,
+                      .dw1 = n->needs[1] ? (float *)glia_ptr(g[1]) : NULL,
+                      .db1 = n->needs[2] ? (float *)glia_ptr(g[2]) : NULL,
+                      .dw2 = n->needs[3] ? (float *)glia_ptr(g[3]) : NULL};
+    if (st == GLIA_OK) pool_items(G, p.N, learner_grads, &lj);
     glia_free(G, j.xs, 2 * (xs_floats + hid_floats) * sizeof(float));
   }
   free(tasks);
@@ -492,13 +521,71 @@ static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_te
 
 static glia_status acm_all_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_tensor **din);
 
+/* acm_all's work in tasks whose bits do not depend on the thread count:
+** chunks of ALL_ROWS tokens (forward; backward up to dpre and dx), then one
+** task per learner for its weight gradients. */
+#define ALL_ROWS 256
+typedef struct {
+  const acm_plan *p;
+  float *pre, *dpre, *dh; /* {T,H}, {T,H}, {N,T,d} */
+  float *out, *dx, *dw1, *db1, *dw2; /* NULL when not needed */
+} all_job;
+
+static void all_rows(int64_t c0, int64_t c1, void *ud) {
+  const all_job *a = ud;
+  const acm_plan *p = a->p;
+  int64_t T = p->T, d = p->d, H = p->H, w = p->w;
+  for (int64_t c = c0; c < c1; c++) {
+    int64_t r0 = c * ALL_ROWS, nr = T - r0 < ALL_ROWS ? T - r0 : ALL_ROWS;
+    float *hid = a->pre + r0 * H;
+    hidden_pre(p, p->px + r0 * d, nr, H, hid, H);
+    act_rows(p, hid, nr * H);
+    for (int64_t l = 0; l < p->N; l++) {
+      float *cur = a->out + (l + 1) * T * d + r0 * d;
+      const float *prev = a->out + l * T * d + r0 * d;
+      gemm(false, true, nr, d, w, hid + l * w, H, p->pw2 + l * w, H, 0.0f, cur, d);
+      for (int64_t i = 0; i < nr * d; i++) cur[i] += prev[i];
+    }
+  }
+}
+
+static void all_bwd_rows(int64_t c0, int64_t c1, void *ud) {
+  const all_job *a = ud;
+  const acm_plan *p = a->p;
+  int64_t T = p->T, d = p->d, H = p->H, w = p->w;
+  for (int64_t c = c0; c < c1; c++) {
+    int64_t r0 = c * ALL_ROWS, nr = T - r0 < ALL_ROWS ? T - r0 : ALL_ROWS;
+    float *pre = a->pre + r0 * H, *dpre = a->dpre + r0 * H;
+    hidden_pre(p, p->px + r0 * d, nr, H, pre, H);
+    for (int64_t l = 0; l < p->N; l++)
+      gemm(false, false, nr, w, d, a->dh + l * T * d + r0 * d, d, p->pw2 + l * w, H, 0.0f,
+           dpre + l * w, H);
+    act_grad_rows(p, dpre, pre, nr * H);
+    act_rows(p, pre, nr * H); /* pre is hid from here */
+    if (a->dx) gemm(false, false, nr, d, H, dpre, H, p->pw1, d, 0.0f, a->dx + r0 * d, d);
+  }
+}
+
+static void all_bwd_learners(int64_t l0, int64_t l1, void *ud) {
+  const all_job *a = ud;
+  const acm_plan *p = a->p;
+  int64_t T = p->T, d = p->d, H = p->H, w = p->w;
+  for (int64_t l = l0; l < l1; l++) {
+    if (a->dw2)
+      gemm(true, false, d, w, T, a->dh + l * T * d, d, a->pre + l * w, H, 0.0f, a->dw2 + l * w, H);
+    if (a->dw1)
+      gemm(true, false, w, d, T, a->dpre + l * w, H, p->px, d, 0.0f, a->dw1 + l * w * d, d);
+    if (a->db1) col_sums(a->db1 + l * w, a->dpre + l * w, T, w, H);
+  }
+}
+
 /* out {N+1,T,d}: out[0] = 0, out[n] = out[n-1] + h_{n-1} (0-based learners). */
 static glia_status acm_all(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_tensor *b1,
                            glia_tensor *w2, int64_t N, int act, int detach, glia_tensor **out) {
   const char *name = "glia.acm_all";
   acm_plan p;
   TRY(plan_new(G, name, x, w1, b1, w2, N, act, &p));
-  int64_t T = p.T, d = p.d, H = p.H, w = p.w;
+  int64_t T = p.T, d = p.d, H = p.H;
   glia_tensor *r = NULL;
   size_t hb = (size_t)(T * H) * sizeof(float);
   float *hid = NULL;
@@ -508,15 +595,8 @@ static glia_status acm_all(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_te
     if (!hid) st = glia_fail_nomem(G, hb, "glia.acm_all hidden");
   }
   if (st == GLIA_OK && T > 0) {
-    float *o = (float *)glia_ptr(r);
-    hidden_pre(&p, p.px, T, H, hid, H);
-    act_rows(&p, hid, T * H);
-    for (int64_t l = 0; l < N; l++) {
-      float *cur = o + (l + 1) * T * d;
-      const float *prev = o + l * T * d;
-      gemm(false, true, T, d, w, hid + l * w, H, p.pw2 + l * w, H, 0.0f, cur, d);
-      for (int64_t i = 0; i < T * d; i++) cur[i] += prev[i];
-    }
+    all_job aj = {.p = &p, .pre = hid, .out = (float *)glia_ptr(r)};
+    pool_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_rows, &aj);
     glia_free(G, hid, hb);
   }
   plan_release(&p);
@@ -540,7 +620,7 @@ static glia_status acm_all_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, gli
   for (int i = 0; i < 4; i++) TRY(glia_node_saved(G, n, i, &sv[i]));
   acm_plan p;
   TRY(plan_new(G, n->name, sv[0], sv[1], sv[2], sv[3], n->iarg[0], (int)n->iarg[1], &p));
-  int64_t T = p.T, d = p.d, H = p.H, w = p.w, N = p.N;
+  int64_t T = p.T, d = p.d, H = p.H, N = p.N;
   glia_tensor *g[4] = {NULL, NULL, NULL, NULL}, *dc = NULL;
   float *buf = NULL;
   size_t bb = (size_t)(2 * T * H + N * T * d) * sizeof(float);
@@ -563,20 +643,13 @@ static glia_status acm_all_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, gli
       else
         for (int64_t i = 0; i < T * d; i++) cur[i] = src[i] + cur[T * d + i];
     }
-    hidden_pre(&p, p.px, T, H, pre, H);
-    for (int64_t l = 0; l < N; l++)
-      gemm(false, false, T, w, d, dh + l * T * d, d, p.pw2 + l * w, H, 0.0f, dpre + l * w, H);
-    act_grad_rows(&p, dpre, pre, T * H);
-    act_rows(&p, pre, T * H); /* pre is hid from here */
-    if (n->needs[3])
-      for (int64_t l = 0; l < N; l++)
-        gemm(true, false, d, w, T, dh + l * T * d, d, pre + l * w, H, 0.0f,
-             (float *)glia_ptr(g[3]) + l * w, H);
-    if (n->needs[1])
-      gemm(true, false, H, d, T, dpre, H, p.px, d, 0.0f, (float *)glia_ptr(g[1]), d);
-    if (n->needs[2]) col_sums((float *)glia_ptr(g[2]), dpre, T, H, H);
-    if (n->needs[0])
-      gemm(false, false, T, d, H, dpre, H, p.pw1, d, 0.0f, (float *)glia_ptr(g[0]), d);
+    all_job aj = {.p = &p, .pre = pre, .dpre = dpre, .dh = dh,
+                  .dx = n->needs[0] ? (float *)glia_ptr(g[0]) : NULL,
+                  .dw1 = n->needs[1] ? (float *)glia_ptr(g[1]) : NULL,
+                  .db1 = n->needs[2] ? (float *)glia_ptr(g[2]) : NULL,
+                  .dw2 = n->needs[3] ? (float *)glia_ptr(g[3]) : NULL};
+    pool_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_bwd_rows, &aj);
+    pool_items(G, N, all_bwd_learners, &aj);
     glia_free(G, buf, bb);
   }
   glia_tensor_release(dc);

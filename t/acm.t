@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(45)
+t.plan(46)
 
 -- ============================================================ reference
 
@@ -272,6 +272,34 @@ do -- 11. determinism: same inputs, same bits, runs and thread counts
   same = true
   for i = 1, 5 do same = same and u.identical(r[1][i], r[2][i]) end
   t.ok(same, "1 and 2 threads give the same output and gradients, to the bit")
+end
+
+do -- weight gradients summed over many tokens: one owner per learner, any thread count
+  -- (large enough that a threaded BLAS splits the token sums: it did, by ~5e-5)
+  local T, d, N, w = 4096, 128, 4, 128
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local _, k = rand_k(T, N)
+  local dy = glia.randn(T, d)
+  local function grads(fn)
+    return function()
+      for _, p in ipairs { x, w1, b1, w2 } do p:zero_grad() p:requires_grad() end
+      local y = fn()
+      y:mul(dy):sum():backward()
+      return { y:detach():clone(), x.grad:clone(), w1.grad:clone(), b1.grad:clone(), w2.grad:clone() }
+    end
+  end
+  local gated = u.by_threads(grads(function() return glia.acm(x, w1, b1, w2, k) end), { 1, 2 })
+  local all = u.by_threads(grads(function()
+    return glia.acm_all(x, w1, b1, w2, { detach = false }):narrow(1, 3, 1):view(T, d)
+  end), { 1, 2 })
+  local bad = {}
+  local names = { "out", "dx", "dW1", "db1", "dW2" }
+  for i = 1, 5 do
+    if not u.identical(gated[1][i], gated[2][i]) then bad[#bad + 1] = "acm " .. names[i] end
+    if not u.identical(all[1][i], all[2][i]) then bad[#bad + 1] = "acm_all " .. names[i] end
+  end
+  t.is(table.concat(bad, ", "), "",
+       "T 4096, d 128, 4 learners of 128: acm and acm_all outputs and gradients the same bits on 1 and 2 threads")
 end
 
 do -- buckets cut into several tasks (about 2^26 multiply-adds each)
