@@ -356,7 +356,7 @@ do
                'activation must be "gelu", "gelu_tanh", "relu" or "identity", got "tanh"',
                "an unknown activation")
   t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 0 }) end,
-               "learners must be at least 1", "zero learners")
+               "glia.acm: option learners must be an integer >= 1, got 0", "zero learners")
   t.error_like(function() glia.acm(x, w1, b1, w2, k, { learner = 2 }) end,
                "glia.acm: unknown option 'learner'", "an unknown option")
 end

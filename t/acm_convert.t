@@ -9,11 +9,12 @@ local t = require "t.tap"
 local glia = require "glia"
 local nn = require "glia.nn"
 local acm = require "glia.acm"
+local A = acm
 local u = require "t.util"
 local GPT = require "models.gpt"
 
 u.seed(20261206)
-t.plan(17)
+t.plan(19)
 
 local dir = io.popen("mktemp -d"):read("*l")
 local CFG = { vocab_size = 11, d_model = 16, n_layers = 2, n_heads = 2, ctx = 8 }
@@ -112,7 +113,7 @@ end
 do -- errors
   t.error_like(function()
     acm.convert(teacher(), { batch = batch, progress = false, phase3 = { budget = 1.5 } })
-  end, "phase3: the budget must be in %(0, 1%], got 1.5", "a budget above 1")
+  end, "glia.acm.convert: phase3.budget must be in %(0, 1%], got 1.5", "a budget above 1")
   t.error_like(function() acm.attach(teacher(), { modules = { "blocks.1.attn" } }) end,
                "module 'blocks.1.attn' is not a d %-> d map", "a module without a square weight")
   local Mix = nn.Module:extend("Mix")
@@ -123,6 +124,70 @@ do -- errors
   t.error_like(function() acm.attach(m, { modules = { "blocks.1.mix" } }) end,
                "not a d %-> d per%-token map %(d = 16%): its output for a token depends on the other tokens",
                "a module that mixes tokens")
+end
+
+do -- every argument checked up front, each error naming the function and the argument
+  local function conv(o)
+    local opts = { batch = batch, progress = false }
+    for k, v in pairs(o) do opts[k] = v end
+    -- a batch function that fails: a check that came too late would reach it
+    opts.batch = function() error("batch was called") end
+    return acm.convert(teacher(), opts)
+  end
+  local cases = {
+    { function() acm.attach(teacher(), { modules = { "blocks.1.ln1" } }) end,
+      "glia.acm.attach: module 'blocks.1.ln1' is not a d %-> d map %(weight {16}, not {d,d}%)" },
+    { function() acm.attach(teacher(), { learners = "x" }) end,
+      "glia.acm.attach: learners must be an integer >= 1, got x" },
+    { function() acm.attach(teacher(), { modules = "blocks.1" }) end,
+      "glia.acm.attach: modules must be a non%-empty list of dotted names, got \"blocks.1\"" },
+    { function() acm.attach(teacher(), { modules = {} }) end,
+      "glia.acm.attach: modules must be a non%-empty list" },
+    { function() acm.attach(teacher(), { modules = { "blocks.1", "blocks.1" } }) end,
+      "glia.acm.attach: module 'blocks.1' is listed twice" },
+    { function() acm.attach(teacher(), { rho = -1 }) end, "glia.acm.attach: rho must be a number > 0, got %-1" },
+    { function() acm.attach(teacher(), { rho = 0 / 0 }) end, "glia.acm.attach: rho must be a number > 0" },
+    { function() acm.attach(teacher(), { rho = 0 }) end, "glia.acm.attach: rho must be a number > 0, got 0" },
+    { function() acm.convert(nil, { batch = batch }) end, "glia.acm.convert: model must be an nn.Module, got nil" },
+    { function() conv { phases = { 4 } } end, "glia.acm.convert: phases%[1%] must be 1, 2 or 3, got 4" },
+    { function() conv { phase1 = { steps = -1 } } end, "glia.acm.convert: phase1.steps must be an integer >= 0, got %-1" },
+    { function() conv { phase2 = { tau_err = 0 } } end, "glia.acm.convert: phase2.tau_err must be a number > 0, got 0" },
+    { function() conv { phase3 = { w_e = -1 } } end, "glia.acm.convert: phase3.w_e must be a number >= 0, got %-1" },
+    { function() conv { rho = -1 } end, "glia.acm.convert: rho must be a number > 0, got %-1" },
+    { function() A.gate_labels(nil, 1.2) end, "glia.acm.gate_labels: errors must be a tensor {T, N%+1} or a list of rows, got nil" },
+    { function() A.gate_labels({ 1, 2, 3 }, 1.2) end, "glia.acm.gate_labels: errors must be rows of N%+1 >= 2 numbers" },
+    { function() A.gate_labels(glia.ones(5), 1.2) end, "glia.acm.gate_labels: errors must be {T, N%+1} with N >= 1, got {5}" },
+    { function() A.gate_labels({ { 3, 2, 1 }, { 3, 2 } }, 1.2) end,
+      "glia.acm.gate_labels: errors must be rows .*as row 1 %(3%), row 2 is 2 long" },
+    { function() glia.acm(glia.ones(2, 4), glia.ones(8, 4), glia.ones(8), glia.ones(4, 8), glia.zeros({ 2 }, "i64"), { learners = 1.5 }) end,
+      "glia.acm: option learners must be an integer >= 1, got 1.5" },
+    { function() glia.acm_all(glia.ones(2, 4), glia.ones(8, 4), glia.ones(8), glia.ones(4, 8), { detach = "no" }) end,
+      "glia.acm_all: option detach must be true or false, got no" },
+  }
+  local bad = {}
+  for i, c in ipairs(cases) do
+    local ok, err = pcall(c[1])
+    if ok or not tostring(err):find(c[2]) then bad[#bad + 1] = i .. ": " .. tostring(err) end
+  end
+  t.is(table.concat(bad, "\n"), "", "attach, convert, gate_labels, glia.acm(_all): " .. #cases ..
+       " bad arguments, each a clear error naming the function and the argument, before any phase runs")
+  local a = nn.ACM(8, 16, 4)
+  local x = glia.randn(4, 8)
+  a:train()
+  a(x)
+  bad = {}
+  for _, f in ipairs {
+    function() A.entropy_loss({ a }, 3) end, function() A.diversity_loss({ a }, 3) end } do
+    local ok, err = pcall(f)
+    if ok or not tostring(err):find("_loss: B = 3 samples must be an integer >= 1 dividing ACM 1's 4 tokens", 1, true) then
+      bad[#bad + 1] = tostring(err)
+    end
+  end
+  local ok, err = pcall(a, nil)
+  if ok or not tostring(err):find("glia.nn.ACM: expected an input tensor {..., 8}, got nil", 1, true) then
+    bad[#bad + 1] = tostring(err)
+  end
+  t.is(table.concat(bad, "\n"), "", "entropy and diversity losses with B not dividing T, an ACM called on nil: clear errors")
 end
 
 os.execute("rm -rf '" .. dir .. "'")

@@ -60,13 +60,13 @@ end
 -- =========================================================== attaching
 
 -- A module's child by dotted name, with its parent and last key.
-local function lookup(model, path)
+local function lookup(where, model, path)
   local parent, key, m = nil, nil, model
   for part in path:gmatch("[^.]+") do
     local k = tonumber(part) or part
     parent, key, m = m, k, rawget(m, k)
     if not nn.is_module(m) then
-      error(fmt("glia.acm.convert: the model has no module '%s'", path), 4)
+      error(fmt("%s: the model has no module '%s'", where, path), 4)
     end
   end
   return m, parent, key
@@ -84,7 +84,7 @@ end
 
 -- The per-token check of a module taken for a d -> d map: on x {2, 3, d}
 -- the output has x's shape, and token (1, 2) alone gives the same row.
-local function check_per_token(path, m, d)
+local function check_per_token(where, path, m, d)
   local ok, why = pcall(function()
     local x = glia.randn(2, 3, d)
     local y = no_grad(m, x)
@@ -100,7 +100,7 @@ local function check_per_token(path, m, d)
   end)
   if not ok then why = "running it on {2,3," .. d .. "} failed: " .. tostring(why) end
   if why then
-    error(fmt("glia.acm.convert: module '%s' is not a d -> d per-token map (d = %d): %s", path, d,
+    error(fmt("%s: module '%s' is not a d -> d per-token map (d = %d): %s", where, path, d,
               why), 4)
   end
 end
@@ -137,11 +137,43 @@ function Entry:run(h)
   return self.acm(h)
 end
 
+local ATTACH_KEYS = { "modules", "learners", "rho", "tau", "min_choice", "init" }
+
+-- attach's options and model, checked (also before convert spends time).
+local function check_attach(where, model, opts)
+  if not nn.is_module(model) then
+    error(fmt("%s: model must be an nn.Module, got %s", where, tostring(model)), 4)
+  end
+  local N, rho, names = opts.learners, opts.rho, opts.modules
+  if N ~= nil and not (type(N) == "number" and N == floor(N) and N >= 1 and N < 2 ^ 31) then
+    error(fmt("%s: learners must be an integer >= 1, got %s", where, tostring(N)), 4)
+  end
+  if rho ~= nil and not (type(rho) == "number" and rho > 0 and rho < math.huge) then
+    error(fmt("%s: rho must be a number > 0, got %s", where, tostring(rho)), 4)
+  end
+  if opts.init ~= nil and opts.init ~= "split" then
+    error(fmt("%s: init must be \"split\" or nil, got %s", where, tostring(opts.init)), 4)
+  end
+  if names ~= nil then
+    if type(names) ~= "table" or #names == 0 then
+      error(fmt("%s: modules must be a non-empty list of dotted names, got %s", where,
+                type(names) == "string" and fmt("%q", names) or tostring(names)), 4)
+    end
+    local seen = {}
+    for i, n in ipairs(names) do
+      if type(n) ~= "string" then
+        error(fmt("%s: modules[%d] must be a dotted name, got %s", where, i, tostring(n)), 4)
+      end
+      if seen[n] then error(fmt("%s: module '%s' is listed twice", where, n), 4) end
+      seen[n] = true
+    end
+  end
+end
+
 -- Attaches ACMs in place of the modules (see the header). Returns the
 -- conversion: {model, entries = {{name, acm, teacher, ...}}, acms}.
-function M.attach(model, opts)
-  opts = options.check("glia.acm.attach", opts,
-                       { "modules", "learners", "rho", "tau", "min_choice", "init" }, 2)
+local function attach(where, model, opts)
+  check_attach(where, model, opts)
   local N = opts.learners or 4
   local rho = opts.rho or 1
   local names = opts.modules
@@ -151,18 +183,18 @@ function M.attach(model, opts)
       if getmetatable(e[2]) == nn.TransformerBlock then names[#names + 1] = e[1] end
     end
     if #names == 0 then
-      error("glia.acm.convert: the model has no TransformerBlock; name the modules to convert", 3)
+      error(where .. ": the model has no TransformerBlock; name the modules to convert", 3)
     end
   end
   local conv = setmetatable({ model = model, entries = {}, acms = {}, learners = N }, M.Conversion)
   for _, path in ipairs(names) do
-    local m, parent, key = lookup(model, path)
+    local m, parent, key = lookup(where, model, path)
     local e = setmetatable({ name = path, mode = "student" }, Entry)
     local d, hidden, act, min_choice
     if getmetatable(m) == nn.TransformerBlock then
       local fc, fc2 = rawget(m, "fc"), rawget(m, "fc2")
       if not (fc and fc2) then
-        error(fmt("glia.acm.convert: block '%s' has no dense MLP (fc, fc2) to convert", path), 3)
+        error(fmt("%s: block '%s' has no dense MLP (fc, fc2) to convert", where, path), 3)
       end
       d, act, min_choice = fc.weight:size(2), "gelu_tanh", opts.min_choice or 0
       hidden = max(N, floor(rho * fc.weight:size(1) / N + 0.5) * N)
@@ -170,12 +202,14 @@ function M.attach(model, opts)
       e.dense = { fc = fc, fc2 = fc2 }
     else
       local w = rawget(m, "weight")
-      d = w and w:dim() == 2 and w:size(2)
-      if not d or (w and w:size(1) ~= w:size(2)) then
-        error(fmt("glia.acm.convert: module '%s' is not a d -> d map%s", path,
-                  w and fmt(" (weight {%d,%d})", w:size(1), w:size(2)) or ""), 3)
+      local wt = glia.is_tensor(w) and w
+      d = wt and w:dim() == 2 and w:size(1) == w:size(2) and w:size(2)
+      if not d then
+        error(fmt("%s: module '%s' is not a d -> d map (%s)", where, path,
+                  wt and fmt("weight {%s}, not {d,d}", table.concat(w:shape(), ","))
+                     or "no weight matrix"), 3)
       end
-      check_per_token(path, m, d)
+      check_per_token(where, path, m, d)
       -- a projection: low-rank identity learners, each costing rho/N of
       -- it, and at least one of them per token (it may not output zero)
       act, min_choice = "identity", opts.min_choice or 1
@@ -205,6 +239,10 @@ function M.attach(model, opts)
     conv.acms[#conv.acms + 1] = a
   end
   return conv
+end
+
+function M.attach(model, opts)
+  return attach("glia.acm.attach", model, options.check("glia.acm.attach", opts, ATTACH_KEYS, 2))
 end
 
 -- ========================================================== conversion
@@ -289,13 +327,31 @@ local PHASES = {
 local PHASE_KEYS = { "steps", "lr", "min_lr", "clip", "tau_err", "budget", "w_b", "w_e", "w_v" }
 local LOG_COLUMNS = { "phase", "step", "loss", "task", "compute", "lr", "time" }
 
+-- Each option's check: what it must be, and the test.
+local function is_int0(v) return type(v) == "number" and v == floor(v) and v >= 0 and v < 2 ^ 53 end
+local function is_pos(v) return type(v) == "number" and v > 0 and v < math.huge end
+local function is_nonneg(v) return type(v) == "number" and v >= 0 and v < math.huge end
+local PHASE_CHECKS = {
+  steps = { "an integer >= 0", is_int0 }, lr = { "a number > 0", is_pos },
+  min_lr = { "a number >= 0", is_nonneg }, clip = { "a number > 0", is_pos },
+  tau_err = { "a number > 0", is_pos },
+  budget = { "in (0, 1]", function(v) return type(v) == "number" and v > 0 and v <= 1 end },
+  w_b = { "a number >= 0", is_nonneg }, w_e = { "a number >= 0", is_nonneg },
+  w_v = { "a number >= 0", is_nonneg },
+}
+
+-- Phase i's options over its defaults, every value checked (convert checks
+-- all three phases before phase 1 starts).
 local function phase_opts(i, given)
   local o = options.check("glia.acm.convert: phase" .. i, given, PHASE_KEYS, 3)
   local out = {}
   for k, v in pairs(PHASES[i].defaults) do out[k] = v end
-  for k, v in pairs(o) do out[k] = v end
-  if i == 3 and not (type(out.budget) == "number" and out.budget > 0 and out.budget <= 1) then
-    error("glia.acm.convert: phase3: the budget must be in (0, 1], got " .. tostring(out.budget), 3)
+  for k, v in pairs(o) do
+    local c = PHASE_CHECKS[k]
+    if not c[2](v) then
+      error(fmt("glia.acm.convert: phase%d.%s must be %s, got %s", i, k, c[1], tostring(v)), 3)
+    end
+    out[k] = v
   end
   return out
 end
@@ -411,8 +467,22 @@ function M.convert(model, opts)
     error("glia.acm.convert: batch must be a function(step, phase) returning x, y", 2)
   end
   local po = { phase_opts(1, opts.phase1), phase_opts(2, opts.phase2), phase_opts(3, opts.phase3) }
-  local conv = M.attach(model, { modules = opts.modules, learners = opts.learners, rho = opts.rho,
-                                 tau = opts.tau, min_choice = opts.min_choice, init = opts.init })
+  local phases = opts.phases or { 1, 2, 3 }
+  if type(phases) ~= "table" or #phases == 0 then
+    error("glia.acm.convert: phases must be a non-empty list of 1, 2, 3, got " .. tostring(phases), 2)
+  end
+  for j, i in ipairs(phases) do
+    if i ~= 1 and i ~= 2 and i ~= 3 then
+      error(fmt("glia.acm.convert: phases[%d] must be 1, 2 or 3, got %s", j, tostring(i)), 2)
+    end
+  end
+  local se = opts.save_every
+  if se ~= nil and not (is_int0(se) and se >= 1) then
+    error("glia.acm.convert: save_every must be an integer >= 1, got " .. tostring(se), 2)
+  end
+  local conv = attach("glia.acm.convert", model,
+                      { modules = opts.modules, learners = opts.learners, rho = opts.rho,
+                        tau = opts.tau, min_choice = opts.min_choice, init = opts.init })
   local ctx = { batch = opts.batch, out = opts.out, save_every = opts.save_every or 100,
                 loss = opts.loss or function(m, x, y) return (m:loss(x, y)) end,
                 out_stream = opts.progress == nil and io.stdout or opts.progress or nil }
@@ -436,7 +506,7 @@ function M.convert(model, opts)
     ctx.log = progress.csv(opts.out .. "/log.csv", LOG_COLUMNS, { append = true })
   end
   local want = {}
-  for _, i in ipairs(opts.phases or { 1, 2, 3 }) do want[i] = true end
+  for _, i in ipairs(phases) do want[i] = true end
   for i = from, 3 do
     if want[i] then
       run_phase(conv, i, po[i], ctx, ck and ck.step or 0, ck)

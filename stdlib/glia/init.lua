@@ -214,12 +214,26 @@ end
 local acm_op, acm_all_op = core.acm, core.acm_all
 local ACM_OPTIONS, ACM_ALL_OPTIONS = { "learners", "activation" },
                                      { "learners", "activation", "detach" }
+local function acm_opts(where, opts, known)
+  opts = options.check(where, opts, known, 3)
+  local n = opts.learners
+  if n ~= nil and not (type(n) == "number" and n == math.floor(n) and n >= 1 and n < 2 ^ 31) then
+    error(where .. ": option learners must be an integer >= 1, got " .. tostring(n), 3)
+  end
+  if opts.activation ~= nil and type(opts.activation) ~= "string" then
+    error(where .. ": option activation must be a string, got " .. tostring(opts.activation), 3)
+  end
+  if opts.detach ~= nil and type(opts.detach) ~= "boolean" then
+    error(where .. ": option detach must be true or false, got " .. tostring(opts.detach), 3)
+  end
+  return opts
+end
 function glia.acm(x, w1, b1, w2, k, opts)
-  opts = options.check("glia.acm", opts, ACM_OPTIONS)
+  opts = acm_opts("glia.acm", opts, ACM_OPTIONS)
   return acm_op(x, w1, b1, w2, k, opts.learners, opts.activation)
 end
 function glia.acm_all(x, w1, b1, w2, opts)
-  opts = options.check("glia.acm_all", opts, ACM_ALL_OPTIONS)
+  opts = acm_opts("glia.acm_all", opts, ACM_ALL_OPTIONS)
   return acm_all_op(x, w1, b1, w2, opts.learners, opts.activation, opts.detach)
 end
 

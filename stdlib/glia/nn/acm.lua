@@ -71,10 +71,28 @@ function M.gate_labels(errors, tau_err)
   if type(tau_err) ~= "number" or not (tau_err > 0) then
     error("glia.acm.gate_labels: tau_err must be > 0, got " .. tostring(tau_err), 2)
   end
-  local e = type(errors) == "table" and errors or errors:totable()
-  local out = {}
+  local e
+  if glia.is_tensor(errors) then
+    if errors:dim() ~= 2 or errors:size(2) < 2 then
+      error(format("glia.acm.gate_labels: errors must be {T, N+1} with N >= 1, got {%s}",
+                   table.concat(errors:shape(), ",")), 2)
+    end
+    e = errors:totable()
+  elseif type(errors) == "table" then
+    e = errors
+  else
+    error("glia.acm.gate_labels: errors must be a tensor {T, N+1} or a list of rows, got " ..
+          tostring(errors), 2)
+  end
+  local out, width = {}, type(e[1]) == "table" and #e[1]
   for t = 1, #e do
-    local row, N = e[t], #e[t] - 1
+    local row = e[t]
+    if type(row) ~= "table" or #row ~= width or width < 2 then
+      error(format("glia.acm.gate_labels: errors must be rows of N+1 >= 2 numbers, all as long" ..
+                   " as row 1 (%s), row %d is %s", tostring(width or "not a row"), t,
+                   type(row) == "table" and #row .. " long" or tostring(row)), 2)
+    end
+    local N = width - 1
     local label = N
     for k = 1, N do
       if row[k] / row[k + 1] < tau_err then label = k break end
@@ -154,6 +172,10 @@ function ACM:_opts()
 end
 
 local function flat(self, x)
+  if not glia.is_tensor(x) or x:dim() < 1 then
+    error(format("glia.nn.ACM: expected an input tensor {..., %d}, got %s", self.d,
+                 glia.is_tensor(x) and "a scalar" or tostring(x)), 3)
+  end
   if x:size(-1) ~= self.d then
     error(format("glia.nn.ACM: expected input {..., %d}, got {%s}", self.d,
                  table.concat(x:shape(), ",")), 3)
@@ -247,6 +269,17 @@ local function records(where, acms)
   end
 end
 
+-- B samples must split every ACM's T tokens evenly.
+local function check_samples(where, acms, B)
+  for i, a in ipairs(acms) do
+    local T = a.last.g:size(1)
+    if type(B) ~= "number" or B ~= floor(B) or B < 1 or T % B ~= 0 then
+      error(format("%s: B = %s samples must be an integer >= 1 dividing ACM %d's %d tokens", where,
+                   tostring(B), i, T), 3)
+    end
+  end
+end
+
 -- k as a row {1, N+1} = 0, 1, ..., N
 local function counts_row(N) return glia.arange(0, N + 1):view(1, N + 1) end
 
@@ -272,6 +305,7 @@ end
 -- normalized entropy of the histogram of choices; L = -its mean.
 function M.entropy_loss(acms, B)
   records("glia.acm.entropy_loss", acms)
+  check_samples("glia.acm.entropy_loss", acms, B)
   local total
   for _, a in ipairs(acms) do
     local N = a.learners
@@ -287,6 +321,7 @@ end
 -- L = -2 mean_{b,b'} |u[b] - u[b']|.
 function M.diversity_loss(acms, B)
   records("glia.acm.diversity_loss", acms)
+  check_samples("glia.acm.diversity_loss", acms, B)
   local u
   for _, a in ipairs(acms) do
     local N = a.learners
