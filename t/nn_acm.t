@@ -142,13 +142,18 @@ do -- the fused gate's limits: wide gates fall back, bad counts and shapes are c
   local s = nn.ACM(8, 16, 4)
   local g1, g2, g3 = s.gate1, s.gate2, s.gate3
   local function gate(mc, cap) return glia.acm_gate(x, g1.weight, g1.bias, g2.weight, g2.bias, g3.weight, g3.bias, mc, cap) end
-  t.error_like(function() gate(math.maxinteger) end, "glia.acm_gate: min_choice 9223372036854775807 must be in 0..",
-               "acm_gate: min_choice = maxinteger is an error, no overflow")
+  if math.maxinteger then
+    t.error_like(function() gate(math.maxinteger) end, "glia.acm_gate: min_choice %d+ must be in 0..",
+                 "acm_gate: min_choice = maxinteger is an error, no overflow")
+  else
+    t.ok(true, "acm_gate: min_choice = maxinteger (skipped: LuaJIT passes integers up to 2^53)")
+  end
+  local huge = math.maxinteger or 2 ^ 52
   t.error_like(function() gate(-1) end, "glia.acm_gate: min_choice %-1 must be in 0..",
                "acm_gate: min_choice -1 is an error")
   t.error_like(function() gate(2, 1) end, "cap_k 1 at least min_choice",
                "acm_gate: cap_k below min_choice is an error")
-  t.ok(u.identical(gate(0, math.maxinteger), gate(0)), "acm_gate: cap_k = maxinteger is no cap")
+  t.ok(u.identical(gate(0, huge), gate(0)), "acm_gate: cap_k = maxinteger is no cap")
   local ok, err = pcall(glia.acm_gate, x, g1.weight, g1.bias, g2.weight:narrow(2, 1, 8), g2.bias,
                         g3.weight:narrow(1, 1, 3), g3.bias)
   t.ok(not ok and tostring(err):find("expected w2 {g,g}, b2 {g} with g = 16, got w2 {16,8}, b2 {16}", 1, true),
