@@ -12,9 +12,10 @@
 --   acm      phase 3 at each budget (0.25, 0.5, 0.75, 1): validation loss
 --            and the MLP compute glia.acm measured (measurement 2)
 --   narrow   the cheaper alternative at each budget: the teacher with its
---            MLPs narrowed to that fraction of their hidden units (those
---            with the largest |w_in| |w_out|), fine-tuned for the CPU time
---            the ACM conversion took (phases 1-3)
+--            MLPs narrowed to the fraction of their hidden units that the
+--            ACM's measured compute is (those with the largest
+--            |w_in| |w_out|), so both run the same MLP FLOPs, fine-tuned
+--            for the CPU time the ACM conversion took (phases 1-3)
 --   timing   wall clock of the ACMized MLPs (gate + glia.acm) against the
 --            dense MLPs on the same activations (the ACMized model's own):
 --            prefill (16 x 128 tokens) and decoding (one token), in
@@ -183,7 +184,8 @@ function P.acm()
     local loss, frac = G.evaluate(model, DATA.val_batches, conv)
     G.save(dir, model, RUN, VOCAB, N)
     save_results("acm_" .. bkey(b), { budget = b, loss = loss, compute = frac,
-                                      seconds = base.seconds + seconds })
+                                      seconds = base.seconds + seconds,
+                                      steps = base.steps1 + base.steps2 + o.steps3 })
     print(fmt("budget %.2f: val loss %.4f at %.3f of the MLPs' compute (%.0f s in all)", b, loss,
               frac, base.seconds + seconds))
   end
@@ -213,7 +215,8 @@ end
 function P.narrow()
   for _, b in ipairs(RUN_BUDGETS) do
     local a = load_results("acm_" .. bkey(b)) or die("run --part acm for budget " .. b .. " first")
-    local keep = floor(b * F_HIDDEN + 0.5)
+    -- the same FLOPs as the ACM ran, not its nominal budget
+    local keep = max(1, floor(a.compute * F_HIDDEN + 0.5))
     local model = narrowed(keep)
     local before = G.evaluate(model, DATA.val_batches)
     model:train()
@@ -231,10 +234,12 @@ function P.narrow()
       collectgarbage()
     end
     local loss = G.evaluate(model, DATA.val_batches)
-    save_results("narrow_" .. bkey(b), { budget = b, keep = keep, loss = loss, before = before,
-                                         steps = step, seconds = cpu() - t0 })
-    print(fmt("narrowed to %d of %d (%.2f): val loss %.4f (%.4f before), %d steps in %.0f s",
-              keep, F_HIDDEN, b, loss, before, step, cpu() - t0))
+    save_results("narrow_" .. bkey(b), { budget = b, keep = keep, compute = keep / F_HIDDEN,
+                                         loss = loss, before = before, steps = step,
+                                         seconds = cpu() - t0 })
+    print(fmt("narrowed to %d of %d (%.3f, the ACM's %.3f at budget %.2f): val loss %.4f (%.4f before),"
+              .. " %d steps in %.0f s", keep, F_HIDDEN, keep / F_HIDDEN, a.compute, b, loss, before,
+              step, cpu() - t0))
   end
 end
 
@@ -264,7 +269,7 @@ function P.timing()
   local x = DATA.val_batches[1][1] -- 16 x 128 tokens
   local teach = teacher() -- the dense MLPs' weights
   local tconv = acm.attach(teach, { learners = N })
-  for _, b in ipairs(BUDGETS) do
+  for _, b in ipairs(RUN_BUDGETS) do
     local model, conv = acm_model(b)
     -- each layer's MLP input in the ACMized model itself (its gates see
     -- what they see in use); both sides run on these
@@ -341,7 +346,7 @@ end
 function P.report()
   local d, t, c = load_results("distil"), load_results("timing"), load_results("classes")
   local a, n = {}, {}
-  for i, b in ipairs(BUDGETS) do
+  for i, b in ipairs(RUN_BUDGETS) do
     a[i], n[i] = load_results("acm_" .. bkey(b)), load_results("narrow_" .. bkey(b))
     if not (a[i] and n[i]) then die("run the acm and narrow parts for budget " .. b .. " first") end
   end
@@ -362,15 +367,16 @@ function P.report()
   add("| error | " .. table.concat((function() local s = {} for k, e in ipairs(d.prefix_errors) do s[k] = fmt("%.4f", e) end return s end)(), " | ") .. " |")
   add("")
   add("**2. Validation loss against MLP compute** (ACM: the fraction glia.acm measured; narrowed: " ..
-      "the teacher's MLPs cut to that fraction of their units, fine-tuned for the same CPU time):")
+      "the teacher's MLPs cut to the ACM's measured compute, the nearest whole number of units, " ..
+      "fine-tuned for the same CPU time; steps: the ACM's phases 1-3, the narrowed model's fine-tuning):")
   add("")
-  add("| budget | ACM compute | ACM val loss | narrowed dense val loss (before fine-tuning) | CPU time (ACM: phases 1-3) |")
-  add("|---|---|---|---|---|")
+  add("| budget | ACM compute | ACM val loss | narrowed compute | narrowed val loss (before fine-tuning) | CPU time each | steps ACM / narrowed |")
+  add("|---|---|---|---|---|---|---|")
   for i, r in ipairs(a) do
-    add(fmt("| %.2f | %.3f | %.4f | %.4f (%.4f) | %.0f s |", r.budget, r.compute, r.loss,
-            n[i].loss, n[i].before, r.seconds))
+    add(fmt("| %.2f | %.3f | %.4f | %.3f | %.4f (%.4f) | %.0f s | %d / %d |", r.budget, r.compute,
+            r.loss, n[i].compute, n[i].loss, n[i].before, r.seconds, r.steps, n[i].steps))
   end
-  add(fmt("| dense teacher | 1.000 | %.4f | | |", d.dense_loss))
+  add(fmt("| dense teacher | 1.000 | %.4f | | | | |", d.dense_loss))
   add("")
   add(fmt("**3. Wall clock of the 4 MLPs** (%d thread(s); the ACMs with their gates, on their own " ..
           "model's MLP inputs, against the teacher's dense MLPs on the same inputs; prefill: 16 x %d " ..
@@ -396,7 +402,7 @@ function P.report()
   f:close()
   -- plots
   local ax, ay, nx, ny = {}, {}, {}, {}
-  for i, r in ipairs(a) do ax[i], ay[i], nx[i], ny[i] = r.compute, r.loss, n[i].budget, n[i].loss end
+  for i, r in ipairs(a) do ax[i], ay[i], nx[i], ny[i] = r.compute, r.loss, n[i].compute, n[i].loss end
   assert(plot.loss_curve(o.out .. "/loss_compute.svg", {
     series = { { name = "ACM (gates at each budget)", x = ax, y = ay },
                { name = "narrowed dense MLP", x = nx, y = ny },
