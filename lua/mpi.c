@@ -18,7 +18,11 @@
 ** Before a checked collective the ranks exchange a signature of the call
 ** (which collective, op, root, dtype, contiguity, shape): every rank then
 ** raises the same error naming the rank and shapes that differ, instead of
-** MPI mixing up buffers of different sizes. Ranks are 0-based, as in MPI.
+** MPI mixing up buffers of different sizes. A call that is bad on one rank
+** alone (not a tensor, a freed one, a bad op or root) is exchanged too, its
+** message in the signature, before anyone raises: a rank that raised alone
+** would pair its next collective with the others' this one. Ranks are
+** 0-based, as in MPI.
 */
 #include <dlfcn.h>
 #include <mpi.h>
@@ -206,7 +210,10 @@ static int m_wtime(lua_State *L) {
 /* ===================================================== signatures */
 
 /* What a rank passes to a collective, exchanged before a checked one. */
-enum { SIG_KIND, SIG_OP, SIG_ROOT, SIG_DTYPE, SIG_CONTIG, SIG_NDIM, SIG_SIZE, SIG_LEN = SIG_SIZE + 8 };
+enum { SIG_KIND, SIG_OP, SIG_ROOT, SIG_DTYPE, SIG_CONTIG, SIG_NDIM, SIG_SIZE, SIG_BAD = SIG_SIZE + 8,
+       SIG_MSG, SIG_MSG_WORDS = 24, SIG_LEN = SIG_MSG + SIG_MSG_WORDS };
+/* SIG_BAD: this rank's call is bad by itself, SIG_MSG..: why (NUL-ended). */
+#define SIG_MSG_BYTES (SIG_MSG_WORDS * 8)
 
 static void shape_of(const int64_t *sig, char *buf, size_t cap) {
   size_t k = (size_t)snprintf(buf, cap, "{");
@@ -215,11 +222,18 @@ static void shape_of(const int64_t *sig, char *buf, size_t cap) {
   if (k < cap) snprintf(buf + k, cap - k, "}");
 }
 
-static void fill_sig(int64_t *sig, int kind, int op, int root, const glia_lua_buffer *b) {
+/* bad: this rank's own problem with the call (then b is not read), or NULL. */
+static void fill_sig(int64_t *sig, int kind, int op, int64_t root, const glia_lua_buffer *b,
+                     const char *bad) {
   memset(sig, 0, SIG_LEN * sizeof *sig);
   sig[SIG_KIND] = kind;
   sig[SIG_OP] = op;
   sig[SIG_ROOT] = root;
+  if (bad) {
+    sig[SIG_BAD] = 1;
+    snprintf((char *)&sig[SIG_MSG], SIG_MSG_BYTES, "%s", bad);
+    return;
+  }
   strncpy((char *)&sig[SIG_DTYPE], b->dtype, sizeof sig[SIG_DTYPE]);
   sig[SIG_CONTIG] = b->contiguous;
   sig[SIG_NDIM] = b->ndim;
@@ -234,6 +248,11 @@ static int check_sigs(const int64_t *all, int n, const int64_t *mine, char *buf,
   for (int r = 0; r < nr; r++) {
     const int64_t *g = all ? all + (size_t)r * SIG_LEN : mine;
     int who = all ? r : S.rank;
+    if (g[SIG_BAD]) {
+      char why[SIG_MSG_BYTES + 1] = {0};
+      memcpy(why, &g[SIG_MSG], SIG_MSG_BYTES);
+      return snprintf(buf, cap, "rank %d: %s", who, why);
+    }
     char dtype[9] = {0};
     memcpy(dtype, &g[SIG_DTYPE], 8);
     shape_of(g, s1, sizeof s1);
@@ -330,35 +349,53 @@ static const glia_lua_capi *capi_of(lua_State *L) {
   return api;
 }
 
-static void check_buffer(lua_State *L, const glia_lua_capi *api, int idx, glia_lua_buffer *b,
-                         const char *fname) {
+/* Reads the tensor at idx into b; 0, or 1 with the problem in why. */
+static int check_buffer(lua_State *L, const glia_lua_capi *api, int idx, glia_lua_buffer *b,
+                        char *why, size_t cap) {
   if (!api->buffer(L, idx, b))
-    fail(L, "glia.distributed.%s: expected a live tensor, got %s", fname,
-         luaL_typename(L, idx));
+    return snprintf(why, cap, "expected a live tensor, got %s%s", luaL_typename(L, idx),
+                    lua_isuserdata(L, idx) ? " (freed?)" : "") > 0;
   if (b->numel > 0x7fffffff)
-    fail(L, "glia.distributed.%s: a tensor of %lld elements is more than one MPI call "
-                  "sends (2^31-1)", fname, (long long)b->numel);
+    return snprintf(why, cap, "a tensor of %lld elements is more than one MPI call sends (2^31-1)",
+                    (long long)b->numel) > 0;
+  return 0;
 }
 
-/* mpi.start(kind, op, t, out, root, check) -> handle. t is the input (and
-** the output of all_reduce and broadcast, in place); out receives
-** all_gather ({size, ...t}) and reduce_scatter (t's first dim / size). */
+/* mpi.start(kind, op, t, out, root, check, bad) -> handle. t is the input
+** (and the output of all_reduce and broadcast, in place); out receives
+** all_gather ({size, ...t}) and reduce_scatter (t's first dim / size).
+** bad: the caller's own complaint about this rank's arguments (or nil),
+** raised on every rank after the exchange, as the problems found here are. */
 static int m_start(lua_State *L) {
   int kind = luaL_checkoption(L, 1, NULL, kind_names);
   const char *fname = kind_names[kind];
   need_init(L, fname);
   const glia_lua_capi *api = capi_of(L);
   int op = luaL_checkoption(L, 2, "sum", op_names);
-  glia_lua_buffer in, out;
-  check_buffer(L, api, 3, &in, fname);
   int separate = kind == K_ALL_GATHER || kind == K_REDUCE_SCATTER;
-  if (separate) check_buffer(L, api, 4, &out, fname);
-  int root = (int)luaL_optinteger(L, 5, 0);
   int checked = lua_isnone(L, 6) || lua_toboolean(L, 6);
+  glia_lua_buffer in, out;
+  char why[SIG_MSG_BYTES];
+  const char *bad = NULL;
+  /* root stays 64-bit until check_sigs compares it with the world: an (int)
+  ** cast would wrap 2^32 to rank 0. */
+  lua_Number rn = luaL_optnumber(L, 5, 0);
+  int64_t root = 0;
+  if (lua_isstring(L, 7)) {
+    bad = lua_tostring(L, 7);
+  } else if (check_buffer(L, api, 3, &in, why, sizeof why) ||
+             (separate && check_buffer(L, api, 4, &out, why, sizeof why))) {
+    bad = why;
+  } else if (!(rn > -1e18 && rn < 1e18)) {
+    snprintf(why, sizeof why, "root %g is not a rank", (double)rn);
+    bad = why;
+  } else {
+    root = (int64_t)rn;
+  }
 
   int64_t mine[SIG_LEN];
-  fill_sig(mine, kind, op, root, &in);
-  char msg[512];
+  fill_sig(mine, kind, op, root, &in, bad);
+  char msg[SIG_MSG_BYTES + 256];
   if (checked) {
     int64_t *all = lua_newuserdata(L, (size_t)S.size * SIG_LEN * sizeof *all);
     MPI_Request r;
@@ -388,7 +425,7 @@ static int m_start(lua_State *L) {
     MPI_Iallreduce(MPI_IN_PLACE, in.data, n, MPI_FLOAT, MPI_SUM, S.comm, &h->req);
     break;
   case K_BROADCAST:
-    MPI_Ibcast(in.data, n, MPI_FLOAT, root, S.comm, &h->req);
+    MPI_Ibcast(in.data, n, MPI_FLOAT, (int)root, S.comm, &h->req); /* in 0..size-1 */
     break;
   case K_ALL_GATHER:
     MPI_Iallgather(in.data, n, MPI_FLOAT, out.data, n, MPI_FLOAT, S.comm, &h->req);

@@ -99,7 +99,13 @@ local cases = {
     .. "rank 1 runs broadcast(sum, root 0)",
   split = "glia.distributed.reduce_scatter: rank 0 passed a tensor {3} whose first dim does not split over 2 ranks",
   root = "glia.distributed.broadcast: rank 0 passed root 5, not a rank of 0..1",
-  op = 'glia.distributed.all_reduce: op must be "sum" or "mean", got max',
+  op = 'glia.distributed.all_reduce: rank 0: op must be "sum" or "mean", got max',
+  op_one = 'glia.distributed.all_reduce: rank 1: op must be "sum" or "mean", got max',
+  freed_one = "glia.distributed.all_reduce: rank 0: expected a live tensor, got userdata (freed?)",
+  not_tensor_one = "glia.distributed.all_gather: rank 1: expected a live tensor, got number",
+  freed_scatter_one = "glia.distributed.reduce_scatter: rank 1: expected a live tensor, got userdata (freed?)",
+  root_wraps = "glia.distributed.broadcast: rank 0 passed root 4294967296, not a rank of 0..1",
+  root_float_one = "glia.distributed.broadcast: rank 1: root must be a rank (an integer), got 0.5",
   gather_shape = "glia.distributed.all_gather: shapes differ across ranks: rank 0 has {2}, rank 1 has {3}",
   batch = "data.DataLoader: world size 2 does not divide the batch size 3 (the global batch)",
 }
@@ -114,7 +120,7 @@ for _, name in ipairs(names) do
     local line = out:match("rank " .. r .. " error ([^\n]*)")
     ok = ok and line and line:find(cases[name], 1, true) ~= nil
   end
-  t.ok(ok and out:find("rank 0 after") and out:find("rank 1 after"),
+  t.ok(ok and out:find("rank 0 after 2", 1, true) and out:find("rank 1 after 2", 1, true),
        "bad input (" .. name .. "): every rank raises the same error, naming it, and the ranks go on")
   if not ok then t.diag(out) end
 end
