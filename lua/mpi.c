@@ -107,10 +107,15 @@ static void wait_request(MPI_Request *r, const char *what) {
 
 /* ======================================================== the state */
 
+static void complete_open_handles(void);
+
 /* Tells the other ranks this one is ending, meets them in a barrier on
 ** `notes` (they are ending too, or hear it and abort), then finalizes. */
 static void finish(void) {
   if (!S.initialized || S.finalized) return;
+  /* Collectives still open own buffers MPI writes into: finish them while
+  ** MPI is still there (the other ranks are in them too). */
+  complete_open_handles();
   S.finalized = 1;
   int one = 1, n = S.size;
   MPI_Request *sends = calloc((size_t)n, sizeof *sends);
@@ -296,12 +301,20 @@ typedef struct handle {
   float *out;
   int64_t out_n;
   const glia_lua_capi *api;
+  struct handle *prev, *next; /* in `open_handles` while active */
 } handle;
+
+/* The active handles, oldest first: finish() completes them in the order
+** they started, the order every rank started them in. */
+static handle *open_first, *open_last;
 
 static void handle_complete(handle *h) {
   if (!h->active) return;
   wait_request(&h->req, kind_names[h->kind]);
   h->active = 0;
+  if (h->prev) h->prev->next = h->next; else open_first = h->next;
+  if (h->next) h->next->prev = h->prev; else open_last = h->prev;
+  h->prev = h->next = NULL;
   if (h->mean)
     for (int64_t i = 0; i < h->out_n; i++) h->out[i] /= (float)S.size;
   for (int i = 0; i < 2; i++) {
@@ -310,16 +323,30 @@ static void handle_complete(handle *h) {
   }
 }
 
+static void complete_open_handles(void) {
+  while (open_first) handle_complete(open_first);
+}
+
+/* A handle of a finalized MPI: finalize completed its collective, but the
+** handle is an error to use, as every other call after finalize is. */
+static handle *live_handle(lua_State *L, const char *what) {
+  handle *h = luaL_checkudata(L, 1, HANDLE_MT);
+  if (S.finalized)
+    fail(L, "glia.distributed: handle:%s() after glia.distributed.finalize() (finalize "
+            "waited for its %s)", what, kind_names[h->kind]);
+  return h;
+}
+
 static int h_wait(lua_State *L) {
-  handle_complete(luaL_checkudata(L, 1, HANDLE_MT));
+  handle_complete(live_handle(L, "wait"));
   return 0;
 }
 
 /* h:test(): true once the collective completed (then as h:wait()). */
 static int h_test(lua_State *L) {
-  handle *h = luaL_checkudata(L, 1, HANDLE_MT);
+  handle *h = live_handle(L, "test");
   int done = 1;
-  if (h->active && !S.finalized) MPI_Test(&h->req, &done, MPI_STATUS_IGNORE);
+  if (h->active) MPI_Test(&h->req, &done, MPI_STATUS_IGNORE);
   if (done && h->active) {
     h->req = MPI_REQUEST_NULL; /* completed: wait_request returns at once */
     handle_complete(h);
@@ -435,6 +462,9 @@ static int m_start(lua_State *L) {
     break;
   }
   h->active = 1;
+  h->prev = open_last;
+  if (open_last) open_last->next = h; else open_first = h;
+  open_last = h;
   h->mean = op == OP_MEAN && (kind == K_ALL_REDUCE || kind == K_REDUCE_SCATTER);
   h->out = separate ? out.data : in.data;
   h->out_n = want;

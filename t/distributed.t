@@ -125,6 +125,36 @@ for _, name in ipairs(names) do
   if not ok then t.diag(out) end
 end
 
+-- ------------------------------------------------------------ after finalize
+
+do
+  out, code = glia_run(2, "t/dist/finalize.lua", "", 60)
+  t.is(code, 0, "finalize with collectives still open ends cleanly (no MPI call after MPI_Finalize)")
+  local ok = true
+  for r = 0, 1 do
+    ok = ok and out:find("rank " .. r .. " sum 2,2,2", 1, true)
+  end
+  t.ok(ok, "finalize first completes the all_reduce still open on every rank")
+  local want_err = {
+    wait = "handle:wait() after glia.distributed.finalize()",
+    test = "handle:test() after glia.distributed.finalize()",
+    rank = "glia.distributed.rank: called after glia.distributed.finalize()",
+    world_size = "glia.distributed.world_size: called after glia.distributed.finalize()",
+    init = "glia.distributed.init: called after glia.distributed.finalize() (MPI cannot be started again)",
+    all_reduce = "glia.distributed.all_reduce: called after glia.distributed.finalize()",
+  }
+  for what, msg in pairs(want_err) do
+    local both = true
+    for r = 0, 1 do
+      local line = out:match("rank " .. r .. " " .. what .. " ([^\n]*)")
+      both = both and line and line:find(msg, 1, true) ~= nil
+    end
+    t.ok(both, "after finalize, " .. what .. " is an error on every rank: " .. msg)
+  end
+  t.ok(out:find("rank 0 initialized false", 1, true), "is_initialized() is false after finalize")
+  if code ~= 0 then t.diag(out) end
+end
+
 -- ------------------------------------------------------------ a failing rank
 
 for _, where in ipairs { "collective", "backward" } do

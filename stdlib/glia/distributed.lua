@@ -32,8 +32,13 @@ local dist = {}
 
 local mpi -- the C module (lua/mpi.c), once init() ran
 local rank, size
+local finalized -- finalize() ran: MPI cannot be started again
 
 local function need_init(fname)
+  if finalized then
+    error(fmt("glia.distributed.%s: called after glia.distributed.finalize() (MPI cannot "
+              .. "be started again)", fname), 3)
+  end
   if not mpi then
     error(fmt("glia.distributed.%s: call glia.distributed.init() first", fname), 3)
   end
@@ -49,6 +54,7 @@ end
 -- each computes on cores / local ranks threads (at least 1), glia's pool and
 -- OpenBLAS alike, so that N ranks do not run N x cores threads.
 function dist.init()
+  if finalized then need_init("init") end
   if not mpi then
     local ok, m = pcall(require, "glia.mpi")
     if not ok then
@@ -66,7 +72,8 @@ function dist.init()
   return rank, size
 end
 
-function dist.is_initialized() return mpi ~= nil end
+-- false again after finalize().
+function dist.is_initialized() return mpi ~= nil and not finalized end
 
 function dist.rank()
   need_init("rank")
@@ -89,10 +96,15 @@ function dist.wtime()
   return mpi.wtime()
 end
 
--- Ends this rank's part: meets the other ranks, then finalizes MPI. Called
--- by itself when the Lua state closes; call it early to leave MPI sooner.
+-- Ends this rank's part: waits for the collectives still open (their
+-- handles are errors to use afterwards), meets the other ranks, then
+-- finalizes MPI. Called by itself when the Lua state closes; call it early to
+-- leave MPI sooner. Every glia.distributed call after it is an error.
 function dist.finalize()
-  if mpi then mpi.finalize() end
+  if mpi and not finalized then
+    mpi.finalize()
+    finalized = true
+  end
 end
 
 -- Ends the whole job now with msg on stderr (MPI_Abort).
