@@ -292,6 +292,25 @@ do
   t.ok(la and lb and math.abs(la - lb) <= 1e-5 * la,
        ("train_fmnist: an epoch on 2 ranks then one on 4 end at the test loss of 2 epochs in one "
         .. "process (%s, %s)"):format(tostring(la), tostring(lb)))
+  -- 136 images in batches of 32: --ddp drops the last 8, as --drop_last does in one process
+  local odd = tmp .. "/odd"
+  os.execute("mkdir -p " .. q(odd))
+  u.write_fmnist(odd, "train", 136, require("glia.data").Generator(3))
+  u.write_fmnist(odd, "t10k", 32, require("glia.data").Generator(2))
+  F = "examples/train_fmnist.lua --data " .. q(odd) .. " --batch 32 --schedule constant --epochs 1 "
+  local C, D, E = tmp .. "/fmC", tmp .. "/fmD", tmp .. "/fmE"
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " " .. F .. "--drop_last --out " .. q(C) .. " 2>&1")
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " " .. F .. "--out " .. q(E) .. " 2>&1")
+  out, code = glia_run(2, F, "--ddp --out " .. q(D))
+  local function epoch1(dir, steps)
+    return tonumber(u.slurp(dir .. "/train_log.csv"):match("\n1," .. steps .. ",,,([^,]+)"))
+  end
+  local lc, ld = epoch1(C, 4), epoch1(D, 4)
+  t.ok(code == 0 and lc and ld and math.abs(lc - ld) <= 1e-5 * lc,
+       ("train_fmnist: a --ddp epoch over a partial last batch equals one process's with "
+        .. "--drop_last (4 steps, test loss %s, %s)"):format(tostring(lc), tostring(ld)))
+  t.ok(epoch1(E, 5), "without --drop_last one process takes the partial batch (5 steps)")
+  if code ~= 0 then t.diag(out) end
 end
 
 os.execute("rm -rf " .. q(tmp))
