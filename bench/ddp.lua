@@ -3,7 +3,11 @@
 -- data-parallel with glia.distributed, and the all-reduce bandwidth.
 --
 --   glia bench/ddp.lua single                  one process, the whole batch
---   mpirun -np N ... glia bench/ddp.lua ddp    N ranks, 16 / N sequences each
+--   mpirun -np N ... glia bench/ddp.lua ddp [BUCKET_MB]
+--                                              N ranks, 16 / N sequences each,
+--                                              DataParallel's buckets of
+--                                              BUCKET_MB MiB (4, as train_gpt
+--                                              --ddp and docs/scaling.md)
 --   mpirun -np N ... glia bench/ddp.lua allreduce
 --
 -- single and ddp print (rank 0) one line:
@@ -65,7 +69,7 @@ end
 
 glia.manual_seed(0)
 local net = GPT{ vocab_size = V }
-local bucket_mb = tonumber(arg[2]) or 25
+local bucket_mb = tonumber(arg[2]) or 4 -- 25 (PyTorch's) makes one bucket: no overlap
 local model = dist and dist.DataParallel(net, { bucket_mb = bucket_mb }) or net
 local opt = optim.AdamW(net:parameters(), { lr = 3e-4 })
 glia.manual_seed(1) -- the same global batch on every rank: each takes its part

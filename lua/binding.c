@@ -465,7 +465,9 @@ static int t_backward(lua_State *L) {
   glia_ctx *G = B->G;
   glia_tensor *g = lua_isnoneornil(L, 2) ? NULL : glia_lua_check_tensor(L, 2);
   int keep = lua_toboolean(L, 3);
-  lua_State *outer = B->hook_L; /* a hook may run a backward of its own */
+  /* A hook cannot run a backward of its own (glia_backward refuses it), but
+  ** this call may itself come from a hook's coroutine: restore the outer L. */
+  lua_State *outer = B->hook_L;
   B->hook_L = L;
   glia_status st = glia_backward(G, t, g, keep);
   B->hook_L = outer;

@@ -18,7 +18,11 @@
 ** Before a checked collective the ranks exchange a signature of the call
 ** (which collective, op, root, dtype, contiguity, shape): every rank then
 ** raises the same error naming the rank and shapes that differ, instead of
-** MPI mixing up buffers of different sizes. Ranks are 0-based, as in MPI.
+** MPI mixing up buffers of different sizes. A call that is bad on one rank
+** alone (not a tensor, a freed one, a bad op or root) is exchanged too, its
+** message in the signature, before anyone raises: a rank that raised alone
+** would pair its next collective with the others' this one. Ranks are
+** 0-based, as in MPI.
 */
 #include <dlfcn.h>
 #include <mpi.h>
@@ -103,10 +107,15 @@ static void wait_request(MPI_Request *r, const char *what) {
 
 /* ======================================================== the state */
 
+static void complete_open_handles(void);
+
 /* Tells the other ranks this one is ending, meets them in a barrier on
 ** `notes` (they are ending too, or hear it and abort), then finalizes. */
 static void finish(void) {
   if (!S.initialized || S.finalized) return;
+  /* Collectives still open own buffers MPI writes into: finish them while
+  ** MPI is still there (the other ranks are in them too). */
+  complete_open_handles();
   S.finalized = 1;
   int one = 1, n = S.size;
   MPI_Request *sends = calloc((size_t)n, sizeof *sends);
@@ -206,7 +215,10 @@ static int m_wtime(lua_State *L) {
 /* ===================================================== signatures */
 
 /* What a rank passes to a collective, exchanged before a checked one. */
-enum { SIG_KIND, SIG_OP, SIG_ROOT, SIG_DTYPE, SIG_CONTIG, SIG_NDIM, SIG_SIZE, SIG_LEN = SIG_SIZE + 8 };
+enum { SIG_KIND, SIG_OP, SIG_ROOT, SIG_DTYPE, SIG_CONTIG, SIG_NDIM, SIG_SIZE, SIG_BAD = SIG_SIZE + 8,
+       SIG_MSG, SIG_MSG_WORDS = 24, SIG_LEN = SIG_MSG + SIG_MSG_WORDS };
+/* SIG_BAD: this rank's call is bad by itself, SIG_MSG..: why (NUL-ended). */
+#define SIG_MSG_BYTES (SIG_MSG_WORDS * 8)
 
 static void shape_of(const int64_t *sig, char *buf, size_t cap) {
   size_t k = (size_t)snprintf(buf, cap, "{");
@@ -215,11 +227,18 @@ static void shape_of(const int64_t *sig, char *buf, size_t cap) {
   if (k < cap) snprintf(buf + k, cap - k, "}");
 }
 
-static void fill_sig(int64_t *sig, int kind, int op, int root, const glia_lua_buffer *b) {
+/* bad: this rank's own problem with the call (then b is not read), or NULL. */
+static void fill_sig(int64_t *sig, int kind, int op, int64_t root, const glia_lua_buffer *b,
+                     const char *bad) {
   memset(sig, 0, SIG_LEN * sizeof *sig);
   sig[SIG_KIND] = kind;
   sig[SIG_OP] = op;
   sig[SIG_ROOT] = root;
+  if (bad) {
+    sig[SIG_BAD] = 1;
+    snprintf((char *)&sig[SIG_MSG], SIG_MSG_BYTES, "%s", bad);
+    return;
+  }
   strncpy((char *)&sig[SIG_DTYPE], b->dtype, sizeof sig[SIG_DTYPE]);
   sig[SIG_CONTIG] = b->contiguous;
   sig[SIG_NDIM] = b->ndim;
@@ -234,6 +253,11 @@ static int check_sigs(const int64_t *all, int n, const int64_t *mine, char *buf,
   for (int r = 0; r < nr; r++) {
     const int64_t *g = all ? all + (size_t)r * SIG_LEN : mine;
     int who = all ? r : S.rank;
+    if (g[SIG_BAD]) {
+      char why[SIG_MSG_BYTES + 1] = {0};
+      memcpy(why, &g[SIG_MSG], SIG_MSG_BYTES);
+      return snprintf(buf, cap, "rank %d: %s", who, why);
+    }
     char dtype[9] = {0};
     memcpy(dtype, &g[SIG_DTYPE], 8);
     shape_of(g, s1, sizeof s1);
@@ -277,12 +301,20 @@ typedef struct handle {
   float *out;
   int64_t out_n;
   const glia_lua_capi *api;
+  struct handle *prev, *next; /* in `open_handles` while active */
 } handle;
+
+/* The active handles, oldest first: finish() completes them in the order
+** they started, the order every rank started them in. */
+static handle *open_first, *open_last;
 
 static void handle_complete(handle *h) {
   if (!h->active) return;
   wait_request(&h->req, kind_names[h->kind]);
   h->active = 0;
+  if (h->prev) h->prev->next = h->next; else open_first = h->next;
+  if (h->next) h->next->prev = h->prev; else open_last = h->prev;
+  h->prev = h->next = NULL;
   if (h->mean)
     for (int64_t i = 0; i < h->out_n; i++) h->out[i] /= (float)S.size;
   for (int i = 0; i < 2; i++) {
@@ -291,16 +323,30 @@ static void handle_complete(handle *h) {
   }
 }
 
+static void complete_open_handles(void) {
+  while (open_first) handle_complete(open_first);
+}
+
+/* A handle of a finalized MPI: finalize completed its collective, but the
+** handle is an error to use, as every other call after finalize is. */
+static handle *live_handle(lua_State *L, const char *what) {
+  handle *h = luaL_checkudata(L, 1, HANDLE_MT);
+  if (S.finalized)
+    fail(L, "glia.distributed: handle:%s() after glia.distributed.finalize() (finalize "
+            "waited for its %s)", what, kind_names[h->kind]);
+  return h;
+}
+
 static int h_wait(lua_State *L) {
-  handle_complete(luaL_checkudata(L, 1, HANDLE_MT));
+  handle_complete(live_handle(L, "wait"));
   return 0;
 }
 
 /* h:test(): true once the collective completed (then as h:wait()). */
 static int h_test(lua_State *L) {
-  handle *h = luaL_checkudata(L, 1, HANDLE_MT);
+  handle *h = live_handle(L, "test");
   int done = 1;
-  if (h->active && !S.finalized) MPI_Test(&h->req, &done, MPI_STATUS_IGNORE);
+  if (h->active) MPI_Test(&h->req, &done, MPI_STATUS_IGNORE);
   if (done && h->active) {
     h->req = MPI_REQUEST_NULL; /* completed: wait_request returns at once */
     handle_complete(h);
@@ -330,35 +376,53 @@ static const glia_lua_capi *capi_of(lua_State *L) {
   return api;
 }
 
-static void check_buffer(lua_State *L, const glia_lua_capi *api, int idx, glia_lua_buffer *b,
-                         const char *fname) {
+/* Reads the tensor at idx into b; 0, or 1 with the problem in why. */
+static int check_buffer(lua_State *L, const glia_lua_capi *api, int idx, glia_lua_buffer *b,
+                        char *why, size_t cap) {
   if (!api->buffer(L, idx, b))
-    fail(L, "glia.distributed.%s: expected a live tensor, got %s", fname,
-         luaL_typename(L, idx));
+    return snprintf(why, cap, "expected a live tensor, got %s%s", luaL_typename(L, idx),
+                    lua_isuserdata(L, idx) ? " (freed?)" : "") > 0;
   if (b->numel > 0x7fffffff)
-    fail(L, "glia.distributed.%s: a tensor of %lld elements is more than one MPI call "
-                  "sends (2^31-1)", fname, (long long)b->numel);
+    return snprintf(why, cap, "a tensor of %lld elements is more than one MPI call sends (2^31-1)",
+                    (long long)b->numel) > 0;
+  return 0;
 }
 
-/* mpi.start(kind, op, t, out, root, check) -> handle. t is the input (and
-** the output of all_reduce and broadcast, in place); out receives
-** all_gather ({size, ...t}) and reduce_scatter (t's first dim / size). */
+/* mpi.start(kind, op, t, out, root, check, bad) -> handle. t is the input
+** (and the output of all_reduce and broadcast, in place); out receives
+** all_gather ({size, ...t}) and reduce_scatter (t's first dim / size).
+** bad: the caller's own complaint about this rank's arguments (or nil),
+** raised on every rank after the exchange, as the problems found here are. */
 static int m_start(lua_State *L) {
   int kind = luaL_checkoption(L, 1, NULL, kind_names);
   const char *fname = kind_names[kind];
   need_init(L, fname);
   const glia_lua_capi *api = capi_of(L);
   int op = luaL_checkoption(L, 2, "sum", op_names);
-  glia_lua_buffer in, out;
-  check_buffer(L, api, 3, &in, fname);
   int separate = kind == K_ALL_GATHER || kind == K_REDUCE_SCATTER;
-  if (separate) check_buffer(L, api, 4, &out, fname);
-  int root = (int)luaL_optinteger(L, 5, 0);
   int checked = lua_isnone(L, 6) || lua_toboolean(L, 6);
+  glia_lua_buffer in, out;
+  char why[SIG_MSG_BYTES];
+  const char *bad = NULL;
+  /* root stays 64-bit until check_sigs compares it with the world: an (int)
+  ** cast would wrap 2^32 to rank 0. */
+  lua_Number rn = luaL_optnumber(L, 5, 0);
+  int64_t root = 0;
+  if (lua_isstring(L, 7)) {
+    bad = lua_tostring(L, 7);
+  } else if (check_buffer(L, api, 3, &in, why, sizeof why) ||
+             (separate && check_buffer(L, api, 4, &out, why, sizeof why))) {
+    bad = why;
+  } else if (!(rn > -1e18 && rn < 1e18)) {
+    snprintf(why, sizeof why, "root %g is not a rank", (double)rn);
+    bad = why;
+  } else {
+    root = (int64_t)rn;
+  }
 
   int64_t mine[SIG_LEN];
-  fill_sig(mine, kind, op, root, &in);
-  char msg[512];
+  fill_sig(mine, kind, op, root, &in, bad);
+  char msg[SIG_MSG_BYTES + 256];
   if (checked) {
     int64_t *all = lua_newuserdata(L, (size_t)S.size * SIG_LEN * sizeof *all);
     MPI_Request r;
@@ -388,7 +452,7 @@ static int m_start(lua_State *L) {
     MPI_Iallreduce(MPI_IN_PLACE, in.data, n, MPI_FLOAT, MPI_SUM, S.comm, &h->req);
     break;
   case K_BROADCAST:
-    MPI_Ibcast(in.data, n, MPI_FLOAT, root, S.comm, &h->req);
+    MPI_Ibcast(in.data, n, MPI_FLOAT, (int)root, S.comm, &h->req); /* in 0..size-1 */
     break;
   case K_ALL_GATHER:
     MPI_Iallgather(in.data, n, MPI_FLOAT, out.data, n, MPI_FLOAT, S.comm, &h->req);
@@ -398,6 +462,9 @@ static int m_start(lua_State *L) {
     break;
   }
   h->active = 1;
+  h->prev = open_last;
+  if (open_last) open_last->next = h; else open_first = h;
+  open_last = h;
   h->mean = op == OP_MEAN && (kind == K_ALL_REDUCE || kind == K_REDUCE_SCATTER);
   h->out = separate ? out.data : in.data;
   h->out_n = want;

@@ -99,7 +99,13 @@ local cases = {
     .. "rank 1 runs broadcast(sum, root 0)",
   split = "glia.distributed.reduce_scatter: rank 0 passed a tensor {3} whose first dim does not split over 2 ranks",
   root = "glia.distributed.broadcast: rank 0 passed root 5, not a rank of 0..1",
-  op = 'glia.distributed.all_reduce: op must be "sum" or "mean", got max',
+  op = 'glia.distributed.all_reduce: rank 0: op must be "sum" or "mean", got max',
+  op_one = 'glia.distributed.all_reduce: rank 1: op must be "sum" or "mean", got max',
+  freed_one = "glia.distributed.all_reduce: rank 0: expected a live tensor, got userdata (freed?)",
+  not_tensor_one = "glia.distributed.all_gather: rank 1: expected a live tensor, got number",
+  freed_scatter_one = "glia.distributed.reduce_scatter: rank 1: expected a live tensor, got userdata (freed?)",
+  root_wraps = "glia.distributed.broadcast: rank 0 passed root 4294967296, not a rank of 0..1",
+  root_float_one = "glia.distributed.broadcast: rank 1: root must be a rank (an integer), got 0.5",
   gather_shape = "glia.distributed.all_gather: shapes differ across ranks: rank 0 has {2}, rank 1 has {3}",
   batch = "data.DataLoader: world size 2 does not divide the batch size 3 (the global batch)",
 }
@@ -114,9 +120,39 @@ for _, name in ipairs(names) do
     local line = out:match("rank " .. r .. " error ([^\n]*)")
     ok = ok and line and line:find(cases[name], 1, true) ~= nil
   end
-  t.ok(ok and out:find("rank 0 after") and out:find("rank 1 after"),
+  t.ok(ok and out:find("rank 0 after 2", 1, true) and out:find("rank 1 after 2", 1, true),
        "bad input (" .. name .. "): every rank raises the same error, naming it, and the ranks go on")
   if not ok then t.diag(out) end
+end
+
+-- ------------------------------------------------------------ after finalize
+
+do
+  out, code = glia_run(2, "t/dist/finalize.lua", "", 60)
+  t.is(code, 0, "finalize with collectives still open ends cleanly (no MPI call after MPI_Finalize)")
+  local ok = true
+  for r = 0, 1 do
+    ok = ok and out:find("rank " .. r .. " sum 2,2,2", 1, true)
+  end
+  t.ok(ok, "finalize first completes the all_reduce still open on every rank")
+  local want_err = {
+    wait = "handle:wait() after glia.distributed.finalize()",
+    test = "handle:test() after glia.distributed.finalize()",
+    rank = "glia.distributed.rank: called after glia.distributed.finalize()",
+    world_size = "glia.distributed.world_size: called after glia.distributed.finalize()",
+    init = "glia.distributed.init: called after glia.distributed.finalize() (MPI cannot be started again)",
+    all_reduce = "glia.distributed.all_reduce: called after glia.distributed.finalize()",
+  }
+  for what, msg in pairs(want_err) do
+    local both = true
+    for r = 0, 1 do
+      local line = out:match("rank " .. r .. " " .. what .. " ([^\n]*)")
+      both = both and line and line:find(msg, 1, true) ~= nil
+    end
+    t.ok(both, "after finalize, " .. what .. " is an error on every rank: " .. msg)
+  end
+  t.ok(out:find("rank 0 initialized false", 1, true), "is_initialized() is false after finalize")
+  if code ~= 0 then t.diag(out) end
 end
 
 -- ------------------------------------------------------------ a failing rank
@@ -256,6 +292,25 @@ do
   t.ok(la and lb and math.abs(la - lb) <= 1e-5 * la,
        ("train_fmnist: an epoch on 2 ranks then one on 4 end at the test loss of 2 epochs in one "
         .. "process (%s, %s)"):format(tostring(la), tostring(lb)))
+  -- 136 images in batches of 32: --ddp drops the last 8, as --drop_last does in one process
+  local odd = tmp .. "/odd"
+  os.execute("mkdir -p " .. q(odd))
+  u.write_fmnist(odd, "train", 136, require("glia.data").Generator(3))
+  u.write_fmnist(odd, "t10k", 32, require("glia.data").Generator(2))
+  F = "examples/train_fmnist.lua --data " .. q(odd) .. " --batch 32 --schedule constant --epochs 1 "
+  local C, D, E = tmp .. "/fmC", tmp .. "/fmD", tmp .. "/fmE"
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " " .. F .. "--drop_last --out " .. q(C) .. " 2>&1")
+  sh("GLIA_NUM_THREADS=1 " .. q(exe) .. " " .. F .. "--out " .. q(E) .. " 2>&1")
+  out, code = glia_run(2, F, "--ddp --out " .. q(D))
+  local function epoch1(dir, steps)
+    return tonumber(u.slurp(dir .. "/train_log.csv"):match("\n1," .. steps .. ",,,([^,]+)"))
+  end
+  local lc, ld = epoch1(C, 4), epoch1(D, 4)
+  t.ok(code == 0 and lc and ld and math.abs(lc - ld) <= 1e-5 * lc,
+       ("train_fmnist: a --ddp epoch over a partial last batch equals one process's with "
+        .. "--drop_last (4 steps, test loss %s, %s)"):format(tostring(lc), tostring(ld)))
+  t.ok(epoch1(E, 5), "without --drop_last one process takes the partial batch (5 steps)")
+  if code ~= 0 then t.diag(out) end
 end
 
 os.execute("rm -rf " .. q(tmp))

@@ -119,4 +119,36 @@ do -- a hooked tensor that is gone takes its hook (and what the hook holds) with
   t.is(next(held), nil, "once the tensor is collected, nothing keeps its hook's upvalues alive")
 end
 
+do -- a backward from inside a grad hook is a clear error, not a corrupted graph
+  local x = glia.tensor{1, 2}:requires_grad()
+  local w = glia.tensor{5, 7}:requires_grad()
+  local h, l2
+  local function graphs() -- l2 shares h's node with the outer graph
+    h = x * 2
+    l2 = glia.sum(h * 3)
+  end
+  graphs()
+  local inner_err
+  w:register_grad_hook(function()
+    local ok, err = pcall(function() l2:backward() end)
+    inner_err = not ok and tostring(err)
+  end)
+  local ok, err = pcall(function() glia.sum(h * w):backward() end)
+  t.ok(inner_err and inner_err:find("called during another backward", 1, true),
+       "a backward run by a grad hook raises 'called during another backward': " .. tostring(inner_err))
+  t.ok(ok, "the outer backward still completes once the hook caught it: " .. tostring(err))
+  t.near(x.grad:totable(), {10, 14}, 1e-6, "the outer backward's gradients are whole")
+  graphs()
+  w:register_grad_hook(function() l2:backward() end)
+  x.grad, w.grad = nil, nil
+  ok, err = pcall(function() glia.sum(h * w):backward() end)
+  t.ok(not ok and tostring(err):find("called during another backward", 1, true),
+       "an uncaught one fails the outer backward with that error: " .. tostring(err))
+  w:register_grad_hook(nil)
+  graphs()
+  x.grad = nil
+  l2:backward()
+  t.near(x.grad:totable(), {6, 6}, 1e-6, "the context stays usable: the next backward runs")
+end
+
 t.done()

@@ -265,6 +265,11 @@ static glia_status run_backward(glia_ctx *G, glia_tensor *root, glia_tensor *gou
 
 glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int keep_graph) {
   TRY(glia_check_live(G, "glia.backward", t));
+  /* Pass 1 marks nodes in place (seq bit 63, pending): a nested pass over an
+  ** overlapping graph would reset counts the outer pass is still using. */
+  if (G->in_backward)
+    return glia_fail(G, GLIA_EGRAD,
+                     "glia.backward: called during another backward (from a grad hook?)");
   if (!glia_tensor_needs_grad(t))
     return glia_fail(G, GLIA_EGRAD,
                      "glia.backward: tensor %s does not require grad (no input of its "
@@ -287,6 +292,7 @@ glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int ke
   }
   glia_status st = GLIA_OK;
   int old = glia_ctx_set_grad_mode(G, 0);
+  G->in_backward = true;
   if (!t->grad_fn) {
     st = glia_accumulate(G, &t->grad, g);
     if (st == GLIA_OK && t->grad_hook && G->grad_hook) st = G->grad_hook(G, G->grad_hook_ud, t);
@@ -309,6 +315,7 @@ glia_status glia_backward(glia_ctx *G, glia_tensor *t, glia_tensor *gout, int ke
     free(all.v);
     free(ready.v);
   }
+  G->in_backward = false;
   glia_ctx_set_grad_mode(G, old);
   glia_tensor_release(g);
   return st;

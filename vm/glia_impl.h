@@ -179,6 +179,9 @@ struct glia_ctx {
   glia_grad_hook_fn grad_hook; /* called for leaves with t->grad_hook */
   glia_grad_hook_drop_fn grad_hook_drop;
   void *grad_hook_ud;
+  /* A backward is running: its visited marks and pending counts live in the
+  ** graph's nodes, so a second backward (from a grad hook) would corrupt them. */
+  bool in_backward;
 };
 
 /* Records a formatted message and returns st. */

@@ -32,8 +32,13 @@ local dist = {}
 
 local mpi -- the C module (lua/mpi.c), once init() ran
 local rank, size
+local finalized -- finalize() ran: MPI cannot be started again
 
 local function need_init(fname)
+  if finalized then
+    error(fmt("glia.distributed.%s: called after glia.distributed.finalize() (MPI cannot "
+              .. "be started again)", fname), 3)
+  end
   if not mpi then
     error(fmt("glia.distributed.%s: call glia.distributed.init() first", fname), 3)
   end
@@ -49,6 +54,7 @@ end
 -- each computes on cores / local ranks threads (at least 1), glia's pool and
 -- OpenBLAS alike, so that N ranks do not run N x cores threads.
 function dist.init()
+  if finalized then need_init("init") end
   if not mpi then
     local ok, m = pcall(require, "glia.mpi")
     if not ok then
@@ -66,7 +72,8 @@ function dist.init()
   return rank, size
 end
 
-function dist.is_initialized() return mpi ~= nil end
+-- false again after finalize().
+function dist.is_initialized() return mpi ~= nil and not finalized end
 
 function dist.rank()
   need_init("rank")
@@ -89,10 +96,15 @@ function dist.wtime()
   return mpi.wtime()
 end
 
--- Ends this rank's part: meets the other ranks, then finalizes MPI. Called
--- by itself when the Lua state closes; call it early to leave MPI sooner.
+-- Ends this rank's part: waits for the collectives still open (their
+-- handles are errors to use afterwards), meets the other ranks, then
+-- finalizes MPI. Called by itself when the Lua state closes; call it early to
+-- leave MPI sooner. Every glia.distributed call after it is an error.
 function dist.finalize()
-  if mpi then mpi.finalize() end
+  if mpi and not finalized then
+    mpi.finalize()
+    finalized = true
+  end
 end
 
 -- Ends the whole job now with msg on stderr (MPI_Abort).
@@ -115,61 +127,63 @@ end
 -- true once the collective completed.
 function Handle:test() return self.h:test() end
 
-local function check_op(op, fname)
+-- A call bad on this rank alone is not raised here: its message goes to
+-- mpi.start, which exchanges it with the other ranks' signatures, and every
+-- rank raises it. A rank raising alone would leave the others in this
+-- collective, to be paired with its next one.
+local function bad_op(op)
   if op ~= nil and op ~= "sum" and op ~= "mean" then
-    error(fmt('glia.distributed.%s: op must be "sum" or "mean", got %s', fname, tostring(op)), 0)
-  end
-  return op or "sum"
-end
-
-local function check_tensor(t, fname)
-  if not glia.is_tensor(t) then
-    error(fmt("glia.distributed.%s: expected a tensor, got %s", fname, type(t)), 0)
+    return fmt('op must be "sum" or "mean", got %s', tostring(op))
   end
 end
 
-local function start(kind, op, t, out, root, checked)
-  local h = mpi.start(kind, op, t, out, root, checked)
+-- t's shape, or nil when t is not a live tensor (mpi.start names that).
+local function shape_of(t)
+  if not glia.is_tensor(t) then return nil end
+  local ok, shape = pcall(t.shape, t)
+  return ok and shape or nil
+end
+
+local function start(kind, op, t, out, root, bad)
+  if bad then op = "sum" end
+  local h = mpi.start(kind, op or "sum", t, out, root, true, bad)
   return setmetatable({ h = h, result = out or t }, Handle)
 end
 
 function dist.all_reduce_async(t, op)
   need_init("all_reduce")
-  check_tensor(t, "all_reduce")
-  return start("all_reduce", check_op(op, "all_reduce"), t, nil, 0, true)
+  return start("all_reduce", op, t, nil, 0, bad_op(op))
 end
 
 function dist.broadcast_async(t, root)
   need_init("broadcast")
-  check_tensor(t, "broadcast")
   root = root or 0
+  local bad
   if type(root) ~= "number" or root ~= floor(root) then
-    error("glia.distributed.broadcast: root must be a rank (an integer), got " .. tostring(root), 0)
+    bad = "root must be a rank (an integer), got " .. tostring(root)
+    root = 0
   end
-  return start("broadcast", "sum", t, nil, root, true)
+  return start("broadcast", "sum", t, nil, root, bad)
 end
 
 function dist.all_gather_async(t)
   need_init("all_gather")
-  check_tensor(t, "all_gather")
-  local shape = t:shape()
-  local out = glia.empty({ size, unpack(shape) })
-  return start("all_gather", "sum", t, out, 0, true)
+  local shape = shape_of(t)
+  local out = glia.empty(shape and { size, unpack(shape) } or { 0 })
+  return start("all_gather", "sum", t, out, 0)
 end
 
 function dist.reduce_scatter_async(t, op)
   need_init("reduce_scatter")
-  check_tensor(t, "reduce_scatter")
-  op = check_op(op, "reduce_scatter")
-  local shape = t:shape()
+  local shape = shape_of(t)
   local out
-  if #shape > 0 and shape[1] % size == 0 then
+  if shape and #shape > 0 and shape[1] % size == 0 then
     shape[1] = floor(shape[1] / size)
     out = glia.empty(shape)
   else -- the ranks name the problem together
     out = glia.empty({ 0 })
   end
-  return start("reduce_scatter", op, t, out, 0, true)
+  return start("reduce_scatter", op, t, out, 0, bad_op(op))
 end
 
 function dist.all_reduce(t, op) return dist.all_reduce_async(t, op):wait() end

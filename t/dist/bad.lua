@@ -13,6 +13,21 @@ local cases = {
   split = function() dist.reduce_scatter(glia.ones(3)) end,
   root = function() dist.broadcast(glia.ones(3), 5) end,
   op = function() dist.all_reduce(glia.ones(3), "max") end,
+  -- bad on one rank only: the other rank must raise the same error too
+  op_one = function() dist.all_reduce(glia.ones(3), r == 1 and "max" or "sum") end,
+  freed_one = function()
+    local x = glia.ones(3)
+    if r == 0 then x:free() end
+    dist.all_reduce(x)
+  end,
+  not_tensor_one = function() dist.all_gather(r == 1 and 42 or glia.ones(2)) end,
+  freed_scatter_one = function()
+    local x = glia.ones(4)
+    if r == 1 then x:free() end
+    dist.reduce_scatter(x)
+  end,
+  root_wraps = function() dist.broadcast(glia.ones(3), 2^32) end,
+  root_float_one = function() dist.broadcast(glia.ones(3), r == 1 and 0.5 or 0) end,
   gather_shape = function() dist.all_gather(glia.ones(2 + r)) end,
   batch = function()
     local data = require "glia.data"
@@ -23,5 +38,5 @@ local cases = {
 local ok, err = pcall(cases[arg[1]])
 print(("rank %d error %s"):format(r, ok and "none" or tostring(err)))
 -- the ranks go on together after the error
-dist.all_reduce(glia.ones(1))
-print(("rank %d after"):format(r))
+-- (and pair up: 2 ranks sum to 2)
+print(("rank %d after %g"):format(r, dist.all_reduce(glia.ones(1)):item()))
