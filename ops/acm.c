@@ -257,15 +257,6 @@ static void col_sums(float *acc, const float *rows_, int64_t rows, int64_t n, in
   }
 }
 
-/* fn over the items [0, n) on the pool, OpenBLAS single-threaded inside:
-** an item's bits never depend on the thread count. */
-static void pool_items(glia_ctx *G, int64_t n, void (*fn)(int64_t, int64_t, void *), void *ud) {
-  glia_blas_set_threads(1);
-  if (n == 1 || G->nthreads < 2) fn(0, n, ud);
-  else glia_parallel_for(G, n, 1, fn, ud);
-  glia_blas_set_threads(G->nthreads);
-}
-
 /* ================================================== gated: forward */
 
 typedef struct {
@@ -367,10 +358,7 @@ static glia_status run_tasks(glia_ctx *G, gated_job *j) {
   size_t bytes = j->per * (size_t)j->nslots * sizeof(float);
   j->ws = glia_alloc(G, bytes ? bytes : 1);
   if (!j->ws) return glia_fail_nomem(G, bytes, "glia.acm scratch");
-  glia_blas_set_threads(1);
-  if (j->nslots == 1) run_slots(0, 1, j);
-  else glia_parallel_for(G, j->nslots, 1, run_slots, j);
-  glia_blas_set_threads(G->nthreads);
+  glia_pool_blas_items(G, j->nslots, run_slots, j);
   glia_free(G, j->ws, bytes ? bytes : 1);
   return GLIA_OK;
 }
@@ -503,7 +491,7 @@ static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_te
                       .dw1 = n->needs[1] ? (float *)glia_ptr(g[1]) : NULL,
                       .db1 = n->needs[2] ? (float *)glia_ptr(g[2]) : NULL,
                       .dw2 = n->needs[3] ? (float *)glia_ptr(g[3]) : NULL};
-    if (st == GLIA_OK) pool_items(G, p.N, learner_grads, &lj);
+    if (st == GLIA_OK) glia_pool_blas_items(G, p.N, learner_grads, &lj);
     glia_free(G, j.xs, 2 * (xs_floats + hid_floats) * sizeof(float));
   }
   free(tasks);
@@ -596,7 +584,7 @@ static glia_status acm_all(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_te
   }
   if (st == GLIA_OK && T > 0) {
     all_job aj = {.p = &p, .pre = hid, .out = (float *)glia_ptr(r)};
-    pool_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_rows, &aj);
+    glia_pool_blas_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_rows, &aj);
     glia_free(G, hid, hb);
   }
   plan_release(&p);
@@ -648,8 +636,8 @@ static glia_status acm_all_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, gli
                   .dw1 = n->needs[1] ? (float *)glia_ptr(g[1]) : NULL,
                   .db1 = n->needs[2] ? (float *)glia_ptr(g[2]) : NULL,
                   .dw2 = n->needs[3] ? (float *)glia_ptr(g[3]) : NULL};
-    pool_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_bwd_rows, &aj);
-    pool_items(G, N, all_bwd_learners, &aj);
+    glia_pool_blas_items(G, (T + ALL_ROWS - 1) / ALL_ROWS, all_bwd_rows, &aj);
+    glia_pool_blas_items(G, N, all_bwd_learners, &aj);
     glia_free(G, buf, bb);
   }
   glia_tensor_release(dc);

@@ -320,10 +320,7 @@ static glia_status run_job(glia_ctx *G, la_job *j) {
   size_t bytes = j->per * (size_t)j->nslots * sizeof(float);
   j->ws = glia_alloc(G, bytes ? bytes : 1);
   if (!j->ws) return glia_fail_nomem(G, bytes, "glia.linear_attention scratch");
-  glia_blas_set_threads(1);
-  if (j->nslots == 1) run_slots(0, 1, j);
-  else glia_parallel_for(G, j->nslots, 1, run_slots, j);
-  glia_blas_set_threads(G->nthreads);
+  glia_pool_blas_items(G, j->nslots, run_slots, j);
   glia_free(G, j->ws, bytes ? bytes : 1);
   return GLIA_OK;
 }

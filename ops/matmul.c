@@ -189,6 +189,14 @@ void glia_matvec_ld(glia_ctx *G, const float *w, int64_t ldw, const float *x, co
   rowdot_run(G, &d);
 }
 
+void glia_pool_blas_items(glia_ctx *G, int64_t n, void (*fn)(int64_t, int64_t, void *),
+                          void *ud) {
+  glia_blas_set_threads(1);
+  if (n == 1 || G->nthreads < 2) fn(0, n, ud);
+  else glia_parallel_for(G, n, 1, fn, ud);
+  glia_blas_set_threads(G->nthreads);
+}
+
 /* linear(x, w, bias) of one contiguous row x with contiguous w and bias,
 ** straight into r: decoding's case, without a GEMM plan or a pass to copy
 ** the bias in first. False when the operands are not of that form. */

@@ -210,6 +210,11 @@ GLIAI_FUNC void glia_matvec(glia_ctx *G, const float *w, const float *x, const f
 /* The same with w's rows ldw floats apart (a slice of a wider matrix). */
 GLIAI_FUNC void glia_matvec_ld(glia_ctx *G, const float *w, int64_t ldw, const float *x,
                                const float *bias, float *y, int64_t rows, int64_t k);
+/* fn over the items [0, n) on the pool with OpenBLAS single-threaded inside
+** (on the calling thread when there is one item or one thread): an item's
+** bits never depend on the thread count (ops/matmul.c). */
+GLIAI_FUNC void glia_pool_blas_items(glia_ctx *G, int64_t n,
+                                     void (*fn)(int64_t, int64_t, void *), void *ud);
 /* glia.layer_norm of R rows of C (w, b may be NULL) into y (ops/norm.c). */
 GLIAI_FUNC void glia_layer_norm_rows(const float *x, const float *w, const float *b, float *y,
                                      int64_t R, int64_t C, double eps);
