@@ -27,7 +27,8 @@
 ** MATVEC_ROWS tokens to run (decoding), each runs as two matrix-vector
 ** products on the pool instead. The second result is the learner FLOPs
 ** run: K * (4 d w + 2 w) per token of bucket K (the two products, the bias
-** and the activation).
+** and the activation). schedule "tier" runs the same FLOPs learner by
+** learner instead (see forward_tier); the backward is the same either way.
 **
 ** acm(x, k) backward: per task, recompute pre = x W1_K^T + b1_K, then
 ** dpre = (dy W2_K) o act'(pre), hid = act(pre), dx = dpre W1_K; then per
@@ -379,20 +380,85 @@ static glia_status forward_rows(glia_ctx *G, const acm_plan *p, float *out) {
   return GLIA_OK;
 }
 
+/* ================================================= gated: tier forward */
+
+/* The spec's alternative schedule, with the same FLOPs: the rows sorted by
+** k descending, the rows that run learner l are a prefix of them (the
+** n_l = sum_{K>l} count[K] rows with k > l), so learner l runs as one
+** product pair on that prefix and adds its output into the rows' sums. The
+** rows are cut in chunks of TIER_ROWS (never by the thread count), each a
+** pool item running the learners in order: the same bits on any thread
+** count. Its sums are taken in another order than the bucket schedule's
+** (a product per learner, not one over the whole prefix [0, K*w)), so the
+** two agree to rounding, not bit for bit. Smaller inner dimensions and a
+** read-modify-write of the sums per learner: the bucket schedule is the
+** default, this one is there to compare against. */
+#define TIER_ROWS 256
+typedef struct {
+  const acm_plan *p;
+  float *xs, *hid, *ys; /* {active,d}, {active,w}, {active,d}: rows in perm order */
+  float *out;
+} tier_job;
+
+static void tier_chunks(int64_t c0, int64_t c1, void *ud) {
+  const tier_job *j = ud;
+  const acm_plan *p = j->p;
+  int64_t d = p->d, w = p->w;
+  for (int64_t c = c0; c < c1; c++) {
+    int64_t r0 = c * TIER_ROWS, r1 = r0 + TIER_ROWS < p->active ? r0 + TIER_ROWS : p->active;
+    float *xs = j->xs + r0 * d, *ys = j->ys + r0 * d, *hid = j->hid + r0 * w;
+    gather_rows(p, p->px, p->perm + r0, r1 - r0, xs);
+    for (int64_t l = 0; l < p->N; l++) {
+      int64_t n_l = p->start[l + 1] + p->count[l + 1]; /* rows with k > l */
+      int64_t nr = (n_l < r1 ? n_l : r1) - r0;
+      if (nr <= 0) break; /* k only falls down the rows */
+      for (int64_t r = 0; r < nr; r++) memcpy(hid + r * w, p->pb1 + l * w, (size_t)w * sizeof *hid);
+      gemm(false, true, nr, w, d, xs, d, p->pw1 + l * w * d, d, 1.0f, hid, w);
+      act_rows(p, hid, nr * w);
+      /* learner 0 runs on every active row: it sets the sums */
+      gemm(false, true, nr, d, w, hid, w, p->pw2 + l * w, p->H, l == 0 ? 0.0f : 1.0f, ys, d);
+    }
+    scatter_rows(p, ys, p->perm + r0, r1 - r0, j->out);
+  }
+}
+
+static glia_status forward_tier(glia_ctx *G, const acm_plan *p, float *out) {
+  size_t bytes = (size_t)(p->active * (2 * p->d + p->w)) * sizeof(float);
+  tier_job j = {.p = p, .out = out};
+  j.xs = glia_alloc(G, bytes);
+  if (!j.xs) return glia_fail_nomem(G, bytes, "glia.acm tier buffers");
+  j.ys = j.xs + p->active * p->d;
+  j.hid = j.ys + p->active * p->d;
+  glia_pool_blas_items(G, (p->active + TIER_ROWS - 1) / TIER_ROWS, tier_chunks, &j);
+  glia_free(G, j.xs, bytes);
+  return GLIA_OK;
+}
+
+/* schedule: "bucket" (when absent) or "tier"; *tier set for the latter */
+static glia_status schedule_parse(glia_ctx *G, const glia_value *a, int *tier) {
+  const char *s = a->kind == GLIA_VAL_STRING ? a->u.s : "bucket";
+  *tier = strcmp(s, "tier") == 0;
+  if (*tier || strcmp(s, "bucket") == 0) return GLIA_OK;
+  return glia_fail(G, GLIA_EARG, "glia.acm: schedule must be \"bucket\" or \"tier\", got \"%s\"",
+                   s);
+}
+
 /* =================================================== gated: the op */
 
 static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_tensor **din);
 
 static glia_status acm(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_tensor *b1,
-                       glia_tensor *w2, glia_tensor *k, int64_t N, int act, glia_tensor **out,
-                       double *flops) {
+                       glia_tensor *w2, glia_tensor *k, int64_t N, int act, int tier,
+                       glia_tensor **out, double *flops) {
   const char *name = "glia.acm";
   acm_plan p;
   TRY(plan_new(G, name, x, w1, b1, w2, N, act, &p));
   glia_status st = plan_sort(G, name, &p, k);
   glia_tensor *r = NULL;
   if (st == GLIA_OK) st = glia_tensor_zeros(G, GLIA_DTYPE_F32, 2, (int64_t[]){p.T, p.d}, &r);
-  if (st == GLIA_OK && p.active > 0 && p.active < MATVEC_ROWS) {
+  if (st == GLIA_OK && p.active > 0 && tier) {
+    st = forward_tier(G, &p, (float *)glia_ptr(r));
+  } else if (st == GLIA_OK && p.active > 0 && p.active < MATVEC_ROWS) {
     st = forward_rows(G, &p, (float *)glia_ptr(r));
   } else if (st == GLIA_OK && p.active > 0) {
     gated_job j = {.p = &p, .out = (float *)glia_ptr(r)};
@@ -733,16 +799,18 @@ static glia_status acm_gate(glia_ctx *G, glia_value *args, int64_t m, int64_t ca
 
 /* ================================================== registry wrappers */
 
-/* acm(x, w1, b1, w2, k [, learners [, activation]]) -> out, learner FLOPs */
+/* acm(x, w1, b1, w2, k [, learners [, activation [, schedule]]]) -> out,
+** learner FLOPs */
 static glia_status op_acm(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                           glia_value *outs) {
   (void)nargs;
-  int act;
+  int act, tier;
   TRY(act_parse(G, "glia.acm", &args[6], &act));
+  TRY(schedule_parse(G, &args[7], &tier));
   glia_tensor *r;
   double flops;
   TRY(acm(G, args[0].u.t, args[1].u.t, args[2].u.t, args[3].u.t, args[4].u.t,
-          arg_int(&args[5], 4), act, &r, &flops));
+          arg_int(&args[5], 4), act, tier, &r, &flops));
   out1(nouts, outs, r);
   *nouts = 2;
   outs[1].kind = GLIA_VAL_NUMBER;
@@ -773,7 +841,7 @@ static glia_status op_acm_gate(glia_ctx *G, int nargs, glia_value *args, int *no
 }
 
 const glia_op glia_ops_acm[] = {
-    {"acm", "TTTTT|is", op_acm, 0},
+    {"acm", "TTTTT|iss", op_acm, 0},
     {"acm_all", "TTTT|isb", op_acm_all, 0},
     {"acm_gate", "TTTTTTT|ii", op_acm_gate, 0},
     {NULL, NULL, NULL, 0},

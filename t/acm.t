@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(46)
+t.plan(53)
 
 -- ============================================================ reference
 
@@ -169,6 +169,41 @@ do -- 3. bucketed = naive per token, every thread count, T = 1, strides
   k2:select(2, 1):copy_(k)
   local ys = glia.acm(xt, w1t, b1, w2t, k2:select(2, 1))
   t.ok(u.identical(ys, got[1]), "transposed x, w1, w2 and a strided i32 k give the same result")
+end
+
+do -- 3. the tier schedule: learner by learner on the prefix of rows with k > l
+  local T, d, N, w = 600, 24, 4, 16 -- more than one chunk of 256 rows
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks, k = rand_k(T, N)
+  local want = ref_acm(ks, N)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+  local tier = { learners = N, schedule = "tier" }
+  local got = u.by_threads(function() return { glia.acm(x, w1, b1, w2, k, tier) } end, { 1, 2 })
+  local bucket, fb = glia.acm(x, w1, b1, w2, k, { learners = N })
+  t.ok(relerr(got[1][1], want) < 1e-6 and relerr(got[1][1], bucket) < 1e-6,
+       "the tier schedule equals the per-token o_k(x) and the bucket schedule")
+  t.ok(u.identical(got[1][1], got[2][1]), "and gives the same bits on 1 and 2 threads")
+  t.is(got[1][2], fb, "and counts the same learner FLOPs")
+  local worst = 0
+  for kk = 0, N do
+    local y = glia.acm(x:narrow(1, 3, 1), w1, b1, w2, glia.tensor({ kk }, "i64"), tier)
+    worst = max(worst, relerr(y[1], ref_token(x[3]:totable(), w1:totable(), b1:totable(),
+                                              w2:totable(), N, kk, ACT.gelu)))
+  end
+  t.ok(worst < 1e-6, "one token at each k = 0..N under the tier schedule equals the reference")
+  local _, k0 = full_k(T, 0)
+  t.ok(u.identical(glia.acm(x, w1, b1, w2, k0, tier), glia.zeros(T, d)),
+       "k = 0 everywhere gives exactly 0 under the tier schedule too")
+  -- the backward is the bucket one for either schedule
+  local function grads(opts)
+    local xs, a, b, c = x:narrow(1, 1, 40):clone():requires_grad(), w1:clone():requires_grad(),
+                        b1:clone():requires_grad(), w2:clone():requires_grad()
+    glia.acm(xs, a, b, c, k:narrow(1, 1, 40), opts):sum():backward()
+    return { xs.grad, a.grad, b.grad, c.grad }
+  end
+  local gb, gt = grads({ learners = N }), grads(tier)
+  local same = true
+  for i = 1, 4 do same = same and u.identical(gb[i], gt[i]) end
+  t.ok(same, "gradients through the tier schedule are the bucket schedule's, bit for bit")
 end
 
 do -- 4. all-zero and all-N gates
@@ -355,6 +390,8 @@ do
   t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 2, activation = "tanh" }) end,
                'activation must be "gelu", "gelu_tanh", "relu" or "identity", got "tanh"',
                "an unknown activation")
+  t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 2, schedule = "tiers" }) end,
+               'glia.acm: schedule must be "bucket" or "tier", got "tiers"', "an unknown schedule")
   t.error_like(function() glia.acm(x, w1, b1, w2, k, { learners = 0 }) end,
                "glia.acm: option learners must be an integer >= 1, got 0", "zero learners")
   t.error_like(function() glia.acm(x, w1, b1, w2, k, { learner = 2 }) end,

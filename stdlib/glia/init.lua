@@ -206,13 +206,14 @@ function glia.linear_attention(q, k, v, opts)
   return linear_attention(q, k, v, opts.eps)
 end
 
--- glia.acm(x, w1, b1, w2, k [, {learners, activation}]) and
+-- glia.acm(x, w1, b1, w2, k [, {learners, activation, schedule}]) and
 -- glia.acm_all(x, w1, b1, w2 [, {learners, activation, detach}]): Adaptive
 -- Computation Modules (ops/acm.c). learners defaults to 4, activation to
--- "gelu" (exact), detach to true. glia.acm returns o_{k_t}(x_t) {T,d} and
+-- "gelu" (exact), detach to true, schedule to "bucket" ("tier": learner by
+-- learner, equal to rounding). glia.acm returns o_{k_t}(x_t) {T,d} and
 -- the learner FLOPs it ran; glia.acm_all every prefix {N+1,T,d}.
 local acm_op, acm_all_op = core.acm, core.acm_all
-local ACM_OPTIONS, ACM_ALL_OPTIONS = { "learners", "activation" },
+local ACM_OPTIONS, ACM_ALL_OPTIONS = { "learners", "activation", "schedule" },
                                      { "learners", "activation", "detach" }
 local function acm_opts(where, opts, known)
   opts = options.check(where, opts, known, 3)
@@ -220,8 +221,10 @@ local function acm_opts(where, opts, known)
   if n ~= nil and not (type(n) == "number" and n == math.floor(n) and n >= 1 and n < 2 ^ 31) then
     error(where .. ": option learners must be an integer >= 1, got " .. tostring(n), 3)
   end
-  if opts.activation ~= nil and type(opts.activation) ~= "string" then
-    error(where .. ": option activation must be a string, got " .. tostring(opts.activation), 3)
+  for _, key in ipairs { "activation", "schedule" } do
+    if opts[key] ~= nil and type(opts[key]) ~= "string" then
+      error(where .. ": option " .. key .. " must be a string, got " .. tostring(opts[key]), 3)
+    end
   end
   if opts.detach ~= nil and type(opts.detach) ~= "boolean" then
     error(where .. ": option detach must be true or false, got " .. tostring(opts.detach), 3)
@@ -230,7 +233,7 @@ local function acm_opts(where, opts, known)
 end
 function glia.acm(x, w1, b1, w2, k, opts)
   opts = acm_opts("glia.acm", opts, ACM_OPTIONS)
-  return acm_op(x, w1, b1, w2, k, opts.learners, opts.activation)
+  return acm_op(x, w1, b1, w2, k, opts.learners, opts.activation, opts.schedule)
 end
 function glia.acm_all(x, w1, b1, w2, opts)
   opts = acm_opts("glia.acm_all", opts, ACM_ALL_OPTIONS)
