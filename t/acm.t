@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(53)
+t.plan(55)
 
 -- ============================================================ reference
 
@@ -250,6 +250,41 @@ do -- 6. gated backward: f64 check, learners not run get nothing
   u.gradcheck_f64(function(a, b, c, e)
     return glia.acm(a, b, c, e, kr, { learners = N, activation = "relu" })
   end, ref_acm(kr:totable(), N, "relu"), { x, w1, b1, w2 }, "gated acm with relu learners in f64")
+end
+
+do -- gate_task_grad's output (nn.acm's task_grad_mix): the spec's f~ = sum_k g_k o_k(x)
+  -- at a one-hot g (the gate's straight-through forward value), in f64:
+  -- its value is o_{k_t}(x_t), and its gradient is g_k -> <dL/df~, o_k>,
+  -- the learners' and x's that of the chosen prefix. The finite
+  -- differences move g off the one-hot, so they see the formula, not argmax.
+  local A = require "glia.nn.acm"
+  local T, d, N, w = 6, 4, 3, 3
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks = { 0, 1, 2, 3, 1, 3 }
+  local k, g = glia.tensor(ks, "i64"), glia.zeros(T, N + 1)
+  for i = 1, T do g[i][ks[i] + 1] = 1 end
+  local opts = { learners = N }
+  local function mix(a, b, c, e, gg)
+    return A.task_grad_mix(glia.acm(a, b, c, e, k, opts), gg,
+                           glia.no_grad(glia.acm_all, a, b, c, e, opts))
+  end
+  local function ref(xr, w1r, b1r, w2r, gr)
+    local out = {}
+    for i = 1, T do
+      local y = {}
+      for c = 1, d do y[c] = 0 end
+      for kk = 0, N do
+        local o = ref_token(xr[i], w1r, b1r, w2r, N, kk, ACT.gelu)
+        for c = 1, d do y[c] = y[c] + gr[i][kk + 1] * o[c] end
+      end
+      out[i] = y
+    end
+    return out
+  end
+  u.gradcheck_f64(mix, ref, { x, w1, b1, w2, g },
+                  "f~ = sum_k g_k o_k: value and gradients of x, w1, b1, w2 and g in f64")
+  t.ok(u.identical(glia.no_grad(mix, x, w1, b1, w2, g), glia.acm(x, w1, b1, w2, k, opts)),
+       "its value is the gated output's, to the bit")
 end
 
 do -- every prefix: both gradient variants

@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, log, max = math.abs, math.exp, math.log, math.max
 
-t.plan(35)
+t.plan(44)
 
 do -- Gumbel straight-through with fixed noise
   local R, C, tau = 6, 5, 0.8
@@ -208,6 +208,72 @@ do -- entropy and diversity values
   a.last = { g = glia.one_hot(glia.tensor(k2, "i64"), 5) }
   t.ok(abs(A.diversity_loss({ a }, 2):item() + 2 * 0.4) < 1e-6,
        "two samples at k = 0 and k = N: L_diversity = -2 mean |u_b - u_b'| = -0.8")
+end
+
+do -- gate_task_grad: the same value, and the task loss reaches the gate as <dL/df~, o_k>
+  local function run(m, x, dy, seed)
+    for _, p in ipairs(m:parameters()) do p:zero_grad() end
+    glia.manual_seed(seed)
+    local y = m(x)
+    y:mul(dy):sum():backward()
+    return y:detach():clone(), m.gate3.bias.grad and m.gate3.bias.grad:clone()
+  end
+  for _, cap in ipairs { false, 2 } do
+    local m, x = make()
+    m:train()
+    m.cap_k = cap or nil
+    local dy = glia.randn(x:shape())
+    local y0, gb0 = run(m, x, dy, 11)
+    m.gate_task_grad = true
+    local y1, gb1 = run(m, x, dy, 11)
+    local what = cap and " (cap_k = 2)" or ""
+    t.ok(u.identical(y0, y1), "gate_task_grad: the forward value is the default's, to the bit" .. what)
+    t.ok(gb0 == nil or u.identical(gb0, glia.zeros(5)),
+         "without it the task loss gives the gate no gradient" .. what)
+    -- with it: dlogits = (1/tau) soft o (dg - <dg, soft>), dg_k = <dy_t, o_min(k,cap)(x_t)>,
+    -- soft from the noise the forward drew (the seed's first draw)
+    local T, N, tau = 30, 4, m.tau
+    glia.manual_seed(11)
+    local U = glia.rand(T, N + 1):clamp(1e-20, 1 - 1e-7):totable()
+    local x2 = x:reshape(-1, 8)
+    local L = glia.no_grad(m.gate_logits, m, x2):totable()
+    local O, DY = m:prefixes(x2):totable(), dy:reshape(-1, 8):totable()
+    local want = {}
+    for c = 1, N + 1 do want[c] = 0 end
+    for r = 1, T do
+      local z, zmax, soft, sum = {}, -math.huge, {}, 0
+      for c = 1, N + 1 do
+        z[c] = (L[r][c] - log(-log(U[r][c]))) / tau
+        zmax = max(zmax, z[c])
+      end
+      for c = 1, N + 1 do soft[c] = exp(z[c] - zmax) sum = sum + soft[c] end
+      local dg, dot = {}, 0
+      for c = 1, N + 1 do
+        local kk = cap and math.min(c - 1, cap) or c - 1
+        dg[c] = 0
+        for j = 1, 8 do dg[c] = dg[c] + DY[r][j] * O[kk + 1][r][j] end
+        soft[c] = soft[c] / sum
+        dot = dot + dg[c] * soft[c]
+      end
+      for c = 1, N + 1 do want[c] = want[c] + soft[c] * (dg[c] - dot) / tau end
+    end
+    local got, worst, scale = gb1:totable(), 0, 0
+    for c = 1, N + 1 do
+      worst, scale = max(worst, abs(got[c] - want[c])), max(scale, abs(want[c]))
+    end
+    t.ok(scale > 1e-3 and worst <= 1e-4 * scale,
+         "with it the gate's gradient is the softmax Jacobian of dL/dg_k = <dL/df~, o_k>" .. what)
+  end
+  t.error_like(function() nn.ACM(8, 16, 4, { gate_task_grad = 1 }) end,
+               "gate_task_grad must be true or false, got 1", "gate_task_grad must be a boolean")
+  t.error_like(function() nn.ACM(8, 16, 4, { schedule = "tiered" }) end,
+               'schedule must be "bucket" or "tier", got tiered', "nn.ACM checks the schedule")
+  local m, x = make({ schedule = "tier" })
+  m:eval()
+  local y = m(x)
+  t.ok(u.f32_near(0, (y:reshape(-1, 8) - glia.acm(x:reshape(-1, 8), m.w1, m.b1, m.w2, m.last.k,
+                      { learners = 4 })):abs():max():item(), 1e-5, 0),
+       "nn.ACM with schedule = \"tier\" gives glia.acm's output")
 end
 
 do -- determinism and errors

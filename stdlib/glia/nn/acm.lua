@@ -7,7 +7,8 @@
 -- nothing.
 --
 --   ACM(d, hidden, learners [, {activation = "gelu", min_choice = 0,
---       tau = 0.8, gate_hidden = 16, detach = true}])
+--       tau = 0.8, gate_hidden = 16, detach = true, schedule = "bucket",
+--       gate_task_grad = false}])
 --
 -- hidden is the packed width N*w. The gate: three linear layers
 -- d -> gate_hidden -> gate_hidden -> N+1-m without activations between
@@ -20,6 +21,14 @@
 -- (k clamped to at most that), each an integer in min_choice..N, checked
 -- the same way in training and eval. Any gate_hidden works: eval fuses the
 -- gate when it is at most 64 wide and runs the three layers otherwise.
+-- schedule is glia.acm's ("bucket", or "tier" to compare against).
+--
+-- gate_task_grad (off by default, as in the reference, where the task loss
+-- never reaches the gate): in training, the output becomes the spec's
+-- f~(x) = sum_k g_k o_k(x), the same value, so that the task loss gives the
+-- gate dL/dg_k = <dL/df~, o_k(x)> (see task_grad_mix). It costs every
+-- prefix o_0..o_N of every token (glia.acm_all, without gradient) on top of
+-- the gated forward. (Set it on the module, or the field later.)
 --
 -- forward(x {..., d}) -> {..., d}, and records in self.last what the
 -- losses read: g {T, N+1} (the gate's one-hot over k = 0..N, carrying the
@@ -29,6 +38,7 @@
 --
 -- Also here, as functions of the module table (glia.acm re-exports them):
 --   gumbel_hard(logits, tau [, u])   one-hot forward, softmax-Jacobian backward
+--   task_grad_mix(y, g, all)         gate_task_grad's output: y's value, o_k to g_k
 --   gate_labels(errors, tau_err)     phase-2 targets from per-prefix errors
 --   budget_loss(acms, beta)          |F - beta| and F, F the fraction of max compute
 --   entropy_loss(acms, B)            rewards varied choices inside a sample
@@ -62,6 +72,25 @@ function M.gumbel_hard(logits, tau, u)
   local idx = glia.argmax(z, -1)
   local hard = glia.one_hot(idx, logits:size(-1))
   return hard + (soft - soft:detach()), idx
+end
+
+-- gate_task_grad's output for the gated y {T, d} = o_{k_t}(x_t), the gate's
+-- one-hot g {T, N+1} and every prefix all {N+1, T, d} (no gradient):
+--   f~ = y + sum_k (g_k - stopgrad g_k) o_k
+-- The added term is exactly 0 forward (g - g is 0, and so is 0 * o_k), so
+-- f~ is y to the bit; backward, g_k gets <dL/df~, o_k>, the gradient of the
+-- spec's sum_k g_k o_k, while the learners and x keep y's gradient, which
+-- is that sum's too (g is one-hot: only the chosen prefix has weight).
+function M.task_grad_mix(y, g, all)
+  local T, C = g:size(1), g:size(2)
+  if g:dim() ~= 2 or y:dim() ~= 2 or all:dim() ~= 3 or all:size(1) ~= C or all:size(2) ~= T or
+     y:size(1) ~= T or y:size(2) ~= all:size(3) then
+    error(format("glia.acm.task_grad_mix: expected y {T,d}, g {T,C}, all {C,T,d}, got " ..
+                 "y {%s}, g {%s}, all {%s}", table.concat(y:shape(), ","),
+                 table.concat(g:shape(), ","), table.concat(all:shape(), ",")), 2)
+  end
+  local gd = (g - g:detach()):view(T, C, 1)
+  return y + (gd * all:detach():permute(2, 1, 3)):sum(2)
 end
 
 -- Phase-2 targets: errors {T, N+1} (e_0..e_N per token, a tensor or nested
@@ -111,7 +140,8 @@ local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, identity = tru
 
 function ACM:__init(d, hidden, learners, opts)
   opts = options.check("glia.nn.ACM", opts,
-                       { "activation", "min_choice", "tau", "gate_hidden", "detach" }, 2)
+                       { "activation", "min_choice", "tau", "gate_hidden", "detach",
+                         "schedule", "gate_task_grad" }, 2)
   self.d = check_int("ACM", "d", d, 1)
   self.learners = check_int("ACM", "learners", learners, 1)
   check_int("ACM", "hidden", hidden, 1)
@@ -130,6 +160,15 @@ function ACM:__init(d, hidden, learners, opts)
   end
   self:set_tau(opts.tau or 0.8)
   self.detach = opts.detach ~= false
+  self.schedule = opts.schedule or "bucket"
+  if self.schedule ~= "bucket" and self.schedule ~= "tier" then
+    error("glia.nn.ACM: schedule must be \"bucket\" or \"tier\", got " .. tostring(self.schedule), 2)
+  end
+  if opts.gate_task_grad ~= nil and type(opts.gate_task_grad) ~= "boolean" then
+    error("glia.nn.ACM: gate_task_grad must be true or false, got " ..
+          tostring(opts.gate_task_grad), 2)
+  end
+  self.gate_task_grad = opts.gate_task_grad or false
   local gh = check_int("ACM", "gate_hidden", opts.gate_hidden or 16, 1)
   self.w1 = Parameter(glia.empty(hidden, d))
   self.b1 = Parameter(glia.empty(hidden))
@@ -165,7 +204,7 @@ end
 function ACM:_opts()
   local o = rawget(self, "_acm_opts")
   if not o then
-    o = { learners = self.learners, activation = self.activation }
+    o = { learners = self.learners, activation = self.activation, schedule = self.schedule }
     rawset(self, "_acm_opts", o)
   end
   return o
@@ -235,8 +274,25 @@ function ACM:forward(x)
   local x2 = flat(self, x)
   local k, g = self:choose(x2)
   local y, flops = glia.acm(x2, self.w1, self.b1, self.w2, k, self:_opts())
+  if g and self.gate_task_grad then y = M.task_grad_mix(y, self:capped(g), self:prefixes(x2)) end
   self.last = { g = g, k = k, flops = flops, T = x2:size(1) }
   return y:view(x:shape())
+end
+
+-- Every prefix o_0..o_N of x2 {T, d}, without gradient: {N+1, T, d}.
+function ACM:prefixes(x2)
+  return glia.no_grad(glia.acm_all, x2, self.w1, self.b1, self.w2,
+                      { learners = self.learners, activation = self.activation })
+end
+
+-- g {T, N+1} with cap_k's clamp folded in: choice k > cap moves to slot
+-- cap (what ran), so that it is paired with o_cap. g itself when uncapped.
+function ACM:capped(g)
+  local cap, N = count_override(self, "cap_k"), self.learners
+  if not cap or cap == N then return g end
+  local to = {}
+  for k = 0, N do to[k + 1] = (k < cap and k or cap) + 1 end -- 1-based slots
+  return g:matmul(glia.one_hot(glia.tensor(to, "i64"), N + 1))
 end
 
 -- Every prefix o_0..o_N of x {..., d}: {N+1, ..., d}.
