@@ -14,7 +14,7 @@ local u = require "t.util"
 local GPT = require "models.gpt"
 
 u.seed(20261206)
-t.plan(19)
+t.plan(24)
 
 local dir = io.popen("mktemp -d"):read("*l")
 local CFG = { vocab_size = 11, d_model = 16, n_layers = 2, n_heads = 2, ctx = 8 }
@@ -93,6 +93,71 @@ do -- phases, resume
   t.ok(u.identical(c4.acms[1].w1, c1.acms[1].w1), "every phase done: convert loads the result")
 end
 
+do -- phase 1's incremental freeze: 12 steps, 4 stages of 3; stage s freezes learners 1..s
+  local checkpoint = require "glia.checkpoint"
+  local function run(out, stop)
+    local m, seen, state = teacher(), {}, {}
+    local c = acm.convert(m, { learners = 4, out = out, progress = false, phases = { 1 },
+      phase1 = { steps = 12, lr = 1e-2, incremental_freeze = true }, save_every = 5,
+      batch = function(step, ph)
+        if step == stop then error("stop") end
+        -- what steps 1..step-1 left: the weights, and the optimizer state saved at step 5
+        seen[step] = { m.blocks[1].acm.w1:clone(), m.blocks[2].acm.w2:clone() }
+        if step == 6 or step == 11 then state[step] = checkpoint.read(out .. "/phase1").tensors end
+        return batch(step, ph)
+      end })
+    return c, seen, state
+  end
+  local c, seen, state = run(dir .. "/f")
+  local w = c.acms[1].width
+  local function learner(step, which, l)
+    local tns = seen[step][which]
+    return which == 1 and tns:narrow(1, (l - 1) * w + 1, w) or tns:narrow(2, (l - 1) * w + 1, w)
+  end
+  local kept, moved = true, true
+  for l = 1, 3 do -- learner l is frozen from stage l, i.e. from step 3 l + 1 on
+    for _, which in ipairs { 1, 2 } do
+      kept = kept and u.identical(learner(3 * l + 1, which, l), learner(13, which, l))
+      moved = moved and not u.identical(learner(3 * l - 2, which, l), learner(3 * l + 1, which, l))
+    end
+  end
+  local last = not u.identical(learner(10, 1, 4), learner(13, 1, 4))
+  t.ok(kept and moved and last, "incremental freeze: learner l changes until stage l, then not " ..
+       "a bit (both ACMs, w1 and w2); the last learner trains to the end")
+  -- opt.1.<i>: learner_params' order, w1, b1, w2 of each ACM; saved at step 5 and 10
+  local zero, live = true, true
+  for _, case in ipairs { { 6, 1 }, { 11, 3 } } do
+    local tensors, s = state[case[1]], case[2]
+    for i = 1, 6 do
+      local dim = i % 3 == 0 and 2 or 1
+      for _, name in ipairs { "exp_avg", "exp_avg_sq" } do
+        local st = tensors["opt.1." .. i .. "." .. name]
+        zero = zero and u.identical(st:narrow(dim, 1, s * w), st:narrow(dim, 1, s * w) * 0)
+        live = live and st:narrow(dim, s * w + 1, w):abs():max():item() > 0
+      end
+    end
+  end
+  t.ok(zero and live, "and the frozen learners' Adam moments were reset to zero (saved at steps " ..
+       "5 and 10), the others' not")
+  -- interrupted at step 8 (stage 2; checkpoint at step 5, mid-stage 1), then resumed
+  local out = dir .. "/g"
+  t.ok(not pcall(run, out, 8), "a failing batch stops the frozen run")
+  local c2 = run(out)
+  local same = true
+  for j = 1, 2 do
+    for _, k in ipairs { "w1", "b1", "w2" } do same = same and u.identical(c2.acms[j][k], c.acms[j][k]) end
+  end
+  t.ok(same, "resumed mid-stage from the step-5 checkpoint: the same bits as the run not interrupted")
+end
+
+do -- phase3.gate_task_grad reaches every ACM; phase-only options are checked
+  local m = teacher()
+  local c = acm.convert(m, { learners = 4, batch = batch, progress = false,
+                             phase1 = { steps = 1 }, phase2 = { steps = 1 },
+                             phase3 = { steps = 1, gate_task_grad = true } })
+  t.ok(c.acms[1].gate_task_grad and c.acms[2].gate_task_grad, "phase3.gate_task_grad sets every ACM's")
+end
+
 do -- a projection (any d -> d per-token module) is replaced in its parent
   local m = teacher()
   local x = batch(1)
@@ -154,6 +219,12 @@ do -- every argument checked up front, each error naming the function and the ar
     { function() conv { phase2 = { tau_err = 0 } } end, "glia.acm.convert: phase2.tau_err must be a number > 0, got 0" },
     { function() conv { phase3 = { w_e = -1 } } end, "glia.acm.convert: phase3.w_e must be a number >= 0, got %-1" },
     { function() conv { rho = -1 } end, "glia.acm.convert: rho must be a number > 0, got %-1" },
+    { function() conv { phase1 = { incremental_freeze = 1 } } end,
+      "glia.acm.convert: phase1.incremental_freeze must be true or false, got 1" },
+    { function() conv { phase3 = { incremental_freeze = true } } end,
+      "glia.acm.convert: incremental_freeze is an option of phase1, not phase3" },
+    { function() conv { phase1 = { gate_task_grad = true } } end,
+      "glia.acm.convert: gate_task_grad is an option of phase3, not phase1" },
     { function() A.gate_labels(nil, 1.2) end, "glia.acm.gate_labels: errors must be a tensor {T, N%+1} or a list of rows, got nil" },
     { function() A.gate_labels({ 1, 2, 3 }, 1.2) end, "glia.acm.gate_labels: errors must be rows of N%+1 >= 2 numbers" },
     { function() A.gate_labels(glia.ones(5), 1.2) end, "glia.acm.gate_labels: errors must be {T, N%+1} with N >= 1, got {5}" },

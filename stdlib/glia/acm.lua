@@ -44,7 +44,7 @@ local optim = require "glia.optim"
 local progress = require "glia.progress"
 local checkpoint = require "glia.checkpoint"
 
-local fmt, floor, max, sqrt = string.format, math.floor, math.max, math.sqrt
+local fmt, floor, max, min, sqrt = string.format, math.floor, math.max, math.min, math.sqrt
 local type, error, ipairs, pairs, tostring, rawget, rawset =
   type, error, ipairs, pairs, tostring, rawget, rawset
 local clock = glia.clock
@@ -324,13 +324,17 @@ local PHASES = {
   { name = "finetune", defaults = { steps = 300, lr = 3e-4, budget = 0.5, w_b = 0.1, w_e = 0.05,
                                     w_v = 0.05, clip = 1 } },
 }
-local PHASE_KEYS = { "steps", "lr", "min_lr", "clip", "tau_err", "budget", "w_b", "w_e", "w_v" }
+local PHASE_KEYS = { "steps", "lr", "min_lr", "clip", "tau_err", "budget", "w_b", "w_e", "w_v",
+                     "incremental_freeze", "gate_task_grad" }
+-- the options only one phase takes: the phase
+local PHASE_ONLY = { incremental_freeze = 1, gate_task_grad = 3 }
 local LOG_COLUMNS = { "phase", "step", "loss", "task", "compute", "lr", "time" }
 
 -- Each option's check: what it must be, and the test.
 local function is_int0(v) return type(v) == "number" and v == floor(v) and v >= 0 and v < 2 ^ 53 end
 local function is_pos(v) return type(v) == "number" and v > 0 and v < math.huge end
 local function is_nonneg(v) return type(v) == "number" and v >= 0 and v < math.huge end
+local function is_bool(v) return type(v) == "boolean" end
 local PHASE_CHECKS = {
   steps = { "an integer >= 0", is_int0 }, lr = { "a number > 0", is_pos },
   min_lr = { "a number >= 0", is_nonneg }, clip = { "a number > 0", is_pos },
@@ -338,6 +342,7 @@ local PHASE_CHECKS = {
   budget = { "in (0, 1]", function(v) return type(v) == "number" and v > 0 and v <= 1 end },
   w_b = { "a number >= 0", is_nonneg }, w_e = { "a number >= 0", is_nonneg },
   w_v = { "a number >= 0", is_nonneg },
+  incremental_freeze = { "true or false", is_bool }, gate_task_grad = { "true or false", is_bool },
 }
 
 -- Phase i's options over its defaults, every value checked (convert checks
@@ -348,6 +353,9 @@ local function phase_opts(i, given)
   for k, v in pairs(PHASES[i].defaults) do out[k] = v end
   for k, v in pairs(o) do
     local c = PHASE_CHECKS[k]
+    if PHASE_ONLY[k] and PHASE_ONLY[k] ~= i then
+      error(fmt("glia.acm.convert: %s is an option of phase%d, not phase%d", k, PHASE_ONLY[k], i), 3)
+    end
     if not c[2](v) then
       error(fmt("glia.acm.convert: phase%d.%s must be %s, got %s", i, k, c[1], tostring(v)), 3)
     end
@@ -402,6 +410,32 @@ end
 
 local function phase_dir(out, i) return out and fmt("%s/phase%d", out, i) end
 
+-- Incremental freeze (phase1.incremental_freeze): the phase's steps in N
+-- equal stages; at stage s (0-based) learners 1..s of every ACM are frozen.
+local function freeze_stage(step, steps, N) return min(N - 1, floor((step - 1) * N / steps)) end
+
+-- Freezes the first s learners of every ACM for this step: zeroes their
+-- part of the gradients (w1's and b1's first s*w rows, w2's first s*w
+-- columns), and with `reset` their part of opt's state too. With both at
+-- zero, Adam (no weight decay) moves them by exactly 0.
+local LEARNER_DIMS = { 1, 1, 2 } -- of w1, b1, w2: where the learners are
+local function freeze_learners(conv, opt, s, reset)
+  local params, state = opt.param_groups[1].params, opt.state[1]
+  for j, a in ipairs(conv.acms) do
+    for q, dim in ipairs(LEARNER_DIMS) do
+      local i = 3 * (j - 1) + q -- learner_params' order: w1, b1, w2 of each ACM
+      local p, units = params[i], s * a.width
+      if p.grad then p.grad:narrow(dim, 1, units):zero_() end
+      if reset then
+        for _, name in ipairs(opt.state_names) do
+          local st = state[i][name]
+          if st then st:narrow(dim, 1, units):zero_() end
+        end
+      end
+    end
+  end
+end
+
 -- Runs phase i from `start` (resumed) to its steps.
 local function run_phase(conv, i, o, ctx, start, ck)
   local model = conv.model
@@ -423,7 +457,10 @@ local function run_phase(conv, i, o, ctx, start, ck)
       step = step, extra = { phase = i, done = done } })
     if not ok then error("glia.acm.convert: " .. err, 0) end
   end
-  if i == 3 then model:train() end
+  if i == 3 then
+    model:train()
+    for _, a in ipairs(conv.acms) do a.gate_task_grad = o.gate_task_grad or false end
+  end
   for step = start + 1, o.steps do
     local lr = sched(step)
     opt:set_lr(lr)
@@ -434,6 +471,15 @@ local function run_phase(conv, i, o, ctx, start, ck)
     elseif i == 2 then loss = gate_loss(conv, x, o.tau_err)
     else loss, task = finetune_loss(conv, x, y, o, ctx.loss) end
     loss:backward()
+    if o.incremental_freeze then
+      -- the state is reset when a stage starts, and on resuming (where it
+      -- is zero already: the frozen part has had zero gradients since)
+      local s = freeze_stage(step, o.steps, conv.learners)
+      if s > 0 then
+        freeze_learners(conv, opt, s, step == start + 1 or freeze_stage(step - 1, o.steps,
+                                                                           conv.learners) ~= s)
+      end
+    end
     optim.clip_grad_norm(params, o.clip)
     opt:step()
     local row = { phase = i, step = step, loss = loss:item(), task = task and task:item(),
@@ -454,7 +500,9 @@ end
 -- attach + the three phases (see the header). opts: modules, learners, rho,
 -- tau, min_choice, init ("split": start from the teacher's own units, when
 -- rho = 1); batch (required), loss, phase1, phase2, phase3 (tables of
--- steps, lr, ...; phase3.budget in (0, 1]), out, save_every (100),
+-- steps, lr, ...; phase3.budget in (0, 1]; phase1.incremental_freeze:
+-- freeze learners 1..s at stage s of N, see freeze_learners;
+-- phase3.gate_task_grad: nn.ACM's, on every ACM), out, save_every (100),
 -- progress (a stream for the bars, default io.stdout; false: none),
 -- phases (the list to run, default {1, 2, 3}). Returns the conversion;
 -- conv.prefix_errors holds phase 1's per-prefix errors on its last batch.
