@@ -28,7 +28,8 @@
 -- f~(x) = sum_k g_k o_k(x), the same value, so that the task loss gives the
 -- gate dL/dg_k = <dL/df~, o_k(x)> (see task_grad_mix). It costs every
 -- prefix o_0..o_N of every token (glia.acm_all, without gradient) on top of
--- the gated forward. (Set it on the module, or the field later.)
+-- the gated forward, and only when gradients are on (the field can be set
+-- later too).
 --
 -- forward(x {..., d}) -> {..., d}, and records in self.last what the
 -- losses read: g {T, N+1} (the gate's one-hot over k = 0..N, carrying the
@@ -274,7 +275,9 @@ function ACM:forward(x)
   local x2 = flat(self, x)
   local k, g = self:choose(x2)
   local y, flops = glia.acm(x2, self.w1, self.b1, self.w2, k, self:_opts())
-  if g and self.gate_task_grad then y = M.task_grad_mix(y, self:capped(g), self:prefixes(x2)) end
+  if g and self.gate_task_grad and glia.is_grad_enabled() then -- no gradient: nothing to route
+    y = M.task_grad_mix(y, self:capped(g), self:prefixes(x2))
+  end
   self.last = { g = g, k = k, flops = flops, T = x2:size(1) }
   return y:view(x:shape())
 end
