@@ -3,12 +3,14 @@
 -- Wojcik et al. (2023) do:
 --
 --   1. distillation: every ACM learns its teacher module (frozen) from the
---      teacher's own inputs: the mean over k = 0..N of |o_k(x) - f(x)|^2;
+--      teacher's own inputs: the mean over k = 0..N of |o_k(x) - f(x)|^2
+--      (with phase1.incremental_freeze, learners frozen one by one);
 --   2. gate pre-training: learners frozen, each gate learns by cross
 --      entropy the smallest k after which one more learner helps by less
 --      than tau_err (nn.acm's gate_labels);
 --   3. end-to-end fine-tuning: everything trains, gates in Gumbel mode, on
---      task + w_b budget + w_e entropy + w_v diversity.
+--      task + w_b budget + w_e entropy + w_v diversity (phase3.gate_task_grad:
+--      the task loss reaches the gates too).
 --
 --   local acm = require "glia.acm"
 --   local conv = acm.convert(model, {learners = 4, batch = fn, out = "runs/acm",
