@@ -96,10 +96,69 @@ glia_tensor *glia_lua_check_tensor(lua_State *L, int idx) {
   glia_tensor **box = luaL_testudata(L, idx, TENSOR_MT);
   if (!box) {
     const char *got = luaL_typename(L, idx);
-    luaL_error(L, "bad argument #%d: expected a tensor, got %s", idx, got);
+    glia_lua_errorf(L, "bad argument #%d: expected a tensor, got %s", idx, got);
   }
-  if (!*box || !(*box)->storage) luaL_error(L, "bad argument #%d: tensor was freed", idx);
+  if (!*box || !(*box)->storage) glia_lua_errorf(L, "bad argument #%d: tensor was freed", idx);
   return *box;
+}
+
+/* ============================================================ errors */
+
+/* Where an error points. The user needs the line of THEIR call, so the
+** position error() would give is moved out of glia's stdlib: an op called
+** by a stdlib wrapper (glia.nn, glia.skip, glia.data...) that rejects its
+** input blames the line of the user's script that called the wrapper.
+** The stdlib's files are known by their chunk source: require found them
+** through package.path, as it finds glia/init.lua when the core opens. */
+#define STDLIB_KEY "glia.stdlib_source"
+
+/* Records "@<dir>/glia/", the source prefix of every stdlib chunk, when
+** package.path leads to glia/init.lua; nothing otherwise (errors then
+** point where error() would). */
+static void remember_stdlib(lua_State *L) {
+  static const char init[] = "/glia/init.lua";
+  int top = lua_gettop(L);
+  lua_getglobal(L, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "searchpath");
+    lua_pushliteral(L, "glia");
+    lua_getfield(L, -3, "path");
+    if (lua_isfunction(L, -3) && lua_pcall(L, 2, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+      size_t n;
+      const char *file = lua_tolstring(L, -1, &n);
+      size_t k = sizeof init - 1;
+      if (n > k && strcmp(file + n - k, init) == 0) {
+        lua_pushliteral(L, "@");
+        lua_pushlstring(L, file, n - k + sizeof "/glia/" - 1);
+        lua_concat(L, 2);
+        lua_setfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
+      }
+    }
+  }
+  lua_settop(L, top);
+}
+
+/* The level to blame for an error raised with error()'s `level` (1: the
+** running function's caller, 2: its caller's...) from the function at
+** level 1. When that function is in the stdlib, the first frame outside
+** it, past the stdlib frames and the C frames between them (pcall, a
+** metamethod): the innermost user code that called into the stdlib, which
+** is right at any depth of stdlib layers and whatever the tail calls of
+** Lua 5.4 and LuaJIT did to the counts. `level` itself when that function
+** is the user's. 0 (no position) when only the stdlib is on the stack: run
+** from C, or the user's frame gone in a tail call (the REPL's "return
+** <line>"), where a stdlib line would only mislead; tracebacks show it. */
+static int blame_level(lua_State *L, int level) {
+  lua_getfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
+  size_t n;
+  const char *lib = lua_tolstring(L, -1, &n);
+  int l = 1;
+  lua_Debug ar;
+  for (; lib && lua_getstack(L, l, &ar) && lua_getinfo(L, "S", &ar); l++)
+    if (strncmp(ar.source, lib, n) != 0 && (l == 1 || strcmp(ar.what, "C") != 0)) break;
+  lua_pop(L, 1);
+  if (l == 1) return level;
+  return lua_getstack(L, l, &ar) ? l : 0;
 }
 
 int glia_lua_errorf(lua_State *L, const char *fmt, ...) {
@@ -108,11 +167,29 @@ int glia_lua_errorf(lua_State *L, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  return luaL_error(L, "%s", msg);
+  luaL_where(L, blame_level(L, 1));
+  lua_pushstring(L, msg);
+  lua_concat(L, 2);
+  return lua_error(L);
 }
 
 int glia_lua_raise(lua_State *L, glia_ctx *G) {
-  return luaL_error(L, "%s", glia_ctx_errmsg(G));
+  return glia_lua_errorf(L, "%s", glia_ctx_errmsg(G));
+}
+
+/* glia.error(msg [, level]): error() for the stdlib. An error that blames
+** a caller (level >= 2) blames the user's line, however many stdlib
+** layers lie between; level 1 (this line) and 0 (no position) are
+** error()'s. Called from user code, it is error(). */
+static int m_error(lua_State *L) {
+  int level = (int)luaL_optinteger(L, 2, 1);
+  lua_settop(L, 1);
+  if (lua_type(L, 1) == LUA_TSTRING && level > 0) {
+    luaL_where(L, level > 1 ? blame_level(L, level) : 1);
+    lua_insert(L, 1);
+    lua_concat(L, 2);
+  }
+  return lua_error(L);
 }
 
 /* After an op that allocated: collect once live bytes pass the trigger,
@@ -134,10 +211,10 @@ static void gc_pressure(lua_State *L, binding_state *B) {
 int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname, const char *what) {
   if (compat_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
   if (lua_type(L, idx) != LUA_TNUMBER)
-    luaL_error(L, "%s: %s must be an integer, got %s", fname, what, luaL_typename(L, idx));
+    glia_lua_errorf(L, "%s: %s must be an integer, got %s", fname, what, luaL_typename(L, idx));
   lua_Number n = lua_tonumber(L, idx);
   if (!(n == floor(n)) || fabs(n) > 9.007199254740992e15)
-    luaL_error(L, "%s: %s must be an integer, got %f", fname, what, (double)n);
+    glia_lua_errorf(L, "%s: %s must be an integer, got %f", fname, what, (double)n);
   return (int64_t)n;
 }
 
@@ -148,7 +225,7 @@ int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, in
   if (lua_istable(L, idx)) {
     int len = (int)compat_rawlen(L, idx);
     if (len > GLIA_MAX_DIMS)
-      luaL_error(L, "%s: at most %d dims are supported, got %d", fname, GLIA_MAX_DIMS, len);
+      glia_lua_errorf(L, "%s: at most %d dims are supported, got %d", fname, GLIA_MAX_DIMS, len);
     for (int i = 1; i <= len; i++) {
       lua_rawgeti(L, idx, i);
       size[n++] = glia_lua_check_int(L, -1, fname, "size");
@@ -158,7 +235,7 @@ int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, in
   } else {
     while (lua_type(L, idx) == LUA_TNUMBER) {
       if (n == GLIA_MAX_DIMS)
-        luaL_error(L, "%s: at most %d dims are supported", fname, GLIA_MAX_DIMS);
+        glia_lua_errorf(L, "%s: at most %d dims are supported", fname, GLIA_MAX_DIMS);
       size[n++] = glia_lua_check_int(L, idx, fname, "size");
       idx++;
     }
@@ -172,7 +249,7 @@ int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim, in
 int glia_lua_dim(lua_State *L, int64_t d, const glia_tensor *t, int extra, const char *fname) {
   int n = t->ndim + extra;
   int64_t r = d > 0 ? d - 1 : d < 0 ? n + d : -1;
-  if (d == 0) luaL_error(L, "%s: dims are 1-based (got 0)", fname);
+  if (d == 0) glia_lua_errorf(L, "%s: dims are 1-based (got 0)", fname);
   if (r < 0 || r >= n)
     glia_lua_errorf(L, "%s: dim %lld out of range for a %d-D tensor %s", fname, (long long)d,
                     t->ndim, glia_shape_str(t));
@@ -184,7 +261,7 @@ static glia_tensor *op_tensor_arg(lua_State *L, int idx, const char *fname, int 
   glia_tensor **box = luaL_testudata(L, idx, TENSOR_MT);
   if (box && !*box) glia_lua_errorf(L, "%s: argument #%d: tensor was freed", fname, idx);
   if (!box)
-    luaL_error(L, "%s: argument #%d must be a tensor%s, got %s", fname, idx,
+    glia_lua_errorf(L, "%s: argument #%d must be a tensor%s, got %s", fname, idx,
                or_number ? " or a number" : "", luaL_typename(L, idx));
   return *box;
 }
@@ -196,7 +273,7 @@ static glia_tensor *op_tensor_arg(lua_State *L, int idx, const char *fname, int 
 static int64_t lua_dim_arg(lua_State *L, int idx, const char *fname, const char *what) {
   int64_t d = glia_lua_check_int(L, idx, fname, what);
   if (d == 0)
-    luaL_error(L, "%s: %s are 1-based (got 0)", fname, what[0] == 'd' ? "dims" : "indices");
+    glia_lua_errorf(L, "%s: %s are 1-based (got 0)", fname, what[0] == 'd' ? "dims" : "indices");
   return d > 0 ? d - 1 : d;
 }
 
@@ -252,7 +329,7 @@ static int call_op(lua_State *L) {
       a->u.ints.n = 0;
       if (lua_istable(L, idx)) {
         int len = (int)compat_rawlen(L, idx);
-        if (len > GLIA_MAX_DIMS) luaL_error(L, "%s: too many dims (%d)", fname, len);
+        if (len > GLIA_MAX_DIMS) glia_lua_errorf(L, "%s: too many dims (%d)", fname, len);
         for (int i = 1; i <= len; i++) {
           lua_rawgeti(L, idx, i);
           a->u.ints.v[a->u.ints.n++] = lua_dim_arg(L, -1, fname, "dim");
@@ -282,12 +359,12 @@ static int call_op(lua_State *L) {
       a->kind = GLIA_VAL_STRING;
       a->u.s = lua_tostring(L, idx);
       if (!a->u.s || lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%s: argument #%d must be a string, got %s", fname, idx,
+        glia_lua_errorf(L, "%s: argument #%d must be a string, got %s", fname, idx,
                    luaL_typename(L, idx));
       break;
     case 'L': {
       if (!lua_istable(L, idx))
-        luaL_error(L, "%s: argument #%d must be a list of tensors, got %s", fname, idx,
+        glia_lua_errorf(L, "%s: argument #%d must be a list of tensors, got %s", fname, idx,
                    luaL_typename(L, idx));
       int len = (int)compat_rawlen(L, idx);
       /* scratch array, anchored on the stack top until the call returns */
@@ -297,7 +374,7 @@ static int call_op(lua_State *L) {
         v[i - 1] = glia_lua_test_tensor(L, -1);
         lua_pop(L, 1);
         if (!v[i - 1] || !v[i - 1]->storage)
-          luaL_error(L, "%s: element %d of argument #%d is not a live tensor", fname, i, idx);
+          glia_lua_errorf(L, "%s: element %d of argument #%d is not a live tensor", fname, i, idx);
       }
       a->kind = GLIA_VAL_TENSORS;
       a->u.list.n = len;
@@ -309,7 +386,7 @@ static int call_op(lua_State *L) {
       a->kind = GLIA_VAL_INTS;
       if (idx > top || lua_isnil(L, idx)) {
         a->u.ints.n = 0;
-        if (!optional && idx <= top) luaL_error(L, "%s: missing sizes", fname);
+        if (!optional && idx <= top) glia_lua_errorf(L, "%s: missing sizes", fname);
         idx++;
         continue;
       }
@@ -318,14 +395,14 @@ static int call_op(lua_State *L) {
       continue; /* idx already advanced */
     }
     default:
-      luaL_error(L, "%s: bad signature", fname);
+      glia_lua_errorf(L, "%s: bad signature", fname);
     }
     if (a->kind == GLIA_VAL_TENSOR && !a->u.t->storage)
-      luaL_error(L, "%s: argument #%d: tensor was freed", fname, idx);
+      glia_lua_errorf(L, "%s: argument #%d: tensor was freed", fname, idx);
     idx++;
   }
   if (top >= idx && !lua_isnil(L, top))
-    luaL_error(L, "%s: too many arguments (expected at most %d, got %d)", fname, idx - 1, top);
+    glia_lua_errorf(L, "%s: too many arguments (expected at most %d, got %d)", fname, idx - 1, top);
   int nouts = 0;
   release_pending(B);
   glia_status st = glia_op_call_base(G, op, 1, na, args, &nouts, outs);
@@ -414,7 +491,7 @@ void glia_lua_push_elem(lua_State *L, const char *p, glia_dtype dt) {
 static int t_item(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (glia_tensor_numel(t) != 1)
-    return luaL_error(L, "glia.item: expected a 1-element tensor, got %s", glia_shape_str(t));
+    return glia_lua_errorf(L, "glia.item: expected a 1-element tensor, got %s", glia_shape_str(t));
   glia_lua_push_elem(L, glia_ptr(t), t->dtype);
   return 1;
 }
@@ -443,7 +520,7 @@ static int t_totable(lua_State *L) {
   int64_t values = 0, n = 1; /* how many tables and numbers at depth d */
   for (int d = 0; d < t->ndim && n > 0; d++) {
     if (t->size[d] > INT_MAX || (n *= t->size[d], values += n) > INT_MAX)
-      return luaL_error(L, "glia.totable: %s is too large for Lua tables", glia_shape_str(t));
+      return glia_lua_errorf(L, "glia.totable: %s is too large for Lua tables", glia_shape_str(t));
   }
   luaL_checkstack(L, t->ndim + 4, "glia.totable");
   totable_rec(L, t, 0, glia_ptr(t));
@@ -481,7 +558,7 @@ static int t_register_grad_hook(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   if (t->grad_fn)
-    return luaL_error(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks are for "
+    return glia_lua_errorf(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks are for "
                          "leaves, whose gradient backward accumulates in .grad)",
                       glia_shape_str(t));
   lua_pushlightuserdata(L, &hooks_key);
@@ -716,13 +793,13 @@ static void infer_shape(lua_State *L, int idx, int d, int *ndim, int64_t *size) 
   if (lua_type(L, idx) != LUA_TTABLE) {
     if (d < *ndim || *ndim == -1) {
       if (*ndim == -1) *ndim = d;
-      else if (*ndim != d) luaL_error(L, "glia.tensor: ragged nested table");
+      else if (*ndim != d) glia_lua_errorf(L, "glia.tensor: ragged nested table");
     }
     return;
   }
-  if (d >= GLIA_MAX_DIMS) luaL_error(L, "glia.tensor: more than %d nested levels", GLIA_MAX_DIMS);
+  if (d >= GLIA_MAX_DIMS) glia_lua_errorf(L, "glia.tensor: more than %d nested levels", GLIA_MAX_DIMS);
   int64_t len = (int64_t)compat_rawlen(L, idx);
-  if (*ndim != -1 && d >= *ndim) luaL_error(L, "glia.tensor: ragged nested table");
+  if (*ndim != -1 && d >= *ndim) glia_lua_errorf(L, "glia.tensor: ragged nested table");
   if (*ndim == -1 || d < *ndim) {
     if (size[d] == -1) size[d] = len;
     else if (size[d] != len)
@@ -743,7 +820,7 @@ static void fill_rec(lua_State *L, int idx, int d, const glia_tensor *t, char **
     double v = 0;
     if (ty == LUA_TBOOLEAN) v = lua_toboolean(L, idx);
     else if (ty == LUA_TNUMBER) v = lua_tonumber(L, idx);
-    else luaL_error(L, "glia.tensor: expected numbers, found a %s", lua_typename(L, ty));
+    else glia_lua_errorf(L, "glia.tensor: expected numbers, found a %s", lua_typename(L, ty));
     glia_elem_set(*p, t->dtype, 0, v);
     *p += glia_dtype_size(t->dtype);
     return;
@@ -762,11 +839,11 @@ static int m_tensor(lua_State *L) {
   if (!lua_isnoneornil(L, 2)) {
     const char *name = luaL_checkstring(L, 2);
     if (glia_dtype_parse(name, &dt) != GLIA_OK)
-      return luaL_error(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)", name);
+      return glia_lua_errorf(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)", name);
   }
   int ty = lua_type(L, 1);
   if (ty != LUA_TTABLE && ty != LUA_TNUMBER && ty != LUA_TBOOLEAN)
-    return luaL_error(L, "glia.tensor: expected a nested table or a number, got %s",
+    return glia_lua_errorf(L, "glia.tensor: expected a nested table or a number, got %s",
                       luaL_typename(L, 1));
   int ndim = -1;
   int64_t size[GLIA_MAX_DIMS];
@@ -915,6 +992,7 @@ static const luaL_Reg tensor_methods[] = {
 
 static const luaL_Reg module_funcs[] = {
     {"tensor", m_tensor},
+    {"error", m_error},
     {"set_num_threads", m_set_num_threads},
     {"num_threads", m_num_threads},
     {"config", m_config},
@@ -963,24 +1041,15 @@ static int t_newindex(lua_State *L) {
       if (glia_tensor_set_grad(G, t, g) != GLIA_OK) return glia_lua_raise(L, G);
       return 0;
     }
-    return luaL_error(L, "glia.tensor: cannot set field '%s'", k);
+    return glia_lua_errorf(L, "glia.tensor: cannot set field '%s'", k);
   }
   return glia_lua_newindex(L, state_of(L)->G);
 }
 
 /* Arithmetic metamethods go through the registry ops. */
-static int arith(lua_State *L, const char *opname) {
-  lua_settop(L, 2);
-  lua_getfield(L, lua_upvalueindex(2), opname);
-  lua_insert(L, 1);
-  lua_call(L, 2, 1);
-  return 1;
-}
-static int mt_add(lua_State *L) { return arith(L, "add"); }
-static int mt_sub(lua_State *L) { return arith(L, "sub"); }
-static int mt_mul(lua_State *L) { return arith(L, "mul"); }
-static int mt_div(lua_State *L) { return arith(L, "div"); }
-static int mt_pow(lua_State *L) { return arith(L, "pow"); }
+/* -t: Lua passes the operand twice, neg takes it once. (The binary
+** operators are the ops' own closures, so their errors blame the line
+** with the operator.) */
 static int mt_unm(lua_State *L) {
   lua_settop(L, 1);
   lua_getfield(L, lua_upvalueindex(2), "neg");
@@ -1020,6 +1089,7 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_setmetatable(L, state_idx);
   lua_pushvalue(L, state_idx);
   lua_setfield(L, LUA_REGISTRYINDEX, STATE_KEY);
+  remember_stdlib(L);
   lua_pushlightuserdata(L, &hooks_key);
   lua_newtable(L);
   lua_rawset(L, LUA_REGISTRYINDEX);
@@ -1061,12 +1131,16 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_pushvalue(L, meth_idx);
   lua_pushcclosure(L, t_newindex, 2);
   lua_setfield(L, mt_idx, "__newindex");
-  static const luaL_Reg arith_metas[] = {{"__add", mt_add}, {"__sub", mt_sub}, {"__mul", mt_mul},
-                                         {"__div", mt_div}, {"__pow", mt_pow}, {"__unm", mt_unm},
-                                         {NULL, NULL}};
+  static const char *const arith_metas[][2] = {
+      {"__add", "add"}, {"__sub", "sub"}, {"__mul", "mul"}, {"__div", "div"}, {"__pow", "pow"}};
+  for (size_t i = 0; i < sizeof arith_metas / sizeof arith_metas[0]; i++) {
+    set_op_closure(L, state_idx, glia_op_find(arith_metas[i][1]));
+    lua_setfield(L, mt_idx, arith_metas[i][0]);
+  }
   lua_pushvalue(L, state_idx);
   lua_pushvalue(L, mod_idx);
-  luaL_setfuncs(L, arith_metas, 2);
+  lua_pushcclosure(L, mt_unm, 2);
+  lua_setfield(L, mt_idx, "__unm");
   static const luaL_Reg plain_metas[] = {{"__gc", t_gc},
                                          {"__tostring", t_tostring},
                                          {"__len", t_len},
@@ -1097,7 +1171,7 @@ GLIA_API int luaopen_glia_core(lua_State *L) {
   glia_ctx *G = glia_ctx_new();
   if (!G) {
     const char *why = glia_config_get()->error;
-    return luaL_error(L, "%s", why ? why : "glia: out of memory creating a context");
+    return glia_lua_errorf(L, "%s", why ? why : "glia: out of memory creating a context");
   }
   return glia_lua_open(L, G, 1);
 }

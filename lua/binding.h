@@ -22,8 +22,10 @@ GLIAI_FUNC glia_tensor *glia_lua_test_tensor(lua_State *L, int idx);
 ** t:totable() and t[i]. */
 GLIAI_FUNC void glia_lua_push_elem(lua_State *L, const char *p, glia_dtype dt);
 GLIAI_FUNC glia_tensor *glia_lua_check_tensor(lua_State *L, int idx);
-/* luaL_error with the full printf format (%lld, %zu...), which
-** lua_pushfstring lacks. */
+/* Every error the binding raises: luaL_error with the full printf format
+** (%lld, %zu...), which lua_pushfstring lacks, positioned at the first
+** caller outside glia's stdlib, so a wrapper's bad input blames the
+** user's line (lua/binding.c). */
 GLIAI_FUNC int glia_lua_errorf(lua_State *L, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Raises the context's last message as a Lua error. */

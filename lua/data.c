@@ -50,7 +50,7 @@ static size_t vocab_ids(lua_State *L, int idx, const char *fname, int64_t ids[25
   memset(ids, 0, 256 * sizeof ids[0]);
   for (size_t i = 0; i < n; i++) {
     if (ids[v[i]])
-      return (size_t)luaL_error(L, "%s: vocabulary repeats byte %d", fname, v[i]);
+      return (size_t)glia_lua_errorf(L, "%s: vocabulary repeats byte %d", fname, v[i]);
     ids[v[i]] = (int64_t)i + 1;
   }
   return n;

@@ -16,7 +16,7 @@
 static int64_t norm_index(lua_State *L, int idx, int64_t size, int dim, int inclusive_end) {
   int64_t i = glia_lua_check_int(L, idx, "glia.index", "index");
   int64_t r = i > 0 ? i - 1 : size + i;
-  if (i == 0) luaL_error(L, "glia.index: indices are 1-based (got 0 for dim %d)", dim + 1);
+  if (i == 0) glia_lua_errorf(L, "glia.index: indices are 1-based (got 0 for dim %d)", dim + 1);
   if (r < 0 || r > size - (inclusive_end ? 0 : 1))
     glia_lua_errorf(L, "glia.index: index %lld out of range for dim %d of size %lld", (long long)i,
                dim + 1, (long long)size);
@@ -31,7 +31,7 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
   *anchor = cur;
   int anchor_idx = lua_gettop(L);
   if (lua_type(L, k) == LUA_TNUMBER) {
-    if (cur->ndim == 0) luaL_error(L, "glia.index: cannot index a 0-D tensor");
+    if (cur->ndim == 0) glia_lua_errorf(L, "glia.index: cannot index a 0-D tensor");
     int64_t i = norm_index(L, k, cur->size[0], 0, 0);
     if (glia_select(G, cur, 0, i, &next) != GLIA_OK) glia_lua_raise(L, G);
     *anchor = NULL; /* the caller owns next */
@@ -40,13 +40,13 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
     return next;
   }
   if (lua_type(L, k) != LUA_TTABLE)
-    luaL_error(L, "glia.index: expected an integer or a table key, got %s", luaL_typename(L, k));
+    glia_lua_errorf(L, "glia.index: expected an integer or a table key, got %s", luaL_typename(L, k));
   int n = (int)compat_rawlen(L, k), dim = 0;
   for (int e = 1; e <= n; e++) {
     lua_rawgeti(L, k, e);
     int ent = lua_gettop(L);
     if (dim >= cur->ndim)
-      luaL_error(L, "glia.index: %d index entries for a %d-D tensor %s", n, t->ndim,
+      glia_lua_errorf(L, "glia.index: %d index entries for a %d-D tensor %s", n, t->ndim,
                  glia_shape_str(t));
     int64_t size = cur->size[dim];
     glia_status st;
@@ -80,11 +80,11 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
         lua_pop(L, 1);
         if (step < 1) glia_lua_errorf(L, "glia.index: step must be >= 1, got %lld", (long long)step);
       }
-      if (len > 3) luaL_error(L, "glia.index: a range has at most 3 entries {first, last, step}");
+      if (len > 3) glia_lua_errorf(L, "glia.index: a range has at most 3 entries {first, last, step}");
       st = glia_slice(G, cur, dim, a, b, step, &next);
       dim++;
     } else {
-      luaL_error(L, "glia.index: bad index entry #%d (%s)", e, luaL_typename(L, ent));
+      glia_lua_errorf(L, "glia.index: bad index entry #%d (%s)", e, luaL_typename(L, ent));
       st = GLIA_EARG;
     }
     if (st != GLIA_OK) glia_lua_raise(L, G);
@@ -115,7 +115,7 @@ int glia_lua_newindex(lua_State *L, glia_ctx *G) {
   int ty = lua_type(L, 3);
   glia_tensor *src = ty == LUA_TNUMBER || ty == LUA_TBOOLEAN ? NULL : glia_lua_test_tensor(L, 3);
   if (ty != LUA_TNUMBER && ty != LUA_TBOOLEAN && !src)
-    return luaL_error(L, "glia.index: can only assign a number or a tensor, got %s",
+    return glia_lua_errorf(L, "glia.index: can only assign a number or a tensor, got %s",
                       luaL_typename(L, 3));
   glia_tensor *v = apply_key(L, G, t, 2);
   glia_lua_push_tensor(L, v); /* anchored while we may raise */

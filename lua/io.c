@@ -47,11 +47,11 @@ static int l_save(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, 2)) {
     if (lua_type(L, -2) != LUA_TSTRING)
-      return luaL_error(L, "glia.save: tensor table keys must be strings, got %s",
+      return glia_lua_errorf(L, "glia.save: tensor table keys must be strings, got %s",
                         luaL_typename(L, -2));
     glia_tensor *t = glia_lua_test_tensor(L, -1);
     if (!t || !t->storage)
-      return luaL_error(L, "glia.save: value for '%s' is not a live tensor (%s)",
+      return glia_lua_errorf(L, "glia.save: value for '%s' is not a live tensor (%s)",
                         lua_tostring(L, -2), luaL_typename(L, -1));
     items[k].name = lua_tostring(L, -2); /* anchored by the table */
     items[k].t = t;
@@ -69,7 +69,7 @@ static int l_save(lua_State *L) {
     while (lua_next(L, 3)) {
       if (lua_type(L, -2) != LUA_TSTRING ||
           (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
-        return luaL_error(L, "glia.save: metadata must map strings to strings");
+        return glia_lua_errorf(L, "glia.save: metadata must map strings to strings");
       lua_pushvalue(L, -2);
       lua_pushstring(L, lua_tostring(L, -2));
       lua_rawset(L, copy);

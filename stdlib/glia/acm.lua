@@ -47,8 +47,8 @@ local progress = require "glia.progress"
 local checkpoint = require "glia.checkpoint"
 
 local fmt, floor, max, min, sqrt = string.format, math.floor, math.max, math.min, math.sqrt
-local type, error, ipairs, pairs, tostring, rawget, rawset =
-  type, error, ipairs, pairs, tostring, rawget, rawset
+local type, ipairs, pairs, tostring, rawget, rawset = type, ipairs, pairs, tostring, rawget, rawset
+local error = glia.error -- blames the user's line, never the stdlib's
 local clock = glia.clock
 local unpack = table.unpack or unpack
 local no_grad = glia.no_grad

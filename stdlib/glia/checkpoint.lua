@@ -24,8 +24,8 @@
 local glia = require "glia"
 local options = require "glia.options"
 
-local type, error, pairs, ipairs, tostring, tonumber, next =
-  type, error, pairs, ipairs, tostring, tonumber, next
+local type, pairs, ipairs, tostring, tonumber, next = type, pairs, ipairs, tostring, tonumber, next
+local error = glia.error -- blames the user's line, never the stdlib's
 local fmt, floor, huge, math_type = string.format, math.floor, math.huge, math.type
 local io_open, os_execute = io.open, os.execute
 local is_tensor = glia.is_tensor

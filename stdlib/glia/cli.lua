@@ -43,8 +43,8 @@
 -- "unexpected argument b", "--schedule must be cosine or constant, got x".
 -- A bad spec (an unknown kind or bound) raises an error.
 
-local type, pairs, ipairs, tonumber, tostring, error = type, pairs, ipairs, tonumber, tostring,
-  error
+local type, pairs, ipairs, tonumber, tostring = type, pairs, ipairs, tonumber, tostring
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local fmt, concat, floor = string.format, table.concat, math.floor
 local stdout, stderr, exit = io.stdout, io.stderr, os.exit
 local MAX_INT = 2 ^ 53 -- integers beyond it are not exact in a double

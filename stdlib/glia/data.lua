@@ -19,8 +19,8 @@ local options = require "glia.options"
 local floor, ceil, min = math.floor, math.ceil, math.min
 local concat = table.concat
 local unpack = table.unpack or unpack
-local type, error, setmetatable, ipairs, select, tostring = type, error, setmetatable, ipairs,
-  select, tostring
+local type, setmetatable, ipairs, select, tostring = type, setmetatable, ipairs, select, tostring
+local error = glia.error -- blames the user's line, never the stdlib's
 local fmt = string.format
 local io_open, io_popen = io.open, io.popen
 

@@ -23,8 +23,9 @@
 local glia = require "glia"
 local options = require "glia.options"
 
-local type, error, ipairs, pairs, tostring, setmetatable, pcall, require =
-  type, error, ipairs, pairs, tostring, setmetatable, pcall, require
+local type, ipairs, pairs, tostring, setmetatable, pcall, require =
+  type, ipairs, pairs, tostring, setmetatable, pcall, require
+local error = glia.error -- blames the user's line, never the stdlib's
 local fmt, floor = string.format, math.floor
 local unpack = table.unpack or unpack
 

@@ -4,7 +4,8 @@ local core = require "glia.core"
 local options = require "glia.options"
 
 local glia = core
-local pcall, error, select, type, ipairs = pcall, error, select, type, ipairs
+local pcall, select, type, ipairs = pcall, select, type, ipairs
+local error = core.error -- blames the user's line, never the stdlib's
 local abs, max = math.abs, math.max
 local unpack = table.unpack or unpack
 

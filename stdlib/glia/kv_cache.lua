@@ -22,7 +22,8 @@
 -- run without autograd.
 local glia = require "glia"
 
-local error, format, max, floor = error, string.format, math.max, math.floor
+local format, max, floor = string.format, math.max, math.floor
+local error = glia.error -- blames the user's line, never the stdlib's
 
 local Cache = {}
 Cache.__index = Cache

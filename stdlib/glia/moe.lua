@@ -27,7 +27,8 @@
 --         dropping), gates, idx, kept, logits}.
 local options = require "glia.options"
 
-local error, type, format, tostring = error, type, string.format, tostring
+local type, format, tostring = type, string.format, tostring
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 
 -- Made by glia's init.lua, which passes the glia table and the core ops
 -- that these wrap (glia.moe_route itself is replaced by the wrapper).

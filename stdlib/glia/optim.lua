@@ -24,8 +24,9 @@
 local glia = require "glia"
 local options = require "glia.options"
 
-local type, error, ipairs, pairs, tostring, tonumber, setmetatable =
-  type, error, ipairs, pairs, tostring, tonumber, setmetatable
+local type, ipairs, pairs, tostring, tonumber, setmetatable =
+  type, ipairs, pairs, tostring, tonumber, setmetatable
+local error = glia.error -- blames the user's line, never the stdlib's
 local fmt, floor, cos, pi, sqrt, huge = string.format, math.floor, math.cos, math.pi, math.sqrt,
   math.huge
 local concat, sort = table.concat, table.sort

@@ -6,8 +6,10 @@
 --   opts = options.check("glia.data.DataLoader", opts,
 --                        { "batch_size", "shuffle", "seed", "drop_last" })
 --
--- Pure Lua, requiring nothing, so that glia's own init.lua can use it.
-local type, error, pairs, tostring, setmetatable = type, error, pairs, tostring, setmetatable
+-- Requires only the C core (for glia.error), so that glia's own init.lua
+-- can use it.
+local type, pairs, tostring, setmetatable = type, pairs, tostring, setmetatable
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local concat, sort = table.concat, table.sort
 
 local options = {}

@@ -18,7 +18,8 @@ local log = math.log
 local log10 = math.log10 or function(v) return log(v, 10) end -- Lua 5.4 has no log10
 local fmt = string.format
 local concat = table.concat
-local type, ipairs, tostring, error = type, ipairs, tostring, error
+local type, ipairs, tostring = type, ipairs, tostring
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local io_open = io.open
 local options = require "glia.options"
 

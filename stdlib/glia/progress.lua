@@ -17,8 +17,8 @@ local options = require "glia.options"
 local floor, ceil, max, min, huge = math.floor, math.ceil, math.max, math.min, math.huge
 local fmt, rep = string.format, string.rep
 local concat, sort = table.concat, table.sort
-local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error,
-  setmetatable
+local type, pairs, ipairs, tostring, setmetatable = type, pairs, ipairs, tostring, setmetatable
+local error = glia.error -- blames the user's line, never the stdlib's
 local io_open, io_stdout, io_stderr = io.open, io.stdout, io.stderr
 
 local progress = {}

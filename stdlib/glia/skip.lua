@@ -52,9 +52,10 @@ local options = require "glia.options"
 
 local floor, max, min, sqrt, huge, log = math.floor, math.max, math.min, math.sqrt, math.huge,
   math.log
-local type, error, format, ipairs, pairs, tostring, concat, sort, setmetatable, rawset, rawget,
-  pcall = type, error, string.format, ipairs, pairs, tostring, table.concat, table.sort,
-  setmetatable, rawset, rawget, pcall
+local type, format, ipairs, pairs, tostring, concat, sort, setmetatable, rawset, rawget, pcall =
+  type, string.format, ipairs, pairs, tostring, table.concat, table.sort, setmetatable, rawset,
+  rawget, pcall
+local error = glia.error -- blames the user's line, never the stdlib's
 
 local unpack = table.unpack or unpack -- luacheck: ignore (LuaJIT)
 local tonumber, getmetatable = tonumber, getmetatable

@@ -51,7 +51,8 @@ local lin = require "glia.nn.linear"
 local init = require "glia.nn.initializers"
 
 local sqrt, floor, log, abs = math.sqrt, math.floor, math.log, math.abs
-local format, error, type, ipairs, tostring = string.format, error, type, ipairs, tostring
+local format, type, ipairs, tostring = string.format, type, ipairs, tostring
+local error = glia.error -- blames the user's line, never the stdlib's
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}

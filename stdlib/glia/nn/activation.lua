@@ -4,7 +4,8 @@ local Module = require "glia.nn.module"
 local F      = require "glia.nn.functional"
 local options = require "glia.options"
 
-local type, error, format, tostring = type, error, string.format, tostring
+local type, format, tostring = type, string.format, tostring
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 
 local M = {}
 

@@ -23,8 +23,9 @@ local lin    = require "glia.nn.linear"
 local act    = require "glia.nn.activation"
 local F      = require "glia.nn.functional"
 
-local sqrt, huge, format, error, concat, tostring, pairs =
-  math.sqrt, math.huge, string.format, error, table.concat, tostring, pairs
+local sqrt, huge, format, concat, tostring, pairs =
+  math.sqrt, math.huge, string.format, table.concat, tostring, pairs
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local check_int = Module.check_int
 
 local M = {}

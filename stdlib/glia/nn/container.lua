@@ -6,8 +6,9 @@
 -- part: seq[2], #list and ipairs(list) work as on a plain list.
 local Module = require "glia.nn.module"
 
-local type, ipairs, pairs, error, tostring, select, sort =
-  type, ipairs, pairs, error, tostring, select, table.sort
+local type, ipairs, pairs, tostring, select, sort =
+  type, ipairs, pairs, tostring, select, table.sort
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local is_module, class_name = Module.is_module, Module.class_name
 
 local M = {}

@@ -10,7 +10,8 @@ local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 
 local sqrt, format, concat = math.sqrt, string.format, table.concat
-local type, error, tostring = type, error, tostring
+local type, tostring = type, tostring
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}

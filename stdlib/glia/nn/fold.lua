@@ -38,7 +38,8 @@ local lin    = require "glia.nn.linear"
 local act    = require "glia.nn.activation"
 local cont   = require "glia.nn.container"
 
-local type, ipairs, pairs, tostring, error, tonumber = type, ipairs, pairs, tostring, error, tonumber
+local type, ipairs, pairs, tostring, tonumber = type, ipairs, pairs, tostring, tonumber
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local getmetatable, setmetatable, rawget, rawset = getmetatable, setmetatable, rawget, rawset
 local format, concat = string.format, table.concat
 local is_module, class_name, Parameter = Module.is_module, Module.class_name, Module.Parameter

@@ -5,7 +5,8 @@
 local glia = require "glia"
 local options = require "glia.options"
 
-local type, error, format, concat, tostring = type, error, string.format, table.concat, tostring
+local type, format, concat, tostring = type, string.format, table.concat, tostring
+local error = glia.error -- blames the user's line, never the stdlib's
 
 local F = {}
 

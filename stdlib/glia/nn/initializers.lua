@@ -9,8 +9,8 @@
 local glia = require "glia"
 local options = require "glia.options"
 
-local sqrt, type, error, format, tostring, concat =
-  math.sqrt, type, error, string.format, tostring, table.concat
+local sqrt, type, format, tostring, concat = math.sqrt, type, string.format, tostring, table.concat
+local error = glia.error -- blames the user's line, never the stdlib's
 local no_grad = glia.no_grad
 
 local init = {}

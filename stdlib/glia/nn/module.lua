@@ -31,7 +31,8 @@ local glia = require "glia"
 local options = require "glia.options"
 
 local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
-local type, ipairs, pairs, tostring, error = type, ipairs, pairs, tostring, error
+local type, ipairs, pairs, tostring = type, ipairs, pairs, tostring
+local error = glia.error -- blames the user's line, never the stdlib's
 local format, rep, concat, sort = string.format, string.rep, table.concat, table.sort
 local floor = math.floor
 local is_tensor = glia.is_tensor

@@ -51,7 +51,8 @@ local init   = require "glia.nn.initializers"
 local lin    = require "glia.nn.linear"
 local container = require "glia.nn.container"
 
-local format, error, type, ipairs, sqrt = string.format, error, type, ipairs, math.sqrt
+local format, type, ipairs, sqrt = string.format, type, ipairs, math.sqrt
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}

@@ -12,7 +12,8 @@ local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 local F      = require "glia.nn.functional"
 
-local format, concat, tostring, error, type, ipairs = string.format, table.concat, tostring, error, type, ipairs
+local format, concat, tostring, type, ipairs = string.format, table.concat, tostring, type, ipairs
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}

@@ -25,7 +25,8 @@ local options = require "glia.options"
 local lin    = require "glia.nn.linear"
 local conv   = require "glia.nn.conv"
 
-local format, concat, type, error, floor = string.format, table.concat, type, error, math.floor
+local format, concat, type, floor = string.format, table.concat, type, math.floor
+local error = require("glia.core").error -- blames the user's line, never the stdlib's
 local Parameter, check_int = Module.Parameter, Module.check_int
 
 local M = {}

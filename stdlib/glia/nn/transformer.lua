@@ -33,6 +33,7 @@ local act    = require "glia.nn.activation"
 local attn   = require "glia.nn.attention"
 
 local format, tostring = string.format, tostring
+local error = glia.error -- blames the user's line, never the stdlib's
 local check_int = Module.check_int
 
 local M = {}
