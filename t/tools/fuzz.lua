@@ -286,11 +286,9 @@ local function call(label, f, a, n)
   local parts = {}
   for i = 1, n do parts[i] = show(a[i]) end
   io.write(fmt("%d %s(%s)\n", ncall, label, concat(parts, ", ")))
-  local t0 = os.clock()
   debug.sethook(too_long, "", LUA_STEPS)
   local res = pack(pcall(f, unpack(a, 1, n)))
   debug.sethook()
-  if os.clock() - t0 > 0.1 then io.write(fmt("  slow: %.2f s of CPU\n", os.clock() - t0)) end
   if not res[1] and res[2] == TOO_LONG then io.write("  stopped: too many Lua steps\n") end
   if VERBOSE then io.write("  -> ", tostring(res[1]), " ", type(res[2]) == "string" and res[2]:sub(1, 120) or show(res[2]), "\n") end
   return res
