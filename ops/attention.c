@@ -307,12 +307,10 @@ static void run_tasks(glia_ctx *G, int nslots, int64_t ntasks, task_fn fn, void 
                       bool blas) {
   task_queue q = {.fn = fn, .ud = ud, .ntasks = ntasks};
   atomic_init(&q.next, 0);
-  if (blas) glia_blas_set_threads(1);
-  if (nslots == 1) /* on the calling thread */
-    queue_worker(0, 1, &q);
-  else
+  if (blas)
+    glia_pool_blas_items(G, nslots, queue_worker, &q);
+  else /* on the calling thread for one slot */
     glia_parallel_for(G, nslots, 1, queue_worker, &q);
-  if (blas) glia_blas_set_threads(G->nthreads);
 }
 
 /* Per-slot float scratch: one block of nslots * per floats. */

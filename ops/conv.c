@@ -468,13 +468,10 @@ static glia_status run_slots(glia_ctx *G, const char *name, conv_job *J, glia_ra
     J->work = glia_alloc(G, bytes);
     if (!J->work) return glia_fail_nomem(G, bytes, name);
   }
-  if (J->nslots > 1) {
-    if (blas) glia_blas_set_threads(1);
+  if (blas && J->nslots > 1)
+    glia_pool_blas_items(G, J->nslots, fn, J);
+  else /* on the calling thread for one slot */
     glia_parallel_for(G, J->nslots, 1, fn, J);
-    if (blas) glia_blas_set_threads(G->nthreads);
-  } else {
-    fn(0, 1, J);
-  }
   return GLIA_OK;
 }
 
