@@ -662,8 +662,10 @@ static int capi_buffer(lua_State *L, int idx, glia_lua_buffer *b) {
 static void capi_retain(void *t) { glia_tensor_retain(t); }
 static void capi_release(void *t) { glia_tensor_release(t); }
 
+static void capi_where(lua_State *L) { luaL_where(L, blame_level(L, 1)); }
+
 static const glia_lua_capi capi = {GLIA_LUA_CAPI_VERSION, capi_buffer, capi_retain,
-                                   capi_release};
+                                   capi_release, capi_where};
 
 /* ========================================================= printing */
 

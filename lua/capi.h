@@ -15,7 +15,7 @@
 #include "compat.h"
 
 #define GLIA_LUA_CAPI_KEY "glia.capi"
-#define GLIA_LUA_CAPI_VERSION 1
+#define GLIA_LUA_CAPI_VERSION 2
 
 /* One tensor's bytes and geometry, borrowed: valid while the caller holds
 ** the tensor (its box on the stack, or a reference from retain). */
@@ -38,6 +38,10 @@ typedef struct glia_lua_capi {
   ** t:free() while a transfer runs), and its release. */
   void (*retain)(void *tensor);
   void (*release)(void *tensor);
+  /* Pushes the position an error raised now carries, as luaL_where does:
+  ** the user's line that called into glia, past glia's stdlib frames
+  ** (lua/binding.c), or "". */
+  void (*where)(lua_State *L);
 } glia_lua_capi;
 
 #endif

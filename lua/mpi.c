@@ -56,8 +56,18 @@ static const char *const op_names[] = {"sum", "mean", NULL};
 
 /* ======================================================== errors */
 
-/* Raises the formatted message without a position: the caller is
-** glia.distributed's Lua wrapper, not the user's line. */
+/* The core's API (lua/capi.h); an error when glia was not required first. */
+static const glia_lua_capi *capi_of(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, GLIA_LUA_CAPI_KEY);
+  const glia_lua_capi *api = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (!api || api->version != GLIA_LUA_CAPI_VERSION)
+    luaL_error(L, "glia.distributed: require \"glia\" before glia.mpi");
+  return api;
+}
+
+/* Raises the formatted message at the user's line that called into
+** glia.distributed, past its Lua wrappers (the core's `where`). */
 static int fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(lua_State *L, const char *fmt, ...) {
   char msg[640];
@@ -65,7 +75,9 @@ static int fail(lua_State *L, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  capi_of(L)->where(L);
   lua_pushstring(L, msg);
+  lua_concat(L, 2);
   return lua_error(L);
 }
 
@@ -365,15 +377,6 @@ static int h_gc(lua_State *L) {
   h->tensor[0] = h->tensor[1] = NULL;
   h->active = 0;
   return 0;
-}
-
-static const glia_lua_capi *capi_of(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, GLIA_LUA_CAPI_KEY);
-  const glia_lua_capi *api = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (!api || api->version != GLIA_LUA_CAPI_VERSION)
-    luaL_error(L, "glia.distributed: require \"glia\" before glia.mpi");
-  return api;
 }
 
 /* Reads the tensor at idx into b; 0, or 1 with the problem in why. */

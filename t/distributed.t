@@ -119,9 +119,11 @@ for _, name in ipairs(names) do
   for r = 0, 1 do
     local line = out:match("rank " .. r .. " error ([^\n]*)")
     ok = ok and line and line:find(cases[name], 1, true) ~= nil
+      and line:find("^t/dist/bad%.lua:%d+: ") ~= nil
   end
   t.ok(ok and out:find("rank 0 after 2", 1, true) and out:find("rank 1 after 2", 1, true),
-       "bad input (" .. name .. "): every rank raises the same error, naming it, and the ranks go on")
+       "bad input (" .. name .. "): every rank raises the same error, naming it and the script's "
+       .. "line, and the ranks go on")
   if not ok then t.diag(out) end
 end
 
