@@ -53,6 +53,15 @@ t.ok(out:find("^false\t.-glia%.add.-do not broadcast"),
      "an op error in a stock interpreter is a catchable Lua error with the op's message")
 
 out = stock([[
+local nn = require "glia.nn"
+local lin = nn.Linear(3, 4)
+local ok, err = pcall(function() lin(require("glia").zeros(2, 5)) end)
+print(err)
+]])
+t.ok(out:find("^%(command line%):3: glia%.linear: size mismatch"),
+     "in a stock interpreter too, an nn module's error points at the caller's line, not the stdlib")
+
+out = stock([[
 local glia = require "glia"
 local x = glia.tensor({1, 2, 3})
 x:requires_grad()
