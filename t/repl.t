@@ -16,6 +16,13 @@ t.ok(out:find("^3\n"), "piped into glia, an expression line prints its value")
 t.ok(out:find("boom"), "piped into glia, an error line prints its message")
 t.ok(out:find("10\n20\n"), "piped into glia, a multi-line loop runs once complete, after an error")
 
+out = sh("printf '%s\\n' 'l = require(\"glia.nn\").Linear(3, 4)' 'l(glia.zeros(2, 5))' "
+         .. "'y = l(glia.zeros(2, 5))' | " .. exe .. " 2>&1")
+t.ok(out:find("^glia%.linear: size mismatch, {2,5} x {4,3}\n")
+     and out:find("\nstdin:1: glia%.linear: size mismatch, {2,5} x {4,3}\n"),
+     "a module's error names the typed line, or nothing when the line's value was returned "
+     .. "(a tail call), never a line of the stdlib")
+
 out = sh("printf '%s\\n' '.time on' '1+1' '.time off' '2+2' '.5' '.help' | " .. exe .. " 2>&1")
 t.ok(out:find("^2\ntime: [%d.]+ m?s\n4\n0%.5\n"),
      ".time on prints each statement's wall time until .time off; .5 is still Lua")
