@@ -140,24 +140,35 @@ static void remember_stdlib(lua_State *L) {
 
 /* The level to blame for an error raised with error()'s `level` (1: the
 ** running function's caller, 2: its caller's...) from the function at
-** level 1. When that function is in the stdlib, the first frame outside
-** it, past the stdlib frames and the C frames between them (pcall, a
-** metamethod): the innermost user code that called into the stdlib, which
-** is right at any depth of stdlib layers and whatever the tail calls of
-** Lua 5.4 and LuaJIT did to the counts. `level` itself when that function
-** is the user's. 0 (no position) when only the stdlib is on the stack: run
-** from C, or the user's frame gone in a tail call (the REPL's "return
-** <line>"), where a stdlib line would only mislead; tracebacks show it. */
+** level 1, when stdlib frames lie between it and the user's code: the
+** frame that called into the stdlib, past the stdlib frames and the C
+** frames between them (the stdlib's pcalls; under LuaJIT, a pcall whose
+** stdlib caller tail-called the op away). That is the innermost user code,
+** right at any depth of stdlib layers and whatever tail calls did to the
+** counts. A C caller (pcall(nn.Linear, ...)) is blamed as error() would,
+** without a position. `level` itself when no stdlib frame comes before the
+** user's code. 0 (no position) when only the stdlib is on the stack: the
+** user's frame gone in a tail call (the REPL's "return <line>"), where a
+** stdlib line would only mislead; tracebacks show it. */
 static int blame_level(lua_State *L, int level) {
   lua_getfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
   size_t n;
   const char *lib = lua_tolstring(L, -1, &n);
-  int l = 1;
+  int l = 1, in_lib = 0, c = 0; /* c: the first of the C frames since the last stdlib one */
   lua_Debug ar;
-  for (; lib && lua_getstack(L, l, &ar) && lua_getinfo(L, "S", &ar); l++)
-    if (strncmp(ar.source, lib, n) != 0 && (l == 1 || strcmp(ar.what, "C") != 0)) break;
+  for (; lib && lua_getstack(L, l, &ar) && lua_getinfo(L, "S", &ar); l++) {
+    if (strncmp(ar.source, lib, n) == 0) {
+      in_lib = 1;
+      c = 0;
+    } else if (strcmp(ar.what, "C") == 0) {
+      if (!c) c = l;
+    } else {
+      break;
+    }
+  }
   lua_pop(L, 1);
-  if (l == 1) return level;
+  if (!in_lib) return level;
+  if (c) return c;
   return lua_getstack(L, l, &ar) ? l : 0;
 }
 

@@ -73,6 +73,12 @@ local block = nn.TransformerBlock(8, 2)
 blames_line(function() block(glia.zeros(2, 3, 5)) end, "^glia%.layer_norm: weight {8}",
             "a TransformerBlock fed the wrong width blames the call of the block")
 
+blames_line(function() glia.no_grad(lin, glia.zeros(2, 5)) end, "^glia%.linear: size mismatch",
+            "past the stdlib's own pcall (glia.no_grad) to the user's line")
+ok, err = pcall(nn.Linear, 3, 4, { biass = true })
+t.ok(not ok and err:find("^glia%.nn%.Linear: unknown option"),
+     "a stdlib function called from C (pcall) blames pcall, as error() does: no position")
+
 local Net = nn.Module:extend("Net")
 function Net:__init() self.fc = nn.Linear(3, 2) end
 local forward_line = debug.getinfo(1, "l").currentline + 1
