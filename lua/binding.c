@@ -360,7 +360,10 @@ static int call_op(lua_State *L) {
       break;
     case 'n':
       a->kind = GLIA_VAL_NUMBER;
-      a->u.num = luaL_checknumber(L, idx);
+      if (!lua_isnumber(L, idx))
+        glia_lua_errorf(L, "%s: argument #%d must be a number, got %s", fname, idx,
+                        luaL_typename(L, idx));
+      a->u.num = lua_tonumber(L, idx);
       break;
     case 'b':
       a->kind = GLIA_VAL_BOOL;

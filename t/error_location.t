@@ -40,6 +40,8 @@ blames_line(function() local _ = a * "x" end, "^glia%.mul: argument #2",
 blames_line(function() glia.conv2d(glia.zeros(1, 2, 5, 5), glia.zeros(4, 3, 3, 3)) end,
             "^glia%.conv2d: weight {4,3,3,3} needs",
             "an op under a Lua wrapper of glia's init.lua blames the caller of the wrapper")
+blames_line(function() nn.functional.dropout(a, "x") end, "^glia%.dropout: argument #2 must be a number",
+            "an op's number check under nn.functional blames the caller, naming the op")
 blames_line(function() glia.split(glia.zeros(4), { 1, 2 }) end, "^glia%.split: lengths sum to 3",
             "a Lua function of glia's init.lua blames its caller")
 

@@ -315,8 +315,9 @@ do
                "gelu rejects an unknown approximation by name")
   t.error_like(function() glia.clamp(glia.ones(2)) end, "glia%.clamp: expected at least one bound",
                "clamp without bounds is an error")
-  t.error_like(function() glia.clamp(glia.ones(2), "a") end, "number expected",
-               "clamp rejects a non-number bound")
+  t.error_like(function() glia.clamp(glia.ones(2), "a") end,
+               "glia%.clamp: argument #2 must be a number, got string",
+               "clamp rejects a non-number bound, naming itself")
   t.error_like(function() glia.exp(3) end, "glia%.exp: argument #1 must be a tensor",
                "exp of a Lua number is an error naming the op")
 end
