@@ -123,7 +123,8 @@ static void remember_stdlib(lua_State *L) {
     lua_getfield(L, -1, "searchpath");
     lua_pushliteral(L, "glia");
     lua_getfield(L, -3, "path");
-    if (lua_isfunction(L, -3) && lua_pcall(L, 2, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+    if (lua_isfunction(L, -3) && lua_pcall(L, 2, 1, 0) == LUA_OK &&
+        lua_type(L, -1) == LUA_TSTRING) {
       size_t n;
       const char *file = lua_tolstring(L, -1, &n);
       size_t k = sizeof init - 1;
@@ -273,7 +274,7 @@ static glia_tensor *op_tensor_arg(lua_State *L, int idx, const char *fname, int 
   if (box && !*box) glia_lua_errorf(L, "%s: argument #%d: tensor was freed", fname, idx);
   if (!box)
     glia_lua_errorf(L, "%s: argument #%d must be a tensor%s, got %s", fname, idx,
-               or_number ? " or a number" : "", luaL_typename(L, idx));
+                    or_number ? " or a number" : "", luaL_typename(L, idx));
   return *box;
 }
 
@@ -374,12 +375,12 @@ static int call_op(lua_State *L) {
       a->u.s = lua_tostring(L, idx);
       if (!a->u.s || lua_type(L, idx) != LUA_TSTRING)
         glia_lua_errorf(L, "%s: argument #%d must be a string, got %s", fname, idx,
-                   luaL_typename(L, idx));
+                        luaL_typename(L, idx));
       break;
     case 'L': {
       if (!lua_istable(L, idx))
         glia_lua_errorf(L, "%s: argument #%d must be a list of tensors, got %s", fname, idx,
-                   luaL_typename(L, idx));
+                        luaL_typename(L, idx));
       int len = (int)compat_rawlen(L, idx);
       /* scratch array, anchored on the stack top until the call returns */
       glia_tensor **v = compat_newuserdata(L, sizeof *v * (size_t)(len ? len : 1));
@@ -572,9 +573,9 @@ static int t_register_grad_hook(lua_State *L) {
   glia_tensor *t = self_tensor(L);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   if (t->grad_fn)
-    return glia_lua_errorf(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks are for "
-                         "leaves, whose gradient backward accumulates in .grad)",
-                      glia_shape_str(t));
+    return glia_lua_errorf(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks "
+                           "are for leaves, whose gradient backward accumulates in .grad)",
+                           glia_shape_str(t));
   lua_pushlightuserdata(L, &hooks_key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   lua_pushlightuserdata(L, t);
@@ -813,14 +814,15 @@ static void infer_shape(lua_State *L, int idx, int d, int *ndim, int64_t *size) 
     }
     return;
   }
-  if (d >= GLIA_MAX_DIMS) glia_lua_errorf(L, "glia.tensor: more than %d nested levels", GLIA_MAX_DIMS);
+  if (d >= GLIA_MAX_DIMS)
+    glia_lua_errorf(L, "glia.tensor: more than %d nested levels", GLIA_MAX_DIMS);
   int64_t len = (int64_t)compat_rawlen(L, idx);
   if (*ndim != -1 && d >= *ndim) glia_lua_errorf(L, "glia.tensor: ragged nested table");
   if (*ndim == -1 || d < *ndim) {
     if (size[d] == -1) size[d] = len;
     else if (size[d] != len)
       glia_lua_errorf(L, "glia.tensor: ragged nested table (length %lld vs %lld at depth %d)",
-                 (long long)len, (long long)size[d], d + 1);
+                      (long long)len, (long long)size[d], d + 1);
   }
   if (len == 0 && *ndim == -1) *ndim = d + 1;
   for (int64_t i = 1; i <= len; i++) {
@@ -855,12 +857,13 @@ static int m_tensor(lua_State *L) {
   if (!lua_isnoneornil(L, 2)) {
     const char *name = luaL_checkstring(L, 2);
     if (glia_dtype_parse(name, &dt) != GLIA_OK)
-      return glia_lua_errorf(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)", name);
+      return glia_lua_errorf(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)",
+                             name);
   }
   int ty = lua_type(L, 1);
   if (ty != LUA_TTABLE && ty != LUA_TNUMBER && ty != LUA_TBOOLEAN)
     return glia_lua_errorf(L, "glia.tensor: expected a nested table or a number, got %s",
-                      luaL_typename(L, 1));
+                           luaL_typename(L, 1));
   int ndim = -1;
   int64_t size[GLIA_MAX_DIMS];
   for (int i = 0; i < GLIA_MAX_DIMS; i++) size[i] = -1;

@@ -19,7 +19,7 @@ static int64_t norm_index(lua_State *L, int idx, int64_t size, int dim, int incl
   if (i == 0) glia_lua_errorf(L, "glia.index: indices are 1-based (got 0 for dim %d)", dim + 1);
   if (r < 0 || r > size - (inclusive_end ? 0 : 1))
     glia_lua_errorf(L, "glia.index: index %lld out of range for dim %d of size %lld", (long long)i,
-               dim + 1, (long long)size);
+                    dim + 1, (long long)size);
   return r;
 }
 
@@ -40,14 +40,15 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
     return next;
   }
   if (lua_type(L, k) != LUA_TTABLE)
-    glia_lua_errorf(L, "glia.index: expected an integer or a table key, got %s", luaL_typename(L, k));
+    glia_lua_errorf(L, "glia.index: expected an integer or a table key, got %s",
+                    luaL_typename(L, k));
   int n = (int)compat_rawlen(L, k), dim = 0;
   for (int e = 1; e <= n; e++) {
     lua_rawgeti(L, k, e);
     int ent = lua_gettop(L);
     if (dim >= cur->ndim)
       glia_lua_errorf(L, "glia.index: %d index entries for a %d-D tensor %s", n, t->ndim,
-                 glia_shape_str(t));
+                      glia_shape_str(t));
     int64_t size = cur->size[dim];
     glia_status st;
     if (lua_type(L, ent) == LUA_TNUMBER) {
@@ -72,7 +73,7 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
         b = i > 0 ? i : size + i + 1; /* inclusive end -> exclusive */
         if (i == 0 || b < a || b > size)
           glia_lua_errorf(L, "glia.index: range end %lld out of range for dim %d of size %lld",
-                     (long long)i, dim + 1, (long long)size);
+                          (long long)i, dim + 1, (long long)size);
       }
       if (len >= 3) {
         lua_rawgeti(L, ent, 3);
@@ -80,7 +81,8 @@ static glia_tensor *apply_key(lua_State *L, glia_ctx *G, glia_tensor *t, int k) 
         lua_pop(L, 1);
         if (step < 1) glia_lua_errorf(L, "glia.index: step must be >= 1, got %lld", (long long)step);
       }
-      if (len > 3) glia_lua_errorf(L, "glia.index: a range has at most 3 entries {first, last, step}");
+      if (len > 3)
+        glia_lua_errorf(L, "glia.index: a range has at most 3 entries {first, last, step}");
       st = glia_slice(G, cur, dim, a, b, step, &next);
       dim++;
     } else {
@@ -116,7 +118,7 @@ int glia_lua_newindex(lua_State *L, glia_ctx *G) {
   glia_tensor *src = ty == LUA_TNUMBER || ty == LUA_TBOOLEAN ? NULL : glia_lua_test_tensor(L, 3);
   if (ty != LUA_TNUMBER && ty != LUA_TBOOLEAN && !src)
     return glia_lua_errorf(L, "glia.index: can only assign a number or a tensor, got %s",
-                      luaL_typename(L, 3));
+                           luaL_typename(L, 3));
   glia_tensor *v = apply_key(L, G, t, 2);
   glia_lua_push_tensor(L, v); /* anchored while we may raise */
   glia_status st = glia_check_inplace(G, "glia.index", t);

@@ -48,11 +48,11 @@ static int l_save(lua_State *L) {
   while (lua_next(L, 2)) {
     if (lua_type(L, -2) != LUA_TSTRING)
       return glia_lua_errorf(L, "glia.save: tensor table keys must be strings, got %s",
-                        luaL_typename(L, -2));
+                             luaL_typename(L, -2));
     glia_tensor *t = glia_lua_test_tensor(L, -1);
     if (!t || !t->storage)
       return glia_lua_errorf(L, "glia.save: value for '%s' is not a live tensor (%s)",
-                        lua_tostring(L, -2), luaL_typename(L, -1));
+                             lua_tostring(L, -2), luaL_typename(L, -1));
     items[k].name = lua_tostring(L, -2); /* anchored by the table */
     items[k].t = t;
     k++;
