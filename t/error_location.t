@@ -89,6 +89,15 @@ ok, err = pcall(function() Net()(glia.zeros(2, 3)) end)
 t.ok(not ok and err:find("^[^:]*error_location%.t:" .. forward_line .. ": glia%.add: "),
      "an op failing in a user module's forward blames the forward's line, under the stdlib's __call")
 
+local bn = nn.BatchNorm1d(3)
+blames_line(function() bn(glia.randn(1, 3)) end, "more than one value per channel",
+            "BatchNorm1d's refusal of a batch of one blames the call of the module")
+local logits, labels = glia.randn(2, 4), glia.tensor({ 1, 2 }, "i64")
+blames_line(function() nn.functional.cross_entropy(logits, labels, { reduction = "avg" }) end,
+            "reduction must be", "cross_entropy's bad reduction blames its call")
+blames_line(function() glia.moe_route(glia.randn(4, 3), { normalize = 1 }) end,
+            "^glia%.moe_route: normalize must be a boolean, got 1", "glia.moe_route's bad option blames its call")
+
 -- ============================================================ optimizers
 
 local p = glia.zeros(3)
@@ -117,6 +126,15 @@ function bad.get(_, idx) local y = glia.add(idx, glia.zeros(9)) return y end
 ok, err = pcall(function() for _ in data.DataLoader(bad, { batch_size = 2 }):iter() do end end)
 t.ok(not ok and err:find("^[^:]*error_location%.t:" .. get_line .. ": glia%.add: "),
      "an op failing in a user dataset's get blames the get, called back by the loader")
+
+-- =========================================================== checkpoint
+
+local checkpoint = require "glia.checkpoint"
+local dir = os.tmpname()
+blames_line(function() checkpoint.save(dir, { step = 1, extra = { ["a.b"] = 1 } }) end,
+            "^glia%.checkpoint%.save: extra keys must be strings without dots",
+            "checkpoint.save's refusal, three stdlib calls deep, blames its call")
+os.remove(dir)
 
 -- ============================================================ glia.skip
 
