@@ -219,6 +219,13 @@ static void gc_pressure(lua_State *L, binding_state *B) {
 
 /* ================================================== argument helpers */
 
+const char *glia_lua_check_string(lua_State *L, int idx, const char *fname, size_t *len) {
+  if (lua_type(L, idx) != LUA_TSTRING)
+    glia_lua_errorf(L, "%s: argument #%d must be a string, got %s", fname, idx,
+                    luaL_typename(L, idx));
+  return lua_tolstring(L, idx, len);
+}
+
 /* An integer argument; rejects non-integral numbers on every Lua. */
 int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname, const char *what) {
   if (compat_isinteger(L, idx)) return (int64_t)lua_tointeger(L, idx);
@@ -372,10 +379,7 @@ static int call_op(lua_State *L) {
       break;
     case 's':
       a->kind = GLIA_VAL_STRING;
-      a->u.s = lua_tostring(L, idx);
-      if (!a->u.s || lua_type(L, idx) != LUA_TSTRING)
-        glia_lua_errorf(L, "%s: argument #%d must be a string, got %s", fname, idx,
-                        luaL_typename(L, idx));
+      a->u.s = glia_lua_check_string(L, idx, fname, NULL);
       break;
     case 'L': {
       if (!lua_istable(L, idx))

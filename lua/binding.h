@@ -31,6 +31,10 @@ GLIAI_FUNC int glia_lua_errorf(lua_State *L, const char *fmt, ...)
 /* Raises the context's last message as a Lua error. */
 GLIAI_FUNC int glia_lua_raise(lua_State *L, glia_ctx *G);
 
+/* A string argument (numbers are not taken for strings), or an error
+** naming fname; *len (may be NULL) gets its length. */
+GLIAI_FUNC const char *glia_lua_check_string(lua_State *L, int idx, const char *fname,
+                                             size_t *len);
 GLIAI_FUNC int64_t glia_lua_check_int(lua_State *L, int idx, const char *fname,
                                       const char *what);
 GLIAI_FUNC int glia_lua_check_sizes(lua_State *L, int idx, const char *fname, int *ndim,

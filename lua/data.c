@@ -17,7 +17,7 @@
 
 static int l_read_idx(lua_State *L) {
   glia_ctx *G = glia_lua_ctx(L);
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = glia_lua_check_string(L, 1, "glia.read_idx", NULL);
   glia_tensor **box = glia_lua_push_box(L);
   if (glia_idx_read(G, path, box) != GLIA_OK) {
     lua_pushnil(L);
@@ -31,7 +31,8 @@ static int l_read_idx(lua_State *L) {
 
 static int l_byte_vocab(lua_State *L) {
   size_t n;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  const unsigned char *s =
+      (const unsigned char *)glia_lua_check_string(L, 1, "glia.byte_vocab", &n);
   bool seen[256] = {false};
   for (size_t i = 0; i < n; i++) seen[s[i]] = true;
   char vocab[256];
@@ -46,7 +47,7 @@ static int l_byte_vocab(lua_State *L) {
 ** (0: not in the vocabulary). */
 static size_t vocab_ids(lua_State *L, int idx, const char *fname, int64_t ids[256]) {
   size_t n;
-  const unsigned char *v = (const unsigned char *)luaL_checklstring(L, idx, &n);
+  const unsigned char *v = (const unsigned char *)glia_lua_check_string(L, idx, fname, &n);
   memset(ids, 0, 256 * sizeof ids[0]);
   for (size_t i = 0; i < n; i++) {
     if (ids[v[i]])
@@ -59,7 +60,8 @@ static size_t vocab_ids(lua_State *L, int idx, const char *fname, int64_t ids[25
 static int l_byte_encode(lua_State *L) {
   glia_ctx *G = glia_lua_ctx(L);
   size_t n;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  const unsigned char *s =
+      (const unsigned char *)glia_lua_check_string(L, 1, "glia.byte_encode", &n);
   int64_t ids[256];
   vocab_ids(L, 2, "glia.byte_encode", ids);
   glia_tensor **box = glia_lua_push_box(L); /* owns the result from here on */
@@ -78,7 +80,7 @@ static int l_byte_decode(lua_State *L) {
   glia_ctx *G = glia_lua_ctx(L);
   glia_tensor *t = glia_lua_check_tensor(L, 1);
   size_t nv;
-  const char *vocab = luaL_checklstring(L, 2, &nv);
+  const char *vocab = glia_lua_check_string(L, 2, "glia.byte_decode", &nv);
   glia_dtype dt = glia_tensor_dtype(t);
   if (dt != GLIA_DTYPE_I64 && dt != GLIA_DTYPE_I32)
     return glia_lua_errorf(L, "glia.byte_decode: ids must be i64 or i32, got %s %s",

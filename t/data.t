@@ -164,7 +164,8 @@ for i = 11, #bigz - 8, 7 do
   end
 end
 t.ok(clean and flips > 10, fmt("%d corrupted gzip streams all fail with a message naming the file", flips))
-t.error_like(function() data.read_idx({}) end, "string expected", "a non-string path raises")
+t.error_like(function() data.read_idx({}) end, "glia%.read_idx: argument #1 must be a string, got table",
+             "a non-string path raises, naming the function")
 
 -- ======================================================= Fashion-MNIST
 

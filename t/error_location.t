@@ -42,6 +42,8 @@ blames_line(function() glia.conv2d(glia.zeros(1, 2, 5, 5), glia.zeros(4, 3, 3, 3
             "an op under a Lua wrapper of glia's init.lua blames the caller of the wrapper")
 blames_line(function() nn.functional.dropout(a, "x") end, "^glia%.dropout: argument #2 must be a number",
             "an op's number check under nn.functional blames the caller, naming the op")
+blames_line(function() glia.split(3, 1) end, "^glia%.split: expected a tensor, got number",
+            "glia.split of a non-tensor blames the caller, not a line of init.lua")
 blames_line(function() glia.split(glia.zeros(4), { 1, 2 }) end, "^glia%.split: lengths sum to 3",
             "a Lua function of glia's init.lua blames its caller")
 
@@ -120,6 +122,11 @@ blames_line(function() data.DataLoader(ds, { batchsize = 2 }) end,
 blames_line(function() data.DataLoader(ds, { batch_size = 0 }) end,
             "^data%.DataLoader: batch_size must be a positive integer",
             "DataLoader's bad batch size blames the call")
+blames_line(function() data.CharDataset("abc", glia.zeros(2)) end,
+            "^data%.CharDataset: vocab must be a string", "CharDataset's bad vocab blames the call")
+blames_line(function() data.CharDataset("abc"):encode(7) end,
+            "^glia%.byte_encode: argument #1 must be a string, got number",
+            "CharDataset:encode's C check blames the call, naming the op")
 local get_line = debug.getinfo(1, "l").currentline + 2
 local bad = { len = function() return 4 end }
 function bad.get(_, idx) local y = glia.add(idx, glia.zeros(9)) return y end

@@ -279,6 +279,9 @@ function data.CharDataset(text, vocab)
   if type(text) ~= "string" then
     error("data.CharDataset: text must be a string, got " .. type(text), 2)
   end
+  if vocab ~= nil and type(vocab) ~= "string" then
+    error("data.CharDataset: vocab must be a string of distinct bytes, got " .. type(vocab), 2)
+  end
   vocab = vocab or glia.byte_vocab(text)
   return char_dataset(glia.byte_encode(text, vocab), vocab)
 end

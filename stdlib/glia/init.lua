@@ -98,9 +98,15 @@ function glia.gradcheck(fn, inputs, opts)
   return true
 end
 
+-- x must be a tensor: its methods run before any op could check it.
+local function check_tensor(where, x)
+  if not core.is_tensor(x) then error(where .. ": expected a tensor, got " .. type(x), 3) end
+end
+
 -- Views along dim (default 1): split takes a chunk length or a table of
 -- lengths; chunk takes a number of chunks (the last may be shorter).
 function glia.split(x, size, dim)
+  check_tensor("glia.split", x)
   dim = dim or 1
   local n, parts, start = x:size(dim), {}, 1
   if type(size) == "table" then
@@ -127,6 +133,7 @@ function glia.split(x, size, dim)
 end
 
 function glia.chunk(x, chunks, dim)
+  check_tensor("glia.chunk", x)
   if type(chunks) ~= "number" or chunks < 1 or chunks ~= math.floor(chunks) then
     error("glia.chunk: number of chunks must be a positive integer, got " .. tostring(chunks), 2)
   end
