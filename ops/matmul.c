@@ -339,14 +339,10 @@ static glia_status gemm_run(glia_ctx *G, const char *name, int nb, const int64_t
   while (P.nb > 0 && fold_last(&P)) P.nbatch /= P.bsize[P.nb];
   P.accumulates = false;
   for (int d = 0; d < P.nb; d++) P.accumulates |= P.c.bs[d] == 0;
-  if (!P.accumulates && balanced(P.nbatch, G->nthreads)) {
-    /* one owner of the cores: our pool, with OpenBLAS single-threaded inside */
-    glia_blas_set_threads(1);
-    glia_parallel_for(G, P.nbatch, 1, gemm_range, &P);
-    glia_blas_set_threads(G->nthreads);
-  } else {
+  if (!P.accumulates && balanced(P.nbatch, G->nthreads))
+    glia_pool_blas_items(G, P.nbatch, gemm_range, &P); /* one owner of the cores: our pool */
+  else
     gemm_range(0, P.nbatch, &P);
-  }
   return GLIA_OK;
 }
 
