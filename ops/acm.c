@@ -23,11 +23,12 @@
 ** w and d, never on the thread count), the tasks are dealt to the pool in
 ** contiguous runs of about equal work (rows x K), and OpenBLAS runs
 ** single-threaded inside them: a token's result is the same bits for any
-** thread count. With fewer than
-** MATVEC_ROWS tokens to run (decoding), each runs as two matrix-vector
-** products on the pool instead. The second result is the learner FLOPs
-** run: K * (4 d w + 2 w) per token of bucket K (the two products, the bias
-** and the activation). schedule "tier" runs the same FLOPs learner by
+** thread count. With fewer than MATVEC_ROWS tokens to run (decoding),
+** each runs as two matrix-vector products instead (glia_matvec_ld: the
+** pool only when the rows are many enough to pay), with no sort, task
+** list or zero-fill. The second result is the learner FLOPs run:
+** K * (4 d w + 2 w) per token of bucket K (the two products, the bias and
+** the activation). schedule "tier" runs the same FLOPs learner by
 ** learner instead (see forward_tier); the backward is the same either way.
 **
 ** acm(x, k) backward: per task, recompute pre = x W1_K^T + b1_K, then
@@ -52,6 +53,7 @@
 #define TASK_WORK ((int64_t)1 << 26) /* multiply-adds per gated product, about */
 #define TASK_MIN_ROWS 32
 #define MATVEC_ROWS 4
+#define ROWS_STACK 2048 /* floats of hidden units the rows path keeps on the stack */
 #define SLOTS_MAX 256 /* pool slots a gated call uses, at most */
 #define GATE_MAX 64   /* acm_gate's hidden width, at most (stack rows) */
 
@@ -87,7 +89,11 @@ static const int act_ops[] = {ACT_IDENTITY, GLIA_UN_RELU, GLIA_UN_GELU_ERF, GLIA
 /* The activation named s ("gelu" when absent), as a glia_unop or
 ** ACT_IDENTITY. */
 static glia_status act_parse(glia_ctx *G, const char *name, const glia_value *a, int *act) {
-  const char *s = a->kind == GLIA_VAL_STRING ? a->u.s : "gelu";
+  if (a->kind != GLIA_VAL_STRING) {
+    *act = GLIA_UN_GELU_ERF;
+    return GLIA_OK;
+  }
+  const char *s = a->u.s;
   for (size_t i = 0; i < sizeof act_names / sizeof *act_names; i++)
     if (strcmp(s, act_names[i]) == 0) {
       *act = act_ops[i];
@@ -142,22 +148,37 @@ static glia_status plan_new(glia_ctx *G, const char *name, glia_tensor *x, glia_
   return GLIA_OK;
 }
 
-/* The counting sort of the tokens by k {T} (0..N, else GLIA_ERANGE). */
-static glia_status plan_sort(glia_ctx *G, const char *name, acm_plan *p, glia_tensor *k) {
+/* k {T} checked (an integer tensor, each 0..N, else GLIA_ERANGE) into *kc,
+** a contiguous i64 tensor the caller releases; *active its tokens with
+** k > 0. */
+static glia_status plan_k(glia_ctx *G, const char *name, const acm_plan *p, glia_tensor *k,
+                          glia_tensor **kc, int64_t *active) {
   if ((k->dtype != GLIA_DTYPE_I64 && k->dtype != GLIA_DTYPE_I32) || k->ndim != 1 ||
       k->size[0] != p->T)
     return glia_fail(G, GLIA_ESHAPE, "%s: k must be an integer tensor {T} = {%lld}, got %s %s",
                      name, (long long)p->T, glia_dtype_name(k->dtype), glia_shape_str(k));
+  TRY(glia_tensor_contiguous_as(G, k, GLIA_DTYPE_I64, kc));
+  const int64_t *kv = (const int64_t *)glia_ptr(*kc);
+  int64_t n = 0;
+  for (int64_t t = 0; t < p->T; t++) {
+    if (kv[t] < 0 || kv[t] > p->N) {
+      glia_tensor_release(*kc);
+      *kc = NULL;
+      return glia_fail(G, GLIA_ERANGE, "%s: k[%lld] = %lld is out of range 0..%lld (learners)",
+                       name, glia_shown(G, t), (long long)kv[t], (long long)p->N);
+    }
+    n += kv[t] > 0;
+  }
+  *active = n;
+  return GLIA_OK;
+}
+
+/* The counting sort of the tokens by k, checked as plan_k does. */
+static glia_status plan_sort(glia_ctx *G, const char *name, acm_plan *p, glia_tensor *k) {
   glia_tensor *kc;
-  TRY(glia_tensor_contiguous_as(G, k, GLIA_DTYPE_I64, &kc));
+  TRY(plan_k(G, name, p, k, &kc, &p->active));
   const int64_t *kv = (const int64_t *)glia_ptr(kc);
   int64_t T = p->T, N = p->N;
-  for (int64_t t = 0; t < T; t++)
-    if (kv[t] < 0 || kv[t] > N) {
-      glia_tensor_release(kc);
-      return glia_fail(G, GLIA_ERANGE, "%s: k[%lld] = %lld is out of range 0..%lld (learners)",
-                       name, glia_shown(G, t), (long long)kv[t], (long long)N);
-    }
   size_t n = (size_t)(T + 2 * (N + 1));
   p->perm = glia_malloc(G, n * sizeof(int64_t));
   if (!p->perm) {
@@ -173,7 +194,6 @@ static glia_status plan_sort(glia_ctx *G, const char *name, acm_plan *p, glia_te
     p->start[K] = at;
     at += p->count[K];
   }
-  p->active = T - p->count[0];
   for (int64_t t = 0; t < T; t++) p->perm[p->start[kv[t]]++] = t;
   for (int64_t K = N, a = 0; K >= 0; K--) { /* the pass moved start: restore */
     p->start[K] = a;
@@ -364,19 +384,29 @@ static glia_status run_tasks(glia_ctx *G, gated_job *j) {
   return GLIA_OK;
 }
 
-/* Decoding's path: each token's two products as matrix-vector products. */
-static glia_status forward_rows(glia_ctx *G, const acm_plan *p, float *out) {
-  int64_t n = p->N * p->w;
-  float *hid = glia_malloc(G, (size_t)n * sizeof *hid);
-  if (!hid) return glia_fail_nomem(G, (size_t)n * sizeof *hid, "glia.acm scratch");
-  for (int64_t K = p->N; K >= 1; K--)
-    for (int64_t r = p->start[K]; r < p->start[K] + p->count[K]; r++) {
-      int64_t t = p->perm[r];
-      glia_matvec_ld(G, p->pw1, p->d, p->px + t * p->d, p->pb1, hid, K * p->w, p->d);
-      act_rows(p, hid, K * p->w);
-      glia_matvec_ld(G, p->pw2, p->H, hid, NULL, out + t * p->d, p->d, K * p->w);
+/* Decoding's path: each token's two products as matrix-vector products,
+** straight into out {T,d} (every row written: 0 where k = 0). Needs no
+** sort, no task list and no zero-fill first: what one token pays besides
+** reading its prefix of the weights. */
+static glia_status forward_rows(glia_ctx *G, const acm_plan *p, const int64_t *kv, float *out) {
+  float stack[ROWS_STACK], *hid = stack;
+  int64_t d = p->d, n = 0;
+  for (int64_t t = 0; t < p->T; t++) n = kv[t] * p->w > n ? kv[t] * p->w : n;
+  if (n > ROWS_STACK) {
+    hid = glia_malloc(G, (size_t)n * sizeof *hid);
+    if (!hid) return glia_fail_nomem(G, (size_t)n * sizeof *hid, "glia.acm scratch");
+  }
+  for (int64_t t = 0; t < p->T; t++) {
+    int64_t K = kv[t];
+    if (K == 0) {
+      memset(out + t * d, 0, (size_t)d * sizeof *out);
+      continue;
     }
-  free(hid);
+    glia_matvec_ld(G, p->pw1, d, p->px + t * d, p->pb1, hid, K * p->w, d);
+    act_rows(p, hid, K * p->w);
+    glia_matvec_ld(G, p->pw2, p->H, hid, NULL, out + t * d, d, K * p->w);
+  }
+  if (hid != stack) free(hid);
   return GLIA_OK;
 }
 
@@ -447,30 +477,50 @@ static glia_status schedule_parse(glia_ctx *G, const glia_value *a, int *tier) {
 
 static glia_status acm_bwd(glia_ctx *G, glia_node *n, glia_tensor *dout, glia_tensor **din);
 
+/* The gated forward's work: decoding's rows, or the sort and then the
+** tier schedule or the tasks. *flops the learner FLOPs run. */
+static glia_status acm_forward(glia_ctx *G, acm_plan *p, glia_tensor *k, int tier,
+                               glia_tensor **r, double *flops) {
+  const char *name = "glia.acm";
+  glia_tensor *kc;
+  int64_t active;
+  TRY(plan_k(G, name, p, k, &kc, &active));
+  const int64_t *kv = (const int64_t *)glia_ptr(kc);
+  double f = 0;
+  for (int64_t t = 0; t < p->T; t++) f += token_flops(p, kv[t]);
+  glia_status st;
+  if (active < MATVEC_ROWS && !tier) {
+    st = glia_tensor_new(G, GLIA_DTYPE_F32, 2, (int64_t[]){p->T, p->d}, r);
+    if (st == GLIA_OK) st = forward_rows(G, p, kv, (float *)glia_ptr(*r));
+    glia_tensor_release(kc);
+  } else {
+    glia_tensor_release(kc);
+    st = plan_sort(G, name, p, k);
+    if (st == GLIA_OK) st = glia_tensor_zeros(G, GLIA_DTYPE_F32, 2, (int64_t[]){p->T, p->d}, r);
+    if (st == GLIA_OK && p->active > 0 && tier) {
+      st = forward_tier(G, p, (float *)glia_ptr(*r));
+    } else if (st == GLIA_OK && p->active > 0) {
+      gated_job j = {.p = p, .out = (float *)glia_ptr(*r)};
+      acm_task *tasks = NULL;
+      st = plan_tasks(G, p, &tasks, &j.ntasks);
+      j.tasks = tasks;
+      if (st == GLIA_OK) st = run_tasks(G, &j);
+      free(tasks);
+    }
+  }
+  *flops = f;
+  return st;
+}
+
 static glia_status acm(glia_ctx *G, glia_tensor *x, glia_tensor *w1, glia_tensor *b1,
                        glia_tensor *w2, glia_tensor *k, int64_t N, int act, int tier,
                        glia_tensor **out, double *flops) {
   const char *name = "glia.acm";
   acm_plan p;
   TRY(plan_new(G, name, x, w1, b1, w2, N, act, &p));
-  glia_status st = plan_sort(G, name, &p, k);
   glia_tensor *r = NULL;
-  if (st == GLIA_OK) st = glia_tensor_zeros(G, GLIA_DTYPE_F32, 2, (int64_t[]){p.T, p.d}, &r);
-  if (st == GLIA_OK && p.active > 0 && tier) {
-    st = forward_tier(G, &p, (float *)glia_ptr(r));
-  } else if (st == GLIA_OK && p.active > 0 && p.active < MATVEC_ROWS) {
-    st = forward_rows(G, &p, (float *)glia_ptr(r));
-  } else if (st == GLIA_OK && p.active > 0) {
-    gated_job j = {.p = &p, .out = (float *)glia_ptr(r)};
-    acm_task *tasks = NULL;
-    st = plan_tasks(G, &p, &tasks, &j.ntasks);
-    j.tasks = tasks;
-    if (st == GLIA_OK) st = run_tasks(G, &j);
-    free(tasks);
-  }
   double f = 0;
-  if (st == GLIA_OK)
-    for (int64_t K = 1; K <= p.N; K++) f += (double)p.count[K] * token_flops(&p, K);
+  glia_status st = acm_forward(G, &p, k, tier, &r, &f);
   plan_release(&p);
   if (st == GLIA_OK) {
     glia_tensor *in[4] = {x, w1, b1, w2};

@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, sqrt, max, floor = math.abs, math.exp, math.sqrt, math.max, math.floor
 
-t.plan(55)
+t.plan(59)
 
 -- ============================================================ reference
 
@@ -204,6 +204,30 @@ do -- 3. the tier schedule: learner by learner on the prefix of rows with k > l
   local same = true
   for i = 1, 4 do same = same and u.identical(gb[i], gt[i]) end
   t.ok(same, "gradients through the tier schedule are the bucket schedule's, bit for bit")
+end
+
+do -- the decoding path (under 4 tokens with k > 0): exact zeros, bits on any thread count
+  local T, d, N, w = 7, 20, 4, 12
+  local x, w1, b1, w2 = make(T, d, N, w)
+  local ks = { 0, 3, 0, 1, 0, 4, 0 } -- 3 tokens run: the row-at-a-time path
+  local k = glia.tensor(ks, "i64")
+  local want = ref_acm(ks, N)(x:totable(), w1:totable(), b1:totable(), w2:totable())
+  local got = u.by_threads(function() return glia.acm(x, w1, b1, w2, k) end, { 1, 2, 3 })
+  t.ok(relerr(got[1], want) < 1e-6, "three of seven tokens run: each equals the reference")
+  local zeros = true
+  for i = 1, T do
+    if ks[i] == 0 and not u.identical(got[1][i], glia.zeros(d)) then zeros = false end
+  end
+  t.ok(zeros, "and the tokens with k = 0 get exactly 0 (their rows are written, not left)")
+  t.ok(u.identical(got[1], got[2]) and u.identical(got[1], got[3]),
+       "and the same bits on 1, 2 and 3 threads")
+  -- the same tokens one at a time: the same bits as in the call of seven
+  local same = true
+  for i = 1, T do
+    local yi = glia.acm(x:narrow(1, i, 1), w1, b1, w2, k:narrow(1, i, 1))
+    if not u.identical(yi[1], got[1][i]) then same = false end
+  end
+  t.ok(same, "a token decoded alone gives the bits it gets among a few")
 end
 
 do -- 4. all-zero and all-N gates

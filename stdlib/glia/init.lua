@@ -223,29 +223,34 @@ end
 local acm_op, acm_all_op = core.acm, core.acm_all
 local ACM_OPTIONS, ACM_ALL_OPTIONS = { "learners", "activation", "schedule" },
                                      { "learners", "activation", "detach" }
+-- The options' values, checked (none given: all nil). Decoding calls
+-- glia.acm once a token and layer: no table is made here, and the checks
+-- are plain comparisons.
 local function acm_opts(where, opts, known)
-  opts = options.check(where, opts, known, 3)
-  local n = opts.learners
-  if n ~= nil and not (type(n) == "number" and n == math.floor(n) and n >= 1 and n < 2 ^ 31) then
+  if opts == nil then return nil, nil, nil, nil end
+  options.check(where, opts, known, 3)
+  local n, act, detach, schedule = opts.learners, opts.activation, opts.detach, opts.schedule
+  if n ~= nil and not (type(n) == "number" and n % 1 == 0 and n >= 1 and n < 2 ^ 31) then
     error(where .. ": option learners must be an integer >= 1, got " .. tostring(n), 3)
   end
-  for _, key in ipairs { "activation", "schedule" } do
-    if opts[key] ~= nil and type(opts[key]) ~= "string" then
-      error(where .. ": option " .. key .. " must be a string, got " .. tostring(opts[key]), 3)
-    end
+  if act ~= nil and type(act) ~= "string" then
+    error(where .. ": option activation must be a string, got " .. tostring(act), 3)
   end
-  if opts.detach ~= nil and type(opts.detach) ~= "boolean" then
-    error(where .. ": option detach must be true or false, got " .. tostring(opts.detach), 3)
+  if schedule ~= nil and type(schedule) ~= "string" then
+    error(where .. ": option schedule must be a string, got " .. tostring(schedule), 3)
   end
-  return opts
+  if detach ~= nil and type(detach) ~= "boolean" then
+    error(where .. ": option detach must be true or false, got " .. tostring(detach), 3)
+  end
+  return n, act, detach, schedule
 end
 function glia.acm(x, w1, b1, w2, k, opts)
-  opts = acm_opts("glia.acm", opts, ACM_OPTIONS)
-  return acm_op(x, w1, b1, w2, k, opts.learners, opts.activation, opts.schedule)
+  local n, act, _, schedule = acm_opts("glia.acm", opts, ACM_OPTIONS)
+  return acm_op(x, w1, b1, w2, k, n, act, schedule)
 end
 function glia.acm_all(x, w1, b1, w2, opts)
-  opts = acm_opts("glia.acm_all", opts, ACM_ALL_OPTIONS)
-  return acm_all_op(x, w1, b1, w2, opts.learners, opts.activation, opts.detach)
+  local n, act, detach = acm_opts("glia.acm_all", opts, ACM_ALL_OPTIONS)
+  return acm_all_op(x, w1, b1, w2, n, act, detach)
 end
 
 -- glia.load(path [, {mmap}]): the options are checked here, the file read in C.
