@@ -145,9 +145,13 @@ static void scale_c(const gemm_plan *P, float *c, float beta) {
 ** decode_linears time the 16 layers of that step on both sides). Other
 ** layouts go to sgemv when the matrix has at least 2^17 elements (sgemv
 ** reads the matrix once where sgemm packs it first); below that sgemm is
-** as fast or faster. */
+** as fast or faster. The rows go to the pool only when each thread reads
+** at least ROWDOT_GRAIN elements (256 KB): a matrix below twice that is
+** read in about 1.6 us from L2 on one core, and splitting it rarely paid:
+** a k = 1 ACM token (two dependent 256 KB products, bench/acm.lua) ran 6 us
+** on one thread and 7 on two; 1024 x 256 and larger still split. */
 #define GEMV_MIN_ELEMS ((int64_t)1 << 17)
-#define ROWDOT_GRAIN (1 << 14) /* matrix elements per thread, at least */
+#define ROWDOT_GRAIN (1 << 16) /* matrix elements per thread, at least */
 
 /* y[r * incy] = alpha * (w[r,:] . x) + beta * y[r * incy] (y not read when
 ** beta is 0), w row-major with row stride ldw, x contiguous of k floats. */
