@@ -389,7 +389,8 @@ static glia_status run_tasks(glia_ctx *G, gated_job *j) {
 ** sort, no task list and no zero-fill first: what one token pays besides
 ** reading its prefix of the weights. */
 static glia_status forward_rows(glia_ctx *G, const acm_plan *p, const int64_t *kv, float *out) {
-  float stack[ROWS_STACK], *hid = stack;
+  /* on a line boundary, as glia_alloc gives: each vector load one cache line */
+  float stack[ROWS_STACK] __attribute__((aligned(64))), *hid = stack;
   int64_t d = p->d, n = 0;
   for (int64_t t = 0; t < p->T; t++) n = kv[t] * p->w > n ? kv[t] * p->w : n;
   if (n > ROWS_STACK) {
