@@ -617,6 +617,12 @@ typedef struct {
   float *out;
 } slot_sum;
 
+/* o += w src over d floats: the one form of the combine's sum (the fused
+** decoding step's too), so that both give the same bits. */
+static void add_scaled(float *o, float w, const float *src, int64_t d) {
+  for (int64_t c = 0; c < d; c++) o[c] += w * src[c];
+}
+
 static void slot_sum_rows(int64_t begin, int64_t end, void *ud) {
   const slot_sum *S = ud;
   int64_t d = S->d, k = S->p->k;
@@ -626,9 +632,7 @@ static void slot_sum_rows(int64_t begin, int64_t end, void *ud) {
     for (int64_t j = 0; j < k; j++) {
       int64_t pos = S->p->inv[t * k + j];
       if (pos < 0) continue;
-      float w = S->w ? S->w[t * k + j] : 1.0f;
-      const float *src = S->src + pos * d;
-      for (int64_t c = 0; c < d; c++) o[c] += w * src[c];
+      add_scaled(o, S->w ? S->w[t * k + j] : 1.0f, S->src + pos * d, d);
     }
   }
 }
@@ -707,10 +711,11 @@ static glia_status scratch2(glia_ctx *G, int64_t a, int64_t b, glia_tensor **out
 /* ---------------------------------------------------- the checks */
 
 /* Fails unless t is f32 with ndim dims of sizes want (want[i] < 0: any). */
-static glia_status check_shape(glia_ctx *G, const char *what, const glia_tensor *t, int ndim,
-                               const int64_t *want, const char *form) {
-  TRY(glia_check_live(G, MOE_NAME, t));
-  TRY(glia_check_f32(G, MOE_NAME, what, t));
+static glia_status check_shape(glia_ctx *G, const char *name, const char *what,
+                               const glia_tensor *t, int ndim, const int64_t *want,
+                               const char *form) {
+  TRY(glia_check_live(G, name, t));
+  TRY(glia_check_f32(G, name, what, t));
   bool ok = t->ndim == ndim;
   for (int i = 0; ok && i < ndim; i++) ok = want[i] < 0 || t->size[i] == want[i];
   if (!ok) {
@@ -720,7 +725,7 @@ static glia_status check_shape(glia_ctx *G, const char *what, const glia_tensor 
       if (want[i] < 0) snprintf(buf + l, sizeof buf - l, "%s%c", i ? "," : "", form[i]);
       else snprintf(buf + l, sizeof buf - l, "%s%lld", i ? "," : "", (long long)want[i]);
     }
-    return glia_fail(G, GLIA_ESHAPE, MOE_NAME ": %s must be {%s}, got %s", what, buf,
+    return glia_fail(G, GLIA_ESHAPE, "%s: %s must be {%s}, got %s", name, what, buf,
                      glia_shape_str(t));
   }
   return GLIA_OK;
@@ -733,19 +738,19 @@ static glia_status check_experts(glia_ctx *G, glia_tensor *x, glia_tensor *gates
                                  glia_tensor *w2, glia_tensor *b2, glia_tensor *kept,
                                  moe_act act, moe_run *R) {
   int64_t any2[2] = {-1, -1}, any3[3] = {-1, -1, -1};
-  TRY(check_shape(G, "x", x, 2, any2, "Td"));
+  TRY(check_shape(G, MOE_NAME, "x", x, 2, any2, "Td"));
   int64_t T = x->size[0], d = x->size[1];
-  TRY(check_shape(G, "w1", w1, 3, (int64_t[]){-1, -1, d}, "EFd"));
+  TRY(check_shape(G, MOE_NAME, "w1", w1, 3, (int64_t[]){-1, -1, d}, "EFd"));
   int64_t E = w1->size[0], F1 = w1->size[1];
   if (act == ACT_SWIGLU && F1 % 2)
     return glia_fail(G, GLIA_ESHAPE, MOE_NAME ": swiglu needs w1 {E,2F,d} with an even row "
                      "count, got w1 %s", glia_shape_str(w1));
   int64_t F = act == ACT_SWIGLU ? F1 / 2 : F1;
   (void)any3;
-  TRY(check_shape(G, "w2", w2, 3, (int64_t[]){E, d, F}, "EdF"));
-  if (b1) TRY(check_shape(G, "b1", b1, 2, (int64_t[]){E, F1}, "EF"));
-  if (b2) TRY(check_shape(G, "b2", b2, 2, (int64_t[]){E, d}, "Ed"));
-  TRY(check_shape(G, "gates", gates, 2, (int64_t[]){T, -1}, "Tk"));
+  TRY(check_shape(G, MOE_NAME, "w2", w2, 3, (int64_t[]){E, d, F}, "EdF"));
+  if (b1) TRY(check_shape(G, MOE_NAME, "b1", b1, 2, (int64_t[]){E, F1}, "EF"));
+  if (b2) TRY(check_shape(G, MOE_NAME, "b2", b2, 2, (int64_t[]){E, d}, "Ed"));
+  TRY(check_shape(G, MOE_NAME, "gates", gates, 2, (int64_t[]){T, -1}, "Tk"));
   int64_t k = gates->size[1];
   TRY(glia_check_live(G, MOE_NAME, idx));
   if (idx->dtype != GLIA_DTYPE_I64 && idx->dtype != GLIA_DTYPE_I32)
@@ -1063,6 +1068,198 @@ static glia_status op_moe_decode(glia_ctx *G, int nargs, glia_value *args, int *
   return GLIA_OK;
 }
 
+/* ============================================== the fused decoding step */
+
+/* decoder_moe(x, norm, experts, shared, k [, kind, normalize, bias,
+** route_scale, activation, eps]) -> out, idx {1,k}: a decoding step's MoE sub-layer
+** on one row x {..., d} in one call, what nn.TransformerBlock with an
+** nn.MoE computes as out = x + mlp(ln2(x)):
+**
+**   h   = layer_norm(x; norm = {weight, bias}, eps)
+**   out = x + (moe(h) [+ shared_proj(act(shared_fc(h)))])
+**
+** experts = {wr, w1, w2} or {wr, w1, b1, w2, b2} (moe_decode's tensors);
+** shared = {} or {fc.weight, fc.bias, proj.weight, proj.bias}, the
+** always-on shared experts as one MLP. One group, no capacity, nothing
+** recorded, one row. Why: the same step through nn.MoE:forward (the norm,
+** reshapes, checks, moe_decode, the shared MLP and the residual add, each
+** from Lua) took about twice the dense block's MLP sub-layer
+** (glia.decoder_mlp) over the same weight bytes. The result is that
+** path's, bit for bit: the same kernels on the same rows
+** (glia_layer_norm_rows; glia_matvec for the logits and the shared MLP;
+** route_rows; glia_dot plus bias per expert row, as glia_matvec sums it;
+** act_row; add_scaled in slot order), in one buffer instead of tensors.
+** The chosen experts run as two pool jobs (every W1 row of the k experts,
+** then every output's W2 rows), not one glia_matvec per expert and layer. */
+typedef struct {
+  const float *h, *w1, *b1, *w2, *b2; /* h {d} the normed row; b1, b2 may be NULL */
+  const int64_t *idx;                 /* {k} the chosen experts, 0-based */
+  int64_t d, F, F1, k;
+  float *u;  /* {k,F1} */
+  float *hh; /* {k,F} */
+  float *ys; /* {k,d} each chosen expert's output */
+} step_job;
+
+/* u rows r = j F1 + i: row i of expert idx[j]'s W1 (glia_matvec's sum). */
+static void step_up_rows(int64_t r0, int64_t r1, void *ud) {
+  const step_job *S = ud;
+  for (int64_t r = r0; r < r1; r++) {
+    int64_t row = S->idx[r / S->F1] * S->F1 + r % S->F1;
+    float v = glia_dot(S->w1 + row * S->d, S->h, S->d);
+    if (S->b1) v += S->b1[row];
+    S->u[r] = v;
+  }
+}
+
+/* ys[j, c] for the outputs c in [c0, c1) of every chosen expert j. */
+static void step_down_rows(int64_t c0, int64_t c1, void *ud) {
+  const step_job *S = ud;
+  for (int64_t c = c0; c < c1; c++)
+    for (int64_t j = 0; j < S->k; j++) {
+      int64_t row = S->idx[j] * S->d + c;
+      float v = glia_dot(S->w2 + row * S->F, S->hh + j * S->F, S->F);
+      if (S->b2) v += S->b2[row];
+      S->ys[j * S->d + c] = v;
+    }
+}
+
+/* The tensors of a decoder_moe call, in this order. */
+enum { SN_LW, SN_LB, SN_WR, SN_W1, SN_B1, SN_W2, SN_B2, SN_FCW, SN_FCB, SN_PW, SN_PB, SN_N };
+
+/* Checks every shape (the step reads nothing unchecked); sets the sizes. */
+static glia_status step_check(glia_ctx *G, const char *name, glia_tensor *x, glia_tensor **t,
+                              moe_act act, int64_t *sz /* d, E, F1, F, S1, S */) {
+  TRY(glia_check_f32(G, name, "x", x));
+  int64_t d = x->ndim ? x->size[x->ndim - 1] : 0;
+  if (x->ndim < 1 || d < 1 || glia_tensor_numel(x) != d)
+    return glia_fail(G, GLIA_ESHAPE, "%s: x must be one row {..., d}, got %s", name,
+                     glia_shape_str(x));
+  TRY(check_shape(G, name, "norm weight", t[SN_LW], 1, (int64_t[]){d}, "d"));
+  TRY(check_shape(G, name, "norm bias", t[SN_LB], 1, (int64_t[]){d}, "d"));
+  TRY(check_shape(G, name, "wr", t[SN_WR], 2, (int64_t[]){-1, d}, "Ed"));
+  int64_t E = t[SN_WR]->size[0];
+  TRY(check_shape(G, name, "w1", t[SN_W1], 3, (int64_t[]){E, -1, d}, "EFd"));
+  int64_t F1 = t[SN_W1]->size[1], F = act == ACT_SWIGLU ? F1 / 2 : F1;
+  if (act == ACT_SWIGLU && F1 % 2)
+    return glia_fail(G, GLIA_ESHAPE, "%s: swiglu needs w1 {E,2F,d} with an even row count, "
+                     "got w1 %s", name, glia_shape_str(t[SN_W1]));
+  TRY(check_shape(G, name, "w2", t[SN_W2], 3, (int64_t[]){E, d, F}, "EdF"));
+  if (t[SN_B1]) TRY(check_shape(G, name, "b1", t[SN_B1], 2, (int64_t[]){E, F1}, "EF"));
+  if (t[SN_B2]) TRY(check_shape(G, name, "b2", t[SN_B2], 2, (int64_t[]){E, d}, "Ed"));
+  int64_t S1 = 0, S = 0;
+  if (t[SN_FCW]) {
+    TRY(check_shape(G, name, "shared fc.weight", t[SN_FCW], 2, (int64_t[]){-1, d}, "Fd"));
+    S1 = t[SN_FCW]->size[0], S = act == ACT_SWIGLU ? S1 / 2 : S1;
+    if (act == ACT_SWIGLU && S1 % 2)
+      return glia_fail(G, GLIA_ESHAPE, "%s: swiglu needs shared fc.weight {2F,d}, got %s", name,
+                       glia_shape_str(t[SN_FCW]));
+    TRY(check_shape(G, name, "shared fc.bias", t[SN_FCB], 1, (int64_t[]){S1}, "F"));
+    TRY(check_shape(G, name, "shared proj.weight", t[SN_PW], 2, (int64_t[]){d, S}, "dF"));
+    TRY(check_shape(G, name, "shared proj.bias", t[SN_PB], 1, (int64_t[]){d}, "d"));
+  }
+  bool needs = glia_tensor_needs_grad(x);
+  for (int i = 0; i < SN_N; i++) needs = needs || (t[i] && glia_tensor_needs_grad(t[i]));
+  if (G->grad_mode && needs)
+    return glia_fail(G, GLIA_EGRAD, "%s: inference only, but an input requires grad (run it "
+                     "under glia.no_grad), x %s", name, glia_shape_str(x));
+  sz[0] = d, sz[1] = E, sz[2] = F1, sz[3] = F, sz[4] = S1, sz[5] = S;
+  return GLIA_OK;
+}
+
+/* The step on contiguous tensors c (SN_N of them, absent ones NULL). */
+static glia_status step_run(glia_ctx *G, const char *name, const float *x, glia_tensor **c,
+                            const route_cfg *rc, moe_act act, double eps, const int64_t *sz,
+                            float *out, int64_t *chosen) {
+  int64_t d = sz[0], E = sz[1], F1 = sz[2], F = sz[3], S1 = sz[4], S = sz[5], k = rc->k;
+  /* h {d}, z s {E}, sel {E+k}, gate w {k}, u {k,F1}, hh {k,F}, ys {k,d}, su {S1}, sh {S}, sy {d} */
+  size_t nf = (size_t)(2 * d + 3 * E + 3 * k + k * (F1 + F + d) + S1 + S + d);
+  size_t bytes = (size_t)k * sizeof(int64_t) + nf * sizeof(float);
+  int64_t *idx = glia_alloc(G, bytes);
+  if (!idx) return glia_fail_nomem(G, bytes, name);
+  float *h = (float *)(idx + k), *z = h + d, *s = z + E, *sel = s + E, *gate = sel + E + k,
+        *w = gate + k, *u = w + k, *hh = u + k * F1, *ys = hh + k * F, *su = ys + k * d,
+        *sh = su + S1, *sy = sh + S;
+  glia_layer_norm_rows(x, fp(c[SN_LW]), fp(c[SN_LB]), h, 1, d, eps);
+  glia_matvec(G, fp(c[SN_WR]), h, NULL, z, E, d);
+  route_job J = {rc, z, s, sel, idx, gate, w};
+  route_rows(0, 1, &J);
+  step_job P = {.h = h, .w1 = fp(c[SN_W1]), .b1 = fp(c[SN_B1]), .w2 = fp(c[SN_W2]),
+                .b2 = fp(c[SN_B2]), .idx = idx, .d = d, .F = F, .F1 = F1, .k = k, .u = u,
+                .hh = hh, .ys = ys};
+  glia_parallel_for(G, k * F1, glia_grain_items(d), step_up_rows, &P);
+  moe_run A = {.act = act, .F = F};
+  for (int64_t j = 0; j < k; j++) act_row(&A, hh + j * F, u + j * F1);
+  glia_parallel_for(G, d, glia_grain_items(k * F), step_down_rows, &P);
+  memset(out, 0, (size_t)d * sizeof *out);
+  for (int64_t j = 0; j < k; j++) add_scaled(out, gate[j], ys + j * d, d);
+  if (S1) {
+    glia_matvec(G, fp(c[SN_FCW]), h, fp(c[SN_FCB]), su, S1, d);
+    moe_run B = {.act = act, .F = S};
+    act_row(&B, sh, su);
+    glia_matvec(G, fp(c[SN_PW]), sh, fp(c[SN_PB]), sy, d, S);
+    for (int64_t i = 0; i < d; i++) out[i] += sy[i];
+  }
+  for (int64_t i = 0; i < d; i++) out[i] = x[i] + out[i];
+  int base = glia_index_base(G);
+  for (int64_t j = 0; j < k; j++) chosen[j] = idx[j] + base;
+  glia_free(G, idx, bytes);
+  return GLIA_OK;
+}
+
+static glia_status op_decoder_moe(glia_ctx *G, int nargs, glia_value *args, int *nouts,
+                                  glia_value *outs) {
+  (void)nargs;
+  const char *name = "glia.decoder_moe";
+  glia_tensor *x = args[0].u.t, *t[SN_N] = {NULL};
+  int nn = args[1].u.list.n, ne = args[2].u.list.n, ns = args[3].u.list.n;
+  if (nn != 2 || (ne != 3 && ne != 5) || (ns != 0 && ns != 4))
+    return glia_fail(G, GLIA_EARG, "%s: want norm {weight, bias}, experts {wr, w1, w2} or {wr, "
+                     "w1, b1, w2, b2}, shared {} or {fc.weight, fc.bias, proj.weight, "
+                     "proj.bias}; got lists of %d, %d and %d tensors", name, nn, ne, ns);
+  glia_tensor *const *n = args[1].u.list.v, *const *e = args[2].u.list.v,
+              *const *sh = args[3].u.list.v;
+  t[SN_LW] = n[0], t[SN_LB] = n[1], t[SN_WR] = e[0], t[SN_W1] = e[1];
+  if (ne == 5) t[SN_B1] = e[2], t[SN_W2] = e[3], t[SN_B2] = e[4];
+  else t[SN_W2] = e[2];
+  for (int i = 0; i < ns; i++) t[SN_FCW + i] = sh[i];
+  int act;
+  TRY(pick(G, name, "activation", &args[9], ACT_NAMES, ACT_GELU, &act));
+  int64_t sz[6] = {0};
+  TRY(step_check(G, name, x, t, (moe_act)act, sz));
+  double eps = arg_num(&args[10], 1e-5);
+  if (!(eps >= 0)) return glia_fail(G, GLIA_EARG, "%s: eps must be >= 0, got %g", name, eps);
+  route_cfg rc;
+  glia_tensor *bc, *c[SN_N] = {NULL}, *xc = NULL, *y = NULL, *ix = NULL;
+  glia_value *a[7] = {&args[4], &args[5], &args[6], &args[7], NULL, NULL, &args[8]};
+  TRY(route_args(G, name, a, sz[1], &rc, &bc));
+  rc.T = 1, rc.E = sz[1];
+  glia_status st = GLIA_OK;
+  if (rc.k < 1 || rc.k > rc.E || !isfinite(rc.scale))
+    st = glia_fail(G, GLIA_EARG, "%s: k must be in 1..%lld (the experts) and route_scale "
+                   "finite; got k %lld, route_scale %g", name, (long long)rc.E,
+                   (long long)rc.k, (double)rc.scale);
+  if (st == GLIA_OK) st = contig_all(G, SN_N, t, c);
+  if (st == GLIA_OK) st = glia_tensor_contiguous_as(G, x, GLIA_DTYPE_F32, &xc);
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_F32, x->ndim, x->size, &y);
+  int64_t ksz[2] = {1, rc.k};
+  if (st == GLIA_OK) st = glia_tensor_new(G, GLIA_DTYPE_I64, 2, ksz, &ix);
+  if (st == GLIA_OK)
+    st = step_run(G, name, fp(xc), c, &rc, (moe_act)act, eps, sz, (float *)glia_ptr(y),
+                  (int64_t *)glia_ptr(ix));
+  glia_tensor_release(bc);
+  glia_tensor_release(xc);
+  release_all(SN_N, c);
+  if (st != GLIA_OK) {
+    glia_tensor_release(y);
+    glia_tensor_release(ix);
+    return st;
+  }
+  *nouts = 2;
+  outs[0].kind = GLIA_VAL_TENSOR, outs[0].u.t = y;
+  outs[1].kind = GLIA_VAL_TENSOR, outs[1].u.t = ix;
+  return GLIA_OK;
+}
+
 /* moe_experts(x, gates, idx, w1, b1, w2, b2 [, activation, kept]) -> y */
 static glia_status op_moe_experts(glia_ctx *G, int nargs, glia_value *args, int *nouts,
                                   glia_value *outs) {
@@ -1124,5 +1321,6 @@ const glia_op glia_ops_moe[] = {
     {"moe_experts", "TTTTtTt|st", op_moe_experts, 0},
     {"moe_dispatch", "Ti|t", op_moe_dispatch, 0},
     {"moe_decode", "TTTtTti|sbtns", op_moe_decode, 0},
+    {"decoder_moe", "TLLLi|sbtnsn", op_decoder_moe, 0},
     {NULL, NULL, NULL, 0},
 };

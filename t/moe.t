@@ -654,6 +654,110 @@ do
   end
 end
 
+-- glia.decoder_moe, the fused decoding step of a block's MoE sub-layer:
+-- x + MoE(ln2(x)) bit for bit as nn.MoE computes it from Lua, for every
+-- router kind and activation, with the selection bias, route_scale,
+-- normalize on and off, shared experts and no expert biases
+do
+  local nn = require "glia.nn"
+  local d = 20 -- not a multiple of the vector width: the dot products' tails too
+  for _, cfg in ipairs {
+    { k = 2 },
+    { k = 2, router = "sigmoid", activation = "gelu_tanh", bias_gamma = 0.01, route_scale = 2.5 },
+    { k = 3, activation = "swiglu", shared = 1, normalize = false },
+    { k = 1, activation = "relu", shared = 2, bias = false },
+    { k = 2, router = "sigmoid", activation = "silu", normalize = false, route_scale = 0.5, bias_gamma = 0.1 },
+    { k = 8, activation = "gelu", shared = 1, route_scale = 1.5 },
+  } do
+    glia.manual_seed(5)
+    local m, ln = nn.MoE(d, 12, 8, cfg), nn.LayerNorm(d)
+    m:eval()
+    glia.no_grad(function()
+      ln.weight:copy_(glia.rand(d) + 0.5)
+      ln.bias:copy_(glia.rand(d) - 0.5)
+      if m.bias_gamma ~= 0 then m.expert_bias:copy_(glia.randn(1, 8) * 0.3) end
+    end)
+    local what = ("router %s, %s, k %d, shared %d, normalize %s, route_scale %s, bias_gamma %s, expert biases %s")
+      :format(cfg.router or "softmax", m.activation, cfg.k, m.n_shared, tostring(cfg.normalize),
+              tostring(cfg.route_scale), tostring(cfg.bias_gamma), tostring(cfg.bias ~= false))
+    local same, loads = true, true
+    for _, shape in ipairs { { 1, 1, d }, { 1, d }, { d } } do
+      local x = glia.randn(table.unpack(shape)) * 2
+      glia.no_grad(function()
+        local want = x + m(ln(x))
+        local want_load = m:load()
+        local got = m:decode_residual(x, ln)
+        same = same and got ~= nil and u.identical(got, want)
+        loads = loads and u.identical(m:load(), want_load)
+      end)
+    end
+    t.ok(same, "decoder_moe is x + MoE(ln2(x)), bit for bit: " .. what)
+    t.ok(loads, "and m:load() is the module path's: " .. what)
+  end
+end
+
+-- nn.MoE:decode_residual declines what the fused step does not compute
+do
+  local nn = require "glia.nn"
+  local d = 8
+  local ln, x = nn.LayerNorm(d), glia.randn(1, 1, d)
+  local function declines(cfg, x_, train)
+    local m = nn.MoE(d, 6, 4, cfg)
+    if not train then m:eval() end
+    return glia.no_grad(function() return m:decode_residual(x_ or x, ln) == nil end)
+  end
+  t.ok(declines { k = 2, iterations = 2 }, "declines: Chain-of-Experts iterations")
+  t.ok(declines { k = 2, outer_residual = true }, "declines: the outer residual")
+  t.ok(declines { k = 2, capacity_factor = 1 }, "declines: a capacity")
+  t.ok(declines { k = 2, groups = 2, topk_groups = 1 }, "declines: group-limited routing")
+  t.ok(declines({ k = 2 }, glia.randn(1, 2, d)), "declines: more than one row")
+  t.ok(declines({ k = 2, aux_alpha = 0.01 }, nil, true), "declines: training with an auxiliary loss")
+  local m = nn.MoE(d, 6, 4, { k = 2 })
+  t.ok(m:decode_residual(x, ln) == nil, "declines: autograd on")
+  m:eval()
+  glia.no_grad(function()
+    t.ok(m:decode_residual(x, nn.LayerNorm(d, { bias = false })) == nil, "declines: a LayerNorm without bias")
+    t.ok(m:decode_residual(x, nn.RMSNorm(d)) == nil, "declines: another norm")
+    t.ok(m:decode_residual(x, ln) ~= nil, "and runs the plain case")
+  end)
+end
+
+-- decoder_moe at a width where its two expert jobs split over the pool:
+-- the module path's bits at 1 and 2 threads; and its bad input
+do
+  local nn = require "glia.nn"
+  local d = 130
+  glia.manual_seed(6)
+  local m, ln = nn.MoE(d, 600, 4, { k = 2, shared = 1, activation = "gelu_tanh" }), nn.LayerNorm(d)
+  m:eval()
+  local x = glia.randn(1, 1, d)
+  local r = u.by_threads(function()
+    return glia.no_grad(function() return { m:decode_residual(x, ln), x + m(ln(x)) } end)
+  end)
+  t.ok(u.identical(r[1][1], r[1][2]) and u.identical(r[2][1], r[2][2]) and u.identical(r[1][1], r[2][1]),
+       "decoder_moe with its expert rows split over 2 threads: the module path's bits, as at 1 thread")
+  local nw, ex = { ln.weight, ln.bias }, { m.routers[1].weight, m.w1, m.b1, m.w2, m.b2 }
+  glia.no_grad(function()
+    t.error_like(function() glia.decoder_moe(x, nw, { m.w1, m.w2 }, {}, 2) end,
+                 "glia.decoder_moe: want norm {weight, bias}, experts {wr, w1, w2} or {wr, w1, b1, w2, b2}, shared {} or {fc.weight, fc.bias, proj.weight, proj.bias}; got lists of 2, 2 and 0 tensors",
+                 "decoder_moe names the lists it wants")
+    t.error_like(function() glia.decoder_moe(glia.randn(2, d), nw, ex, {}, 2) end,
+                 "glia.decoder_moe: x must be one row {..., d}, got {2,130}", "decoder_moe refuses two rows")
+    t.error_like(function() glia.decoder_moe(x, nw, { m.routers[1].weight, m.w1, m.b1, m.w2:narrow(3, 1, 5), m.b2 }, {}, 2) end,
+                 "glia.decoder_moe: w2 must be {4,130,600}, got {4,130,5}", "decoder_moe checks w2's shape")
+    t.error_like(function() glia.decoder_moe(x, nw, ex, { m.shared_fc.weight, m.shared_fc.bias, m.shared_fc.weight, m.shared_proj.bias }, 2) end,
+                 "glia.decoder_moe: shared proj.weight must be {130,600}, got {600,130}", "decoder_moe checks the shared MLP")
+    t.error_like(function() glia.decoder_moe(x, nw, ex, {}, 5) end,
+                 "glia.decoder_moe: k must be in 1..4", "decoder_moe refuses k past the experts")
+    t.error_like(function() glia.decoder_moe(x, nw, ex, {}, 2, nil, nil, glia.zeros(3)) end,
+                 "glia.decoder_moe: bias must be {4} %(one per expert%), got {3}", "decoder_moe checks the selection bias")
+    t.error_like(function() glia.decoder_moe(x, nw, ex, {}, 2, nil, nil, nil, nil, "tanh") end,
+                 "glia.decoder_moe: unknown activation 'tanh'", "decoder_moe names an unknown activation")
+  end)
+  t.error_like(function() glia.decoder_moe(x:clone():requires_grad(), nw, ex, {}, 2) end,
+               "glia.decoder_moe: inference only, but an input requires grad", "decoder_moe refuses to run under autograd")
+end
+
 -- ==================================================== bias controller
 
 do
@@ -873,6 +977,43 @@ do
        "moe_study.lua writes the loss and load plots")
   if not study:find("wrote") then t.diag(study) end
   os.execute("rm -rf '" .. tmp .. "'-*")
+end
+
+-- An MoE GPT decodes through glia.decoder_moe (the blocks' MoE sub-layer
+-- in one call): the same logits, bit for bit, as through nn.MoE:forward,
+-- with and without a layer-skipping plan
+do
+  local GPT = require "models.gpt"
+  local skip = require "glia.skip"
+  for _, moe in ipairs {
+    { experts = 4, k = 2, shared = 1 },
+    { experts = 4, k = 1, router = "sigmoid", bias_gamma = 1e-3, activation = "swiglu" },
+  } do
+    glia.manual_seed(9)
+    local cfg = { vocab_size = 11, d_model = 16, n_layers = 3, n_heads = 2, ctx = 8, moe = moe }
+    local fused, plain = GPT(cfg), GPT(cfg)
+    plain:load_state_dict(fused:state_dict())
+    for _, b in ipairs(plain.blocks) do rawset(b.mlp, "decode_residual", false) end
+    local calls, real = 0, fused.blocks[1].mlp.decode_residual
+    for _, b in ipairs(fused.blocks) do
+      rawset(b.mlp, "decode_residual", function(...) calls = calls + 1 return real(...) end)
+    end
+    fused:eval()
+    plain:eval()
+    local x = glia.randint(1, 12, { 1, 8 })
+    for _, plan in ipairs { false, skip.plan_drop(3, { attn = { 2 } }), skip.plan_drop(3, { mlp = { 1 } }) } do
+      if plan then skip.set_plan(fused, plan); skip.set_plan(plain, plan) end
+      local cf, cp, same, before = fused:new_caches(1), plain:new_caches(1), true, calls
+      glia.no_grad(function()
+        for p = 1, 8 do
+          local tok = x:narrow(2, p, 1)
+          same = same and u.identical(fused(tok, cf, p - 1), plain(tok, cp, p - 1))
+        end
+      end)
+      t.ok(same and calls > before, ("MoE GPT decoding (%s, %s): decoder_moe's logits are nn.MoE's, bit for bit")
+           :format(moe.router or "softmax", plan and tostring(plan) or "no plan"))
+    end
+  end
 end
 
 -- ======================================================== empty shapes

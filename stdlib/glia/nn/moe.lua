@@ -50,6 +50,7 @@ local options = require "glia.options"
 local init   = require "glia.nn.initializers"
 local lin    = require "glia.nn.linear"
 local container = require "glia.nn.container"
+local LayerNorm = require("glia.nn.norm").LayerNorm
 
 local format, type, ipairs, sqrt = string.format, type, ipairs, math.sqrt
 local error = require("glia.core").error -- blames the user's line, never the stdlib's
@@ -64,6 +65,7 @@ local OPTIONS = { "k", "router", "normalize", "groups", "topk_groups", "route_sc
 local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, silu = true, swiglu = true }
 
 local MoE = Module:extend("MoE")
+local NO_SHARED = {}
 M.MoE = MoE
 
 function MoE:__init(d, hidden, n_experts, opts)
@@ -156,6 +158,35 @@ function MoE:decodes(h)
   if not self.training then return true end
   local function on(a) return a and a ~= 0 end
   return self.bias_gamma == 0 and not (on(o.aux_alpha) or on(o.z_alpha) or on(o.seq_alpha))
+end
+
+-- x + self(norm(x)) for one row x {..., d} (a decoding step) in one call,
+-- glia.decoder_moe, when it computes that: a decoding step (decodes), one
+-- iteration, no outer residual, and norm an nn.LayerNorm with weight and
+-- bias; nil otherwise (the caller takes the module path). The bits are
+-- the module path's. nn.TransformerBlock calls it for its MoE sub-layer.
+function MoE:decode_residual(x, norm)
+  local w, b = norm.weight, norm.bias
+  if self.iterations ~= 1 or self.outer_residual or getmetatable(norm) ~= LayerNorm or not b
+     or x:numel() ~= self.d or x:size(-1) ~= self.d then
+    return nil
+  end
+  local o = self._route
+  if glia.is_grad_enabled() or o.capacity_factor or (o.groups or 1) > 1 then return nil end
+  if self.training and not self:decodes(x:reshape(1, self.d)) then return nil end
+  local experts
+  if self.b1 then experts = { self.routers[1].weight, self.w1, self.b1, self.w2, self.b2 }
+  else experts = { self.routers[1].weight, self.w1, self.w2 } end
+  local shared = NO_SHARED
+  if self.n_shared > 0 then
+    local fc, proj = self.shared_fc, self.shared_proj
+    shared = { fc.weight, fc.bias, proj.weight, proj.bias }
+  end
+  local y, idx = glia.decoder_moe(x, { w, b }, experts, shared, o.k, o.router, o.normalize,
+                                self.bias_gamma ~= 0 and self.expert_bias[1] or nil,
+                                o.route_scale, o.activation, norm.eps)
+  self._load, self.aux_loss = { idx }, nil -- as forward leaves them
+  return y
 end
 
 -- x {..., d} [, stream {..., d}] -> {..., d} (see the header)

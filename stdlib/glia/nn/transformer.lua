@@ -9,7 +9,9 @@
 --   dropout = 0, bias = true, eps = 1e-5, fused, mlp}])
 -- bias covers the linear layers; the layer norms always have one. mlp (a
 -- module {..., C} -> {..., C}, e.g. an nn.MoE) takes the place of fc, gelu,
--- fc2: x + drop(mlp(ln2(x))); decoding then fuses the attention sub-layer.
+-- fc2: x + drop(mlp(ln2(x))); decoding then fuses the attention sub-layer,
+-- and the MLP sub-layer too when the module offers it (nn.MoE's
+-- decode_residual, glia.decoder_moe).
 --
 -- forward(x [, cache]): x {B,T,C}; cache a glia.kv_cache from new_cache.
 -- With a cache, outside training with dropout, the whole block runs as
@@ -102,6 +104,18 @@ function TransformerBlock:mlp_update(x)
   return h
 end
 
+-- The MLP sub-layer x + mlp(ln2(x)) as one call when the mlp module has
+-- one for this x (nn.MoE's decode_residual: one row, no autograd); nil
+-- otherwise. Not with dropout in training, which the call does not apply.
+local function fused_moe(self, x)
+  local mlp = self.mlp
+  if not (mlp and mlp.decode_residual) or self.fused == false
+     or (self.training and self.drop) then
+    return nil
+  end
+  return mlp:decode_residual(x, self.ln2)
+end
+
 -- The sub-layers the plan keeps (both: the unplanned path, fused or not).
 -- Decoding, one kept sub-layer runs fused too: the attention through
 -- glia.decoder_block's "attn" part with the cache, the MLP (whose block
@@ -119,7 +133,7 @@ local function planned_layers(self, x, cache, skip)
        and not (self.training and self.drop) then
       return glia.decoder_mlp(x, self:_fused_params(), self.ln2.eps)
     end
-    x = x + self:mlp_update(x)
+    return fused_moe(self, x) or x + self:mlp_update(x)
   end
   return x
 end
@@ -163,7 +177,7 @@ function TransformerBlock:forward_full(x, cache)
   if self:use_fused(cache) then
     if not self.mlp then return self:fused_step(x, cache) end
     x = self:fused_step(x, cache, "attn") -- another MLP: the attention sub-layer fused
-    return x + self:mlp_update(x)
+    return fused_moe(self, x) or x + self:mlp_update(x)
   end
   x = x + self:attn_update(x, cache)
   return x + self:mlp_update(x)
