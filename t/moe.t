@@ -428,6 +428,31 @@ do
   local x2 = glia.cat({ x, x }, 1)
   local _, info5 = glia.moe(x2, wr, w1, b1, w2, b2, { k = 1, router = "sigmoid", seq_alpha = 0.01, seq_len = E })
   t.ok(abs(info5.seq:item() - 0.01) <= 1e-8, "two uniform sequences: sequence loss = alpha")
+  -- sigmoid router, every logit <= -88: each sigmoid underflows to 0, and
+  -- the losses once came out NaN (0 / 0); now the normalized scores are
+  -- those exp(z) / sum exp(z) tends to, the softmax of z
+  local T6 = 6
+  local x6 = glia.rand(T6, E) + 1
+  local wr6 = (glia.full({ E, E }, -40) + glia.randn(E, E)):requires_grad()
+  local _, info6 = glia.moe(x6, wr6, w1, b1, w2, b2, { k = 2, router = "sigmoid", aux_alpha = 0.01, seq_alpha = 0.01 })
+  local z6 = glia.no_grad(function() return glia.linear(x6, wr6) end)
+  t.ok(z6:max():item() <= -88, "the test's logits are all below -88")
+  local P6 = glia.softmax(z6, 2)
+  local f6 = info6.counts:to("f32") / (2 * T6)
+  local want_bal = (P6:mean(1) * f6):sum():item() * 0.01 * E
+  local want_seq = (P6:mean(1) * f6 * E):sum():item() * 0.01
+  t.ok(abs(info6.balance:item() - want_bal) <= 1e-6 and abs(info6.seq:item() - want_seq) <= 1e-6,
+       ("sigmoid router, underflowed scores: Switch and sequence losses %g %g are finite (want %g %g)")
+         :format(info6.balance:item(), info6.seq:item(), want_bal, want_seq))
+  info6.aux:backward()
+  local g6 = wr6.grad:abs():max():item()
+  t.ok(g6 == g6 and g6 < math.huge, "and their router gradient is finite")
+  -- and for ordinary logits the same value as sigmoid / its row sum
+  local x7, wr7 = glia.randn(T6, E), glia.randn(E, E)
+  local _, info7 = glia.moe(x7, wr7, w1, b1, w2, b2, { k = 2, router = "sigmoid", aux_alpha = 0.01 })
+  local s7 = glia.sigmoid(glia.linear(x7, wr7))
+  local want7 = ((s7 / s7:sum(2, true)):mean(1) * info7.counts:to("f32") / (2 * T6)):sum():item() * 0.01 * E
+  t.ok(abs(info7.balance:item() - want7) <= 1e-7, "sigmoid router, ordinary logits: the Switch loss of sigmoid / row sum")
 end
 
 -- ================================================ DeepSeek specifics

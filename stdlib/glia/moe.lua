@@ -95,11 +95,13 @@ local function aux_losses(o, z, idx, counts, E, k)
     total = total and total + l or l
   end
   local sigmoid = o.router == "sigmoid"
-  -- scores normalized over all experts: softmax, or sigmoid / its row sum
+  -- scores normalized over all experts: softmax, or sigmoid / its row sum,
+  -- computed as the softmax of log sigmoid(z) = -logsumexp(0, -z): the same
+  -- value, but defined when every sigmoid of a row underflows to 0 (all
+  -- logits below about -88 made 0 / 0 = NaN losses)
   local function norm_scores()
     if not sigmoid then return glia.softmax(z, 2) end
-    local s = glia.sigmoid(z)
-    return s / s:sum(2, true)
+    return glia.softmax(-glia.logsumexp(glia.stack({ glia.zeros_like(z), -z }, 3), 3), 2)
   end
   local zero = T == 0 and z:sum() * 0 or nil
   if o.aux_alpha and o.aux_alpha ~= 0 then
