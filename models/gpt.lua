@@ -16,7 +16,7 @@
 --
 -- moe = {experts = 8, k = 2, hidden = 4 C / k, every = 1, router, shared,
 -- aux_alpha, z_alpha, seq_alpha, bias_gamma, iterations, capacity_factor,
--- activation = "gelu_tanh"} replaces the MLP of every `every`-th block (the
+-- activation = "gelu_tanh", chain_start, outer_residual} replaces the MLP of every `every`-th block (the
 -- last of each run of `every`) by an nn.MoE of that config (glia.nn.moe), the
 -- block's `mlp`: x + attn(ln1(x)), then x + mlp(ln2(x)). The default hidden keeps the
 -- active MLP parameters per token those of the dense model. model:loss adds
@@ -76,7 +76,8 @@ local function configure(cfg)
 end
 
 local MOE_KEYS = { "experts", "k", "hidden", "every", "router", "shared", "aux_alpha", "z_alpha",
-                   "seq_alpha", "bias_gamma", "iterations", "capacity_factor", "activation" }
+                   "seq_alpha", "bias_gamma", "iterations", "capacity_factor", "activation",
+                   "chain_start", "outer_residual" }
 
 -- The nn.MoE that replaces a block's MLP (moe: the config's moe table).
 local function moe_mlp(d, m, bias)
@@ -84,7 +85,8 @@ local function moe_mlp(d, m, bias)
   return nn.MoE(d, m.hidden or max(1, floor(4 * d / k)), m.experts or 8, {
     k = k, router = m.router, shared = m.shared, aux_alpha = m.aux_alpha, z_alpha = m.z_alpha,
     seq_alpha = m.seq_alpha, bias_gamma = m.bias_gamma, iterations = m.iterations,
-    capacity_factor = m.capacity_factor, activation = m.activation or "gelu_tanh", bias = bias })
+    capacity_factor = m.capacity_factor, activation = m.activation or "gelu_tanh", bias = bias,
+    chain_start = m.chain_start, outer_residual = m.outer_residual })
 end
 
 function GPT:__init(cfg)

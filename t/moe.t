@@ -1004,6 +1004,49 @@ do
   os.execute("rm -rf '" .. tmp .. "'-*")
 end
 
+-- Chain-of-Experts inside models/gpt.lua: with chain_start "residual" the
+-- block hands its residual stream to the MoE, so the block computes the
+-- chain x_1 = h + MoE_1(ln2(h)), x_2 = x_1 + MoE_2(x_1) (h the stream
+-- after attention), here against that written out with glia.moe
+do
+  local GPT = require "models.gpt"
+  for _, outer in ipairs { false, true } do
+    glia.manual_seed(12)
+    local m = GPT { vocab_size = 11, d_model = 8, n_layers = 1, n_heads = 2, ctx = 6,
+                    moe = { experts = 4, k = 2, hidden = 6, iterations = 2, chain_start = "residual",
+                            outer_residual = outer, shared = 1 } }
+    m:eval()
+    local idx = glia.randint(1, 12, { 2, 5 })
+    local b, moe = m.blocks[1], m.blocks[1].mlp
+    local want = glia.no_grad(function()
+      local x = m.tok(idx) + m.pos.weight:narrow(1, 1, 5)
+      local h = x + b:attn_update(x) -- the stream entering the MoE sub-layer
+      local hs = h:reshape(-1, 8)
+      local function f(i, a)
+        return glia.moe(a, moe.routers[i].weight, moe.w1, moe.b1, moe.w2, moe.b2,
+                        { k = 2, activation = "gelu_tanh" }) + moe:shared_forward(a)
+      end
+      local x1 = hs + f(1, b.ln2(h):reshape(-1, 8))
+      local x2 = x1 + f(2, x1)
+      local out = outer and hs + x2 or x2 -- the block adds R - h to h
+      return m.head(m.lnf(out:reshape(2, 5, 8)))
+    end)
+    local got = glia.no_grad(function() return m(idx) end)
+    t.ok(relerr(got, want:totable()) <= 1e-5,
+         ("a GPT with moe {iterations = 2, chain_start = 'residual', outer_residual = %s}: the chain over the block's stream")
+           :format(tostring(outer)))
+    -- decoding (one position at a time through the caches) gives the same
+    local caches, steps = m:new_caches(2), {}
+    glia.no_grad(function()
+      for p = 1, 5 do steps[p] = m(idx:narrow(2, p, 1), caches, p - 1) end
+    end)
+    t.ok(relerr(glia.cat(steps, 2), want:totable()) <= 1e-5, "and decoding position by position matches it")
+  end
+  local m = GPT { vocab_size = 11, d_model = 8, n_layers = 1, n_heads = 2, ctx = 6,
+                  moe = { experts = 4, k = 2, iterations = 2 } }
+  t.ok(not m.blocks[1].mlp:wants_stream(), "the default chain (normed, no outer residual) is not handed the stream")
+end
+
 -- An MoE GPT decodes through glia.decoder_moe (the blocks' MoE sub-layer
 -- in one call): the same logits, bit for bit, as through nn.MoE:forward,
 -- with and without a layer-skipping plan
@@ -1013,6 +1056,7 @@ do
   for _, moe in ipairs {
     { experts = 4, k = 2, shared = 1 },
     { experts = 4, k = 1, router = "sigmoid", bias_gamma = 1e-3, activation = "swiglu" },
+    { experts = 4, k = 2, chain_start = "residual" }, -- one iteration: the plain layer, fused too
   } do
     glia.manual_seed(9)
     local cfg = { vocab_size = 11, d_model = 16, n_layers = 3, n_heads = 2, ctx = 8, moe = moe }

@@ -160,6 +160,13 @@ function MoE:decodes(h)
   return self.bias_gamma == 0 and not (on(o.aux_alpha) or on(o.z_alpha) or on(o.seq_alpha))
 end
 
+-- Whether a caller should pass the residual stream (forward's h): the
+-- arrangements that read it, chain_start "residual" and outer_residual.
+-- nn.TransformerBlock asks; with the defaults the block stays x + MoE(ln2(x)).
+function MoE:wants_stream()
+  return self.chain_start == "residual" or self.outer_residual
+end
+
 -- x + self(norm(x)) for one row x {..., d} (a decoding step) in one call,
 -- glia.decoder_moe, when it computes that: a decoding step (decodes), one
 -- iteration, no outer residual, and norm an nn.LayerNorm with weight and

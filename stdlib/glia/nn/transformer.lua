@@ -9,7 +9,9 @@
 --   dropout = 0, bias = true, eps = 1e-5, fused, mlp}])
 -- bias covers the linear layers; the layer norms always have one. mlp (a
 -- module {..., C} -> {..., C}, e.g. an nn.MoE) takes the place of fc, gelu,
--- fc2: x + drop(mlp(ln2(x))); decoding then fuses the attention sub-layer,
+-- fc2: x + drop(mlp(ln2(x))), or x + drop(mlp(ln2(x), x)) when the module
+-- reads the residual stream (mlp:wants_stream(), nn.MoE with chain_start
+-- "residual" or outer_residual); decoding then fuses the attention sub-layer,
 -- and the MLP sub-layer too when the module offers it (nn.MoE's
 -- decode_residual, glia.decoder_moe).
 --
@@ -97,8 +99,12 @@ function TransformerBlock:attn_update(x, cache)
 end
 
 function TransformerBlock:mlp_update(x)
-  local h
-  if self.mlp then h = self.mlp(self.ln2(x))
+  local h, mlp = nil, self.mlp
+  if mlp then
+    -- an mlp that reads the residual stream (nn.MoE's Chain-of-Experts
+    -- arrangements) gets x too: mlp(ln2(x), x)
+    if mlp.wants_stream and mlp:wants_stream() then h = mlp(self.ln2(x), x)
+    else h = mlp(self.ln2(x)) end
   else h = self.fc2(glia.gelu(self.fc(self.ln2(x)), "tanh")) end
   if self.drop then h = self.drop(h) end
   return h
