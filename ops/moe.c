@@ -2,7 +2,8 @@
 ** ops/moe.c -- mixture-of-experts routing and grouped expert MLPs, forward
 ** and backward. Ops: moe_route (differentiable in its gate values),
 ** moe_experts (differentiable in x, the gates and every expert weight),
-** moe_dispatch (the bookkeeping, for inspection; no gradient).
+** moe_dispatch (the bookkeeping, for inspection; no gradient), moe_decode
+** and decoder_moe (decoding steps in one call; inference only).
 **
 ** Shape letters: T tokens, d model width, E experts, k experts per token,
 ** F expert hidden width (F1 = F, or 2F for swiglu), A kept assignments.
@@ -42,7 +43,10 @@
 ** (combine, dx) runs over the slots in order: the bits are the same for any
 ** thread count and run to run. Decoding (T <= 4 and nothing to record)
 ** runs each kept row through glia_matvec, the dense decode path's row
-** kernel, so only the chosen experts' weights are read.
+** kernel, so only the chosen experts' weights are read. decoder_moe is a
+** decoding step of a transformer block's whole MoE sub-layer (layer norm,
+** routing, chosen and shared experts, residual) on one row in one call,
+** for nn.TransformerBlock; see its section below.
 **
 ** Autograd: moe_experts records two nodes, "up" (x, w1, b1 -> H {A,F}, the
 ** activated hidden rows in dispatch order) and "down" (H, gates, w2, b2 ->
@@ -1103,11 +1107,13 @@ typedef struct {
 /* u rows r = j F1 + i: row i of expert idx[j]'s W1 (glia_matvec's sum). */
 static void step_up_rows(int64_t r0, int64_t r1, void *ud) {
   const step_job *S = ud;
-  for (int64_t r = r0; r < r1; r++) {
-    int64_t row = S->idx[r / S->F1] * S->F1 + r % S->F1;
-    float v = glia_dot(S->w1 + row * S->d, S->h, S->d);
-    if (S->b1) v += S->b1[row];
-    S->u[r] = v;
+  for (int64_t j = r0 / S->F1, r = r0; r < r1; j++) {
+    int64_t base = S->idx[j] * S->F1 - j * S->F1, end = imin(r1, (j + 1) * S->F1);
+    for (; r < end; r++) {
+      float v = glia_dot(S->w1 + (base + r) * S->d, S->h, S->d);
+      if (S->b1) v += S->b1[base + r];
+      S->u[r] = v;
+    }
   }
 }
 
