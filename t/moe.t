@@ -707,7 +707,7 @@ do
               tostring(cfg.route_scale), tostring(cfg.bias_gamma), tostring(cfg.bias ~= false))
     local same, loads = true, true
     for _, shape in ipairs { { 1, 1, d }, { 1, d }, { d } } do
-      local x = glia.randn(table.unpack(shape)) * 2
+      local x = glia.randn(shape) * 2
       glia.no_grad(function()
         local want = x + m(ln(x))
         local want_load = m:load()
