@@ -1093,40 +1093,31 @@ static glia_status op_moe_decode(glia_ctx *G, int nargs, glia_value *args, int *
 ** (glia_layer_norm_rows; glia_matvec for the logits and the shared MLP;
 ** route_rows; glia_dot plus bias per expert row, as glia_matvec sums it;
 ** act_row; add_scaled in slot order), in one buffer instead of tensors.
-** The chosen experts run as two pool jobs (every W1 row of the k experts,
-** then every output's W2 rows), not one glia_matvec per expert and layer. */
+** The chosen experts run as two pool jobs (the W1 rows of all k experts,
+** then their W2 rows), not one glia_matvec per expert and layer. */
+/* One layer of the chosen experts' MLPs as one matrix-vector product: the
+** rows of the k chosen matrices w_e {R,K} (e = idx[j]) stacked, row r =
+** j R + i, times the input of slot j (x + j ldx: the same x for every slot
+** when ldx = 0): y[r] = w_e[i,:] . x_j + b_e[i], glia_matvec's sum. Each
+** expert's rows are one sequential stream, as in glia_matvec. */
 typedef struct {
-  const float *h, *w1, *b1, *w2, *b2; /* h {d} the normed row; b1, b2 may be NULL */
-  const int64_t *idx;                 /* {k} the chosen experts, 0-based */
-  int64_t d, F, F1, k;
-  float *u;  /* {k,F1} */
-  float *hh; /* {k,F} */
-  float *ys; /* {k,d} each chosen expert's output */
-} step_job;
+  const float *w, *b, *x; /* b may be NULL */
+  const int64_t *idx;     /* {k} the chosen experts, 0-based */
+  int64_t R, K, ldx;
+  float *y; /* {k R} */
+} expert_rows;
 
-/* u rows r = j F1 + i: row i of expert idx[j]'s W1 (glia_matvec's sum). */
-static void step_up_rows(int64_t r0, int64_t r1, void *ud) {
-  const step_job *S = ud;
-  for (int64_t j = r0 / S->F1, r = r0; r < r1; j++) {
-    int64_t base = S->idx[j] * S->F1 - j * S->F1, end = imin(r1, (j + 1) * S->F1);
+static void expert_rows_run(int64_t r0, int64_t r1, void *ud) {
+  const expert_rows *S = ud;
+  for (int64_t j = r0 / S->R, r = r0; r < r1; j++) {
+    int64_t base = (S->idx[j] - j) * S->R, end = imin(r1, (j + 1) * S->R);
+    const float *x = S->x + j * S->ldx;
     for (; r < end; r++) {
-      float v = glia_dot(S->w1 + (base + r) * S->d, S->h, S->d);
-      if (S->b1) v += S->b1[base + r];
-      S->u[r] = v;
+      float v = glia_dot(S->w + (base + r) * S->K, x, S->K);
+      if (S->b) v += S->b[base + r];
+      S->y[r] = v;
     }
   }
-}
-
-/* ys[j, c] for the outputs c in [c0, c1) of every chosen expert j. */
-static void step_down_rows(int64_t c0, int64_t c1, void *ud) {
-  const step_job *S = ud;
-  for (int64_t c = c0; c < c1; c++)
-    for (int64_t j = 0; j < S->k; j++) {
-      int64_t row = S->idx[j] * S->d + c;
-      float v = glia_dot(S->w2 + row * S->F, S->hh + j * S->F, S->F);
-      if (S->b2) v += S->b2[row];
-      S->ys[j * S->d + c] = v;
-    }
 }
 
 /* The tensors of a decoder_moe call, in this order. */
@@ -1189,13 +1180,12 @@ static glia_status step_run(glia_ctx *G, const char *name, const float *x, glia_
   glia_matvec(G, fp(c[SN_WR]), h, NULL, z, E, d);
   route_job J = {rc, z, s, sel, idx, gate, w};
   route_rows(0, 1, &J);
-  step_job P = {.h = h, .w1 = fp(c[SN_W1]), .b1 = fp(c[SN_B1]), .w2 = fp(c[SN_W2]),
-                .b2 = fp(c[SN_B2]), .idx = idx, .d = d, .F = F, .F1 = F1, .k = k, .u = u,
-                .hh = hh, .ys = ys};
-  glia_parallel_for(G, k * F1, glia_grain_items(d), step_up_rows, &P);
+  expert_rows up = {fp(c[SN_W1]), fp(c[SN_B1]), h, idx, F1, d, 0, u};
+  glia_parallel_for(G, k * F1, glia_grain_items(d), expert_rows_run, &up);
   moe_run A = {.act = act, .F = F};
   for (int64_t j = 0; j < k; j++) act_row(&A, hh + j * F, u + j * F1);
-  glia_parallel_for(G, d, glia_grain_items(k * F), step_down_rows, &P);
+  expert_rows down = {fp(c[SN_W2]), fp(c[SN_B2]), hh, idx, d, F, F, ys};
+  glia_parallel_for(G, k * d, glia_grain_items(F), expert_rows_run, &down);
   memset(out, 0, (size_t)d * sizeof *out);
   for (int64_t j = 0; j < k; j++) add_scaled(out, gate[j], ys + j * d, d);
   if (S1) {
