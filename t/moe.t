@@ -747,7 +747,7 @@ do
   end)
 end
 
--- decoder_moe at a width where its two expert jobs split over the pool:
+-- decoder_moe at a width where its expert products split over the pool:
 -- the module path's bits at 1 and 2 threads; and its bad input
 do
   local nn = require "glia.nn"
@@ -760,7 +760,7 @@ do
     return glia.no_grad(function() return { m:decode_residual(x, ln), x + m(ln(x)) } end)
   end)
   t.ok(u.identical(r[1][1], r[1][2]) and u.identical(r[2][1], r[2][2]) and u.identical(r[1][1], r[2][1]),
-       "decoder_moe with its expert rows split over 2 threads: the module path's bits, as at 1 thread")
+       "decoder_moe with its expert products split over 2 threads: the module path's bits, as at 1 thread")
   local nw, ex = { ln.weight, ln.bias }, { m.routers[1].weight, m.w1, m.b1, m.w2, m.b2 }
   glia.no_grad(function()
     t.error_like(function() glia.decoder_moe(x, nw, { m.w1, m.w2 }, {}, 2) end,
