@@ -1091,12 +1091,40 @@ static glia_status op_moe_decode(glia_ctx *G, int nargs, glia_value *args, int *
 ** (glia.decoder_mlp) over the same weight bytes. The result is that
 ** path's, bit for bit: the same kernels on the same rows
 ** (glia_layer_norm_rows; glia_matvec for the logits and the shared MLP;
-** route_rows; glia_matvec per chosen expert and layer; act_row;
-** add_scaled in slot order), in one buffer instead of tensors. Each
-** expert matrix is one glia_matvec, its rows split over the pool: against
-** one pool job over all k experts' rows (each thread streaming its own
-** expert) that ran moe_decode 3550-3650 tokens/s against 2900-3200, with
-** 32 MB of experts not all in cache (bench/gpt.lua, alternating runs). */
+** route_rows; glia_dot plus bias per expert row, as glia_matvec sums it;
+** act_row; add_scaled in slot order), in one buffer instead of tensors.
+** Each expert layer is one pool job (expert_rows): a job over the stacked
+** rows of all k experts (a thread streaming an expert of its own) ran
+** bench/gpt.lua's moe_decode, 32 MB of experts not all in cache, 15%
+** slower than k glia_matvec calls, and those in turn a few % slower than
+** one job splitting every expert's rows as glia_matvec would (alternating
+** runs). */
+/* One layer of the k chosen experts' MLPs: y[j R + i] = w_e[i,:] . x_j +
+** b_e[i] for e = idx[j], w_e {R,K}, x_j = x + j ldx (ldx 0: one x for
+** all), glia_matvec's sum per row. One pool job whose items are the row
+** numbers i: a thread takes the same slice of rows of every chosen matrix,
+** one sequential stream per matrix, as k glia_matvec calls would split
+** them, in one dispatch instead of k. */
+typedef struct {
+  const float *w, *b, *x; /* b may be NULL */
+  const int64_t *idx;     /* {k} the chosen experts, 0-based */
+  int64_t k, R, K, ldx;
+  float *y; /* {k,R} */
+} expert_rows;
+
+static void expert_rows_run(int64_t i0, int64_t i1, void *ud) {
+  const expert_rows *S = ud;
+  for (int64_t j = 0; j < S->k; j++) {
+    const float *w = S->w + S->idx[j] * S->R * S->K, *x = S->x + j * S->ldx;
+    const float *b = S->b ? S->b + S->idx[j] * S->R : NULL;
+    for (int64_t i = i0; i < i1; i++) {
+      float v = glia_dot(w + i * S->K, x, S->K);
+      if (b) v += b[i];
+      S->y[j * S->R + i] = v;
+    }
+  }
+}
+
 /* The tensors of a decoder_moe call, in this order. */
 enum { SN_LW, SN_LB, SN_WR, SN_W1, SN_B1, SN_W2, SN_B2, SN_FCW, SN_FCB, SN_PW, SN_PB, SN_N };
 
@@ -1157,14 +1185,12 @@ static glia_status step_run(glia_ctx *G, const char *name, const float *x, glia_
   glia_matvec(G, fp(c[SN_WR]), h, NULL, z, E, d);
   route_job J = {rc, z, s, sel, idx, gate, w};
   route_rows(0, 1, &J);
-  const float *w1 = fp(c[SN_W1]), *b1 = fp(c[SN_B1]), *w2 = fp(c[SN_W2]), *b2 = fp(c[SN_B2]);
+  expert_rows up = {fp(c[SN_W1]), fp(c[SN_B1]), h, idx, k, F1, d, 0, u};
+  glia_parallel_for(G, F1, glia_grain_items(k * d), expert_rows_run, &up);
   moe_run A = {.act = act, .F = F};
-  for (int64_t j = 0; j < k; j++) {
-    int64_t e = idx[j];
-    glia_matvec(G, w1 + e * F1 * d, h, b1 ? b1 + e * F1 : NULL, u + j * F1, F1, d);
-    act_row(&A, hh + j * F, u + j * F1);
-    glia_matvec(G, w2 + e * d * F, hh + j * F, b2 ? b2 + e * d : NULL, ys + j * d, d, F);
-  }
+  for (int64_t j = 0; j < k; j++) act_row(&A, hh + j * F, u + j * F1);
+  expert_rows down = {fp(c[SN_W2]), fp(c[SN_B2]), hh, idx, k, d, F, F, ys};
+  glia_parallel_for(G, d, glia_grain_items(k * F), expert_rows_run, &down);
   memset(out, 0, (size_t)d * sizeof *out);
   for (int64_t j = 0; j < k; j++) add_scaled(out, gate[j], ys + j * d, d);
   if (S1) {
