@@ -575,7 +575,9 @@ static int t_backward(lua_State *L) {
 ** t's gradient is final (vm/autograd.c); fn nil removes it. Leaves only. */
 static int t_register_grad_hook(lua_State *L) {
   glia_tensor *t = self_tensor(L);
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 2) && !lua_isfunction(L, 2))
+    return glia_lua_errorf(L, "glia.tensor.register_grad_hook: argument #2 must be a function or "
+                           "nil, got %s", luaL_typename(L, 2));
   if (t->grad_fn)
     return glia_lua_errorf(L, "glia.tensor.register_grad_hook: tensor %s is not a leaf (hooks "
                            "are for leaves, whose gradient backward accumulates in .grad)",
@@ -859,7 +861,7 @@ static int m_tensor(lua_State *L) {
   glia_ctx *G = state_of(L)->G;
   glia_dtype dt = GLIA_DTYPE_F32;
   if (!lua_isnoneornil(L, 2)) {
-    const char *name = luaL_checkstring(L, 2);
+    const char *name = glia_lua_check_string(L, 2, "glia.tensor", NULL);
     if (glia_dtype_parse(name, &dt) != GLIA_OK)
       return glia_lua_errorf(L, "glia.tensor: unknown dtype '%s' (f32, f64, i64, i32, u8, bool)",
                              name);

@@ -29,12 +29,20 @@ static int count_pairs(lua_State *L, int idx) {
   return n;
 }
 
+/* Argument errors name the op (luaL_checktype would name the C function,
+** and blame glia.load's stdlib wrapper). */
+static void check_table(lua_State *L, int idx, const char *fname) {
+  if (lua_type(L, idx) != LUA_TTABLE)
+    glia_lua_errorf(L, "%s: argument #%d must be a table, got %s", fname, idx,
+                    luaL_typename(L, idx));
+}
+
 static int l_save(lua_State *L) {
   glia_ctx *G = glia_lua_ctx(L);
-  const char *path = luaL_checkstring(L, 1);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *path = glia_lua_check_string(L, 1, "glia.save", NULL);
+  check_table(L, 2, "glia.save");
   int has_meta = !lua_isnoneornil(L, 3);
-  if (has_meta) luaL_checktype(L, 3, LUA_TTABLE);
+  if (has_meta) check_table(L, 3, "glia.save");
   lua_settop(L, 3);
   int n = count_pairs(L, 2), nm = has_meta ? count_pairs(L, 3) : 0;
   /* scratch arrays live in userdata anchored on the stack */
@@ -103,10 +111,10 @@ static int file_gc(lua_State *L) {
 
 static int l_load(lua_State *L) {
   glia_ctx *G = glia_lua_ctx(L);
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = glia_lua_check_string(L, 1, "glia.load", NULL);
   int map = 0;
   if (!lua_isnoneornil(L, 2)) {
-    luaL_checktype(L, 2, LUA_TTABLE);
+    check_table(L, 2, "glia.load");
     lua_getfield(L, 2, "mmap");
     map = lua_toboolean(L, -1);
     lua_pop(L, 1);

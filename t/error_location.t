@@ -47,6 +47,17 @@ blames_line(function() glia.split(3, 1) end, "^glia%.split: expected a tensor, g
 blames_line(function() glia.split(glia.zeros(4), { 1, 2 }) end, "^glia%.split: lengths sum to 3",
             "a Lua function of glia's init.lua blames its caller")
 
+blames_line(function() glia.load({}) end, "^glia%.load: argument #1 must be a string, got table",
+            "glia.load's path check, under its stdlib wrapper, blames the caller, naming the op")
+blames_line(function() glia.save("x.safetensors", 3) end,
+            "^glia%.save: argument #2 must be a table, got number",
+            "glia.save's table check names the op")
+blames_line(function() glia.tensor({ 1 }, 5) end, "^glia%.tensor: argument #2 must be a string",
+            "glia.tensor's dtype check names the op")
+blames_line(function() a:register_grad_hook(5) end,
+            "^glia%.tensor%.register_grad_hook: argument #2 must be a function or nil, got number",
+            "register_grad_hook's check names the method")
+
 local ok, err = pcall(glia.add, a, b)
 t.ok(not ok and err:find("^glia%.add: shapes"),
      "an op called from C (pcall) has no line to blame and gets no position, as before")

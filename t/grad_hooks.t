@@ -75,7 +75,7 @@ do -- errors
   local y = x * 2
   t.error_like(function() y:register_grad_hook(print) end, "not a leaf",
                "a hook on a non-leaf is refused")
-  t.error_like(function() x:register_grad_hook(42) end, "function expected",
+  t.error_like(function() x:register_grad_hook(42) end, "must be a function or nil, got number",
                "a hook that is not a function is refused")
 end
 

@@ -23,6 +23,12 @@ t.ok(out:find("^glia%.linear: size mismatch, {2,5} x {4,3}\n")
      "a module's error names the typed line, or nothing when the line's value was returned "
      .. "(a tail call), never a line of the stdlib")
 
+out = sh("printf '%s\\n' 'glia.load({})' 'x = glia.load({})' | " .. exe .. " 2>&1")
+t.ok(out:find("^glia%.load: argument #1 must be a string, got table\n")
+     and out:find("\nstdin:1: glia%.load: argument #1 must be a string, got table\n"),
+     "glia.load's argument error names the op and the typed line (or nothing for a returned "
+     .. "value), never a line of the stdlib")
+
 out = sh("printf '%s\\n' '.time on' '1+1' '.time off' '2+2' '.5' '.help' | " .. exe .. " 2>&1")
 t.ok(out:find("^2\ntime: [%d.]+ m?s\n4\n0%.5\n"),
      ".time on prints each statement's wall time until .time off; .5 is still Lua")
