@@ -301,8 +301,11 @@ static int64_t lua_dim_arg(lua_State *L, int idx, const char *fname, const char 
 ** 0-based, tables become lists. Arity, kinds, dim ranges and negative
 ** dims are the registry's to check, with the index base 1. Upvalues: 1 =
 ** binding state, 2 = the op (light userdata), 3 = its Lua-facing name
-** ("glia.add") for messages. */
+** ("glia.add") for messages, 4 (only __unm's) = true: drop the second
+** operand. The tensor metatable's operators are these closures too, so an
+** operator's error blames the line with the operator. */
 static int call_op(lua_State *L) {
+  if (lua_toboolean(L, lua_upvalueindex(4))) lua_settop(L, 1);
   binding_state *B = state_of(L);
   const glia_op *op = lua_touserdata(L, lua_upvalueindex(2));
   glia_ctx *G = B->G;
@@ -1071,25 +1074,17 @@ static int t_newindex(lua_State *L) {
   return glia_lua_newindex(L, state_of(L)->G);
 }
 
-/* Arithmetic metamethods go through the registry ops. */
-/* -t: Lua passes the operand twice, neg takes it once. (The binary
-** operators are the ops' own closures, so their errors blame the line
-** with the operator.) */
-static int mt_unm(lua_State *L) {
-  lua_settop(L, 1);
-  lua_getfield(L, lua_upvalueindex(2), "neg");
-  lua_insert(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
-}
-
 /* ====================================================== open module */
 
-static void set_op_closure(lua_State *L, int state_idx, const glia_op *op) {
+/* An op's closure (call_op's upvalues). `unary_meta`: the closure is
+** __unm, which Lua calls with the operand twice; a 4th upvalue tells
+** call_op to drop the second. */
+static void set_op_closure(lua_State *L, int state_idx, const glia_op *op, int unary_meta) {
   lua_pushvalue(L, state_idx);
   lua_pushlightuserdata(L, (void *)op);
   lua_pushfstring(L, "glia.%s", op->name);
-  lua_pushcclosure(L, call_op, 3);
+  if (unary_meta) lua_pushboolean(L, 1);
+  lua_pushcclosure(L, call_op, 3 + unary_meta);
 }
 
 /* The one warning the binding prints itself, once per process: the BLAS
@@ -1137,10 +1132,10 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
 
   for (const glia_op *const *fam = glia_op_families(); *fam; fam++)
     for (const glia_op *op = *fam; op->name; op++) {
-      set_op_closure(L, state_idx, op);
+      set_op_closure(L, state_idx, op, 0);
       lua_setfield(L, mod_idx, op->name);
       if (op->method) {
-        set_op_closure(L, state_idx, op);
+        set_op_closure(L, state_idx, op, 0);
         lua_setfield(L, meth_idx, op->name);
       }
     }
@@ -1156,15 +1151,15 @@ int glia_lua_open(lua_State *L, glia_ctx *G, int owns_ctx) {
   lua_pushvalue(L, meth_idx);
   lua_pushcclosure(L, t_newindex, 2);
   lua_setfield(L, mt_idx, "__newindex");
+  /* Operators call the ops directly, not through the module table:
+  ** replacing glia.add or glia.neg changes neither a + b nor -a. */
   static const char *const arith_metas[][2] = {
       {"__add", "add"}, {"__sub", "sub"}, {"__mul", "mul"}, {"__div", "div"}, {"__pow", "pow"}};
   for (size_t i = 0; i < sizeof arith_metas / sizeof arith_metas[0]; i++) {
-    set_op_closure(L, state_idx, glia_op_find(arith_metas[i][1]));
+    set_op_closure(L, state_idx, glia_op_find(arith_metas[i][1]), 0);
     lua_setfield(L, mt_idx, arith_metas[i][0]);
   }
-  lua_pushvalue(L, state_idx);
-  lua_pushvalue(L, mod_idx);
-  lua_pushcclosure(L, mt_unm, 2);
+  set_op_closure(L, state_idx, glia_op_find("neg"), 1);
   lua_setfield(L, mt_idx, "__unm");
   static const luaL_Reg plain_metas[] = {{"__gc", t_gc},
                                          {"__tostring", t_tostring},

@@ -37,6 +37,9 @@ blames_line(function() local _ = a - b end, "^glia%.sub: shapes {2,3} and {4,5}"
             "an operator blames the line with the operator")
 blames_line(function() local _ = a * "x" end, "^glia%.mul: argument #2",
             "an operator's argument check blames the line with the operator")
+local bools = glia.zeros(2):to("bool")
+blames_line(function() local _ = -bools end, "^glia%.neg: x must be f32, got bool {2}",
+            "unary minus blames the line with the operator, naming neg")
 blames_line(function() glia.conv2d(glia.zeros(1, 2, 5, 5), glia.zeros(4, 3, 3, 3)) end,
             "^glia%.conv2d: weight {4,3,3,3} needs",
             "an op under a Lua wrapper of glia's init.lua blames the caller of the wrapper")
