@@ -92,4 +92,20 @@ do -- allocation failure is an error, and the session goes on
   t.near(glia.zeros(2) + 1, {1, 1}, 0, "ops work again after an allocation failure")
 end
 
+-- The operators are the ops' own closures: replacing a module function
+-- changes neither the operator nor unary minus.
+do
+  local add, neg = glia.add, glia.neg
+  glia.add = function() error("replaced glia.add was called") end
+  glia.neg = function() error("replaced glia.neg was called") end
+  local ok1, sum = pcall(function() return glia.ones(2) + glia.ones(2) end)
+  local ok2, minus = pcall(function() return -glia.ones(2) end)
+  glia.add, glia.neg = add, neg
+  t.ok(ok1 and ok2, "a + b and -a do not go through glia.add and glia.neg")
+  if ok1 and ok2 then
+    t.near(sum, { 2, 2 }, 0, "a + b is the add op")
+    t.near(minus, { -1, -1 }, 0, "-a is the neg op, its operand taken once")
+  end
+end
+
 t.done()
