@@ -108,15 +108,87 @@ glia_tensor *glia_lua_check_tensor(lua_State *L, int idx) {
 ** position error() would give is moved out of glia's stdlib: an op called
 ** by a stdlib wrapper (glia.nn, glia.skip, glia.data...) that rejects its
 ** input blames the line of the user's script that called the wrapper.
-** The stdlib's files are known by their chunk source: require found them
-** through package.path, as it finds glia/init.lua when the core opens. */
-#define STDLIB_KEY "glia.stdlib_source"
+** The stdlib's files are known by their chunk source: the directory of
+** glia/init.lua, which registers its own source when it loads (whatever
+** path spelling require used), and the one package.path leads to when the
+** core opens. Paths are compared without "./" segments and doubled
+** slashes, as require's templates may spell one directory both ways. */
+#define STDLIB_KEY "glia.stdlib_sources"
 
-/* Records "@<dir>/glia/", the source prefix of every stdlib chunk, when
-** package.path leads to glia/init.lua; nothing otherwise (errors then
-** point where error() would). */
+/* Writes the path of chunk source `src` ("@path") into buf, without "./"
+** segments and doubled slashes; 0 for sources that are not files. */
+static size_t norm_source(const char *src, char *buf, size_t cap) {
+  size_t n = 0;
+  if (*src++ != '@') return 0;
+  for (int seg = 1; *src && n + 1 < cap; src++) {
+    if (seg && src[0] == '.' && src[1] == '/') {
+      src++;
+      continue;
+    }
+    if (seg && src[0] == '/' && n > 0) continue;
+    seg = *src == '/';
+    buf[n++] = *src;
+  }
+  buf[n] = '\0';
+  return n;
+}
+
+/* Adds the directory of `init` ("@<dir>/glia/init.lua", glia/init.lua's
+** chunk source) to the stdlib's directories; other strings are ignored. */
+static void add_stdlib_dir(lua_State *L, const char *init) {
+  static const char tail[] = "glia/init.lua";
+  char buf[1024];
+  size_t n = norm_source(init, buf, sizeof buf), k = sizeof tail - 1;
+  if (n < k || n + 1 >= sizeof buf || strcmp(buf + n - k, tail) != 0 ||
+      (n > k && buf[n - k - 1] != '/'))
+    return;
+  buf[n - (sizeof "init.lua" - 1)] = '\0';
+  lua_getfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
+  }
+  for (int i = 1;; i++) {
+    lua_rawgeti(L, -1, i);
+    int same = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), buf) == 0;
+    int end = lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (same) break;
+    if (end) {
+      lua_pushstring(L, buf);
+      lua_rawseti(L, -2, i);
+      break;
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* Whether a chunk source is one of the stdlib's files; `dirs` is the
+** stack index of the registered directories. */
+static int is_stdlib(lua_State *L, int dirs, const char *source) {
+  char buf[1024];
+  size_t n = norm_source(source, buf, sizeof buf);
+  int found = 0;
+  for (int k = 1; n > 0 && !found; k++) {
+    lua_rawgeti(L, dirs, k);
+    size_t m;
+    const char *dir = lua_tolstring(L, -1, &m);
+    if (!dir) {
+      lua_pop(L, 1);
+      break;
+    }
+    found = m <= n && memcmp(buf, dir, m) == 0;
+    lua_pop(L, 1);
+  }
+  return found;
+}
+
+/* Registers the stdlib directory package.path leads to (glia/init.lua's),
+** when it does: a host that opens the core before setting package.path
+** still gets glia/init.lua's own registration. */
 static void remember_stdlib(lua_State *L) {
-  static const char init[] = "/glia/init.lua";
   int top = lua_gettop(L);
   lua_getglobal(L, "package");
   if (lua_istable(L, -1)) {
@@ -125,18 +197,20 @@ static void remember_stdlib(lua_State *L) {
     lua_getfield(L, -3, "path");
     if (lua_isfunction(L, -3) && lua_pcall(L, 2, 1, 0) == LUA_OK &&
         lua_type(L, -1) == LUA_TSTRING) {
-      size_t n;
-      const char *file = lua_tolstring(L, -1, &n);
-      size_t k = sizeof init - 1;
-      if (n > k && strcmp(file + n - k, init) == 0) {
-        lua_pushliteral(L, "@");
-        lua_pushlstring(L, file, n - k + sizeof "/glia/" - 1);
-        lua_concat(L, 2);
-        lua_setfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
-      }
+      lua_pushliteral(L, "@");
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+      add_stdlib_dir(L, lua_tostring(L, -1));
     }
   }
   lua_settop(L, top);
+}
+
+/* glia._stdlib_source(source): glia/init.lua's chunk source, whose
+** directory is the stdlib's. */
+static int m_stdlib_source(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TSTRING) add_stdlib_dir(L, lua_tostring(L, 1));
+  return 0;
 }
 
 /* The level to blame for an error raised with error()'s `level` (1: the
@@ -153,12 +227,11 @@ static void remember_stdlib(lua_State *L) {
 ** stdlib line would only mislead; tracebacks show it. */
 static int blame_level(lua_State *L, int level) {
   lua_getfield(L, LUA_REGISTRYINDEX, STDLIB_KEY);
-  size_t n;
-  const char *lib = lua_tolstring(L, -1, &n);
+  int dirs = lua_istable(L, -1) ? lua_gettop(L) : 0;
   int l = 1, in_lib = 0, c = 0; /* c: the first of the C frames since the last stdlib one */
   lua_Debug ar;
-  for (; lib && lua_getstack(L, l, &ar) && lua_getinfo(L, "S", &ar); l++) {
-    if (strncmp(ar.source, lib, n) == 0) {
+  for (; dirs && lua_getstack(L, l, &ar) && lua_getinfo(L, "S", &ar); l++) {
+    if (is_stdlib(L, dirs, ar.source)) {
       in_lib = 1;
       c = 0;
     } else if (strcmp(ar.what, "C") == 0) {
@@ -1021,6 +1094,7 @@ static const luaL_Reg tensor_methods[] = {
 static const luaL_Reg module_funcs[] = {
     {"tensor", m_tensor},
     {"error", m_error},
+    {"_stdlib_source", m_stdlib_source},
     {"set_num_threads", m_set_num_threads},
     {"num_threads", m_num_threads},
     {"config", m_config},

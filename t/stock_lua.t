@@ -61,6 +61,36 @@ print(err)
 t.ok(out:find("^%(command line%):3: glia%.linear: size mismatch"),
      "in a stock interpreter too, an nn module's error points at the caller's line, not the stdlib")
 
+-- The stdlib's directory spelled two ways by a relative LUA_PATH (require
+-- finds glia.nn through "./stdlib/?.lua", glia through "stdlib/?/init.lua"),
+-- and a host that opens the core before package.path leads to the stdlib.
+local lib = env:match("LUA_PATH='([^?']*)/%?%.lua")
+local parent, base = lib:match("^(.*)/([^/]+)$")
+local function stock_relative(code)
+  local path = "./" .. base .. "/?.lua;" .. base .. "/?/init.lua;;"
+  return sh("cd " .. sh_quote(parent) .. " && unset LUA_PATH_5_4 LUA_CPATH_5_4 LUA_INIT LUA_INIT_5_4; "
+            .. "eval " .. sh_quote(env) .. "; LUA_PATH=" .. sh_quote(path) .. " " .. interp .. " -e "
+            .. sh_quote(code) .. " 2>&1")
+end
+out = stock_relative([[
+local lin = require("glia.nn").Linear(3, 4)
+local ok, err = pcall(function() lin(require("glia").zeros(2, 5)) end)
+print(err)
+]])
+t.ok(out:find("^%(command line%):2: glia%.linear: size mismatch"),
+     "with the stdlib's directory spelled two ways in LUA_PATH, an nn error still blames the caller")
+out = stock_relative([[
+local path = package.path
+package.path = ""
+require "glia.core"
+package.path = path
+local lin = require("glia.nn").Linear(3, 4)
+local ok, err = pcall(function() lin(require("glia").zeros(2, 5)) end)
+print(err)
+]])
+t.ok(out:find("^%(command line%):6: glia%.linear: size mismatch"),
+     "a host that opens the core before setting package.path still has nn errors blame the caller")
+
 out = stock([[
 local glia = require "glia"
 local x = glia.tensor({1, 2, 3})
