@@ -166,6 +166,10 @@ end
 t.ok(clean and flips > 10, fmt("%d corrupted gzip streams all fail with a message naming the file", flips))
 t.error_like(function() data.read_idx({}) end, "glia%.read_idx: argument #1 must be a string, got table",
              "a non-string path raises, naming the function")
+t.error_like(function() data.read_idx(5) end, "glia%.read_idx: argument #1 must be a string, got number",
+             "a number is not taken for a path (string arguments are never converted)")
+t.error_like(function() glia.byte_vocab(123) end, "glia%.byte_vocab: argument #1 must be a string, got number",
+             "nor for a text")
 
 -- ======================================================= Fashion-MNIST
 
