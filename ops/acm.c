@@ -387,7 +387,16 @@ static glia_status run_tasks(glia_ctx *G, gated_job *j) {
 /* Decoding's path: each token's two products as matrix-vector products,
 ** straight into out {T,d} (every row written: 0 where k = 0). Needs no
 ** sort, no task list and no zero-fill first: what one token pays besides
-** reading its prefix of the weights. */
+** reading its prefix of the weights. At k = 1 of bench/acm.lua that is
+** 256 KB of w1 rows and 256 pieces of 1 KB of w2 rows at a 4 KB stride,
+** from L2: about 1.5 + 2.1 us on one core (Zen 5). The pieces cost 0.7 us
+** over a contiguous 256 KB: any gap of 512 B or more between them does (a
+** padded stride costs the same, so not L2 set conflicts), and software
+** prefetch or two rows at a time did not win it back. Splitting a token
+** over two threads in one dispatch (hidden units, then output rows: the
+** same bits) saved 0.6 us at best in a C harness and nothing in the op, a
+** core-to-core round trip being 0.4 us on the 2-core test machine: a token
+** stays on one thread unless glia_matvec_ld splits a large product. */
 static glia_status forward_rows(glia_ctx *G, const acm_plan *p, const int64_t *kv, float *out) {
   /* on a line boundary, as glia_alloc gives: each vector load one cache line */
   float stack[ROWS_STACK] __attribute__((aligned(64))), *hid = stack;
