@@ -79,9 +79,10 @@ end
 -- gate_task_grad's output for the gated y {T, d} = o_{k_t}(x_t), the gate's
 -- one-hot g {T, N+1} and every prefix all {N+1, T, d} (no gradient):
 --   f~ = y + sum_k (g_k - stopgrad g_k) o_k
--- The added term is exactly 0 forward (g - g is 0, and so is 0 * o_k), so
--- f~ is y to the bit; backward, g_k gets <dL/df~, o_k>, the gradient of the
--- spec's sum_k g_k o_k, while the learners and x keep y's gradient, which
+-- The added term is exactly 0 forward (g - g is 0, and so is 0 * o_k) for
+-- finite prefixes, so f~ is y to the bit; an inf or NaN in any o_k,
+-- chosen or not, makes 0 * o_k and so f~ NaN there. Backward, g_k gets
+-- <dL/df~, o_k>, the gradient of the spec's sum_k g_k o_k, while the learners and x keep y's gradient, which
 -- is that sum's too (g is one-hot: only the chosen prefix has weight).
 function M.task_grad_mix(y, g, all)
   local T, C = g:size(1), g:size(2)
