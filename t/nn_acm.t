@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, log, max = math.abs, math.exp, math.log, math.max
 
-t.plan(44)
+t.plan(45)
 
 do -- Gumbel straight-through with fixed noise
   local R, C, tau = 6, 5, 0.8
@@ -274,6 +274,20 @@ do -- gate_task_grad: the same value, and the task loss reaches the gate as <dL/
   t.ok(u.f32_near(0, (y:reshape(-1, 8) - glia.acm(x:reshape(-1, 8), m.w1, m.b1, m.w2, m.last.k,
                       { learners = 4 })):abs():max():item(), 1e-5, 0),
        "nn.ACM with schedule = \"tier\" gives glia.acm's output")
+end
+
+do -- gate_task_grad computes every prefix only when gradients are on
+  local m, x = make({ gate_task_grad = true })
+  local calls = 0
+  m.prefixes = function(self, x2) calls = calls + 1 return A.ACM.prefixes(self, x2) end
+  glia.no_grad(m, x)
+  m:eval()
+  m(x)
+  local off = calls
+  m:train()
+  m(x)
+  t.ok(off == 0 and calls == 1, "gate_task_grad: no prefixes under glia.no_grad nor in eval, " ..
+       "one call in a training forward")
 end
 
 do -- determinism and errors
