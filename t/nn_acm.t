@@ -14,7 +14,7 @@ u.seed(20261206)
 
 local abs, exp, log, max = math.abs, math.exp, math.log, math.max
 
-t.plan(45)
+t.plan(47)
 
 do -- Gumbel straight-through with fixed noise
   local R, C, tau = 6, 5, 0.8
@@ -267,7 +267,7 @@ do -- gate_task_grad: the same value, and the task loss reaches the gate as <dL/
   t.error_like(function() nn.ACM(8, 16, 4, { gate_task_grad = 1 }) end,
                "gate_task_grad must be true or false, got 1", "gate_task_grad must be a boolean")
   t.error_like(function() nn.ACM(8, 16, 4, { schedule = "tiered" }) end,
-               'schedule must be "bucket" or "tier", got tiered', "nn.ACM checks the schedule")
+               'schedule must be "bucket" or "tier", got "tiered"', "nn.ACM checks the schedule")
   -- the two schedules agree to rounding only: tier's bits prove the option reaches glia.acm
   local m, x = make({ schedule = "tier" })
   m:eval()
@@ -280,6 +280,12 @@ do -- gate_task_grad: the same value, and the task loss reaches the gate as <dL/
   local bucket = op({})
   t.ok(u.identical(y, op({ schedule = "tier" })) and not u.identical(y, bucket),
        "nn.ACM with schedule = \"tier\" gives glia.acm's tier output to the bit, not bucket's")
+  m.schedule, m.activation = "bucket", "relu"
+  t.ok(u.identical(m(x):reshape(-1, 8), op({ activation = "relu" })),
+       "schedule and activation reassigned after a forward: the next forward uses them")
+  m.schedule = "tire"
+  t.error_like(function() m(x) end, 'glia.nn.ACM: schedule must be "bucket" or "tier", got "tire"',
+               "a reassigned schedule is checked as at construction")
 end
 
 do -- gate_task_grad computes every prefix only when gradients are on

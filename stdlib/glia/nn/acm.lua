@@ -22,6 +22,8 @@
 -- the same way in training and eval. Any gate_hidden works: eval fuses the
 -- gate when it is at most 64 wide and runs the three layers otherwise.
 -- schedule is glia.acm's ("bucket", or "tier" to compare against).
+-- activation and schedule may be reassigned between calls: the next
+-- forward checks the new value and uses it.
 --
 -- gate_task_grad (off by default, as in the reference, where the task loss
 -- never reaches the gate): in training, the output becomes the spec's
@@ -141,6 +143,20 @@ M.ACM = ACM
 
 local ACTIVATIONS = { gelu = true, gelu_tanh = true, relu = true, identity = true }
 
+-- self.activation and self.schedule, checked at construction and again
+-- when either was reassigned (see ACM:_opts); level blames the caller.
+local function check_op_opts(self, level)
+  local a, s = self.activation, self.schedule
+  if not ACTIVATIONS[a] then
+    error("glia.nn.ACM: activation must be gelu, gelu_tanh, relu or identity, got " ..
+          tostring(a), level)
+  end
+  if s ~= "bucket" and s ~= "tier" then
+    error("glia.nn.ACM: schedule must be \"bucket\" or \"tier\", got " ..
+          (type(s) == "string" and '"' .. s .. '"' or tostring(s)), level)
+  end
+end
+
 function ACM:__init(d, hidden, learners, opts)
   opts = options.check("glia.nn.ACM", opts,
                        { "activation", "min_choice", "tau", "gate_hidden", "detach",
@@ -153,20 +169,14 @@ function ACM:__init(d, hidden, learners, opts)
   end
   self.width = floor(hidden / learners)
   self.activation = opts.activation or "gelu"
-  if not ACTIVATIONS[self.activation] then
-    error("glia.nn.ACM: activation must be gelu, gelu_tanh, relu or identity, got " ..
-          tostring(self.activation), 2)
-  end
+  self.schedule = opts.schedule or "bucket"
+  check_op_opts(self, 3)
   self.min_choice = opts.min_choice or 0
   if self.min_choice ~= 0 and self.min_choice ~= 1 then
     error("glia.nn.ACM: min_choice must be 0 or 1, got " .. tostring(self.min_choice), 2)
   end
   self:set_tau(opts.tau or 0.8)
   self.detach = opts.detach ~= false
-  self.schedule = opts.schedule or "bucket"
-  if self.schedule ~= "bucket" and self.schedule ~= "tier" then
-    error("glia.nn.ACM: schedule must be \"bucket\" or \"tier\", got " .. tostring(self.schedule), 2)
-  end
   if opts.gate_task_grad ~= nil and type(opts.gate_task_grad) ~= "boolean" then
     error("glia.nn.ACM: gate_task_grad must be true or false, got " ..
           tostring(opts.gate_task_grad), 2)
@@ -203,10 +213,13 @@ function ACM:learner_flops()
   return 4 * self.d * self.width + 2 * self.width
 end
 
--- glia.acm's options, made once (a table per call costs decoding time)
+-- glia.acm's options, made once (a table per call costs decoding time),
+-- and made again, checked, when activation or schedule was reassigned
+-- since: two comparisons per call.
 function ACM:_opts()
   local o = rawget(self, "_acm_opts")
-  if not o then
+  if not o or o.schedule ~= self.schedule or o.activation ~= self.activation then
+    check_op_opts(self, 4)
     o = { learners = self.learners, activation = self.activation, schedule = self.schedule }
     rawset(self, "_acm_opts", o)
   end
