@@ -115,15 +115,17 @@ do -- phase 1's incremental freeze: 12 steps, 4 stages of 3; stage s freezes lea
     return which == 1 and tns:narrow(1, (l - 1) * w + 1, w) or tns:narrow(2, (l - 1) * w + 1, w)
   end
   local kept, moved = true, true
-  for l = 1, 3 do -- learner l is frozen from stage l, i.e. from step 3 l + 1 on
+  -- seen[step] is what steps 1..step-1 left: learner l is frozen from stage l, i.e. from step
+  -- 3 l + 1 on, so step 3 l still moves it (seen[3 l] to seen[3 l + 1]) and no later step does
+  for l = 1, 3 do
     for _, which in ipairs { 1, 2 } do
       kept = kept and u.identical(learner(3 * l + 1, which, l), learner(13, which, l))
-      moved = moved and not u.identical(learner(3 * l - 2, which, l), learner(3 * l + 1, which, l))
+      moved = moved and not u.identical(learner(3 * l, which, l), learner(3 * l + 1, which, l))
     end
   end
-  local last = not u.identical(learner(10, 1, 4), learner(13, 1, 4))
-  t.ok(kept and moved and last, "incremental freeze: learner l changes until stage l, then not " ..
-       "a bit (both ACMs, w1 and w2); the last learner trains to the end")
+  local last = not u.identical(learner(12, 1, 4), learner(13, 1, 4))
+  t.ok(kept and moved and last, "incremental freeze: learner l changes up to the last step " ..
+       "before stage l, then not a bit (both ACMs, w1 and w2); the last learner trains to the end")
   -- opt.1.<i>: learner_params' order, w1, b1, w2 of each ACM; saved at step 5 and 10
   local zero, live = true, true
   for _, case in ipairs { { 6, 1 }, { 11, 3 } } do
