@@ -14,7 +14,7 @@ local u = require "t.util"
 local GPT = require "models.gpt"
 
 u.seed(20261206)
-t.plan(24)
+t.plan(26)
 
 local dir = io.popen("mktemp -d"):read("*l")
 local CFG = { vocab_size = 11, d_model = 16, n_layers = 2, n_heads = 2, ctx = 8 }
@@ -95,10 +95,10 @@ end
 
 do -- phase 1's incremental freeze: 12 steps, 4 stages of 3; stage s freezes learners 1..s
   local checkpoint = require "glia.checkpoint"
-  local function run(out, stop)
+  local function run(out, stop, freeze)
     local m, seen, state = teacher(), {}, {}
     local c = acm.convert(m, { learners = 4, out = out, progress = false, phases = { 1 },
-      phase1 = { steps = 12, lr = 1e-2, incremental_freeze = true }, save_every = 5,
+      phase1 = { steps = 12, lr = 1e-2, incremental_freeze = freeze ~= false }, save_every = 5,
       batch = function(step, ph)
         if step == stop then error("stop") end
         -- what steps 1..step-1 left: the weights, and the optimizer state saved at step 5
@@ -150,6 +150,25 @@ do -- phase 1's incremental freeze: 12 steps, 4 stages of 3; stage s freezes lea
     for _, k in ipairs { "w1", "b1", "w2" } do same = same and u.identical(c2.acms[j][k], c.acms[j][k]) end
   end
   t.ok(same, "resumed mid-stage from the step-5 checkpoint: the same bits as the run not interrupted")
+  -- a run without the freeze, stopped at step 11 (checkpoint at 10), resumed with it: steps 11
+  -- and 12 are mid-stage 3, so only the resume itself resets learners 1..3's moments
+  out = dir .. "/h"
+  t.ok(not pcall(run, out, 11, false), "a run without incremental_freeze stopped at step 11")
+  local c3, seen3 = run(out)
+  local tensors, w3 = checkpoint.read(out .. "/phase1").tensors, 3 * w
+  local reset = true
+  for i = 1, 6 do
+    local dim = i % 3 == 0 and 2 or 1
+    for _, name in ipairs { "exp_avg", "exp_avg_sq" } do
+      local st = tensors["opt.1." .. i .. "." .. name]:narrow(dim, 1, w3)
+      reset = reset and u.identical(st, st * 0)
+    end
+  end
+  -- and they do not move in steps 11 and 12 (seen3[11]: the weights the checkpoint held)
+  local still = u.identical(seen3[11][1]:narrow(1, 1, w3), c3.acms[1].w1:narrow(1, 1, w3)) and
+                u.identical(seen3[11][2]:narrow(2, 1, w3), c3.acms[2].w2:narrow(2, 1, w3))
+  t.ok(reset and still, "resumed with incremental_freeze from a checkpoint written without it: " ..
+       "the frozen learners' Adam moments are reset on the first step, and they stay put")
 end
 
 do -- phase3.gate_task_grad reaches every ACM; phase-only options are checked

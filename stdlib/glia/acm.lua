@@ -474,8 +474,9 @@ local function run_phase(conv, i, o, ctx, start, ck)
     else loss, task = finetune_loss(conv, x, y, o, ctx.loss) end
     loss:backward()
     if o.incremental_freeze then
-      -- the state is reset when a stage starts, and on resuming (where it
-      -- is zero already: the frozen part has had zero gradients since)
+      -- the state is reset when a stage starts, and on resuming: a
+      -- checkpoint written with the freeze holds zeros there already, one
+      -- written without it (the option turned on for the resume) does not
       local s = freeze_stage(step, o.steps, conv.learners)
       if s > 0 then
         freeze_learners(conv, opt, s, step == start + 1 or freeze_stage(step - 1, o.steps,
