@@ -516,4 +516,42 @@ do -- a consistent least-squares problem: the optimum has loss 0
   end
 end
 
+-- load_state_dict keeps nothing alive once the optimizer is dropped. Under
+-- LuaJIT a trace recorded while a function has made fewer than three
+-- closures may specialise to the closure at hand and keep it, with all it
+-- captured (the optimizer, its parameters, the copies of the moments), as a
+-- constant. Here every loop is hot at once, and glia.optim is loaded afresh
+-- (new functions, no closures made yet) for each of 10 rounds of two loads,
+-- the traces flushed between rounds: with the copy in a closure over the
+-- optimizer, 384 bytes were kept in 6 to 9 rounds of 10. That is how
+-- t/alloc_sweep.t's checkpoint.load sweep, whose first load to reach the
+-- copy runs out of memory there, kept 960 bytes now and then.
+do
+  local nn = require "glia.nn"
+  local function full_gc() collectgarbage() collectgarbage() end
+  glia.manual_seed(5)
+  local src = nn.Linear(4, 3)
+  local src_opt = optim.AdamW(src:parameters())
+  src(glia.randn(2, 4)):sum():backward()
+  src_opt:step()
+  local tensors, meta = src_opt:state_dict()
+  if jit then jit.flush() end -- and what traces of the tests above may keep
+  full_gc()
+  local base = glia.memory().live
+  local kept = {}
+  if jit then jit.opt.start("hotloop=1") end
+  for round = 1, 10 do
+    package.loaded["glia.optim"] = nil
+    local fresh_optim = require "glia.optim"
+    for _ = 1, 2 do fresh_optim.AdamW(nn.Linear(4, 3):parameters()):load_state_dict(tensors, meta) end
+    full_gc()
+    local live = glia.memory().live
+    if live ~= base then kept[#kept + 1] = string.format("round %d: %d bytes", round, live - base) end
+    if jit then jit.flush() end -- the next round starts without traces
+  end
+  if jit then jit.opt.start("hotloop=56") end
+  package.loaded["glia.optim"] = optim
+  t.is(table.concat(kept, ", "), "", "load_state_dict keeps no dropped optimizer's tensors alive")
+end
+
 t.done()

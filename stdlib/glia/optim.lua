@@ -257,6 +257,23 @@ function Optimizer:state_dict(prefix)
   return tensors, meta
 end
 
+-- Copies the checked state in: the moments into fresh tensors of each
+-- parameter's dtype and layout. A named function taking its arguments, not
+-- a closure over them: LuaJIT may specialise a trace to one of the first
+-- closures a function makes, and the trace then keeps that closure (so the
+-- optimizer and every tensor it captured) alive until it is flushed.
+local function apply_state(self, new_groups, new_state)
+  for gi, group in ipairs(self.param_groups) do
+    for k, x in pairs(new_groups[gi]) do group[k] = x end
+    for i, p in ipairs(group.params) do
+      local st = new_state[gi][i]
+      for _, name in ipairs(self.state_names) do
+        if st[name] then st[name] = zeros_like(p):copy_(st[name]) end
+      end
+    end
+  end
+end
+
 -- Restores what state_dict returned (keys outside the prefix are ignored,
 -- so one checkpoint can hold the model too). Tensors are copied in. Fails,
 -- naming each missing, unexpected or mismatched key, before changing
@@ -338,17 +355,7 @@ function Optimizer:load_state_dict(tensors, meta, prefix)
   if #problems > 0 then
     error(fmt("glia.optim.%s: load_state_dict: %s", self.name, concat(problems, "; ")), 2)
   end
-  no_grad(function()
-    for gi, group in ipairs(self.param_groups) do
-      for k, x in pairs(new_groups[gi]) do group[k] = x end
-      for i, p in ipairs(group.params) do
-        local st = new_state[gi][i]
-        for _, name in ipairs(self.state_names) do
-          if st[name] then st[name] = zeros_like(p):copy_(st[name]) end
-        end
-      end
-    end
-  end)
+  no_grad(apply_state, self, new_groups, new_state)
   self.state = new_state
 end
 

@@ -313,6 +313,14 @@ local function same_shape(a, b)
   return true
 end
 
+-- Copies each {dst, src} pair. A named function given the list, not a
+-- closure over it: LuaJIT may specialise a trace to one of the first
+-- closures a function makes, and the trace then keeps that closure (and
+-- every tensor it captured) alive until it is flushed.
+local function copy_pairs(pairs_to_copy)
+  for _, p in ipairs(pairs_to_copy) do p[1]:copy_(p[2]) end
+end
+
 -- Copies sd's tensors into the module's parameters and buffers (converting
 -- dtypes). Every shape mismatch is an error; with strict (the default)
 -- missing and unexpected keys are too. One error names all offenders, and
@@ -354,9 +362,7 @@ function Module:load_state_dict(sd, opts)
   if #problems > 0 then
     error(format("glia.nn.load_state_dict: %s: %s", class_name(self), concat(problems, "; ")), 2)
   end
-  glia.no_grad(function()
-    for _, p in ipairs(pairs_to_copy) do p[1]:copy_(p[2]) end
-  end)
+  glia.no_grad(copy_pairs, pairs_to_copy)
   return missing, unexpected
 end
 
