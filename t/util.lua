@@ -7,7 +7,6 @@
 --   u.seed(n)  u.spread(shape, lo, hi [, u0])  u.norm_ref(rows, w, b, eps, center)  u.erf(x)
 --   u.by_threads(fn [, counts])  u.gradcheck(fn, inputs, desc [, opts])
 --   u.gradcheck_f64(fn, ref, inputs, desc [, opts])  u.check_grad_f64(fn, ref, inputs [, opts])
---   u.erf(x)
 --   u.survives_oom(fn [, limit])  u.oom_ok(fn, desc)
 --   u.sh(cmd)  u.sh_quote(s)  u.slurp(path)  u.spit(path, s)
 --   u.root()  u.exe()  u.skip_all(why)  u.write_fmnist(dir, prefix, n, rng)
@@ -102,21 +101,6 @@ function M.norm_ref(rows, w, b, eps, center)
     end
   end
   return out
-end
-
--- erf by its Taylor series (|x| <= 4 keeps ~1e-9 accuracy); beyond, erf is
--- +-1 within 2e-8.
-function M.erf(x)
-  if x ~= x then return x end
-  if x > 4 then return 1 elseif x < -4 then return -1 end
-  local sum, term, n = x, x, 0
-  repeat
-    n = n + 1
-    term = -term * x * x / n
-    local add = term / (2 * n + 1)
-    sum = sum + add
-  until abs(add) < 1e-17 * abs(sum) or n > 200
-  return sum * 2 / math.sqrt(math.pi)
 end
 
 -- ======================================================= thread counts
