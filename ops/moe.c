@@ -735,25 +735,35 @@ static glia_status check_shape(glia_ctx *G, const char *name, const char *what,
   return GLIA_OK;
 }
 
+/* The experts' weights: w1 {E,F1,d} (F1 = 2F for swiglu), b1 {E,F1},
+** w2 {E,d,F}, b2 {E,d} (biases may be NULL); E -1 takes w1's. Sets F1, F. */
+static glia_status check_expert_weights(glia_ctx *G, const char *name, int64_t E, int64_t d,
+                                        const glia_tensor *w1, const glia_tensor *b1,
+                                        const glia_tensor *w2, const glia_tensor *b2,
+                                        moe_act act, int64_t *F1, int64_t *F) {
+  TRY(check_shape(G, name, "w1", w1, 3, (int64_t[]){E, -1, d}, "EFd"));
+  E = w1->size[0], *F1 = w1->size[1];
+  if (act == ACT_SWIGLU && *F1 % 2)
+    return glia_fail(G, GLIA_ESHAPE, "%s: swiglu needs w1 {E,2F,d} with an even row count, "
+                     "got w1 %s", name, glia_shape_str(w1));
+  *F = act == ACT_SWIGLU ? *F1 / 2 : *F1;
+  TRY(check_shape(G, name, "w2", w2, 3, (int64_t[]){E, d, *F}, "EdF"));
+  if (b1) TRY(check_shape(G, name, "b1", b1, 2, (int64_t[]){E, *F1}, "EF"));
+  if (b2) TRY(check_shape(G, name, "b2", b2, 2, (int64_t[]){E, d}, "Ed"));
+  return GLIA_OK;
+}
+
 /* The shapes: x {T,d}, gates {T,k}, idx {T,k}, w1 {E,F1,d}, b1 {E,F1},
 ** w2 {E,d,F}, b2 {E,d}, kept {T,k}; sets R's sizes. */
 static glia_status check_experts(glia_ctx *G, glia_tensor *x, glia_tensor *gates,
                                  glia_tensor *idx, glia_tensor *w1, glia_tensor *b1,
                                  glia_tensor *w2, glia_tensor *b2, glia_tensor *kept,
                                  moe_act act, moe_run *R) {
-  int64_t any2[2] = {-1, -1}, any3[3] = {-1, -1, -1};
+  int64_t any2[2] = {-1, -1};
   TRY(check_shape(G, MOE_NAME, "x", x, 2, any2, "Td"));
-  int64_t T = x->size[0], d = x->size[1];
-  TRY(check_shape(G, MOE_NAME, "w1", w1, 3, (int64_t[]){-1, -1, d}, "EFd"));
-  int64_t E = w1->size[0], F1 = w1->size[1];
-  if (act == ACT_SWIGLU && F1 % 2)
-    return glia_fail(G, GLIA_ESHAPE, MOE_NAME ": swiglu needs w1 {E,2F,d} with an even row "
-                     "count, got w1 %s", glia_shape_str(w1));
-  int64_t F = act == ACT_SWIGLU ? F1 / 2 : F1;
-  (void)any3;
-  TRY(check_shape(G, MOE_NAME, "w2", w2, 3, (int64_t[]){E, d, F}, "EdF"));
-  if (b1) TRY(check_shape(G, MOE_NAME, "b1", b1, 2, (int64_t[]){E, F1}, "EF"));
-  if (b2) TRY(check_shape(G, MOE_NAME, "b2", b2, 2, (int64_t[]){E, d}, "Ed"));
+  int64_t T = x->size[0], d = x->size[1], F1, F;
+  TRY(check_expert_weights(G, MOE_NAME, -1, d, w1, b1, w2, b2, act, &F1, &F));
+  int64_t E = w1->size[0];
   TRY(check_shape(G, MOE_NAME, "gates", gates, 2, (int64_t[]){T, -1}, "Tk"));
   int64_t k = gates->size[1];
   TRY(glia_check_live(G, MOE_NAME, idx));
@@ -1140,14 +1150,8 @@ static glia_status step_check(glia_ctx *G, const char *name, glia_tensor *x, gli
   TRY(check_shape(G, name, "norm bias", t[SN_LB], 1, (int64_t[]){d}, "d"));
   TRY(check_shape(G, name, "wr", t[SN_WR], 2, (int64_t[]){-1, d}, "Ed"));
   int64_t E = t[SN_WR]->size[0];
-  TRY(check_shape(G, name, "w1", t[SN_W1], 3, (int64_t[]){E, -1, d}, "EFd"));
-  int64_t F1 = t[SN_W1]->size[1], F = act == ACT_SWIGLU ? F1 / 2 : F1;
-  if (act == ACT_SWIGLU && F1 % 2)
-    return glia_fail(G, GLIA_ESHAPE, "%s: swiglu needs w1 {E,2F,d} with an even row count, "
-                     "got w1 %s", name, glia_shape_str(t[SN_W1]));
-  TRY(check_shape(G, name, "w2", t[SN_W2], 3, (int64_t[]){E, d, F}, "EdF"));
-  if (t[SN_B1]) TRY(check_shape(G, name, "b1", t[SN_B1], 2, (int64_t[]){E, F1}, "EF"));
-  if (t[SN_B2]) TRY(check_shape(G, name, "b2", t[SN_B2], 2, (int64_t[]){E, d}, "Ed"));
+  int64_t F1, F;
+  TRY(check_expert_weights(G, name, E, d, t[SN_W1], t[SN_B1], t[SN_W2], t[SN_B2], act, &F1, &F));
   int64_t S1 = 0, S = 0;
   if (t[SN_FCW]) {
     TRY(check_shape(G, name, "shared fc.weight", t[SN_FCW], 2, (int64_t[]){-1, d}, "Fd"));
